@@ -1,0 +1,51 @@
+"""The Flask app factory: exporter blueprint + backend blueprints, JSON errors everywhere.
+
+Example::
+
+    app = create_app()                      # config from FLOWSCOPE_* / defaults
+    app = create_app(exporter=my_exporter)  # tests: a fresh exporter each
+"""
+
+from __future__ import annotations
+
+import orjson
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from exporter import conventions as c
+from exporter.http import create_blueprint, error_response
+from exporter.runtime import Exporter, build
+
+from .openapi import openapi_document
+
+
+def create_app(exporter: Exporter | None = None, test_config: dict | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(JSON_SORT_KEYS=False)
+    if test_config:
+        app.config.update(test_config)
+    ex = exporter or build()
+    app.extensions["flowscope"] = ex
+    app.register_blueprint(create_blueprint())
+
+    @app.errorhandler(HTTPException)
+    def _http(e: HTTPException):
+        return error_response(e.code or 500, (e.name or "error").lower().replace(" ", "_"), e.description or e.name)
+
+    @app.get(c.HEALTH_PATH)
+    def health():
+        loki = ex.loki
+        body = {
+            "status": "ok",
+            "loki": {"enabled": loki is not None,
+                     "queued_lines": loki.queued() if loki else 0},
+            "series": {f.name: len(f) for f in ex.store.families if len(f)},
+            "pending_otlp_spans": ex.pipeline.resolver.pending_spans,
+        }
+        return Response(orjson.dumps(body), mimetype="application/json")
+
+    @app.get(c.OPENAPI_PATH)
+    def openapi():
+        return Response(orjson.dumps(openapi_document()), mimetype="application/json")
+
+    return app

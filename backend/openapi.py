@@ -1,0 +1,108 @@
+"""The OpenAPI 3.1 document for every HTTP endpoint Flowscope serves."""
+
+from __future__ import annotations
+
+from exporter import conventions as c
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _resp(desc: str, schema=None, media: str = "application/json") -> dict:
+    r: dict = {"description": desc}
+    if schema is not None:
+        r["content"] = {media: {"schema": schema}}
+    return r
+
+
+_INGEST_ERRORS = {
+    "400": _resp("Malformed body; `error.message` says where.", _ERROR),
+    "401": _resp("FLOWSCOPE_INGEST_TOKEN is set and the bearer token is missing or wrong.", _ERROR),
+    "413": _resp("Body over the size limit (after gzip decompression).", _ERROR),
+    "415": _resp("Unsupported Content-Type or Content-Encoding.", _ERROR),
+}
+
+_STEP = {
+    "type": "object",
+    "required": ["correlation_id", "workflow_type", "layer", "component", "operation", "started_at"],
+    "properties": {
+        "correlation_id": {"type": "string"},
+        "workflow_type": {"type": "string", "examples": ["checkout"]},
+        "layer": {"enum": list(c.LAYERS)},
+        "component": {"type": "string"},
+        "operation": {"type": "string"},
+        "status": {"type": "string", "examples": ["success", "ok", "error", "timeout", "cancelled"]},
+        "started_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
+        "duration_ms": {"type": "number", "minimum": 0},
+        "ended_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
+        "trace_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+        "span_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        "parent_span_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        "service": {"type": "string"},
+        "metadata": {"type": "object"},
+        "state": {"type": "object"},
+        "error_type": {"type": "string"},
+        "error_message": {"type": "string"},
+        "stack_trace": {"type": "string"},
+    },
+}
+_WORKFLOW = {
+    "type": "object",
+    "required": ["correlation_id", "workflow_type", "started_at"],
+    "properties": {k: _STEP["properties"][k] for k in
+                   ("correlation_id", "workflow_type", "status", "started_at", "duration_ms", "ended_at", "trace_id",
+                    "service", "metadata", "error_type", "error_message")} | {"user": {"type": "string"}},
+}
+
+
+def openapi_document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Flowscope", "version": "0.1.0",
+                 "description": "Workflow traces in; Prometheus metrics, Loki streams and analyses out."},
+        "paths": {
+            c.OTLP_TRACES_PATH: {"post": {
+                "summary": "OTLP/HTTP trace export (protobuf or JSON, optionally gzip).",
+                "requestBody": {"required": True, "content": {
+                    "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+                    "application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": _resp("Accepted; `partialSuccess` counts refused spans.",
+                                           {"type": "object", "properties": {"partialSuccess": {
+                                               "type": "object", "properties": {
+                                                   "rejectedSpans": {"type": "integer"},
+                                                   "errorMessage": {"type": "string"}}}}}),
+                              **_INGEST_ERRORS}}},
+            c.NATIVE_SPANS_PATH: {"post": {
+                "summary": "Native JSON batch of trace steps and workflow sessions.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                    {"type": "object", "properties": {"steps": {"type": "array", "items": _STEP},
+                                                      "workflows": {"type": "array", "items": _WORKFLOW}},
+                     "additionalProperties": False},
+                    {"type": "array", "items": _STEP}]}}}},
+                "responses": {"200": _resp("Accepted (some records may be refused: see `errors`).",
+                                           {"$ref": "#/components/schemas/IngestResult"}),
+                              **_INGEST_ERRORS}}},
+            c.METRICS_PATH: {"get": {
+                "summary": "Prometheus scrape target; OpenMetrics with exemplars when asked for.",
+                "responses": {"200": {"description": "Exposition", "content": {
+                    "text/plain; version=0.0.4": {"schema": {"type": "string"}},
+                    "application/openmetrics-text; version=1.0.0": {"schema": {"type": "string"}}}}}}},
+            c.HEALTH_PATH: {"get": {"summary": "Liveness and pipeline state.",
+                                    "responses": {"200": _resp("Healthy", {"type": "object"})}}},
+            c.OPENAPI_PATH: {"get": {"summary": "This document.",
+                                     "responses": {"200": _resp("OpenAPI 3.1", {"type": "object"})}}},
+        },
+        "components": {
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                                   "field": {"type": "string"}}}}},
+                "IngestResult": {"type": "object", "properties": {
+                    "accepted": {"type": "integer"}, "rejected": {"type": "integer"},
+                    "errors": {"type": "array", "items": {"type": "object", "properties": {
+                        "index": {"type": "integer"}, "reason": {"type": "string"},
+                        "message": {"type": "string"}}}}}},
+            },
+            "securitySchemes": {"ingestToken": {"type": "http", "scheme": "bearer"}},
+        },
+    }

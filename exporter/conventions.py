@@ -1,0 +1,113 @@
+"""Every metric, label, stream and header name Flowscope uses, in one place.
+
+Dashboards, alert rules and tests import these constants, so a rename here is a
+rename everywhere and can never silently break a panel or an alert.
+
+Example::
+
+    from exporter import conventions as c
+    query = f'sum by ({c.L_WORKFLOW}) (rate({c.WORKFLOW_RUNS_TOTAL}[5m]))'
+"""
+
+from __future__ import annotations
+
+# --- closed sets -------------------------------------------------------------
+
+LAYERS = ("frontend", "api", "database", "cache", "queue", "external", "worker", "system", "other")
+STATUSES = ("ok", "error", "timeout", "cancelled")
+#: Statuses that count as a failed run or step.
+FAILED_STATUSES = ("error", "timeout")
+
+#: The value a label takes once its metric has reached its series cap.
+OVERFLOW = "__overflow__"
+#: Workflow name used when no attribute and no root span names one.
+UNKNOWN_WORKFLOW = "unknown"
+
+# --- label names -------------------------------------------------------------
+
+L_WORKFLOW = "workflow"
+L_STATUS = "status"
+L_LAYER = "layer"
+L_COMPONENT = "component"
+L_OPERATION = "operation"
+L_ERROR_TYPE = "error_type"
+L_FUNCTION = "function"
+L_FORMAT = "format"
+L_REASON = "reason"
+L_METRIC = "metric"
+L_DETECTOR = "detector"
+
+# --- workflow metrics ----------------------------------------------------------
+
+WORKFLOW_RUNS_TOTAL = "flowscope_workflow_runs_total"
+WORKFLOW_DURATION_SECONDS = "flowscope_workflow_duration_seconds"
+STEP_DURATION_SECONDS = "flowscope_step_duration_seconds"
+STEP_ERRORS_TOTAL = "flowscope_step_errors_total"
+WORKFLOWS_IN_PROGRESS = "flowscope_workflows_in_progress"
+PROFILE_CPU_SECONDS_TOTAL = "flowscope_profile_cpu_seconds_total"
+REGRESSION_ACTIVE = "flowscope_regression_active"
+
+WORKFLOW_RUNS_LABELS = (L_WORKFLOW, L_STATUS)
+WORKFLOW_DURATION_LABELS = (L_WORKFLOW, L_STATUS)
+STEP_DURATION_LABELS = (L_WORKFLOW, L_LAYER, L_COMPONENT, L_OPERATION, L_STATUS)
+STEP_ERRORS_LABELS = (L_WORKFLOW, L_LAYER, L_COMPONENT, L_ERROR_TYPE)
+WORKFLOWS_IN_PROGRESS_LABELS = (L_WORKFLOW,)
+
+#: Exemplar label names on latency histograms (OpenMetrics only).
+EXEMPLAR_TRACE_ID = "trace_id"
+EXEMPLAR_SPAN_ID = "span_id"
+
+# --- exporter self-metrics -----------------------------------------------------
+
+SPANS_RECEIVED_TOTAL = "flowscope_spans_received_total"
+SPANS_REJECTED_TOTAL = "flowscope_spans_rejected_total"
+SERIES_OVERFLOW_TOTAL = "flowscope_series_overflow_total"
+LOKI_PUSH_FAILURES_TOTAL = "flowscope_loki_push_failures_total"
+LOKI_QUEUE_LINES = "flowscope_loki_queue_lines"
+LOKI_LINES_SENT_TOTAL = "flowscope_loki_lines_sent_total"
+LOKI_LINES_DROPPED_TOTAL = "flowscope_loki_lines_dropped_total"
+SDK_SPANS_DROPPED_TOTAL = "flowscope_sdk_spans_dropped_total"
+TRACES_PENDING = "flowscope_traces_pending_spans"
+
+#: Values of the ``format`` label on spans received.
+FORMAT_OTLP_PROTOBUF = "otlp_protobuf"
+FORMAT_OTLP_JSON = "otlp_json"
+FORMAT_NATIVE = "native"
+FORMAT_SDK = "sdk"
+
+#: Prefix of the metrics recorded through ``PerformanceMonitor.record_metric``.
+CUSTOM_METRIC_PREFIX = "flowscope_custom_"
+
+# --- default histogram buckets (seconds): 1 ms .. 60 s -------------------------
+
+DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# --- Loki ------------------------------------------------------------------------
+
+#: Stream labels. Only bounded values may be stream labels.
+STREAM_LABELS = ("service", "workflow", "layer", "level")
+LOKI_PUSH_PATH = "/loki/api/v1/push"
+LOKI_TENANT_HEADER = "X-Scope-OrgID"
+#: Structured metadata keys attached to every line.
+LOKI_METADATA_KEYS = ("correlation_id", "trace_id", "span_id")
+LEVEL_INFO = "info"
+LEVEL_WARN = "warn"
+LEVEL_ERROR = "error"
+
+# --- HTTP --------------------------------------------------------------------------
+
+CORRELATION_HEADER = "X-Correlation-ID"
+TRACEPARENT_HEADER = "traceparent"
+OTLP_TRACES_PATH = "/v1/traces"
+NATIVE_SPANS_PATH = "/api/v1/spans"
+METRICS_PATH = "/metrics"
+HEALTH_PATH = "/api/v1/health"
+OPENAPI_PATH = "/api/v1/openapi.json"
+
+# --- span attributes read from OpenTelemetry data ----------------------------------------
+
+ATTR_WORKFLOW = ("flowscope.workflow", "workflow.type")
+ATTR_LAYER = "flowscope.layer"
+ATTR_COMPONENT = "flowscope.component"
+ATTR_CORRELATION_ID = ("flowscope.correlation_id", "correlation_id")
+REQUESTS_REJECTED_TOTAL = "flowscope_ingest_requests_rejected_total"

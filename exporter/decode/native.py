@@ -1,0 +1,203 @@
+"""Native JSON batches (the workflow-session / trace-step shape) → spans.
+
+A batch is an object with ``steps`` (finished trace steps) and, optionally,
+``workflows`` (finished workflow sessions, one per run)::
+
+    {"workflows": [{"correlation_id": "c-1", "workflow_type": "checkout", "status": "success",
+                    "started_at": "2026-11-23T10:00:00Z", "duration_ms": 840, "user": "u-42"}],
+     "steps": [{"correlation_id": "c-1", "workflow_type": "checkout", "layer": "database",
+                "component": "postgres", "operation": "insert_order", "status": "success",
+                "started_at": 1795000000.120, "duration_ms": 12.5,
+                "metadata": {"rows": 1}, "state": {"order_id": 7}}]}
+
+A bare array is read as ``steps``. ``started_at`` is ISO 8601 or epoch
+seconds; ``ended_at`` may stand in for ``duration_ms``. ``status`` accepts the
+seed vocabulary (success/completed/failed) as well as ok/error/timeout/cancelled.
+Without ``trace_id``, all records of a correlation_id share one derived from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+from typing import Any
+
+from .. import conventions as c
+from ..errors import DecodeError
+from ..model import LAYERS, Span, hash_user, new_span_id
+from . import DecodeResult
+
+STATUS_ALIASES = {
+    "ok": "ok", "success": "ok", "succeeded": "ok", "completed": "ok", "complete": "ok",
+    "error": "error", "failed": "error", "failure": "error",
+    "timeout": "timeout", "timed_out": "timeout",
+    "cancelled": "cancelled", "canceled": "cancelled",
+}
+MAX_NAME = 200
+_TRACE_RE = re.compile(r"^[0-9a-f]{32}$")
+_SPAN_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str, detail: str):
+        self.reason, self.detail = reason, detail
+
+
+def trace_id_for(correlation_id: str) -> str:
+    """A stable trace_id for a correlation_id: itself if it is one, else a digest."""
+    cid = correlation_id.replace("-", "").lower()
+    if _TRACE_RE.match(cid):
+        return cid
+    return hashlib.sha256(correlation_id.encode()).hexdigest()[:32]
+
+
+def _name(rec: dict, key: str, required: bool = True) -> str | None:
+    v = rec.get(key)
+    if v is None or v == "":
+        if required:
+            raise _Bad("missing_field", f"{key} is required")
+        return None
+    if not isinstance(v, str):
+        raise _Bad("invalid_value", f"{key} must be a string, got {type(v).__name__}")
+    if len(v) > MAX_NAME:
+        raise _Bad("invalid_value", f"{key} is longer than {MAX_NAME} characters")
+    return v
+
+
+def _time_ns(rec: dict, key: str) -> int | None:
+    v = rec.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise _Bad("invalid_time", f"{key} must be ISO 8601 or epoch seconds")
+    if isinstance(v, (int, float)):
+        if v <= 0:
+            raise _Bad("invalid_time", f"{key} must be positive epoch seconds")
+        return int(v * 1e9)
+    if isinstance(v, str):
+        try:
+            dt = datetime.fromisoformat(v)
+        except ValueError:
+            raise _Bad("invalid_time", f"{key} is not ISO 8601: {v[:40]!r}") from None
+        if dt.tzinfo is None:
+            raise _Bad("invalid_time", f"{key} needs a timezone (e.g. Z): {v[:40]!r}")
+        return int(dt.timestamp() * 1_000_000) * 1000
+    raise _Bad("invalid_time", f"{key} must be ISO 8601 or epoch seconds")
+
+
+def _interval(rec: dict) -> tuple[int, int]:
+    start = _time_ns(rec, "started_at")
+    if start is None:
+        raise _Bad("missing_field", "started_at is required")
+    dur = rec.get("duration_ms")
+    if dur is not None:
+        if isinstance(dur, bool) or not isinstance(dur, (int, float)) or dur < 0 or dur != dur:
+            raise _Bad("invalid_value", "duration_ms must be a number >= 0")
+        return start, start + int(dur * 1e6)
+    end = _time_ns(rec, "ended_at")
+    if end is None:
+        raise _Bad("missing_field", "duration_ms or ended_at is required")
+    if end < start:
+        raise _Bad("invalid_time", "ended_at is before started_at")
+    return start, end
+
+
+def _status(rec: dict) -> str:
+    v = rec.get("status", "ok")
+    s = STATUS_ALIASES.get(v.lower()) if isinstance(v, str) else None
+    if s is None:
+        raise _Bad("invalid_value", f"status must be one of {sorted(STATUS_ALIASES)}, got {v!r}")
+    return s
+
+
+def _dict(rec: dict, key: str) -> dict | None:
+    v = rec.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise _Bad("invalid_value", f"{key} must be an object")
+    return v
+
+
+def _ids(rec: dict, cid: str) -> tuple[str, str, str | None]:
+    tid = rec.get("trace_id") or trace_id_for(cid)
+    sid = rec.get("span_id") or rec.get("step_id") or new_span_id()
+    parent = rec.get("parent_span_id") or None
+    if not isinstance(tid, str) or not _TRACE_RE.match(tid):
+        raise _Bad("invalid_trace_id", "trace_id must be 32 lowercase hex digits")
+    if not isinstance(sid, str) or not _SPAN_RE.match(sid):
+        raise _Bad("invalid_span_id", "span_id must be 16 lowercase hex digits")
+    if parent is not None and (not isinstance(parent, str) or not _SPAN_RE.match(parent)):
+        raise _Bad("invalid_span_id", "parent_span_id must be 16 lowercase hex digits")
+    return tid, sid, parent
+
+
+def _step(rec: dict) -> Span:
+    cid = _name(rec, "correlation_id")
+    layer = _name(rec, "layer")
+    if layer not in LAYERS:
+        raise _Bad("invalid_value", f"layer must be one of {list(c.LAYERS)}, got {layer!r}")
+    start, end = _interval(rec)
+    tid, sid, parent = _ids(rec, cid)
+    status = _status(rec)
+    etype = _name(rec, "error_type", required=False)
+    if status in c.FAILED_STATUSES and not etype:
+        etype = status
+    return Span(tid, sid, _name(rec, "workflow_type"), layer, _name(rec, "component"),
+                _name(rec, "operation"), start, end, status, parent, cid,
+                _name(rec, "service", required=False) or "", etype,
+                rec.get("error_message") if isinstance(rec.get("error_message"), str) else None,
+                _dict(rec, "metadata"), _dict(rec, "state"), True, None,
+                rec.get("stack_trace") if isinstance(rec.get("stack_trace"), str) else None)
+
+
+def _workflow(rec: dict) -> Span:
+    cid = _name(rec, "correlation_id")
+    start, end = _interval(rec)
+    tid = rec.get("trace_id") or trace_id_for(cid)
+    if not isinstance(tid, str) or not _TRACE_RE.match(tid):
+        raise _Bad("invalid_trace_id", "trace_id must be 32 lowercase hex digits")
+    status = _status(rec)
+    user = rec.get("user")
+    wf = _name(rec, "workflow_type")
+    etype = _name(rec, "error_type", required=False)
+    if status in c.FAILED_STATUSES and not etype:
+        etype = status
+    return Span(tid, new_span_id(), wf, "system", "workflow", wf, start, end, status, None, cid,
+                _name(rec, "service", required=False) or "", etype,
+                rec.get("error_message") if isinstance(rec.get("error_message"), str) else None,
+                _dict(rec, "metadata"), None, False, hash_user(str(user)) if user is not None else None)
+
+
+def decode(doc: Any) -> DecodeResult:
+    """Decode a parsed native batch. Steps are indexed first, then workflows."""
+    if isinstance(doc, list):
+        steps, workflows = doc, []
+    elif isinstance(doc, dict):
+        unknown = set(doc) - {"steps", "workflows"}
+        if unknown:
+            raise DecodeError(f"unknown top-level field(s) {sorted(unknown)}; expected steps and workflows",
+                              field=sorted(unknown)[0])
+        steps, workflows = doc.get("steps") or [], doc.get("workflows") or []
+        for k, v in (("steps", steps), ("workflows", workflows)):
+            if not isinstance(v, list):
+                raise DecodeError(f"{k} must be an array", field=k)
+    else:
+        raise DecodeError("body must be an object with steps/workflows, or an array of steps")
+    result = DecodeResult()
+    for i, rec in enumerate(steps):
+        try:
+            if not isinstance(rec, dict):
+                raise _Bad("malformed_span", "a step must be an object")
+            result.spans.append(_step(rec))
+        except _Bad as b:
+            result.reject(i, b.reason, f"steps[{i}]: {b.detail}")
+    for j, rec in enumerate(workflows):
+        try:
+            if not isinstance(rec, dict):
+                raise _Bad("malformed_span", "a workflow must be an object")
+            result.spans.append(_workflow(rec))
+        except _Bad as b:
+            result.reject(len(steps) + j, b.reason, f"workflows[{j}]: {b.detail}")
+    return result

@@ -1,0 +1,174 @@
+"""The exporter's HTTP surface as a Flask blueprint: OTLP, native ingest and /metrics.
+
+Views parse the request, call the pipeline, and serialise the result. Every
+refusal is JSON ``{"error": {"code", "message", "field"?}}`` with a 4xx.
+"""
+
+from __future__ import annotations
+
+import hmac
+import zlib
+
+import orjson
+from flask import Blueprint, Response, current_app, request
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_latest_om
+
+from . import conventions as c
+from .decode import DecodeResult, native, otlp
+from .errors import DecodeError
+from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, finish, render_iter, wants_openmetrics
+from .runtime import Exporter
+
+PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, headers=None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None, headers=None) -> Response:
+    err = {"code": code, "message": message}
+    if field:
+        err["field"] = field
+    return Response(orjson.dumps({"error": err}), status=status, mimetype="application/json", headers=headers)
+
+
+def _exporter() -> Exporter:
+    return current_app.extensions["flowscope"]
+
+
+def _check_auth(ex: Exporter) -> None:
+    token = ex.config.ingest_token
+    if not token:
+        return
+    got = request.headers.get("Authorization", "")
+    if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode())):
+        raise HttpError(401, "unauthorized", "ingest requires Authorization: Bearer <FLOWSCOPE_INGEST_TOKEN>",
+                        headers={"WWW-Authenticate": 'Bearer realm="flowscope"'})
+
+
+def _read_body(limit: int) -> bytes:
+    """The request body, gunzipped if needed, refusing anything over ``limit`` bytes."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise HttpError(413, "too_large", f"body of {length} bytes exceeds the limit of {limit} bytes")
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise HttpError(413, "too_large", f"body exceeds the limit of {limit} bytes")
+    enc = (request.headers.get("Content-Encoding") or "identity").lower().strip()
+    if enc == "gzip":
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out = d.decompress(raw, limit + 1)
+        except zlib.error as e:
+            raise HttpError(400, "malformed_body", f"body is not valid gzip: {e}") from None
+        if len(out) > limit or d.unconsumed_tail:
+            raise HttpError(413, "too_large", f"decompressed body exceeds the limit of {limit} bytes")
+        if not d.eof:
+            raise HttpError(400, "malformed_body", "gzip body is truncated")
+        return out
+    if enc != "identity":
+        raise HttpError(415, "unsupported_encoding", f"Content-Encoding {enc!r} is not supported; use gzip",
+                        field="Content-Encoding")
+    return raw
+
+
+def _json(body: bytes):
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise HttpError(400, "malformed_body", f"body is not valid JSON: {e}") from None
+
+
+def _accept(ex: Exporter, fmt: str, decode) -> DecodeResult:
+    """Authenticate, read, decode and ingest; count whole-request refusals."""
+    try:
+        _check_auth(ex)
+        result = decode()
+    except HttpError as e:
+        ex.pipeline.reject_request(fmt, e.code)
+        raise
+    except DecodeError as e:
+        ex.pipeline.reject_request(fmt, "malformed_body")
+        raise HttpError(400, "malformed_body", str(e), e.field) from None
+    counts: dict[str, int] = {}
+    for r in result.rejected:
+        counts[r.reason] = counts.get(r.reason, 0) + 1
+    ex.pipeline.ingest(result.spans, fmt, counts.items())
+    return result
+
+
+def _media_type() -> str:
+    return (request.mimetype or "").lower()
+
+
+def create_blueprint() -> Blueprint:
+    bp = Blueprint("exporter", __name__)
+
+    @bp.errorhandler(HttpError)
+    def _http_error(e: HttpError):
+        return error_response(e.status, e.code, e.message, e.field, e.headers)
+
+    @bp.post(c.OTLP_TRACES_PATH)
+    def otlp_traces():
+        ex = _exporter()
+        mt = _media_type()
+        if mt in PROTOBUF_TYPES:
+            fmt = c.FORMAT_OTLP_PROTOBUF
+            result = _accept(ex, fmt, lambda: otlp.decode_protobuf(_read_body(ex.config.max_body_bytes)))
+            resp = ExportTraceServiceResponse()
+            if result.rejected:
+                resp.partial_success.rejected_spans = len(result.rejected)
+                resp.partial_success.error_message = result.summary()
+            return Response(resp.SerializeToString(), status=200, mimetype="application/x-protobuf")
+        if mt == "application/json":
+            fmt = c.FORMAT_OTLP_JSON
+            result = _accept(ex, fmt, lambda: otlp.decode_json(_json(_read_body(ex.config.max_body_bytes))))
+            body = {}
+            if result.rejected:
+                body = {"partialSuccess": {"rejectedSpans": len(result.rejected), "errorMessage": result.summary()}}
+            return Response(orjson.dumps(body), status=200, mimetype="application/json")
+        ex.pipeline.reject_request("otlp", "unsupported_media_type")
+        raise HttpError(415, "unsupported_media_type",
+                        f"Content-Type {mt or '(none)'!r} is not supported; use application/x-protobuf "
+                        "or application/json", field="Content-Type")
+
+    @bp.post(c.NATIVE_SPANS_PATH)
+    def native_spans():
+        ex = _exporter()
+        if _media_type() != "application/json":
+            ex.pipeline.reject_request(c.FORMAT_NATIVE, "unsupported_media_type")
+            raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json",
+                            field="Content-Type")
+        result = _accept(ex, c.FORMAT_NATIVE, lambda: native.decode(_json(_read_body(ex.config.max_body_bytes))))
+        body = {"accepted": len(result.spans), "rejected": len(result.rejected),
+                "errors": [{"index": r.index, "reason": r.reason, "message": r.detail} for r in result.rejected[:20]]}
+        status = 200
+        if result.rejected and not result.spans:
+            status = 400
+            body["error"] = {"code": "no_valid_spans", "message": result.summary()}
+        return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+    @bp.get(c.METRICS_PATH)
+    def metrics():
+        ex = _exporter()
+        om = wants_openmetrics(request.headers.get("Accept"))
+        if om:
+            extra = generate_latest_om(ex.registry)
+            extra = extra[: -len(b"# EOF\n")] if extra.endswith(b"# EOF\n") else extra
+        else:
+            extra = generate_latest(ex.registry)
+
+        def body():
+            yield from render_iter(ex.store, om)
+            yield extra
+            yield finish(om)
+
+        return Response(body(), mimetype=None,
+                        content_type=OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE)
+
+    return bp

@@ -1,0 +1,148 @@
+"""The domain model: one place for Span, ErrorRecord and WorkflowRun.
+
+A :class:`Span` is one finished step of a workflow run. Every input path
+(OTLP, native JSON, the in-process SDK) decodes to spans; the pipeline only
+ever sees spans.
+
+Example::
+
+    s = Span(trace_id="4bf9...", span_id="00f0...", workflow="checkout",
+             layer="database", component="postgres", operation="SELECT orders",
+             start_ns=t0, end_ns=t0 + 3_000_000)
+    s.duration_s  # 0.003
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import conventions as c
+
+LAYERS = frozenset(c.LAYERS)
+STATUSES = frozenset(c.STATUSES)
+
+
+def new_trace_id() -> str:
+    return os.urandom(16).hex()
+
+
+def new_span_id() -> str:
+    return os.urandom(8).hex()
+
+
+def hash_user(user: str | None) -> str | None:
+    """Users are never stored raw: a stable, non-reversible digest instead."""
+    if user is None or user == "":
+        return None
+    return hashlib.sha256(user.encode("utf-8")).hexdigest()[:16]
+
+
+class Span:
+    """One finished step. ``__slots__`` and positional construction keep it cheap.
+
+    ``is_step`` is False for a native workflow record, which is the run's
+    envelope, not a step in any layer. ``parent_span_id`` is ``None`` for a
+    root span, and a root span that finishes finishes its run.
+    """
+
+    __slots__ = (
+        "trace_id", "span_id", "parent_span_id", "correlation_id", "workflow", "service",
+        "layer", "component", "operation", "start_ns", "end_ns", "status", "error_type",
+        "error_message", "attributes", "state", "is_step", "user", "stack_trace",
+    )
+
+    def __init__(
+        self,
+        trace_id: str,
+        span_id: str,
+        workflow: str,
+        layer: str,
+        component: str,
+        operation: str,
+        start_ns: int,
+        end_ns: int,
+        status: str = "ok",
+        parent_span_id: str | None = None,
+        correlation_id: str | None = None,
+        service: str = "",
+        error_type: str | None = None,
+        error_message: str | None = None,
+        attributes: dict[str, Any] | None = None,
+        state: dict[str, Any] | None = None,
+        is_step: bool = True,
+        user: str | None = None,
+        stack_trace: str | None = None,
+    ):
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.correlation_id = correlation_id or trace_id
+        self.workflow = workflow
+        self.service = service
+        self.layer = layer
+        self.component = component
+        self.operation = operation
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.status = status
+        self.error_type = error_type
+        self.error_message = error_message
+        self.attributes = attributes
+        self.state = state
+        self.is_step = is_step
+        self.user = user
+        self.stack_trace = stack_trace
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+    @property
+    def is_root(self) -> bool:
+        return not self.parent_span_id
+
+    @property
+    def failed(self) -> bool:
+        return self.status in c.FAILED_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __repr__(self) -> str:
+        return (f"Span({self.workflow}/{self.layer}/{self.component}/{self.operation} "
+                f"{self.status} {self.duration_s * 1000:.3f}ms trace={self.trace_id})")
+
+
+@dataclass(slots=True)
+class ErrorRecord:
+    """An error logged outside a step (``ErrorLogger``), classified and with its stack."""
+
+    error_type: str
+    message: str
+    layer: str
+    component: str
+    workflow: str = c.UNKNOWN_WORKFLOW
+    correlation_id: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    category: str = "unknown"
+    stack_trace: str | None = None
+    time_ns: int = 0
+    service: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class WorkflowRun:
+    """All spans that share a correlation_id; built by the run store (issue 5)."""
+
+    correlation_id: str
+    workflow: str
+    status: str
+    start_ns: int
+    end_ns: int
+    user: str | None = None
+    spans: list[Span] = field(default_factory=list)

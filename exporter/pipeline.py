@@ -1,0 +1,177 @@
+"""Fan finished spans out to the metrics store and the Loki pusher.
+
+``Pipeline.ingest`` is the one entry point every input path uses (OTLP,
+native JSON, the in-process SDK). It holds the store's lock once per batch.
+The Loki pusher is optional; without it spans only become metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+
+from . import conventions as c
+from .loki import LokiPusher, error_entry, span_entry
+from .metrics import MetricStore
+from .model import ErrorRecord, Span
+from .resolver import WorkflowResolver
+
+
+class Pipeline:
+    def __init__(self, store: MetricStore, loki: LokiPusher | None = None,
+                 resolver: WorkflowResolver | None = None, clock: Callable[[], float] = time.time,
+                 sinks: Iterable[Callable[[list[Span]], None]] = ()):
+        self.store = store
+        self.loki = loki
+        self.resolver = resolver or WorkflowResolver()
+        self.clock = clock
+        self.sinks = list(sinks)
+        s = store
+        self.runs = s.counter(c.WORKFLOW_RUNS_TOTAL, "Finished workflow runs.", c.WORKFLOW_RUNS_LABELS)
+        self.run_duration = s.histogram(c.WORKFLOW_DURATION_SECONDS, "Duration of finished workflow runs.",
+                                        c.WORKFLOW_DURATION_LABELS)
+        self.step_duration = s.histogram(c.STEP_DURATION_SECONDS,
+                                         "Duration of finished workflow steps, by layer, component and operation.",
+                                         c.STEP_DURATION_LABELS)
+        self.step_errors = s.counter(c.STEP_ERRORS_TOTAL, "Failed workflow steps and logged errors.",
+                                     c.STEP_ERRORS_LABELS)
+        self.in_progress = s.gauge(c.WORKFLOWS_IN_PROGRESS, "Workflow runs started and not yet finished (SDK).",
+                                   c.WORKFLOWS_IN_PROGRESS_LABELS)
+        self.received = s.counter(c.SPANS_RECEIVED_TOTAL, "Spans received, valid or not, by input format.",
+                                  (c.L_FORMAT,))
+        self.rejected = s.counter(c.SPANS_REJECTED_TOTAL, "Spans refused, by input format and reason.",
+                                  (c.L_FORMAT, c.L_REASON))
+        self.requests_rejected = s.counter(c.REQUESTS_REJECTED_TOTAL,
+                                           "Ingest requests refused whole, by input format and reason.",
+                                           (c.L_FORMAT, c.L_REASON))
+        # SDK spans are counted in a plain int on the hot path and folded into the
+        # counter when the store is rendered.
+        self._sdk_received = 0
+        s.collect_hooks.append(self._fold_sdk_count)
+        pending = s.gauge(c.TRACES_PENDING, "OTLP spans waiting for their trace's root span to name the workflow.")
+        pending.set_function((), lambda: self.resolver.pending_spans)
+
+    # -- input ----------------------------------------------------------------------------
+
+    def ingest(self, spans: list[Span], fmt: str, rejected: Iterable[tuple[str, int]] = ()) -> None:
+        """Record a decoded batch: metrics first, then the log stream and other sinks."""
+        store = self.store
+        with store.lock:
+            rej = 0
+            for reason, n in rejected:
+                self.rejected.inc((fmt, reason), n)
+                rej += n
+            self.received.inc((fmt,), len(spans) + rej)
+            if any(s.workflow is None for s in spans):
+                spans = self.resolver.resolve(spans, self.clock())
+            self._apply(spans)
+        self._fan_out(spans)
+
+    def _fold_sdk_count(self) -> None:
+        n, self._sdk_received = self._sdk_received, 0
+        if n:
+            self.received.inc((c.FORMAT_SDK,), n)
+
+    def reject_request(self, fmt: str, reason: str) -> None:
+        with self.store.lock:
+            self.requests_rejected.inc((fmt, reason))
+
+    def _apply(self, spans: list[Span]) -> None:
+        step = self.step_duration.observe
+        err = self.step_errors.inc
+        for s in spans:
+            dur = (s.end_ns - s.start_ns) / 1e9
+            if s.is_step:
+                step((s.workflow, s.layer, s.component, s.operation, s.status), dur, s.trace_id, s.span_id,
+                     s.end_ns / 1e9)
+                if s.status == "error" or s.status == "timeout":
+                    err((s.workflow, s.layer, s.component, s.error_type or s.status))
+            if not s.parent_span_id:
+                self._apply_run(s)
+
+    def _apply_run(self, s: Span) -> None:
+        self.runs.inc((s.workflow, s.status))
+        self.run_duration.observe((s.workflow, s.status), (s.end_ns - s.start_ns) / 1e9, s.trace_id, s.span_id,
+                                  s.end_ns / 1e9)
+
+    def _fan_out(self, spans: list[Span]) -> None:
+        if self.loki is not None and spans:
+            self.loki.enqueue_many([span_entry(s) for s in spans])
+        for sink in self.sinks:
+            sink(spans)
+
+    def record_step(self, s: Span) -> None:
+        """The SDK's fast path for one span (same effect as ``ingest([s], "sdk")``)."""
+        with self.store.lock:
+            self._sdk_received += 1
+            if s.is_step:
+                self.step_duration.observe((s.workflow, s.layer, s.component, s.operation, s.status),
+                                           (s.end_ns - s.start_ns) / 1e9, s.trace_id, s.span_id, s.end_ns / 1e9)
+                if s.status == "error" or s.status == "timeout":
+                    self.step_errors.inc((s.workflow, s.layer, s.component, s.error_type or s.status))
+            if not s.parent_span_id:
+                self._apply_run(s)
+        if self.loki is not None:
+            self.loki.enqueue(span_entry(s))
+        for sink in self.sinks:
+            sink([s])
+
+    @property
+    def metrics_only(self) -> bool:
+        """True when spans only feed metrics (no Loki, no other sink): the SDK may skip building Spans."""
+        return self.loki is None and not self.sinks
+
+    def fast_step(self, workflow: str, layer: str, component: str, operation: str, start_ns: int, end_ns: int,
+                  trace_id: str, span_id: str) -> None:
+        """A successful SDK step, metrics only. Same effect as ``record_step`` of the equivalent Span.
+
+        The histogram update is inlined: this is the hot path of every traced step.
+        """
+        h = self.step_duration
+        key = (workflow, layer, component, operation, "ok")
+        value = (end_ns - start_ns) / 1e9
+        with self.store.lock:
+            self._sdk_received += 1
+            s = h.series.get(key)
+            if s is None:
+                s = h._create(key)
+            i = bisect_left(h.bounds, value)
+            s.counts[i] += 1
+            s.sum += value
+            ex = s.exemplars
+            if ex is None:
+                ex = s.exemplars = [None] * len(s.counts)
+            ex[i] = (trace_id, span_id, value, end_ns / 1e9)
+
+    def record_error(self, e: ErrorRecord) -> None:
+        with self.store.lock:
+            self.step_errors.inc((e.workflow, e.layer, e.component, e.error_type))
+        if self.loki is not None:
+            self.loki.enqueue(error_entry(e))
+
+    def workflow_started(self, workflow: str) -> None:
+        with self.store.lock:
+            self.in_progress.inc((workflow,))
+
+    def workflow_ended(self, workflow: str) -> None:
+        with self.store.lock:
+            self.in_progress.dec((workflow,))
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Release OTLP spans whose trace root never came (call every second or so)."""
+        with self.store.lock:
+            spans = self.resolver.expire(self.clock())
+            self._apply(spans)
+        self._fan_out(spans)
+
+    def close(self) -> None:
+        """Release every waiting span, then flush Loki."""
+        with self.store.lock:
+            spans = self.resolver.expire(float("inf"))
+            self._apply(spans)
+        self._fan_out(spans)
+        if self.loki is not None:
+            self.loki.close()

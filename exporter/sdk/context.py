@@ -1,0 +1,34 @@
+"""Context variables that carry the current run, step and request IDs."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import NamedTuple
+
+
+class RequestContext(NamedTuple):
+    correlation_id: str
+    trace_id: str | None
+    parent_span_id: str | None
+
+
+#: (run, current span_id) of the innermost workflow/step on this task or thread.
+current_step: ContextVar[tuple | None] = ContextVar("flowscope_step", default=None)
+#: Set by CorrelationIdMiddleware for the duration of one request.
+current_request: ContextVar[RequestContext | None] = ContextVar("flowscope_request", default=None)
+
+
+def current_ids() -> tuple[str | None, str | None, str | None]:
+    """(correlation_id, trace_id, span_id) of whatever is running now, else Nones."""
+    cur = current_step.get()
+    if cur is not None:
+        run, span_id = cur
+        return run.correlation_id, run.trace_id, span_id
+    req = current_request.get()
+    if req is not None:
+        return req.correlation_id, req.trace_id, req.parent_span_id
+    return None, None, None
+
+
+def current_correlation_id() -> str | None:
+    return current_ids()[0]
