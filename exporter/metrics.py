@@ -251,7 +251,7 @@ class MetricStore:
     def histogram(self, name: str, documentation: str, labelnames: Sequence[str] = (),
                   limit: int | None = None, buckets: Iterable[float] | None = None) -> Histogram:
         return self._add(Histogram(name, documentation, labelnames, limit or self.series_limit,
-                                   self._count_overflow, tuple(buckets or self.buckets)))
+                                   self._count_overflow, tuple(self.buckets if buckets is None else buckets)))
 
     def get(self, name: str) -> _Family:
         return self._by_name[name]

@@ -13,7 +13,9 @@ A batch is an object with ``steps`` (finished trace steps) and, optionally,
 A bare array is read as ``steps``. ``started_at`` is ISO 8601 or epoch
 seconds; ``ended_at`` may stand in for ``duration_ms``. ``status`` accepts the
 seed vocabulary (success/completed/failed) as well as ok/error/timeout/cancelled.
-Without ``trace_id``, all records of a correlation_id share one derived from it.
+Without ``trace_id``, all records of a correlation_id share one derived from it;
+a step without ``parent_span_id`` hangs off the run's envelope, whose span_id is
+derived from the correlation_id too. Only workflow records finish runs.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def trace_id_for(correlation_id: str) -> str:
     if _TRACE_RE.match(cid):
         return cid
     return hashlib.sha256(correlation_id.encode()).hexdigest()[:32]
+
+
+def root_span_id_for(correlation_id: str) -> str:
+    """The span_id of a run's envelope; steps sent without a parent hang off it."""
+    return hashlib.sha256(b"root:" + correlation_id.encode()).hexdigest()[:16]
 
 
 def _name(rec: dict, key: str, required: bool = True) -> str | None:
@@ -123,7 +130,7 @@ def _dict(rec: dict, key: str) -> dict | None:
 def _ids(rec: dict, cid: str) -> tuple[str, str, str | None]:
     tid = rec.get("trace_id") or trace_id_for(cid)
     sid = rec.get("span_id") or rec.get("step_id") or new_span_id()
-    parent = rec.get("parent_span_id") or None
+    parent = rec.get("parent_span_id") or root_span_id_for(cid)
     if not isinstance(tid, str) or not _TRACE_RE.match(tid):
         raise _Bad("invalid_trace_id", "trace_id must be 32 lowercase hex digits")
     if not isinstance(sid, str) or not _SPAN_RE.match(sid):
@@ -164,7 +171,7 @@ def _workflow(rec: dict) -> Span:
     etype = _name(rec, "error_type", required=False)
     if status in c.FAILED_STATUSES and not etype:
         etype = status
-    return Span(tid, new_span_id(), wf, "system", "workflow", wf, start, end, status, None, cid,
+    return Span(tid, root_span_id_for(cid), wf, "system", "workflow", wf, start, end, status, None, cid,
                 _name(rec, "service", required=False) or "", etype,
                 rec.get("error_message") if isinstance(rec.get("error_message"), str) else None,
                 _dict(rec, "metadata"), None, False, hash_user(str(user)) if user is not None else None)
@@ -179,7 +186,10 @@ def decode(doc: Any) -> DecodeResult:
         if unknown:
             raise DecodeError(f"unknown top-level field(s) {sorted(unknown)}; expected steps and workflows",
                               field=sorted(unknown)[0])
-        steps, workflows = doc.get("steps") or [], doc.get("workflows") or []
+        steps = doc.get("steps")
+        workflows = doc.get("workflows")
+        steps = [] if steps is None else steps
+        workflows = [] if workflows is None else workflows
         for k, v in (("steps", steps), ("workflows", workflows)):
             if not isinstance(v, list):
                 raise DecodeError(f"{k} must be an array", field=k)

@@ -15,7 +15,7 @@ import re
 import uuid
 
 from .. import conventions as c
-from .context import RequestContext, current_request
+from .context import RequestContext, current_request, current_step
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _CID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -52,7 +52,10 @@ class CorrelationIdMiddleware:
             return start_response(status, headers, exc_info)
 
         token = current_request.set(ctx)
+        # A request starts with no active run, whatever the worker thread did before.
+        step_token = current_step.set(None)
         try:
             return self.app(environ, _start_response)
         finally:
+            current_step.reset(step_token)
             current_request.reset(token)

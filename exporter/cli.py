@@ -1,0 +1,168 @@
+"""The ``flowscope`` command. Errors become exit codes here, and only here.
+
+    flowscope serve --demo          # exporter + backend on 127.0.0.1:9464 with synthetic traffic
+    flowscope demo --target URL     # send synthetic traffic to a running exporter
+    flowscope config                # effective settings; --markdown for the README table
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+
+import orjson
+
+from .config import SETTINGS, load_config, markdown_table
+from .errors import ConfigError, FlowscopeError
+
+log = logging.getLogger("flowscope")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _add_settings(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    by = {s.name: s for s in SETTINGS}
+    for n in names:
+        s = by[n]
+        p.add_argument("--" + n.replace("_", "-"), dest=n, default=None, metavar=n.split("_")[-1].upper(),
+                       help=f"{s.help} [env {s.env}]")
+
+
+SERVE_SETTINGS = ("host", "port", "service_name", "ingest_token", "max_body_bytes", "series_limit", "buckets",
+                  "trace_timeout_s", "loki_url", "loki_tenant", "loki_username", "loki_encoding", "demo_rate",
+                  "log_level")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flowscope", description=(
+        "Flowscope: workflow traces in; Prometheus metrics, Loki streams and analyses out."))
+    p.add_argument("--config", metavar="FILE", help="YAML file of settings [env FLOWSCOPE_CONFIG]")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the exporter and backend in one process (the embedded default)",
+                           description="Serve OTLP/HTTP and native ingest, /metrics and the backend API.")
+    serve.add_argument("--demo", action="store_true", help="also generate synthetic multi-layer traffic")
+    _add_settings(serve, SERVE_SETTINGS)
+
+    demo = sub.add_parser("demo", help="send synthetic multi-layer traffic to a running exporter",
+                          description="POST synthetic workflow runs as native JSON to TARGET/api/v1/spans.")
+    demo.add_argument("--target", default="http://127.0.0.1:9464", help="exporter base URL")
+    demo.add_argument("--rate", type=float, default=20.0, help="runs per second")
+    demo.add_argument("--duration", type=float, default=0, help="seconds to run (0: until interrupted)")
+    demo.add_argument("--token", default=None, help="bearer token, if the exporter requires one")
+    demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable traffic")
+
+    cfg = sub.add_parser("config", help="print the effective settings",
+                         description="Print the effective settings (secrets masked) as JSON.")
+    cfg.add_argument("--markdown", action="store_true", help="print the table of every FLOWSCOPE_* variable")
+    return p
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from werkzeug.serving import make_server
+
+    from backend.app import create_app
+
+    from .demo import DemoTraffic
+    from .runtime import build
+
+    cfg = load_config({n: getattr(args, n) for n in SERVE_SETTINGS}, file=args.config)
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ex = build(cfg)
+    app = create_app(ex)
+    try:
+        server = make_server(cfg.host, cfg.port, app, threaded=True)
+    except OSError as e:
+        ex.close()
+        raise FlowscopeError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from None
+    host, port = server.server_address[:2]
+    demo = None
+    if args.demo:
+        from .decode import native
+
+        def deliver(batch: dict) -> None:
+            result = native.decode(batch)
+            ex.pipeline.ingest(result.spans, "native")
+
+        demo = DemoTraffic(deliver, rate=cfg.demo_rate, on_start=ex.pipeline.workflow_started,
+                           on_end=ex.pipeline.workflow_ended).start()
+    stop = threading.Event()
+
+    def _stop(signum, frame):
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(f"flowscope serving on http://{host}:{port}  (metrics: http://{host}:{port}/metrics"
+          f"{', demo traffic on' if demo else ''})", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        if demo:
+            demo.stop()
+        ex.close()
+        log.info("stopped")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import requests
+
+    from .demo import DemoTraffic
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    session = requests.Session()
+    url = args.target.rstrip("/") + "/api/v1/spans"
+    headers = {"Content-Type": "application/json"}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    errors = []
+
+    def deliver(batch: dict) -> None:
+        r = session.post(url, data=orjson.dumps(batch), headers=headers, timeout=10)
+        if r.status_code >= 300:
+            errors.append(r.status_code)
+            raise FlowscopeError(f"{url} answered HTTP {r.status_code}: {r.text[:200]}")
+
+    demo = DemoTraffic(deliver, rate=args.rate, seed=args.seed).start()
+    try:
+        end = time.monotonic() + args.duration if args.duration else None
+        while end is None or time.monotonic() < end:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.stop()
+    print(f"sent {demo.runs} runs to {url}" + (f", {len(errors)} deliveries failed" if errors else ""))
+    return EXIT_ERROR if errors and not demo.runs else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "config":
+            if args.markdown:
+                print(markdown_table())
+            else:
+                print(orjson.dumps(load_config(file=args.config).public(), option=orjson.OPT_INDENT_2).decode())
+            return EXIT_OK
+    except ConfigError as e:
+        print(f"flowscope: configuration error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except FlowscopeError as e:
+        print(f"flowscope: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

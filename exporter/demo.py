@@ -1,0 +1,208 @@
+"""Synthetic multi-layer traffic for ``flowscope serve --demo`` and ``flowscope demo``.
+
+Four workflows (login, product_search, cart_update, checkout) cross
+frontend → api → cache/database/external/queue with realistic latencies,
+injected slow steps (a slow full-text query, a slow payment gateway) and errors
+(payment timeouts and declines, database connection drops, validation
+failures). Runs start in real time and are emitted when they end, so
+``flowscope_workflows_in_progress`` moves as it would in production.
+
+:func:`generate_run` is pure given its RNG: tests and benchmarks use it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .model import new_span_id
+
+log = logging.getLogger("flowscope.demo")
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    layer: str
+    component: str
+    operation: str
+    median_ms: float
+    slow_p: float = 0.0  # probability of an injected slow step
+    slow_ms: float = 0.0
+    errors: tuple[tuple[str, float, str, str], ...] = ()  # (error_type, probability, status, message)
+
+
+WORKFLOWS: dict[str, tuple[float, tuple[StepSpec, ...]]] = {
+    "login": (0.35, (
+        StepSpec("frontend", "web-app", "submit_login", 40),
+        StepSpec("api", "auth-service", "POST /api/login", 25, errors=(
+            ("InvalidCredentials", 0.03, "error", "invalid username or password"),)),
+        StepSpec("cache", "redis", "GET session", 1.2),
+        StepSpec("database", "postgres", "SELECT users", 6, slow_p=0.01, slow_ms=400),
+        StepSpec("external", "oauth-provider", "verify_token", 80, errors=(
+            ("UpstreamTimeout", 0.005, "timeout", "oauth provider timed out after 3000 ms"),)),
+    )),
+    "product_search": (0.35, (
+        StepSpec("frontend", "web-app", "search_page", 60),
+        StepSpec("api", "catalog-service", "GET /api/search", 20),
+        StepSpec("cache", "redis", "GET search_results", 1.0),
+        StepSpec("database", "postgres", "full_text_search", 35, slow_p=0.05, slow_ms=900),
+    )),
+    "cart_update": (0.2, (
+        StepSpec("frontend", "web-app", "update_cart", 30),
+        StepSpec("api", "cart-service", "PUT /api/cart", 15, errors=(
+            ("ValidationError", 0.02, "error", "quantity must be between 1 and 99"),)),
+        StepSpec("database", "postgres", "UPDATE cart_items", 8, errors=(
+            ("DBConnectionError", 0.005, "error", "connection to 10.0.3.7:5432 refused"),)),
+        StepSpec("cache", "redis", "SET cart", 1.1),
+        StepSpec("queue", "kafka", "publish cart_updated", 4),
+    )),
+    "checkout": (0.1, (
+        StepSpec("frontend", "web-app", "checkout_page", 80),
+        StepSpec("api", "order-service", "POST /api/checkout", 40, slow_p=0.03, slow_ms=700),
+        StepSpec("database", "postgres", "INSERT orders", 12, errors=(
+            ("DeadlockDetected", 0.003, "error", "deadlock detected on relation orders"),)),
+        StepSpec("external", "payment-gateway", "charge_card", 350, slow_p=0.08, slow_ms=1800, errors=(
+            ("PaymentTimeout", 0.03, "timeout", "payment gateway timed out after 5000 ms"),
+            ("CardDeclined", 0.02, "error", "card declined: insufficient funds"))),
+        StepSpec("queue", "rabbitmq", "publish order_created", 5),
+    )),
+}
+
+
+def _latency_ms(rng: random.Random, spec: StepSpec) -> float:
+    ms = rng.lognormvariate(0, 0.35) * spec.median_ms
+    if spec.slow_p and rng.random() < spec.slow_p:
+        ms += spec.slow_ms * rng.uniform(0.7, 1.5)
+    return ms
+
+
+def generate_run(rng: random.Random, start_s: float, workflow: str | None = None) -> dict:
+    """One run in the native JSON shape: ``{"workflows": [run], "steps": [...]}``.
+
+    Steps nest: the frontend step is the parent of the API step, which is the
+    parent of the backend calls, made one after another. The first failing
+    step fails the run, and the steps after it are skipped.
+    """
+    names = list(WORKFLOWS)
+    if workflow is None:
+        workflow = rng.choices(names, weights=[WORKFLOWS[n][0] for n in names])[0]
+    specs = WORKFLOWS[workflow][1]
+    cid = uuid.UUID(int=rng.getrandbits(128), version=4).hex
+    user = f"user-{rng.randrange(5000)}"
+    fe_id, api_id = new_span_id(), new_span_id()
+    t = start_s + rng.uniform(0.5, 3) / 1000
+    steps: list[dict] = []
+    failure = None
+    cart = {"items": rng.randint(1, 6)}
+    for spec in specs[2:]:
+        dur = _latency_ms(rng, spec)
+        status, etype, emsg = "success", None, None
+        for et, p, st, msg in spec.errors:
+            if rng.random() < p:
+                status, etype, emsg = st, et, msg
+                if st == "timeout":
+                    dur = max(dur, float(msg.rsplit(" ", 2)[-2]))
+                break
+        rec = {"correlation_id": cid, "workflow_type": workflow, "layer": spec.layer, "component": spec.component,
+               "operation": spec.operation, "status": status, "started_at": t, "duration_ms": round(dur, 3),
+               "span_id": new_span_id(), "parent_span_id": api_id, "service": spec.component,
+               "state": {"step": spec.operation, **cart}}
+        if etype:
+            rec.update(error_type=etype, error_message=emsg)
+            failure = (etype, emsg)
+        steps.append(rec)
+        t += dur / 1000 + rng.uniform(0.2, 1) / 1000
+        if failure:
+            break
+    api_spec, fe_spec = specs[1], specs[0]
+    api_start = start_s + rng.uniform(0.1, 0.4) / 1000
+    api_end = t + _latency_ms(rng, api_spec) / 1000
+    api_status, api_et, api_em = ("error", failure[0], failure[1]) if failure else ("success", None, None)
+    if not failure:
+        for et, p, st, msg in api_spec.errors:
+            if rng.random() < p:
+                api_status, api_et, api_em = st, et, msg
+                failure = (et, msg)
+                break
+    api = {"correlation_id": cid, "workflow_type": workflow, "layer": "api", "component": api_spec.component,
+           "operation": api_spec.operation, "status": api_status, "started_at": api_start,
+           "duration_ms": round((api_end - api_start) * 1000, 3), "span_id": api_id, "parent_span_id": fe_id,
+           "service": api_spec.component}
+    if api_et:
+        api.update(error_type=api_et, error_message=api_em)
+    fe_end = api_end + _latency_ms(rng, fe_spec) / 1000
+    fe = {"correlation_id": cid, "workflow_type": workflow, "layer": "frontend", "component": fe_spec.component,
+          "operation": fe_spec.operation, "status": "error" if failure else "success", "started_at": start_s,
+          "duration_ms": round((fe_end - start_s) * 1000, 3), "span_id": fe_id, "service": "web-app"}
+    if failure:
+        fe.update(error_type=failure[0], error_message=failure[1])
+    run = {"correlation_id": cid, "workflow_type": workflow, "status": "failed" if failure else "success",
+           "started_at": start_s, "duration_ms": round((fe_end - start_s) * 1000 + 0.2, 3), "user": user,
+           "service": "web-app"}
+    if failure:
+        run.update(error_type=failure[0], error_message=failure[1])
+    return {"workflows": [run], "steps": [fe, api, *steps]}
+
+
+class DemoTraffic:
+    """A background thread that starts ``rate`` runs per second and delivers each when it ends.
+
+    ``deliver(batch)`` gets native JSON batches; ``on_start(workflow)`` /
+    ``on_end(workflow)`` drive the in-progress gauge when in-process.
+    """
+
+    def __init__(self, deliver: Callable[[dict], None], rate: float = 20.0, seed: int | None = None,
+                 on_start: Callable[[str], None] | None = None, on_end: Callable[[str], None] | None = None,
+                 tick_s: float = 0.25):
+        self.deliver, self.rate, self.tick_s = deliver, rate, tick_s
+        self.on_start, self.on_end = on_start, on_end
+        self.rng = random.Random(seed)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flowscope-demo", daemon=True)
+        self.runs = 0
+
+    def start(self) -> DemoTraffic:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        pending: list[tuple[float, int, dict]] = []
+        seq = 0
+        carry = 0.0
+        while not self._stop.wait(self.tick_s):
+            now = time.time()
+            carry += self.rate * self.tick_s
+            n, carry = int(carry), carry - int(carry)
+            for _ in range(n):
+                start = now - self.rng.uniform(0, self.tick_s)
+                batch = generate_run(self.rng, start)
+                run = batch["workflows"][0]
+                end = run["started_at"] + run["duration_ms"] / 1000
+                heapq.heappush(pending, (end, seq, batch))
+                seq += 1
+                if self.on_start:
+                    self.on_start(run["workflow_type"])
+            ready = {"workflows": [], "steps": []}
+            while pending and pending[0][0] <= now:
+                _, _, b = heapq.heappop(pending)
+                ready["workflows"] += b["workflows"]
+                ready["steps"] += b["steps"]
+            if ready["workflows"]:
+                try:
+                    self.deliver(ready)
+                    self.runs += len(ready["workflows"])
+                except Exception as e:  # a failed delivery must not stop the demo
+                    log.warning("demo delivery failed: %s", e)
+                if self.on_end:
+                    for r in ready["workflows"]:
+                        self.on_end(r["workflow_type"])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

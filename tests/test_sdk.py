@@ -1,0 +1,247 @@
+import asyncio
+import io
+import logging
+import threading
+import time
+
+import orjson
+import pytest
+from flask import Flask, jsonify
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import conventions as c
+from exporter import sdk
+from exporter.sdk import (CorrelationIdMiddleware, ErrorLogger, JsonFormatter, PerformanceMonitor, WorkflowTracer,
+                          classify_error, parse_traceparent, traced)
+from exporter.sdk.sinks import InProcessSink, RemoteSink
+
+
+@pytest.fixture
+def tracer(ex):
+    return WorkflowTracer(InProcessSink(ex.pipeline), service="shop")
+
+
+def count(ex, wf, layer, comp, op, status="ok"):
+    return ex.store.value(c.STEP_DURATION_SECONDS + "_count", {"workflow": wf, "layer": layer, "component": comp,
+                                                               "operation": op, "status": status}) or 0
+
+
+def test_instance_style_seed_api(ex, tracer):
+    cid = tracer.start_workflow("checkout", user="alice", metadata={"cart": 3})
+    assert ex.store.value(c.WORKFLOWS_IN_PROGRESS, {"workflow": "checkout"}) == 1
+    sid = tracer.add_trace_step(cid, "database", "postgres", "insert_order", state={"cart": 3})
+    tracer.complete_trace_step(sid, status="failed", error_type="DeadlockDetected", error_message="deadlock")
+    tracer.fail_workflow(cid, RuntimeError("order failed"))
+    assert count(ex, "checkout", "database", "postgres", "insert_order", "error") == 1
+    assert ex.store.value(c.STEP_ERRORS_TOTAL, {"workflow": "checkout", "layer": "database", "component": "postgres",
+                                                "error_type": "DeadlockDetected"}) == 1
+    assert ex.store.value(c.WORKFLOW_RUNS_TOTAL, {"workflow": "checkout", "status": "error"}) == 1
+    assert ex.store.value(c.WORKFLOWS_IN_PROGRESS, {"workflow": "checkout"}) == 0
+    with pytest.raises(KeyError, match="already completed"):
+        tracer.complete_workflow(cid)
+    other = tracer.start_workflow("x")
+    with pytest.raises(ValueError, match="status must be one of"):
+        tracer.complete_trace_step(tracer.add_trace_step(other, "api", "a", "b"), status="meh")
+    tracer.complete_workflow(other)
+
+
+def test_static_style_uses_the_default_tracer(ex):
+    sdk.configure(exporter=ex)
+    try:
+        cid = WorkflowTracer.start_workflow("login")
+        sid = WorkflowTracer.add_trace_step(cid, "cache", "redis", "GET session")
+        WorkflowTracer.complete_trace_step(sid)
+        WorkflowTracer.complete_workflow(cid)
+        assert count(ex, "login", "cache", "redis", "GET session") == 1
+        assert ex.store.value(c.WORKFLOW_RUNS_TOTAL, {"workflow": "login", "status": "ok"}) == 1
+    finally:
+        sdk.shutdown()
+
+
+def test_context_managers_nest_and_record_failures_with_stack(ex, tracer):
+    seen = []
+    ex.pipeline.sinks.append(seen.extend)
+    with pytest.raises(TimeoutError):
+        with tracer.workflow("checkout") as run:
+            with tracer.step("api", "orders", "POST /checkout") as outer:
+                with tracer.step("external", "payments", "charge") as inner:
+                    raise TimeoutError("gateway timed out")
+    assert count(ex, "checkout", "external", "payments", "charge", "timeout") == 1
+    assert count(ex, "checkout", "api", "orders", "POST /checkout", "timeout") == 1
+    charge = next(s for s in seen if s.operation == "charge")
+    assert charge.parent_span_id == outer.span_id and charge.span_id == inner.span_id
+    assert charge.correlation_id == run.correlation_id and "TimeoutError" in charge.stack_trace
+    assert ex.store.value(c.WORKFLOW_RUNS_TOTAL, {"workflow": "checkout", "status": "timeout"}) == 1
+
+
+def test_step_fail_marks_a_handled_error(ex, tracer):
+    with tracer.workflow("search"):
+        with tracer.step("external", "catalog", "GET /items") as s:
+            s.fail("HTTP503", "catalog unavailable")
+    assert count(ex, "search", "external", "catalog", "GET /items", "error") == 1
+
+
+def test_traced_decorator_on_sync_and_async_functions(ex, tracer):
+    @traced("database", "postgres", tracer=tracer)
+    def load(x):
+        return x * 2
+
+    @traced("cache", "redis", "GET", tracer=tracer)
+    async def get(x):
+        await asyncio.sleep(0)
+        return x + 1
+
+    async def main():
+        with tracer.workflow("product_search"):
+            return load(2), await get(2)
+
+    assert asyncio.run(main()) == (4, 3)
+    assert count(ex, "product_search", "database", "postgres",
+                 "test_traced_decorator_on_sync_and_async_functions.<locals>.load") == 1
+    assert count(ex, "product_search", "cache", "redis", "GET") == 1
+
+
+def test_steps_in_concurrent_tasks_keep_their_own_runs(ex, tracer):
+    async def run(wf):
+        with tracer.workflow(wf):
+            for _ in range(3):
+                with tracer.step("api", "svc", "op"):
+                    await asyncio.sleep(0)
+
+    async def main():
+        await asyncio.gather(run("login"), run("checkout"))
+
+    asyncio.run(main())
+    assert count(ex, "login", "api", "svc", "op") == 3 and count(ex, "checkout", "api", "svc", "op") == 3
+
+
+def test_performance_monitor_values_appear_on_metrics(ex, client):
+    mon = PerformanceMonitor(ex.meter_provider())
+    mon.record_metric("cache", "redis", "hit rate", 0.93, correlation_id="c-1")
+    mon.record_metric("queue", "kafka", "queue_depth", 12)
+    with pytest.raises(ValueError, match="layer"):
+        mon.record_metric("disk", "x", "y", 1)
+    text = client.get(c.METRICS_PATH).data.decode()
+    got = {(s.name, s.labels.get("layer"), s.labels.get("component")): s.value
+           for f in text_string_to_metric_families(text) for s in f.samples
+           if s.name.startswith(c.CUSTOM_METRIC_PREFIX)}
+    assert got[("flowscope_custom_hit_rate", "cache", "redis")] == 0.93
+    assert got[("flowscope_custom_queue_depth", "queue", "kafka")] == 12
+    assert "c-1" not in text  # correlation IDs are never labels
+
+
+@pytest.mark.parametrize("etype,msg,category", [
+    ("TimeoutError", "", "timeout"), ("ConnectionRefusedError", "", "connection"),
+    ("OperationalError", "deadlock detected", "deadlock"), ("HTTPError", "403 Forbidden", "auth"),
+    ("HTTPError", "404 Not Found", "not_found"), ("HTTPError", "429 Too Many Requests", "rate_limit"),
+    ("ValueError", "bad", "validation"), ("MemoryError", "", "resource"), ("Weird", "", "unknown"),
+])
+def test_errors_are_classified(etype, msg, category):
+    assert classify_error(etype, msg) == category
+
+
+def test_error_logger_keeps_the_stack_and_counts(ex, tracer):
+    log = ErrorLogger(InProcessSink(ex.pipeline), service="shop")
+    with tracer.workflow("checkout") as run:
+        try:
+            {}["missing"]
+        except KeyError as e:
+            rec = log.log_exception(e, layer="api", component="orders")
+    assert rec.correlation_id == run.correlation_id and rec.workflow == "checkout"
+    assert rec.category == "not_found" and "KeyError" in rec.stack_trace and "missing" in rec.stack_trace
+    assert ex.store.value(c.STEP_ERRORS_TOTAL, {"workflow": "checkout", "layer": "api", "component": "orders",
+                                                "error_type": "KeyError"}) == 1
+
+
+def _app():
+    app = Flask(__name__)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.app")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+
+    @app.get("/hello")
+    def hello():
+        logger.info("hello", extra={"user_tier": "gold"})
+        return jsonify(sdk.current_correlation_id())
+
+    app.wsgi_app = CorrelationIdMiddleware(app.wsgi_app)
+    return app, stream
+
+
+def test_middleware_reads_creates_and_echoes_the_correlation_id():
+    app, stream = _app()
+    client = app.test_client()
+    before = sdk.current_ids()
+    r = client.get("/hello", headers={"X-Correlation-ID": "req-42"})
+    assert r.headers["X-Correlation-ID"] == "req-42" and r.json == "req-42"
+    r = client.get("/hello")
+    assert len(r.headers["X-Correlation-ID"]) == 32 and r.json == r.headers["X-Correlation-ID"]
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    r = client.get("/hello", headers={"traceparent": tp})
+    assert r.json == "0af7651916cd43dd8448eb211c80319c"
+    r = client.get("/hello", headers={"X-Correlation-ID": "bad id with spaces"})
+    assert r.headers["X-Correlation-ID"] != "bad id with spaces"
+    records = [orjson.loads(x) for x in stream.getvalue().splitlines()]
+    assert records[0]["correlation_id"] == "req-42" and records[0]["user_tier"] == "gold"
+    assert records[2]["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert records[2]["span_id"] == "b7ad6b7169203331"
+    assert sdk.current_ids() == before  # nothing leaks out of the request
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+     ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")),
+    ("00-00000000000000000000000000000000-b7ad6b7169203331-01", None),
+    ("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None),
+    ("garbage", None), (None, None),
+])
+def test_traceparent_parsing(value, expected):
+    assert parse_traceparent(value) == expected
+
+
+def test_json_formatter_stamps_ids_inside_a_step(ex, tracer):
+    rec = logging.LogRecord("x", logging.WARNING, __file__, 1, "msg %s", ("a",), None)
+    with tracer.workflow("login") as run:
+        with tracer.step("api", "auth", "check") as st:
+            out = orjson.loads(JsonFormatter().format(rec))
+    assert (out["correlation_id"], out["span_id"], out["level"], out["message"]) == (
+        run.correlation_id, st.span_id, "warning", "msg a")
+
+
+def test_remote_mode_sends_batches_to_a_real_exporter(ex, serve):
+    srv = serve(ex)
+    reg = CollectorRegistry()
+    sink = RemoteSink(srv.url, batch_wait_s=0.05, registry=reg)
+    t = WorkflowTracer(sink, service="shop")
+    with t.workflow("cart_update") as run:
+        with t.step("database", "postgres", "UPDATE cart", state={"items": 2}):
+            pass
+    sink.close()
+    assert sink.sent == 2 and sink.dropped == 0
+    assert count(ex, "cart_update", "database", "postgres", "UPDATE cart") == 1
+    assert ex.store.value(c.WORKFLOW_RUNS_TOTAL, {"workflow": "cart_update", "status": "ok"}) == 1
+    assert ex.store.value(c.SPANS_RECEIVED_TOTAL, {"format": c.FORMAT_NATIVE}) == 2
+    assert run.correlation_id
+
+
+def test_remote_mode_never_blocks_and_counts_drops():
+    gate = threading.Event()
+    reg = CollectorRegistry()
+    # an exporter that never answers: the port is closed, so every send fails and retries
+    sink = RemoteSink("http://127.0.0.1:9", queue_size=5, batch_size=1, batch_wait_s=0.01, registry=reg)
+    t = WorkflowTracer(sink, service="shop")
+    started = time.monotonic()
+    with t.workflow("login"):
+        for _ in range(200):
+            with t.step("api", "auth", "check"):
+                pass
+    elapsed = time.monotonic() - started
+    gate.set()
+    assert sink.dropped >= 190
+    assert reg.get_sample_value("flowscope_sdk_spans_dropped_total", {"reason": "queue_full"}) >= 190
+    sink.close(timeout_s=0.5)
+    assert elapsed < 5  # bounded: 200 steps never waited on the network
