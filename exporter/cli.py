@@ -76,9 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(ex)
     try:
         server = make_server(cfg.host, cfg.port, app, threaded=True)
-    except OSError as e:
+    except (OSError, SystemExit) as e:  # werkzeug reports a bind failure by exiting
         ex.close()
-        raise FlowscopeError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from None
+        why = getattr(e, "strerror", None) or "address unavailable (in use, or not local)"
+        raise FlowscopeError(f"cannot listen on {cfg.host}:{cfg.port}: {why}") from None
     host, port = server.server_address[:2]
     demo = None
     if args.demo:

@@ -264,11 +264,11 @@ class WorkflowTracer:
     def complete_trace_step(self, step_id: str, status: str = "success", error_type: str | None = None,
                             error_message: str | None = None, state: dict | None = None,
                             metadata: dict | None = None) -> None:
+        status = _norm_status(status)  # before the pop: a bad status must not lose the step
         with self._lock:
             st = self._steps.pop(step_id, None)
         if st is None:
             raise KeyError(f"unknown or already completed step {step_id!r}")
-        status = _norm_status(status)
         if status in c.FAILED_STATUSES and not error_type:
             error_type = status
         run = st.run
@@ -280,6 +280,7 @@ class WorkflowTracer:
     @hybridmethod
     def complete_workflow(self, correlation_id: str, status: str = "success", metadata: dict | None = None,
                           error_type: str | None = None, error_message: str | None = None) -> None:
+        status = _norm_status(status)
         with self._lock:
             entry = self._runs.pop(correlation_id, None)
         if entry is None:
@@ -289,7 +290,6 @@ class WorkflowTracer:
             current_step.reset(token)
         except ValueError:  # completed from another context: nothing to restore there
             pass
-        status = _norm_status(status)
         if status in c.FAILED_STATUSES and not error_type:
             error_type = status
         meta = {**(run.metadata or {}), **(metadata or {})} or None

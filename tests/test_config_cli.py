@@ -1,0 +1,65 @@
+import subprocess
+import sys
+
+import pytest
+
+from exporter.cli import main
+from exporter.config import load_config, markdown_table
+from exporter.errors import ConfigError
+
+
+def test_precedence_is_argument_then_environment_then_file_then_default(tmp_path):
+    f = tmp_path / "flowscope.yml"
+    f.write_text("port: 7000\nseries_limit: 50\nloki_url: http://file:3100\n")
+    cfg = load_config({"port": 9000}, environ={"FLOWSCOPE_SERIES_LIMIT": "70", "FLOWSCOPE_CONFIG": str(f)})
+    assert (cfg.port, cfg.series_limit, cfg.loki_url, cfg.max_body_bytes) == (9000, 70, "http://file:3100", 8388608)
+
+
+@pytest.mark.parametrize("kw,text", [
+    ({"environ": {"FLOWSCOPE_PORT": "http"}}, "environment FLOWSCOPE_PORT: invalid value for port"),
+    ({"environ": {"FLOWSCOPE_BUCKETS": "0.1,0.1"}}, "invalid value for buckets"),
+    ({"environ": {"FLOWSCOPE_LOKI_ENCODING": "xml"}}, "must be one of json, protobuf"),
+    ({"args": {"series_limit": 0}}, "argument --series-limit: invalid value for series_limit: must be > 0"),
+    ({"args": {"colour": "red"}}, "unknown setting 'colour'"),
+    ({"environ": {"FLOWSCOPE_SDK_MODE": "remote"}}, "sdk_endpoint is required"),
+])
+def test_bad_settings_are_named(kw, text):
+    with pytest.raises(ConfigError, match=text.replace("(", r"\(").replace(")", r"\)")):
+        load_config(kw.get("args"), environ=kw.get("environ", {}))
+
+
+def test_bad_config_file_names_the_key(tmp_path):
+    f = tmp_path / "c.yml"
+    f.write_text("prot: 1\n")
+    with pytest.raises(ConfigError, match=f"config file {f}: unknown setting 'prot'"):
+        load_config(environ={}, file=str(f))
+    f.write_text("- a\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(environ={}, file=str(f))
+
+
+def test_markdown_table_lists_every_variable():
+    table = markdown_table()
+    assert "`FLOWSCOPE_LOKI_URL`" in table and "`FLOWSCOPE_INGEST_TOKEN`" in table and "`FLOWSCOPE_CONFIG`" in table
+
+
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["demo", "--help"], ["config", "--help"]])
+def test_every_command_has_help(args):
+    r = subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "usage: flowscope" in r.stdout
+
+
+def test_config_errors_exit_2_and_say_why(capsys, monkeypatch):
+    monkeypatch.setenv("FLOWSCOPE_PORT", "99999")
+    assert main(["config"]) == 2
+    assert "invalid value for port" in capsys.readouterr().err
+
+
+def test_serve_on_a_busy_port_exits_1(capsys):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 1
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
