@@ -56,7 +56,8 @@ def _read_body(limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise HttpError(413, "too_large", f"body of {length} bytes exceeds the limit of {limit} bytes")
-    raw = request.stream.read(limit + 1)
+    # Read exactly Content-Length when it is known (no limit-sized buffer per request).
+    raw = request.stream.read(length if length is not None else limit + 1)
     if len(raw) > limit:
         raise HttpError(413, "too_large", f"body exceeds the limit of {limit} bytes")
     enc = (request.headers.get("Content-Encoding") or "identity").lower().strip()

@@ -51,7 +51,7 @@ class Span:
     __slots__ = (
         "trace_id", "span_id", "parent_span_id", "correlation_id", "workflow", "service",
         "layer", "component", "operation", "start_ns", "end_ns", "status", "error_type",
-        "error_message", "attributes", "state", "is_step", "user", "stack_trace",
+        "error_message", "_attrs", "_raw_attrs", "state", "is_step", "user", "stack_trace",
     )
 
     def __init__(
@@ -90,11 +90,30 @@ class Span:
         self.status = status
         self.error_type = error_type
         self.error_message = error_message
-        self.attributes = attributes
+        self._attrs = attributes
+        self._raw_attrs = None
         self.state = state
         self.is_step = is_step
         self.user = user
         self.stack_trace = stack_trace
+
+    @property
+    def attributes(self) -> dict[str, Any] | None:
+        """All span attributes. Decoders may defer building this dict until it is read:
+        the metrics path only needs a handful of keys, and most spans are never read whole."""
+        if self._attrs is None and self._raw_attrs is not None:
+            decode, raw = self._raw_attrs
+            self._attrs = decode(raw)
+            self._raw_attrs = None
+        return self._attrs
+
+    @attributes.setter
+    def attributes(self, value: dict[str, Any] | None) -> None:
+        self._attrs, self._raw_attrs = value, None
+
+    def defer_attributes(self, decode, raw) -> None:
+        """Keep ``raw`` and build ``attributes`` with ``decode(raw)`` on first read."""
+        self._attrs, self._raw_attrs = None, (decode, raw)
 
     @property
     def duration_s(self) -> float:
@@ -109,7 +128,9 @@ class Span:
         return self.status in c.FAILED_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
+        d = {k: getattr(self, k) for k in self.__slots__ if not k.startswith("_")}
+        d["attributes"] = self.attributes
+        return d
 
     def __repr__(self) -> str:
         return (f"Span({self.workflow}/{self.layer}/{self.component}/{self.operation} "

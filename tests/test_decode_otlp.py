@@ -65,7 +65,7 @@ def test_invalid_spans_are_rejected_one_by_one_with_reasons():
     res = otlp.decode_protobuf(request([good, bad_trace, bad_time]).SerializeToString())
     assert [s.span_id for s in res.spans] == [good["span_id"]]
     assert [(r.index, r.reason) for r in res.rejected] == [(1, "invalid_trace_id"), (2, "invalid_time")]
-    assert "span 1: traceId must be 32 hex digits" in res.summary()
+    assert "span 1: traceId must be 16 non-zero bytes" in res.summary()
 
 
 def test_json_span_with_bad_ids_or_missing_name_is_rejected():

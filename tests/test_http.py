@@ -68,7 +68,7 @@ def test_partial_success_keeps_the_valid_spans_in_both_encodings(ex, client):
     assert r.status_code == 200
     resp = ExportTraceServiceResponse.FromString(r.data)
     assert resp.partial_success.rejected_spans == 1
-    assert "traceId must be 32 hex digits" in resp.partial_success.error_message
+    assert "traceId must be 16 non-zero bytes" in resp.partial_success.error_message
     assert step_count(ex) == 1
 
     doc = to_json(_req(2))

@@ -14,6 +14,7 @@ strings. See https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 from google.protobuf.message import DecodeError as PbDecodeError
@@ -30,10 +31,22 @@ STATUS_CODE_ERROR = 2
 
 CACHE_SYSTEMS = frozenset({"redis", "memcached", "hazelcast", "coherence", "valkey"})
 FRONTEND_SDKS = frozenset({"webjs", "browser", "javascript-browser"})
-_HEX = frozenset("0123456789abcdef")
+ZERO_TRACE, ZERO_SPAN = bytes(16), bytes(8)
+ZERO_TRACE_HEX, ZERO_SPAN_HEX = "0" * 32, "0" * 16
+_TRACE_ID = re.compile(r"[0-9a-f]{32}").fullmatch
+_SPAN_ID = re.compile(r"[0-9a-f]{16}").fullmatch
 
 
-def derive_layer(attrs: dict[str, Any], kind: int, resource: dict[str, Any]) -> str:
+#: The only attribute keys the metric mapping reads; the rest are decoded lazily.
+WANTED_KEYS = frozenset({
+    *c.ATTR_WORKFLOW, *c.ATTR_CORRELATION_ID, c.ATTR_LAYER, c.ATTR_COMPONENT, "flowscope.status",
+    "db.system", "db.system.name", "messaging.system", "rpc.service", "peer.service", "server.address",
+    "net.peer.name", "error.type",
+})
+WEB_PREFIXES = ("http.", "url.", "rpc.")
+
+
+def derive_layer(attrs: dict[str, Any], kind: int, resource: dict[str, Any], web: bool | None = None) -> str:
     """The layer of one span, from semantic conventions.
 
     ``flowscope.layer`` wins; then ``db.system`` (a cache system such as redis
@@ -52,11 +65,8 @@ def derive_layer(attrs: dict[str, Any], kind: int, resource: dict[str, Any]) -> 
     if str(resource.get("telemetry.sdk.language", "")).lower() in FRONTEND_SDKS:
         return "frontend"
     if kind == KIND_SERVER or kind == KIND_CLIENT:
-        web = False
-        for k in attrs:
-            if k.startswith(("http.", "url.", "rpc.")):
-                web = True
-                break
+        if web is None:
+            web = any(k.startswith(WEB_PREFIXES) for k in attrs)
         if web:
             return "api" if kind == KIND_SERVER else "external"
     return "other"
@@ -68,14 +78,6 @@ def derive_component(attrs: dict[str, Any], kind: int, service: str) -> str:
     if v is None and kind == KIND_CLIENT:
         v = attrs.get("peer.service") or attrs.get("server.address") or attrs.get("net.peer.name")
     return str(v) if v is not None else service
-
-
-def _first(attrs: dict[str, Any], names: tuple[str, ...]) -> Any:
-    for n in names:
-        v = attrs.get(n)
-        if v is not None and v != "":
-            return v
-    return None
 
 
 def _status(code: int, message: str, attrs: dict[str, Any], exc: dict[str, Any] | None):
@@ -96,31 +98,28 @@ def _status(code: int, message: str, attrs: dict[str, Any], exc: dict[str, Any] 
     return status, (str(etype) if etype else None), emsg
 
 
-def _finish(result: DecodeResult, index: int, trace_id: str, span_id: str, parent: str, name: str,
-            kind: int, start: int, end: int, attrs: dict, resource: dict, service: str,
-            code: int, message: str, exc: dict | None) -> None:
-    if len(trace_id) != 32 or trace_id == "0" * 32 or not _HEX.issuperset(trace_id):
-        result.reject(index, "invalid_trace_id", f"traceId must be 32 hex digits, got {trace_id!r}")
-        return
-    if len(span_id) != 16 or span_id == "0" * 16 or not _HEX.issuperset(span_id):
-        result.reject(index, "invalid_span_id", f"spanId must be 16 hex digits, got {span_id!r}")
-        return
-    if start <= 0 or end < start:
-        result.reject(index, "invalid_time",
-                      f"needs 0 < startTimeUnixNano <= endTimeUnixNano, got {start}..{end}")
-        return
-    if not name:
-        result.reject(index, "missing_field", "span name is empty")
-        return
-    status, etype, emsg = _status(code, message, attrs, exc)
-    wf = _first(attrs, c.ATTR_WORKFLOW)
-    corr = _first(attrs, c.ATTR_CORRELATION_ID)
-    result.spans.append(Span(
-        trace_id, span_id, str(wf) if wf is not None else None,
-        derive_layer(attrs, kind, resource), derive_component(attrs, kind, service), name,
-        start, end, status, parent or None, str(corr) if corr is not None else None, service,
-        etype, emsg, attrs, None, True, None, (exc or {}).get("exception.stacktrace"),
-    ))
+_WF1, _WF2 = c.ATTR_WORKFLOW
+_CID1, _CID2 = c.ATTR_CORRELATION_ID
+
+
+def _span(trace_id: str, span_id: str, parent: str, name: str, kind: int, start: int, end: int, attrs: dict,
+          resource: dict, service: str, code: int, message: str, exc: dict | None, web: bool | None = None) -> Span:
+    """Map one validated OTLP span to the model (shared by both encodings).
+
+    ``attrs`` may hold only the :data:`WANTED_KEYS`; ``web`` then says whether
+    any ``http.*``/``url.*``/``rpc.*`` key was present.
+    """
+    if code == 0 and "flowscope.status" not in attrs:
+        status = etype = emsg = None
+        status = "ok"
+    else:
+        status, etype, emsg = _status(code, message, attrs, exc)
+    wf = attrs.get(_WF1) or attrs.get(_WF2)
+    corr = attrs.get(_CID1) or attrs.get(_CID2)
+    return Span(trace_id, span_id, str(wf) if wf else None, derive_layer(attrs, kind, resource, web),
+                derive_component(attrs, kind, service), name, start, end, status, parent or None,
+                str(corr) if corr else None, service, etype, emsg, attrs, None, True, None,
+                exc.get("exception.stacktrace") if exc else None)
 
 
 # --- protobuf -----------------------------------------------------------------------
@@ -154,6 +153,19 @@ def _pb_attrs(kvs) -> dict[str, Any]:
     return out
 
 
+def _pb_scan(kvs) -> tuple[dict[str, Any], bool]:
+    """The wanted attributes, and whether any key is http.*/url.*/rpc.*, in one pass."""
+    out = {}
+    web = False
+    for kv in kvs:
+        k = kv.key
+        if k in WANTED_KEYS:
+            out[k] = _pb_value(kv.value)
+        elif not web and k.startswith(WEB_PREFIXES):
+            web = True
+    return out, web
+
+
 def decode_protobuf(body: bytes) -> DecodeResult:
     """Decode an ``ExportTraceServiceRequest`` in protobuf binary."""
     req = ExportTraceServiceRequest()
@@ -162,6 +174,7 @@ def decode_protobuf(body: bytes) -> DecodeResult:
     except (PbDecodeError, ValueError, RuntimeError) as e:
         raise DecodeError(f"body is not a valid OTLP ExportTraceServiceRequest protobuf: {e}") from None
     result = DecodeResult()
+    append = result.spans.append
     index = 0
     for rs in req.resource_spans:
         resource = _pb_attrs(rs.resource.attributes)
@@ -169,13 +182,30 @@ def decode_protobuf(body: bytes) -> DecodeResult:
         for ss in rs.scope_spans:
             for sp in ss.spans:
                 exc = None
-                for ev in sp.events:
-                    if ev.name == "exception":
-                        exc = _pb_attrs(ev.attributes)
-                        break
-                _finish(result, index, sp.trace_id.hex(), sp.span_id.hex(), sp.parent_span_id.hex(),
-                        sp.name, sp.kind, sp.start_time_unix_nano, sp.end_time_unix_nano,
-                        _pb_attrs(sp.attributes), resource, service, sp.status.code, sp.status.message, exc)
+                if sp.events:
+                    for ev in sp.events:
+                        if ev.name == "exception":
+                            exc = _pb_attrs(ev.attributes)
+                            break
+                tid, sid = sp.trace_id, sp.span_id
+                start, end = sp.start_time_unix_nano, sp.end_time_unix_nano
+                if len(tid) != 16 or tid == ZERO_TRACE:
+                    result.reject(index, "invalid_trace_id", f"traceId must be 16 non-zero bytes, got {tid.hex()!r}")
+                elif len(sid) != 8 or sid == ZERO_SPAN:
+                    result.reject(index, "invalid_span_id", f"spanId must be 8 non-zero bytes, got {sid.hex()!r}")
+                elif start <= 0 or end < start:
+                    result.reject(index, "invalid_time",
+                                  f"needs 0 < startTimeUnixNano <= endTimeUnixNano, got {start}..{end}")
+                elif not sp.name:
+                    result.reject(index, "missing_field", "span name is empty")
+                else:
+                    st = sp.status
+                    raw = sp.attributes
+                    wanted, web = _pb_scan(raw)
+                    s = _span(tid.hex(), sid.hex(), sp.parent_span_id.hex(), sp.name, sp.kind, start, end,
+                              wanted, resource, service, st.code, st.message, exc, web)
+                    s.defer_attributes(_pb_attrs, raw)
+                    append(s)
                 index += 1
     return result
 
@@ -214,23 +244,46 @@ def _json_value(v: Any) -> Any:
 
 def _json_attrs(kvs: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if not isinstance(kvs, list):
+    if type(kvs) is not list:
         return out
     for kv in kvs:
-        if isinstance(kv, dict):
-            key = kv.get("key")
-            if isinstance(key, str):
-                v = kv.get("value")
-                out[key] = v["stringValue"] if type(v) is dict and "stringValue" in v else _json_value(v)
+        try:
+            key, v = kv["key"], kv["value"]
+            sv = v.get("stringValue")
+        except (KeyError, TypeError, AttributeError):
+            continue  # a malformed attribute is dropped, not the span
+        if type(key) is str:
+            out[key] = sv if sv is not None else _json_value(v)
     return out
 
 
+def _json_scan(kvs: Any) -> tuple[dict[str, Any], bool]:
+    out: dict[str, Any] = {}
+    web = False
+    if type(kvs) is not list:
+        return out, web
+    for kv in kvs:
+        try:
+            key = kv["key"]
+        except (KeyError, TypeError):
+            continue
+        if type(key) is not str:
+            continue
+        if key in WANTED_KEYS:
+            try:
+                out[key] = _json_value(kv["value"])
+            except (KeyError, TypeError):
+                pass
+        elif not web and key.startswith(WEB_PREFIXES):
+            web = True
+    return out, web
+
+
 def _int(v: Any) -> int:
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.isdigit():
-        return int(v)
-    return -1
+    t = type(v)
+    if t is str:
+        return int(v) if v.isdigit() else -1
+    return v if t is int else -1
 
 
 def _list(obj: dict, *keys: str) -> list:
@@ -244,7 +297,7 @@ def _list(obj: dict, *keys: str) -> list:
 
 
 def _hex_id(v: Any) -> str:
-    return v.lower() if isinstance(v, str) else ""
+    return v.lower() if type(v) is str else ""
 
 
 def decode_json(doc: Any) -> DecodeResult:
@@ -283,10 +336,26 @@ def decode_json(doc: Any) -> DecodeResult:
                     kind = {"SPAN_KIND_SERVER": 2, "SPAN_KIND_CLIENT": 3, "SPAN_KIND_PRODUCER": 4,
                             "SPAN_KIND_CONSUMER": 5}.get(kind, 1)
                 name = sp.get("name")
-                _finish(result, index, _hex_id(sp.get("traceId")), _hex_id(sp.get("spanId")),
-                        _hex_id(sp.get("parentSpanId")), name if isinstance(name, str) else "", kind,
-                        _int(sp.get("startTimeUnixNano")), _int(sp.get("endTimeUnixNano")),
-                        _json_attrs(sp.get("attributes")), resource, service, code,
-                        str(status.get("message") or ""), exc)
+                tid, sid = _hex_id(sp.get("traceId")), _hex_id(sp.get("spanId"))
+                parent = _hex_id(sp.get("parentSpanId"))
+                start, end = _int(sp.get("startTimeUnixNano")), _int(sp.get("endTimeUnixNano"))
+                if not _TRACE_ID(tid) or tid == ZERO_TRACE_HEX:
+                    result.reject(index, "invalid_trace_id", f"traceId must be 32 hex digits, got {tid!r}")
+                elif not _SPAN_ID(sid) or sid == ZERO_SPAN_HEX:
+                    result.reject(index, "invalid_span_id", f"spanId must be 16 hex digits, got {sid!r}")
+                elif parent and not _SPAN_ID(parent):
+                    result.reject(index, "invalid_span_id", f"parentSpanId must be 16 hex digits, got {parent!r}")
+                elif start <= 0 or end < start:
+                    result.reject(index, "invalid_time",
+                                  f"needs 0 < startTimeUnixNano <= endTimeUnixNano, got {start}..{end}")
+                elif not name or not isinstance(name, str):
+                    result.reject(index, "missing_field", "span name is empty")
+                else:
+                    raw = sp.get("attributes")
+                    wanted, web = _json_scan(raw)
+                    s = _span(tid, sid, parent, name, kind, start, end, wanted, resource, service, code,
+                              str(status.get("message") or ""), exc, web)
+                    s.defer_attributes(_json_attrs, raw)
+                    result.spans.append(s)
                 index += 1
     return result

@@ -1,0 +1,124 @@
+"""Ingest throughput: OTLP protobuf and OTLP JSON through the real HTTP endpoint.
+
+The server (`flowscope serve`) runs pinned to CPU 0; this client, pinned to
+CPU 1, posts 1,000-span batches over ``--connections`` keep-alive connections
+(so the server never waits on the client) for a fixed time per format. Both
+wall-clock throughput and spans per second of *server CPU time* (from
+/proc/<pid>/stat) are printed: the second is "sustained on one core". Also prints the pure decode cost per span and, as the named
+reference, what parsing the same OTLP JSON with orjson alone costs.
+
+    .venv/bin/python bench/ingest.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import threading
+import time
+
+from common import otlp_batch, pin, start_server
+
+import orjson
+import requests
+
+from exporter.decode import otlp
+from tests.otlp_data import to_json
+
+TARGET = 100_000
+
+
+def per_span_us(fn, n_spans: int, repeat: int = 20) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best / n_spans * 1e6
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def blast(url: str, body: bytes, ctype: str, seconds: float, connections: int) -> int:
+    sent = [0] * connections
+    stop = time.perf_counter() + seconds
+
+    def worker(i):
+        sess = requests.Session()
+        while time.perf_counter() < stop:
+            sess.post(url, data=body, headers={"Content-Type": ctype}, timeout=30).raise_for_status()
+            sent[i] += 1000
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(sent)
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--connections", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per format; the median is reported")
+    args = ap.parse_args([] if __name__ != "__main__" else None)
+    pin(1)
+    from exporter.cli import tune_gc
+    tune_gc()  # measure decoding as `flowscope serve` runs it
+    batch = otlp_batch(1000)
+    pb = batch.SerializeToString()
+    js = orjson.dumps(to_json(batch))
+    out = {}
+    out["orjson_parse_us_per_span"] = per_span_us(lambda: orjson.loads(js), 1000)
+    out["decode_json_us_per_span"] = per_span_us(lambda: otlp.decode_json(orjson.loads(js)), 1000)
+    out["decode_protobuf_us_per_span"] = per_span_us(lambda: otlp.decode_protobuf(pb), 1000)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = start_server(port, cpu=0)
+    server_pid = int(open(f"/proc/{server.pid}/task/{server.pid}/children").read().split()[0]) \
+        if open(f"/proc/{server.pid}/task/{server.pid}/children").read().strip() else server.pid
+    try:
+        url = f"http://127.0.0.1:{port}/v1/traces"
+        sess = requests.Session()
+        formats = (("otlp_protobuf", pb, "application/x-protobuf"), ("otlp_json", js, "application/json"))
+        for _, body, ctype in formats:  # warm up
+            for _ in range(5):
+                sess.post(url, data=body, headers={"Content-Type": ctype}, timeout=30).raise_for_status()
+        runs: dict[str, list] = {name: [] for name, _, _ in formats}
+        for _ in range(args.rounds):  # alternate, so noise on this shared VM hits both formats alike
+            for name, body, ctype in formats:
+                cpu0, t0 = cpu_seconds(server_pid), time.perf_counter()
+                n = blast(url, body, ctype, args.seconds, args.connections)
+                dt, cpu = time.perf_counter() - t0, cpu_seconds(server_pid) - cpu0
+                runs[name].append((n / dt, n / cpu))
+        for name, rs in runs.items():
+            out[f"{name}_spans_per_s"] = statistics.median(r[0] for r in rs)
+            out[f"{name}_spans_per_cpu_s"] = statistics.median(r[1] for r in rs)
+            out[f"{name}_rounds_per_cpu_s"] = [round(r[1]) for r in rs]
+        metrics = sess.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        assert "flowscope_step_duration_seconds_bucket" in metrics
+    finally:
+        server.terminate()
+        server.wait(10)
+    print("== ingest (server pinned to one core, 1,000-span batches, end to end over HTTP) ==")
+    print(f"  orjson.loads alone (reference)     {out['orjson_parse_us_per_span']:6.2f} us/span")
+    print(f"  decode OTLP JSON (orjson + map)    {out['decode_json_us_per_span']:6.2f} us/span")
+    print(f"  decode OTLP protobuf               {out['decode_protobuf_us_per_span']:6.2f} us/span")
+    for name in ("otlp_protobuf", "otlp_json"):
+        v, c = out[f"{name}_spans_per_s"], out[f"{name}_spans_per_cpu_s"]
+        print(f"  {name:14s} end to end  {v:10,.0f} spans/s wall, {c:10,.0f} spans per server CPU-second"
+              f" = {c / TARGET:.2f}x the 100,000 spans/s target  (rounds: {out[name + '_rounds_per_cpu_s']})")
+    return out
+
+
+if __name__ == "__main__":
+    main()
