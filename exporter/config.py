@@ -202,7 +202,7 @@ def markdown_table() -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for s in SETTINGS:
         d = s.default
-        d = ",".join(str(x) for x in d) if isinstance(d, tuple) else ("" if d is None else d)
-        rows.append(f"| `{s.env}` | `{d}` | {s.help} |")
-    rows.append("| `FLOWSCOPE_CONFIG` | | Path of a YAML file with any of the settings above (lower-case keys). |")
+        d = ",".join(str(x) for x in d) if isinstance(d, tuple) else d
+        rows.append(f"| `{s.env}` | {'(unset)' if d is None else f'`{d}`'} | {s.help} |")
+    rows.append("| `FLOWSCOPE_CONFIG` | (unset) | Path of a YAML file with any of the settings above (lower-case keys). |")
     return "\n".join(rows)

@@ -158,7 +158,9 @@ class LokiPusher:
     """A bounded queue of entries and one thread that pushes them in batches.
 
     ``enqueue`` never blocks and never raises: on a full queue the entry is
-    dropped and counted (``reason="queue_full"``).
+    dropped and counted (``reason="queue_full"``). The queue holds Spans or
+    ready entries; a Span's line is built by the pusher thread when its batch is
+    taken, so the traced application never pays for JSON encoding.
     """
 
     def __init__(self, config: LokiConfig, store: MetricStore, session: requests.Session | None = None,
@@ -182,10 +184,18 @@ class LokiPusher:
 
     # -- producer side --------------------------------------------------------------------
 
-    def enqueue(self, entry: Entry) -> bool:
-        return self.enqueue_many([entry]) == 1
+    def enqueue(self, entry: Entry | Span) -> bool:
+        """Queue one entry or Span; False if it was dropped because the queue is full."""
+        with self._cv:
+            if len(self._queue) < self.config.queue_lines and not self._closing:
+                self._queue.append(entry)
+                if len(self._queue) >= self.config.batch_lines:
+                    self._cv.notify()
+                return True
+        self._count(self.dropped, ("queue_full",), 1)
+        return False
 
-    def enqueue_many(self, entries: list[Entry]) -> int:
+    def enqueue_many(self, entries: list[Entry | Span]) -> int:
         with self._cv:
             room = self.config.queue_lines - len(self._queue)
             if self._closing:
@@ -222,11 +232,18 @@ class LokiPusher:
                     if self._closing:
                         return
                     continue
+                if self._stop_now.is_set():  # closing past the flush deadline: count the rest once
+                    left = len(self._queue)
+                    self._queue.clear()
+                    self._cv.notify_all()
+                    self._count(self.dropped, ("shutdown",), left)
+                    log.error("shutting down: %d Loki lines not sent", left)
+                    return
                 n = min(cfg.batch_lines, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(n)]
                 self._busy = True
             try:
-                self._push(batch)
+                self._push([e if type(e) is tuple else span_entry(e) for e in batch])
             except Exception:  # never let the thread die: count and go on
                 log.exception("unexpected error pushing to Loki")
                 self._count(self.dropped, ("internal_error",), len(batch))
@@ -271,7 +288,10 @@ class LokiPusher:
                 wait = max(wait, min(retry_after, policy.max_retry_after_s))
             attempt += 1
             elapsed = time.monotonic() - started
-            if elapsed + wait > policy.deadline_s or self._stop_now.is_set():
+            if self._stop_now.is_set():
+                self._count(self.dropped, ("shutdown",), len(batch))
+                return
+            if elapsed + wait > policy.deadline_s:
                 self._count(self.dropped, ("retries_exhausted",), len(batch))
                 log.error("giving up on %d Loki lines after %d attempts (%s)", len(batch), attempt, reason)
                 return

@@ -12,7 +12,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 from . import conventions as c
-from .loki import LokiPusher, error_entry, span_entry
+from .loki import LokiPusher, error_entry
 from .metrics import MetricStore
 from .model import ErrorRecord, Span
 from .resolver import WorkflowResolver
@@ -97,7 +97,7 @@ class Pipeline:
 
     def _fan_out(self, spans: list[Span]) -> None:
         if self.loki is not None and spans:
-            self.loki.enqueue_many([span_entry(s) for s in spans])
+            self.loki.enqueue_many(spans)
         for sink in self.sinks:
             sink(spans)
 
@@ -113,7 +113,7 @@ class Pipeline:
             if not s.parent_span_id:
                 self._apply_run(s)
         if self.loki is not None:
-            self.loki.enqueue(span_entry(s))
+            self.loki.enqueue(s)
         for sink in self.sinks:
             sink([s])
 

@@ -63,3 +63,10 @@ def test_serve_on_a_busy_port_exits_1(capsys):
         port = s.getsockname()[1]
         assert main(["serve", "--port", str(port)]) == 1
     assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+
+
+def test_readme_configuration_table_is_current():
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- config-table:start -->\n")[1].split("\n<!-- config-table:end -->")[0]
+    assert block.strip() == markdown_table().strip(), "README config table is stale: run `flowscope config --markdown`"

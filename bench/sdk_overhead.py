@@ -1,0 +1,110 @@
+"""SDK overhead per traced step, against an OpenTelemetry SDK span, in the same run.
+
+Flowscope: ``with tracer.step(...)`` inside a workflow, aggregation into the
+step histogram included (enter, exit, metrics). Two configurations: metrics
+only (the in-process default), and with a Loki pusher attached, where every
+step also becomes a queued log line.
+
+Baseline: ``tracer.start_as_current_span`` on an OpenTelemetry TracerProvider
+with a BatchSpanProcessor and an exporter that does nothing.
+
+    .venv/bin/python bench/sdk_overhead.py [--steps 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+
+from common import pin
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from exporter.config import load_config
+from exporter.runtime import build
+from exporter.sdk import WorkflowTracer
+from exporter.sdk.sinks import InProcessSink
+
+
+class NoopExporter(SpanExporter):
+    def export(self, spans):
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self):
+        pass
+
+
+def per_step_us(fn, steps: int, rounds: int = 5) -> float:
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn(steps)
+        times.append((time.perf_counter() - t) / steps * 1e6)
+    return statistics.median(times)
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=200_000)
+    args = ap.parse_args([] if __name__ != "__main__" else None)
+    pin(0)
+    logging.getLogger("flowscope").setLevel(logging.CRITICAL)  # the Loki case pushes to a closed port on purpose
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(NoopExporter(), max_queue_size=2 ** 20,
+                                                   max_export_batch_size=512, schedule_delay_millis=1000))
+    otel = provider.get_tracer("bench")
+
+    def otel_steps(n):
+        with otel.start_as_current_span("checkout"):
+            for _ in range(n):
+                with otel.start_as_current_span("SELECT orders"):
+                    pass
+
+    ex = build(load_config({"series_limit": 100_000}, environ={}))
+    tracer = WorkflowTracer(InProcessSink(ex.pipeline), service="bench")
+
+    def ours(n):
+        with tracer.workflow("checkout"):
+            for _ in range(n):
+                with tracer.step("database", "postgres", "SELECT orders"):
+                    pass
+
+    # Loki attached: a real pusher to a closed port; lines queue (bounded) and are counted.
+    ex_loki = build(load_config({"series_limit": 100_000, "loki_url": "http://127.0.0.1:9",
+                                 "loki_queue_lines": 10_000_000, "loki_batch_wait_s": 3600}, environ={}))
+    tracer_loki = WorkflowTracer(InProcessSink(ex_loki.pipeline), service="bench")
+
+    def ours_loki(n):
+        with tracer_loki.workflow("checkout"):
+            for _ in range(n):
+                with tracer_loki.step("database", "postgres", "SELECT orders"):
+                    pass
+
+    out = {}
+    for _ in range(2):  # interleave to share the machine's noise
+        out.setdefault("otel", []).append(per_step_us(otel_steps, args.steps))
+        out.setdefault("flowscope", []).append(per_step_us(ours, args.steps))
+        out.setdefault("flowscope_loki", []).append(per_step_us(ours_loki, args.steps // 4))
+    res = {k: min(v) for k, v in out.items()}
+    counted = ex.store.value("flowscope_step_duration_seconds_count", {
+        "workflow": "checkout", "layer": "database", "component": "postgres", "operation": "SELECT orders",
+        "status": "ok"})
+    assert counted == 2 * 5 * args.steps, counted
+    provider.shutdown()
+    ex.close()
+    ex_loki.pipeline.loki.close(timeout_s=0.1)
+    print("== SDK overhead per traced step (enter + exit + aggregation) ==")
+    print(f"  OpenTelemetry span, BatchSpanProcessor, no-op exporter  {res['otel']:6.2f} us   (baseline)")
+    print(f"  Flowscope step, metrics only                            {res['flowscope']:6.2f} us   "
+          f"= {res['otel'] / res['flowscope']:.1f}x cheaper (target >= 8x)")
+    print(f"  Flowscope step, with the Loki pusher attached           {res['flowscope_loki']:6.2f} us   "
+          f"= {res['otel'] / res['flowscope_loki']:.1f}x cheaper")
+    return res
+
+
+if __name__ == "__main__":
+    main()
