@@ -54,6 +54,19 @@ _WORKFLOW = {
 }
 
 
+_ERROR_RECORD = {
+    "type": "object",
+    "required": ["error_type", "message", "layer", "component"],
+    "properties": {
+        "error_type": {"type": "string"}, "message": {"type": "string"}, "layer": {"enum": list(c.LAYERS)},
+        "component": {"type": "string"}, "workflow_type": {"type": "string"}, "correlation_id": {"type": "string"},
+        "trace_id": {"type": "string"}, "span_id": {"type": "string"}, "category": {"type": "string"},
+        "stack_trace": {"type": "string"}, "time": {"type": "number"}, "service": {"type": "string"},
+        "context": {"type": "object"},
+    },
+}
+
+
 def openapi_document() -> dict:
     return {
         "openapi": "3.1.0",
@@ -75,7 +88,8 @@ def openapi_document() -> dict:
                 "summary": "Native JSON batch of trace steps and workflow sessions.",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
                     {"type": "object", "properties": {"steps": {"type": "array", "items": _STEP},
-                                                      "workflows": {"type": "array", "items": _WORKFLOW}},
+                                                      "workflows": {"type": "array", "items": _WORKFLOW},
+                                                      "errors": {"type": "array", "items": _ERROR_RECORD}},
                      "additionalProperties": False},
                     {"type": "array", "items": _STEP}]}}}},
                 "responses": {"200": _resp("Accepted (some records may be refused: see `errors`).",

@@ -64,25 +64,22 @@ def main() -> dict:
                 with otel.start_as_current_span("SELECT orders"):
                     pass
 
+    def steps_into(exporter):
+        tracer = WorkflowTracer(InProcessSink(exporter.pipeline), service="bench")
+
+        def run(n):
+            with tracer.workflow("checkout"):
+                for _ in range(n):
+                    with tracer.step("database", "postgres", "SELECT orders"):
+                        pass
+        return run
+
     ex = build(load_config({"series_limit": 100_000}, environ={}))
-    tracer = WorkflowTracer(InProcessSink(ex.pipeline), service="bench")
-
-    def ours(n):
-        with tracer.workflow("checkout"):
-            for _ in range(n):
-                with tracer.step("database", "postgres", "SELECT orders"):
-                    pass
-
+    ours = steps_into(ex)
     # Loki attached: a real pusher to a closed port; lines queue (bounded) and are counted.
     ex_loki = build(load_config({"series_limit": 100_000, "loki_url": "http://127.0.0.1:9",
                                  "loki_queue_lines": 10_000_000, "loki_batch_wait_s": 3600}, environ={}))
-    tracer_loki = WorkflowTracer(InProcessSink(ex_loki.pipeline), service="bench")
-
-    def ours_loki(n):
-        with tracer_loki.workflow("checkout"):
-            for _ in range(n):
-                with tracer_loki.step("database", "postgres", "SELECT orders"):
-                    pass
+    ours_loki = steps_into(ex_loki)
 
     out = {}
     for _ in range(2):  # interleave to share the machine's noise

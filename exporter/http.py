@@ -100,6 +100,8 @@ def _accept(ex: Exporter, fmt: str, decode) -> DecodeResult:
     for r in result.rejected:
         counts[r.reason] = counts.get(r.reason, 0) + 1
     ex.pipeline.ingest(result.spans, fmt, counts.items())
+    for e in result.errors:
+        ex.pipeline.record_error(e)
     return result
 
 
@@ -128,7 +130,7 @@ def create_blueprint() -> Blueprint:
             return Response(resp.SerializeToString(), status=200, mimetype="application/x-protobuf")
         if mt == "application/json":
             fmt = c.FORMAT_OTLP_JSON
-            result = _accept(ex, fmt, lambda: otlp.decode_json(_json(_read_body(ex.config.max_body_bytes))))
+            result = _accept(ex, fmt, lambda: otlp.decode_json(_read_body(ex.config.max_body_bytes)))
             body = {}
             if result.rejected:
                 body = {"partialSuccess": {"rejectedSpans": len(result.rejected), "errorMessage": result.summary()}}
@@ -146,10 +148,10 @@ def create_blueprint() -> Blueprint:
             raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json",
                             field="Content-Type")
         result = _accept(ex, c.FORMAT_NATIVE, lambda: native.decode(_json(_read_body(ex.config.max_body_bytes))))
-        body = {"accepted": len(result.spans), "rejected": len(result.rejected),
+        body = {"accepted": len(result.spans) + len(result.errors), "rejected": len(result.rejected),
                 "errors": [{"index": r.index, "reason": r.reason, "message": r.detail} for r in result.rejected[:20]]}
         status = 200
-        if result.rejected and not result.spans:
+        if result.rejected and not result.spans and not result.errors:
             status = 400
             body["error"] = {"code": "no_valid_spans", "message": result.summary()}
         return Response(orjson.dumps(body), status=status, mimetype="application/json")

@@ -64,3 +64,13 @@ def test_each_bad_step_is_rejected_with_its_reason_and_the_rest_kept(change, rea
 def test_unreadable_batch_raises(doc, text):
     with pytest.raises(DecodeError, match=text):
         native.decode(doc)
+
+
+def test_errors_records_decode_and_bad_ones_are_refused_with_reasons():
+    good = {"error_type": "PaymentTimeout", "message": "gateway timed out after 5000 ms", "layer": "external",
+            "component": "payments", "workflow_type": "checkout", "correlation_id": "c-1", "time": 1795000000}
+    res = native.decode({"errors": [good, {**good, "layer": "moon"}, {**good, "message": None}, 7]})
+    (e,) = res.errors
+    assert (e.error_type, e.category, e.workflow, e.correlation_id) == ("PaymentTimeout", "timeout", "checkout", "c-1")
+    assert [(r.index, r.reason) for r in res.rejected] == [(1, "invalid_value"), (2, "missing_field"),
+                                                           (3, "malformed_span")]

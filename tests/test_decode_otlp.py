@@ -43,7 +43,7 @@ def _spans():
 def test_both_encodings_decode_to_the_same_spans(encoding):
     req = request(_spans(), service="shop")
     res = (otlp.decode_protobuf(req.SerializeToString()) if encoding == "protobuf"
-           else otlp.decode_json(orjson.loads(orjson.dumps(to_json(req)))))
+           else otlp.decode_json(orjson.dumps(to_json(req))))
     assert not res.rejected
     root, db, pay = res.spans
     assert (root.workflow, root.layer, root.component, root.operation, root.is_root) == (
@@ -75,12 +75,13 @@ def test_json_span_with_bad_ids_or_missing_name_is_rejected():
          "startTimeUnixNano": "1", "endTimeUnixNano": "2"},
         {"traceId": "0102030405060708090a0b0c0d0e0f10", "spanId": "0102030405060708",
          "startTimeUnixNano": "1", "endTimeUnixNano": "2"},
-        "not a span",
+        {"traceId": "0102030405060708090a0b0c0d0e0f10", "spanId": "0102030405060708", "name": "late",
+         "startTimeUnixNano": "9", "endTimeUnixNano": "2"},
     ]}]}]}
-    res = otlp.decode_json(doc)
+    res = otlp.decode_json(orjson.dumps(doc))
     assert res.spans == []
     assert [r.reason for r in res.rejected] == ["invalid_trace_id", "invalid_span_id", "missing_field",
-                                                "malformed_span"]
+                                                "invalid_time"]
 
 
 @pytest.mark.parametrize("body", [b"\x0a\xff\xff\xff", b"garbage that is not protobuf \xff\xfe",
@@ -91,12 +92,28 @@ def test_unreadable_protobuf_raises(body):
 
 
 @pytest.mark.parametrize("doc,field", [
-    ([], "resourceSpans"),
-    ({"resourceSpans": {"a": 1}}, "resourceSpans"),
-    ({"resourceSpans": [1]}, "resourceSpans[0]"),
-    ({"resourceSpans": [{"scopeSpans": 3}]}, "scopeSpans"),
+    ([], "$"),
+    ({"resourceSpans": {"a": 1}}, "$.resourceSpans"),
+    ({"resourceSpans": [1]}, "$.resourceSpans[0]"),
+    ({"resourceSpans": [{"scopeSpans": 3}]}, "$.resourceSpans[0].scopeSpans"),
+    ({"resourceSpans": [{"scopeSpans": [{"spans": ["not a span"]}]}]}, "$.resourceSpans[0].scopeSpans[0].spans[0]"),
+    ({"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": 5}]}]}]},
+     "$.resourceSpans[0].scopeSpans[0].spans[0].traceId"),
 ])
-def test_malformed_json_structure_names_the_field(doc, field):
+def test_malformed_json_structure_names_the_json_path(doc, field):
     with pytest.raises(DecodeError) as e:
-        otlp.decode_json(doc)
-    assert e.value.field == field
+        otlp.decode_json(orjson.dumps(doc))
+    assert e.value.field == field and "ExportTraceServiceRequest" in str(e.value)
+
+
+def test_unknown_fields_are_ignored_and_enum_names_accepted():
+    doc = {"resourceSpans": [{"schemaUrl": "x", "scopeSpans": [{"scope": {"name": "lib"}, "spans": [{
+        "traceId": "0102030405060708090a0b0c0d0e0f10", "spanId": "0102030405060708", "name": "GET /",
+        "kind": "SPAN_KIND_SERVER", "startTimeUnixNano": 1, "endTimeUnixNano": 2, "flags": 1,
+        "status": {"code": "STATUS_CODE_ERROR"},
+        "attributes": [{"key": "http.route", "value": {"stringValue": "/"}},
+                       {"key": "retries", "value": {"intValue": "3"}},
+                       {"key": "tags", "value": {"arrayValue": {"values": [{"stringValue": "a"}]}}}]}]}]}]}
+    (s,) = otlp.decode_json(orjson.dumps(doc)).spans
+    assert (s.layer, s.status) == ("api", "error")
+    assert s.attributes == {"http.route": "/", "retries": 3, "tags": ["a"]}

@@ -84,7 +84,7 @@ def test_partial_success_keeps_the_valid_spans_in_both_encodings(ex, client):
 @pytest.mark.parametrize("body,headers,status,code,text", [
     (b"{not json", JS, 400, "malformed_body", "not valid JSON"),
     (b"\x0a\xff\xff\xff\x0f", PB, 400, "malformed_body", "not a valid OTLP"),
-    (b"[]", JS, 400, "malformed_body", "resourceSpans"),
+    (b"[]", JS, 400, "malformed_body", "ExportTraceServiceRequest"),
     (b"x", {"Content-Type": "text/plain"}, 415, "unsupported_media_type", "application/x-protobuf"),
     (b"x", {}, 415, "unsupported_media_type", "(none)"),
     (b"not gzip", {**JS, "Content-Encoding": "gzip"}, 400, "malformed_body", "not valid gzip"),

@@ -245,3 +245,17 @@ def test_remote_mode_never_blocks_and_counts_drops():
     assert reg.get_sample_value("flowscope_sdk_spans_dropped_total", {"reason": "queue_full"}) >= 190
     sink.close(timeout_s=0.5)
     assert elapsed < 5  # bounded: 200 steps never waited on the network
+
+
+def test_remote_mode_sends_logged_errors_too(ex, serve):
+    srv = serve(ex)
+    sink = RemoteSink(srv.url, batch_wait_s=0.05, registry=CollectorRegistry())
+    log = ErrorLogger(sink, service="shop")
+    try:
+        raise ConnectionRefusedError("connection to 10.0.0.7:5432 refused")
+    except ConnectionRefusedError as e:
+        log.log_exception(e, layer="database", component="postgres", workflow="checkout", correlation_id="c-7")
+    sink.close()
+    assert sink.sent == 1 and sink.dropped == 0
+    assert ex.store.value(c.STEP_ERRORS_TOTAL, {"workflow": "checkout", "layer": "database",
+                                                "component": "postgres", "error_type": "ConnectionRefusedError"}) == 1

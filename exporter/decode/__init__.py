@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..model import Span
+from ..model import ErrorRecord, Span
 
 
 @dataclass(slots=True)
@@ -23,6 +23,7 @@ class Rejection:
 class DecodeResult:
     spans: list[Span] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    errors: list[ErrorRecord] = field(default_factory=list)  # native ``errors`` records (ErrorLogger)
 
     def reject(self, index: int, reason: str, detail: str) -> None:
         self.rejected.append(Rejection(index, reason, detail))

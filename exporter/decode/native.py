@@ -10,6 +10,11 @@ A batch is an object with ``steps`` (finished trace steps) and, optionally,
                 "started_at": 1795000000.120, "duration_ms": 12.5,
                 "metadata": {"rows": 1}, "state": {"order_id": 7}}]}
 
+An optional ``errors`` array carries errors logged outside any step
+(``ErrorLogger`` in remote mode): ``error_type``, ``message``, ``layer``,
+``component``, and optionally ``workflow_type``, ``correlation_id``,
+``trace_id``, ``span_id``, ``category``, ``stack_trace``, ``time`` and ``service``.
+
 A bare array is read as ``steps``. ``started_at`` is ISO 8601 or epoch
 seconds; ``ended_at`` may stand in for ``duration_ms``. ``status`` accepts the
 seed vocabulary (success/completed/failed) as well as ok/error/timeout/cancelled.
@@ -27,7 +32,8 @@ from typing import Any
 
 from .. import conventions as c
 from ..errors import DecodeError
-from ..model import LAYERS, Span, hash_user, new_span_id
+from ..model import LAYERS, ErrorRecord, Span, hash_user, new_span_id
+from ..classify import classify_error
 from . import DecodeResult
 
 STATUS_ALIASES = {
@@ -177,20 +183,41 @@ def _workflow(rec: dict) -> Span:
                 _dict(rec, "metadata"), None, False, hash_user(str(user)) if user is not None else None)
 
 
+def _error(rec: dict) -> ErrorRecord:
+    layer = _name(rec, "layer")
+    if layer not in LAYERS:
+        raise _Bad("invalid_value", f"layer must be one of {list(c.LAYERS)}, got {layer!r}")
+    message = rec.get("message")
+    if not isinstance(message, str):
+        raise _Bad("missing_field", "message is required and must be a string")
+    etype = _name(rec, "error_type")
+    t = _time_ns(rec, "time")
+    stack = rec.get("stack_trace")
+    return ErrorRecord(error_type=etype, message=message, layer=layer, component=_name(rec, "component"),
+                       workflow=_name(rec, "workflow_type", required=False) or c.UNKNOWN_WORKFLOW,
+                       correlation_id=_name(rec, "correlation_id", required=False),
+                       trace_id=_name(rec, "trace_id", required=False), span_id=_name(rec, "span_id", required=False),
+                       category=_name(rec, "category", required=False) or classify_error(etype, message),
+                       stack_trace=stack if isinstance(stack, str) else None, time_ns=t or 0,
+                       service=_name(rec, "service", required=False) or "", context=_dict(rec, "context") or {})
+
+
 def decode(doc: Any) -> DecodeResult:
-    """Decode a parsed native batch. Steps are indexed first, then workflows."""
+    """Decode a parsed native batch. Steps are indexed first, then workflows, then errors."""
     if isinstance(doc, list):
-        steps, workflows = doc, []
+        steps, workflows, errors = doc, [], []
     elif isinstance(doc, dict):
-        unknown = set(doc) - {"steps", "workflows"}
+        unknown = set(doc) - {"steps", "workflows", "errors"}
         if unknown:
-            raise DecodeError(f"unknown top-level field(s) {sorted(unknown)}; expected steps and workflows",
+            raise DecodeError(f"unknown top-level field(s) {sorted(unknown)}; expected steps, workflows, errors",
                               field=sorted(unknown)[0])
         steps = doc.get("steps")
         workflows = doc.get("workflows")
+        errors = doc.get("errors")
         steps = [] if steps is None else steps
         workflows = [] if workflows is None else workflows
-        for k, v in (("steps", steps), ("workflows", workflows)):
+        errors = [] if errors is None else errors
+        for k, v in (("steps", steps), ("workflows", workflows), ("errors", errors)):
             if not isinstance(v, list):
                 raise DecodeError(f"{k} must be an array", field=k)
     else:
@@ -210,4 +237,11 @@ def decode(doc: Any) -> DecodeResult:
             result.spans.append(_workflow(rec))
         except _Bad as b:
             result.reject(len(steps) + j, b.reason, f"workflows[{j}]: {b.detail}")
+    for k, rec in enumerate(errors):
+        try:
+            if not isinstance(rec, dict):
+                raise _Bad("malformed_span", "an error must be an object")
+            result.errors.append(_error(rec))
+        except _Bad as b:
+            result.reject(len(steps) + len(workflows) + k, b.reason, f"errors[{k}]: {b.detail}")
     return result

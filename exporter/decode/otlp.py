@@ -17,6 +17,7 @@ import base64
 import re
 from typing import Any
 
+import msgspec
 from google.protobuf.message import DecodeError as PbDecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -210,10 +211,106 @@ def decode_protobuf(body: bytes) -> DecodeResult:
     return result
 
 
-# --- JSON -------------------------------------------------------------------------------
+# --- JSON ----------------------------------------------------------------------------------
+#
+# OTLP/JSON is decoded by msgspec straight into the structs below: one pass, no
+# intermediate dict tree, and a type error names its exact JSON path. Unknown
+# fields are ignored, as the OTLP spec asks of receivers.
+
+_FROZEN = dict(rename="camel", frozen=True)
+
+
+class _AnyValue(msgspec.Struct, **_FROZEN):
+    string_value: str | None = None
+    int_value: int | str | None = None
+    bool_value: bool | None = None
+    double_value: float | str | None = None
+    array_value: Any = None
+    kvlist_value: Any = None
+    bytes_value: str | None = None
+
+
+_EMPTY_VALUE = _AnyValue()
+
+
+class _KeyValue(msgspec.Struct, **_FROZEN):
+    key: str
+    value: _AnyValue | None = _EMPTY_VALUE
+
+
+class _Status(msgspec.Struct, **_FROZEN):
+    code: int | str | None = 0
+    message: str | None = ""
+
+
+class _Event(msgspec.Struct, **_FROZEN):
+    name: str | None = ""
+    attributes: list[_KeyValue] | None = None
+
+
+class _JSpan(msgspec.Struct, **_FROZEN):
+    trace_id: str | None = ""
+    span_id: str | None = ""
+    parent_span_id: str | None = ""
+    name: str | None = ""
+    kind: int | str | None = 0
+    start_time_unix_nano: int | str | None = 0
+    end_time_unix_nano: int | str | None = 0
+    attributes: list[_KeyValue] | None = None
+    events: list[_Event] | None = None
+    status: _Status | None = None
+
+
+class _ScopeSpans(msgspec.Struct, **_FROZEN):
+    spans: list[_JSpan] | None = None
+
+
+class _Resource(msgspec.Struct, **_FROZEN):
+    attributes: list[_KeyValue] | None = None
+
+
+class _ResourceSpans(msgspec.Struct, **_FROZEN):
+    resource: _Resource | None = None
+    scope_spans: list[_ScopeSpans] | None = None
+
+
+class _ExportRequest(msgspec.Struct, **_FROZEN):
+    resource_spans: list[_ResourceSpans] | None = None
+
+
+_decoder = msgspec.json.Decoder(_ExportRequest)
+_KINDS = {"SPAN_KIND_INTERNAL": 1, "SPAN_KIND_SERVER": 2, "SPAN_KIND_CLIENT": 3, "SPAN_KIND_PRODUCER": 4,
+          "SPAN_KIND_CONSUMER": 5}
+
+
+def _jv(v: _AnyValue | None) -> Any:
+    if v is None:
+        return None
+    if v.string_value is not None:
+        return v.string_value
+    if v.int_value is not None:
+        try:
+            return int(v.int_value)
+        except ValueError:
+            return None
+    if v.bool_value is not None:
+        return v.bool_value
+    if v.double_value is not None:
+        try:
+            return float(v.double_value)
+        except ValueError:
+            return None
+    if v.array_value is not None:
+        return _json_value({"arrayValue": v.array_value})
+    if v.kvlist_value is not None:
+        return _json_value({"kvlistValue": v.kvlist_value})
+    if v.bytes_value is not None:
+        return _json_value({"bytesValue": v.bytes_value})
+    return None
 
 
 def _json_value(v: Any) -> Any:
+    """An AnyValue in its JSON (dict) form; used for arrays and kvlists."""
     if not isinstance(v, dict):
         return None
     if "stringValue" in v:
@@ -233,7 +330,8 @@ def _json_value(v: Any) -> Any:
     if "arrayValue" in v:
         return [_json_value(x) for x in (v["arrayValue"] or {}).get("values", []) or []]
     if "kvlistValue" in v:
-        return _json_attrs((v["kvlistValue"] or {}).get("values", []))
+        return {kv["key"]: _json_value(kv.get("value")) for kv in (v["kvlistValue"] or {}).get("values", []) or []
+                if isinstance(kv, dict) and isinstance(kv.get("key"), str)}
     if "bytesValue" in v:
         try:
             return base64.b64decode(v["bytesValue"]).hex()
@@ -242,103 +340,73 @@ def _json_value(v: Any) -> Any:
     return None
 
 
-def _json_attrs(kvs: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if type(kvs) is not list:
-        return out
-    for kv in kvs:
-        try:
-            key, v = kv["key"], kv["value"]
-            sv = v.get("stringValue")
-        except (KeyError, TypeError, AttributeError):
-            continue  # a malformed attribute is dropped, not the span
-        if type(key) is str:
-            out[key] = sv if sv is not None else _json_value(v)
-    return out
+def _j_attrs(kvs: list[_KeyValue] | None) -> dict[str, Any]:
+    if not kvs:
+        return {}
+    return {kv.key: (kv.value.string_value if kv.value is not None and kv.value.string_value is not None
+                     else _jv(kv.value)) for kv in kvs}
 
 
-def _json_scan(kvs: Any) -> tuple[dict[str, Any], bool]:
+def _j_scan(kvs: list[_KeyValue] | None) -> tuple[dict[str, Any], bool]:
     out: dict[str, Any] = {}
     web = False
-    if type(kvs) is not list:
-        return out, web
-    for kv in kvs:
-        try:
-            key = kv["key"]
-        except (KeyError, TypeError):
-            continue
-        if type(key) is not str:
-            continue
-        if key in WANTED_KEYS:
-            try:
-                out[key] = _json_value(kv["value"])
-            except (KeyError, TypeError):
-                pass
-        elif not web and key.startswith(WEB_PREFIXES):
-            web = True
+    if kvs:
+        for kv in kvs:
+            k = kv.key
+            if k in WANTED_KEYS:
+                out[k] = _jv(kv.value)
+            elif not web and k.startswith(WEB_PREFIXES):
+                web = True
     return out, web
 
 
 def _int(v: Any) -> int:
-    t = type(v)
-    if t is str:
-        return int(v) if v.isdigit() else -1
-    return v if t is int else -1
+    if type(v) is int:
+        return v
+    if type(v) is str:
+        try:
+            return int(v)
+        except ValueError:
+            return -1
+    return -1
 
 
-def _list(obj: dict, *keys: str) -> list:
-    for k in keys:
-        v = obj.get(k)
-        if v is not None:
-            if not isinstance(v, list):
-                raise DecodeError(f"{k} must be an array, got {type(v).__name__}", field=k)
-            return v
-    return []
-
-
-def _hex_id(v: Any) -> str:
-    return v.lower() if type(v) is str else ""
-
-
-def decode_json(doc: Any) -> DecodeResult:
-    """Decode an ``ExportTraceServiceRequest`` already parsed from OTLP/JSON."""
-    if not isinstance(doc, dict):
-        raise DecodeError("OTLP/JSON body must be an object with resourceSpans", field="resourceSpans")
+def decode_json(body: bytes) -> DecodeResult:
+    """Decode an OTLP/JSON ``ExportTraceServiceRequest`` body."""
+    try:
+        req = _decoder.decode(body)
+    except msgspec.ValidationError as e:
+        msg = str(e)
+        path = msg.rsplit("at `", 1)[1].rstrip("`") if "at `" in msg else "$"
+        raise DecodeError(f"OTLP/JSON body does not match ExportTraceServiceRequest: {msg}", field=path) from None
+    except msgspec.DecodeError as e:
+        raise DecodeError(f"body is not valid JSON: {e}") from None
     result = DecodeResult()
+    append = result.spans.append
     index = 0
-    for ri, rs in enumerate(_list(doc, "resourceSpans", "resource_spans")):
-        if not isinstance(rs, dict):
-            raise DecodeError(f"resourceSpans[{ri}] must be an object", field=f"resourceSpans[{ri}]")
-        resource = _json_attrs((rs.get("resource") or {}).get("attributes"))
+    for rs in req.resource_spans or ():
+        resource = _j_attrs(rs.resource.attributes if rs.resource else None)
         service = str(resource.get("service.name") or "unknown_service")
-        for si, ss in enumerate(_list(rs, "scopeSpans", "scope_spans", "instrumentationLibrarySpans")):
-            if not isinstance(ss, dict):
-                raise DecodeError(f"resourceSpans[{ri}].scopeSpans[{si}] must be an object",
-                                  field=f"resourceSpans[{ri}].scopeSpans[{si}]")
-            for sp in _list(ss, "spans"):
-                if not isinstance(sp, dict):
-                    result.reject(index, "malformed_span", "span must be an object")
-                    index += 1
-                    continue
+        for ss in rs.scope_spans or ():
+            for sp in ss.spans or ():
                 exc = None
-                for ev in sp.get("events") or ():
-                    if isinstance(ev, dict) and ev.get("name") == "exception":
-                        exc = _json_attrs(ev.get("attributes"))
-                        break
-                status = sp.get("status") or {}
-                if not isinstance(status, dict):
-                    status = {}
-                code = status.get("code", 0)
-                if isinstance(code, str):  # tolerate the enum-name form
+                if sp.events:
+                    for ev in sp.events:
+                        if ev.name == "exception":
+                            exc = _j_attrs(ev.attributes)
+                            break
+                st = sp.status
+                code = st.code if st is not None else 0
+                if type(code) is str:  # tolerate the enum-name form
                     code = STATUS_CODE_ERROR if code.endswith("ERROR") else 0
-                kind = sp.get("kind", 0)
-                if not isinstance(kind, int):
-                    kind = {"SPAN_KIND_SERVER": 2, "SPAN_KIND_CLIENT": 3, "SPAN_KIND_PRODUCER": 4,
-                            "SPAN_KIND_CONSUMER": 5}.get(kind, 1)
-                name = sp.get("name")
-                tid, sid = _hex_id(sp.get("traceId")), _hex_id(sp.get("spanId"))
-                parent = _hex_id(sp.get("parentSpanId"))
-                start, end = _int(sp.get("startTimeUnixNano")), _int(sp.get("endTimeUnixNano"))
+                kind = sp.kind
+                if type(kind) is not int:
+                    kind = _KINDS.get(kind, 1)
+                name = sp.name
+                tid = (sp.trace_id or "").lower()
+                sid = (sp.span_id or "").lower()
+                parent = (sp.parent_span_id or "").lower()
+                start, end = _int(sp.start_time_unix_nano), _int(sp.end_time_unix_nano)
                 if not _TRACE_ID(tid) or tid == ZERO_TRACE_HEX:
                     result.reject(index, "invalid_trace_id", f"traceId must be 32 hex digits, got {tid!r}")
                 elif not _SPAN_ID(sid) or sid == ZERO_SPAN_HEX:
@@ -348,14 +416,14 @@ def decode_json(doc: Any) -> DecodeResult:
                 elif start <= 0 or end < start:
                     result.reject(index, "invalid_time",
                                   f"needs 0 < startTimeUnixNano <= endTimeUnixNano, got {start}..{end}")
-                elif not name or not isinstance(name, str):
+                elif not name:
                     result.reject(index, "missing_field", "span name is empty")
                 else:
-                    raw = sp.get("attributes")
-                    wanted, web = _json_scan(raw)
-                    s = _span(tid, sid, parent, name, kind, start, end, wanted, resource, service, code,
-                              str(status.get("message") or ""), exc, web)
-                    s.defer_attributes(_json_attrs, raw)
-                    result.spans.append(s)
+                    raw = sp.attributes
+                    wanted, web = _j_scan(raw)
+                    s = _span(tid, sid, parent, name, kind, start, end, wanted, resource, service, code or 0,
+                              (st.message or "") if st is not None else "", exc, web)
+                    s.defer_attributes(_j_attrs, raw)
+                    append(s)
                 index += 1
     return result

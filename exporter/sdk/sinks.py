@@ -78,6 +78,18 @@ def to_native(s: Span) -> tuple[str, dict]:
     return "steps", rec
 
 
+def error_to_native(e: ErrorRecord) -> tuple[str, dict]:
+    rec = {"error_type": e.error_type, "message": e.message, "layer": e.layer, "component": e.component,
+           "workflow_type": e.workflow, "category": e.category, "service": e.service, "context": e.context}
+    if e.time_ns:
+        rec["time"] = e.time_ns / 1e9
+    for k in ("correlation_id", "trace_id", "span_id", "stack_trace"):
+        v = getattr(e, k)
+        if v:
+            rec[k] = v
+    return "errors", rec
+
+
 class RemoteSink:
     def __init__(self, endpoint: str, queue_size: int = 10_000, batch_size: int = 500, batch_wait_s: float = 1.0,
                  token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY,
@@ -125,9 +137,12 @@ class RemoteSink:
         pass
 
     def error(self, e: ErrorRecord) -> None:
-        pass  # errors logged remotely travel as failed steps; see ErrorLogger
+        try:
+            self._q.put_nowait(e)
+        except queue.Full:
+            self._drop("queue_full")
 
-    def _take(self) -> list[Span]:
+    def _take(self) -> list[Span | ErrorRecord]:
         batch: list[Span] = []
         deadline = time.monotonic() + self.batch_wait_s
         while len(batch) < self.batch_size:
@@ -149,9 +164,9 @@ class RemoteSink:
                 return
 
     def _send(self, batch: list[Span]) -> None:
-        body: dict[str, list] = {"steps": [], "workflows": []}
+        body: dict[str, list] = {"steps": [], "workflows": [], "errors": []}
         for s in batch:
-            kind, rec = to_native(s)
+            kind, rec = to_native(s) if isinstance(s, Span) else error_to_native(s)
             body[kind].append(rec)
         data = orjson.dumps(body)
         headers = {"Content-Type": "application/json"}

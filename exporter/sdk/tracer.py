@@ -109,7 +109,7 @@ class StepScope:
     __slots__ = ("_tracer", "_layer", "_component", "_operation", "_metadata", "state", "_run", "span_id",
                  "_parent", "_start", "_token", "_failure")
 
-    def __init__(self, tracer, layer, component, operation, metadata, state):
+    def __init__(self, tracer, layer, component, operation, metadata=None, state=None):
         self._tracer = tracer
         self._layer = layer
         self._component = component
@@ -205,6 +205,8 @@ class WorkflowTracer:
         for name, attr in vars(WorkflowTracer).items():
             if isinstance(attr, hybridmethod):
                 setattr(self, name, types.MethodType(attr.fn, self))
+        # The hot path: a C-level partial straight into StepScope, no Python frame in between.
+        self.step = functools.partial(StepScope, self)
 
     @classmethod
     def default(cls) -> WorkflowTracer:
