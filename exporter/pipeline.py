@@ -26,7 +26,11 @@ class Pipeline:
         self.loki = loki
         self.resolver = resolver or WorkflowResolver()
         self.clock = clock
-        self.sinks = list(sinks)
+        self.sinks: list[Callable[[list[Span]], None]] = []
+        #: True while spans only feed metrics: the SDK may then skip building Span objects.
+        self.metrics_only = loki is None
+        for sink in sinks:
+            self.add_sink(sink)
         s = store
         self.runs = s.counter(c.WORKFLOW_RUNS_TOTAL, "Finished workflow runs.", c.WORKFLOW_RUNS_LABELS)
         self.run_duration = s.histogram(c.WORKFLOW_DURATION_SECONDS, "Duration of finished workflow runs.",
@@ -117,10 +121,10 @@ class Pipeline:
         for sink in self.sinks:
             sink([s])
 
-    @property
-    def metrics_only(self) -> bool:
-        """True when spans only feed metrics (no Loki, no other sink): the SDK may skip building Spans."""
-        return self.loki is None and not self.sinks
+    def add_sink(self, sink: Callable[[list[Span]], None]) -> None:
+        """Also hand every finished batch of spans to ``sink`` (e.g. the run store)."""
+        self.sinks.append(sink)
+        self.metrics_only = False
 
     def fast_step(self, workflow: str, layer: str, component: str, operation: str, start_ns: int, end_ns: int,
                   trace_id: str, span_id: str) -> None:

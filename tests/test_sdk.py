@@ -61,7 +61,7 @@ def test_static_style_uses_the_default_tracer(ex):
 
 def test_context_managers_nest_and_record_failures_with_stack(ex, tracer):
     seen = []
-    ex.pipeline.sinks.append(seen.extend)
+    ex.pipeline.add_sink(seen.extend)
     with pytest.raises(TimeoutError):
         with tracer.workflow("checkout") as run:
             with tracer.step("api", "orders", "POST /checkout") as outer:
@@ -259,3 +259,11 @@ def test_remote_mode_sends_logged_errors_too(ex, serve):
     assert sink.sent == 1 and sink.dropped == 0
     assert ex.store.value(c.STEP_ERRORS_TOTAL, {"workflow": "checkout", "layer": "database",
                                                 "component": "postgres", "error_type": "ConnectionRefusedError"}) == 1
+
+
+def test_runs_never_completed_are_evicted_and_leave_the_in_progress_gauge(ex, tracer):
+    tracer.MAX_OPEN = 3
+    for _ in range(5):
+        tracer.start_workflow("abandoned")
+    assert tracer.evicted == 2
+    assert ex.store.value(c.WORKFLOWS_IN_PROGRESS, {"workflow": "abandoned"}) == 3

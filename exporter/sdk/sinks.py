@@ -31,10 +31,6 @@ class InProcessSink:
         self.pipeline = pipeline
         self.emit = pipeline.record_step
 
-    @property
-    def fast_step(self):
-        """The pipeline's Span-free path for a successful step, when nothing downstream needs Spans."""
-        return self.pipeline.fast_step if self.pipeline.metrics_only else None
 
     def started(self, workflow: str) -> None:
         self.pipeline.workflow_started(workflow)
@@ -122,7 +118,7 @@ class RemoteSink:
         if self._dropped_metric is not None:
             self._dropped_metric.labels(reason).inc(n)
 
-    fast_step = None
+    pipeline = None  # remote: every step is sent as a Span
 
     def emit(self, s: Span) -> None:
         try:

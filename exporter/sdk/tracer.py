@@ -141,11 +141,11 @@ class StepScope:
         current_step.reset(self._token)
         run = self._run
         if et is None and self._failure is None and self._metadata is None and self.state is None:
-            fast = self._tracer._sink.fast_step
-            if fast is not None:
+            pipeline = self._tracer._sink.pipeline
+            if pipeline is not None and pipeline.metrics_only:
                 # Metrics-only pipeline: no Span object is needed for a successful step.
-                fast(run.workflow, self._layer, self._component, self._operation, self._start, end,
-                     run.trace_id, self.span_id)
+                pipeline.fast_step(run.workflow, self._layer, self._component, self._operation, self._start, end,
+                                   run.trace_id, self.span_id)
                 return False
         status, etype, emsg, stack = "ok", None, None, None
         if self._failure is not None:
@@ -237,12 +237,15 @@ class WorkflowTracer:
             trace_id = trace_id_for(correlation_id)
         run = _Run(workflow_type, correlation_id, trace_id, parent, user, metadata, self.service)
         token = current_step.set((run, run.span_id))
+        evicted = None
         with self._lock:
             self._runs[correlation_id] = (run, token)
             if len(self._runs) > self.MAX_OPEN:
-                self._runs.popitem(last=False)
+                evicted = self._runs.popitem(last=False)[1][0]
                 self.evicted += 1
         self._sink.started(workflow_type)
+        if evicted is not None:  # a run never completed: it is no longer in progress
+            self._sink.ended(evicted.workflow)
         return correlation_id
 
     @hybridmethod
