@@ -57,6 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--token", default=None, help="bearer token, if the exporter requires one")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable traffic")
 
+    rules = sub.add_parser("rules", help="generate and check Prometheus alert rules and Alertmanager routing",
+                           description="Alert rules as code, from a versioned spec (apiVersion: flowscope/v1).")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    for name, text in (("build", "write alert_rules/*.yml, their promtool tests and alertmanager.yml from the spec"),
+                       ("test", "run promtool check rules, promtool test rules and amtool check-config")):
+        rp = rules_sub.add_parser(name, help=text, description=text)
+        rp.add_argument("--spec", default="alert_rules/spec/flowscope.yaml", help="the alert spec")
+        rp.add_argument("--out", default="alert_rules", help="output directory")
+    rules_sub.choices["build"].add_argument("--check", action="store_true",
+                                            help="write nothing; exit 1 if the files on disk are stale")
+
     cfg = sub.add_parser("config", help="print the effective settings",
                          description="Print the effective settings (secrets masked) as JSON.")
     cfg.add_argument("--markdown", action="store_true", help="print the table of every FLOWSCOPE_* variable")
@@ -161,6 +172,28 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_ERROR if errors and not demo.runs else EXIT_OK
 
 
+def _rules(args: argparse.Namespace) -> int:
+    from backend.rules.build import check_all, render_all, write_all
+
+    files = render_all(args.spec)
+    if args.rules_command == "build":
+        if args.check:
+            from pathlib import Path
+            stale = [rel for rel, text in files.items()
+                     if not (Path(args.out) / rel).exists() or (Path(args.out) / rel).read_text() != text]
+            for rel in stale:
+                print(f"stale: {Path(args.out) / rel}", file=sys.stderr)
+            return EXIT_ERROR if stale else EXIT_OK
+        changed = write_all(files, args.out)
+        print("\n".join(f"wrote {p}" for p in changed) or "up to date")
+        return EXIT_OK
+    failed = 0
+    for cmd, rc, output in check_all(args.out):
+        print(f"$ {cmd}\n{output}\n")
+        failed += rc != 0
+    return EXIT_ERROR if failed else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -168,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "rules":
+            return _rules(args)
         if args.command == "config":
             if args.markdown:
                 print(markdown_table())

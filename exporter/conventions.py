@@ -67,6 +67,7 @@ LOKI_QUEUE_LINES = "flowscope_loki_queue_lines"
 LOKI_LINES_SENT_TOTAL = "flowscope_loki_lines_sent_total"
 LOKI_LINES_DROPPED_TOTAL = "flowscope_loki_lines_dropped_total"
 SDK_SPANS_DROPPED_TOTAL = "flowscope_sdk_spans_dropped_total"
+REQUESTS_REJECTED_TOTAL = "flowscope_ingest_requests_rejected_total"
 TRACES_PENDING = "flowscope_traces_pending_spans"
 
 #: Values of the ``format`` label on spans received.
@@ -110,4 +111,45 @@ ATTR_WORKFLOW = ("flowscope.workflow", "workflow.type")
 ATTR_LAYER = "flowscope.layer"
 ATTR_COMPONENT = "flowscope.component"
 ATTR_CORRELATION_ID = ("flowscope.correlation_id", "correlation_id")
-REQUESTS_REJECTED_TOTAL = "flowscope_ingest_requests_rejected_total"
+
+# --- custom per-layer values the alert thresholds read (PerformanceMonitor.record_metric) ---------
+# Record them as ratios 0..1: record_metric("cache", "redis", "hit_rate", 0.93).
+
+CUSTOM_HIT_RATE = CUSTOM_METRIC_PREFIX + "hit_rate"
+CUSTOM_MEMORY_USAGE = CUSTOM_METRIC_PREFIX + "memory_usage"
+CUSTOM_CPU_USAGE = CUSTOM_METRIC_PREFIX + "cpu_usage"
+
+# --- alert rules, recording rules and routing (backend/rules) ------------------------------------
+
+L_SEVERITY = "severity"
+L_SLO = "slo"
+L_WINDOW = "window"
+SEVERITY_CRITICAL = "critical"
+SEVERITY_WARNING = "warning"
+
+RULE_GROUP_THRESHOLDS = "flowscope-thresholds"
+RULE_GROUP_SLO_RECORDING = "flowscope-slo-recording"
+RULE_GROUP_SLO_ALERTS = "flowscope-slo-alerts"
+
+ALERT_STEP_LATENCY_HIGH = "FlowscopeStepLatencyHigh"
+ALERT_STEP_ERROR_RATE_HIGH = "FlowscopeStepErrorRateHigh"
+ALERT_CACHE_HIT_RATE_LOW = "FlowscopeCacheHitRateLow"
+ALERT_MEMORY_USAGE_HIGH = "FlowscopeMemoryUsageHigh"
+ALERT_CPU_USAGE_HIGH = "FlowscopeCPUUsageHigh"
+ALERT_SLO_BURN_RATE = "FlowscopeSLOErrorBudgetBurn"
+ALERT_WORKFLOW_DATA_ABSENT = "FlowscopeWorkflowDataAbsent"
+
+#: Recording rules: the SLO's bad-event ratio and its event count, per window.
+REC_SLO_ERROR_RATIO = "flowscope:slo_errors:ratio_rate{window}"
+REC_SLO_EVENTS = "flowscope:slo_events:increase{window}"
+
+#: Dashboard uids (fixed, so links and provisioning never break).
+DASHBOARD_OVERVIEW = "flowscope-overview"
+DASHBOARD_LAYERS = "flowscope-layers"
+DASHBOARD_ERRORS = "flowscope-errors"
+DASHBOARD_PROFILES = "flowscope-profiles"
+DASHBOARD_ALERTS = "flowscope-alerts"
+
+#: The backend's Alertmanager webhook.
+ALERTS_WEBHOOK_PATH = "/api/v1/alerts/webhook"
+ALERTS_PATH = "/api/v1/alerts"

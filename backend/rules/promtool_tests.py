@@ -1,0 +1,181 @@
+"""Generate ``promtool test rules`` cases: every alert shown firing and not firing.
+
+The cases are built from the same spec as the rules, so a changed threshold
+changes its tests too; the expected labels and annotations are computed from
+the rule templates (which only use ``$labels``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from exporter import conventions as c
+from exporter.metrics import float_to_go_string
+
+from ..errors import SpecError
+from .generate import _absent_alert, _slo_alerts, _threshold_alert
+from .spec import SLO, Spec, Threshold
+
+WF, COMP, OP = "checkout", "svc", "op"
+_PROM_UNITS = {"ms": 0.001 / 60, "s": 1 / 60, "m": 1.0, "h": 60.0, "d": 1440.0, "w": 10080.0, "y": 525600.0}
+
+
+def _minutes(d: str) -> float:
+    return sum(float(n) * _PROM_UNITS[u] for n, u in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", d))
+
+
+def _render(template: str, labels: dict[str, str]) -> str:
+    return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m.group(1), ""), template)
+
+
+def _expected(rule: dict, labels: dict[str, str]) -> dict:
+    all_labels = {**labels, **rule["labels"]}
+    return {"exp_labels": all_labels,
+            "exp_annotations": {k: _render(v, all_labels) for k, v in rule["annotations"].items()}}
+
+
+def _counter(values_per_min: float, minutes: int) -> str:
+    return f"0+{values_per_min:g}x{minutes}"
+
+
+def _constant(v: float, minutes: int) -> str:
+    return f"{v:g}+0x{minutes}"
+
+
+def _series(name: str, labels: dict[str, str]) -> str:
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+
+
+# --- thresholds ------------------------------------------------------------------------------------
+
+
+def _bucket_for(bounds: tuple[float, ...], ok) -> int:
+    """Index of a bucket where 'all observations in it' puts p95 where ``ok(p95)`` holds."""
+    for k, hi in enumerate(bounds):
+        lo = bounds[k - 1] if k else 0.0
+        if ok(lo + 0.95 * (hi - lo)):
+            return k
+    raise SpecError("thresholds", "no histogram bucket puts p95 between these thresholds; widen them or the buckets")
+
+
+def _threshold_inputs(spec: Spec, t: Threshold, value_case: str, minutes: int) -> tuple[list[dict], dict[str, str]]:
+    w, cr = t.warning, t.critical
+    hi_worse = t.metric.higher_is_worse
+    if t.metric.name == "response_time":
+        cond = {"warning": lambda p: w < p < cr, "critical": lambda p: p > cr, "none": lambda p: p < w}[value_case]
+        k = _bucket_for(spec.buckets, cond)
+        labels = {c.L_WORKFLOW: WF, c.L_LAYER: t.layer, c.L_COMPONENT: COMP, c.L_OPERATION: OP, c.L_STATUS: "ok"}
+        les = [float_to_go_string(b) for b in spec.buckets] + ["+Inf"]
+        series = [{"series": _series(f"{c.STEP_DURATION_SECONDS}_bucket", {**labels, "le": le}),
+                   "values": _counter(60 if i >= k else 0, minutes)} for i, le in enumerate(les)]
+        return series, {c.L_WORKFLOW: WF, c.L_LAYER: t.layer}
+    if t.metric.name == "error_rate":
+        r = {"warning": (w + cr) / 2, "critical": cr + (1 - cr) / 2, "none": w / 2}[value_case]
+        base = {c.L_WORKFLOW: WF, c.L_LAYER: t.layer, c.L_COMPONENT: COMP, c.L_OPERATION: OP}
+        series = [
+            {"series": _series(f"{c.STEP_DURATION_SECONDS}_count", {**base, c.L_STATUS: "ok"}),
+             "values": _counter(round(1000 * (1 - r), 3), minutes)},
+            {"series": _series(f"{c.STEP_DURATION_SECONDS}_count", {**base, c.L_STATUS: "error"}),
+             "values": _counter(round(1000 * r, 3), minutes)},
+        ]
+        return series, {c.L_WORKFLOW: WF, c.L_LAYER: t.layer}
+    metric = {"hit_rate": c.CUSTOM_HIT_RATE, "memory_usage": c.CUSTOM_MEMORY_USAGE,
+              "cpu_usage": c.CUSTOM_CPU_USAGE}[t.metric.name]
+    if hi_worse:
+        v = {"warning": (w + cr) / 2, "critical": (cr + 1) / 2, "none": w / 2}[value_case]
+    else:
+        v = {"warning": (w + cr) / 2, "critical": cr / 2, "none": (1 + w) / 2}[value_case]
+    labels = {c.L_LAYER: t.layer, c.L_COMPONENT: COMP}
+    return [{"series": _series(metric, labels), "values": _constant(round(v, 6), minutes)}], labels
+
+
+def _threshold_cases(spec: Spec, t: Threshold) -> list[dict]:
+    eval_min = int(_minutes(t.for_) + 15)
+    minutes = eval_min + 5
+    warn_rule = _threshold_alert(spec, t, c.SEVERITY_WARNING)
+    crit_rule = _threshold_alert(spec, t, c.SEVERITY_CRITICAL)
+    cases = []
+    for value_case, firing in (("warning", [warn_rule]), ("critical", [warn_rule, crit_rule]), ("none", [])):
+        series, labels = _threshold_inputs(spec, t, value_case, minutes)
+        cases.append({
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [{"eval_time": f"{eval_min}m", "alertname": t.metric.alert,
+                                 "exp_alerts": [_expected(r, labels) for r in firing]}],
+        })
+    return cases
+
+
+# --- SLOs ------------------------------------------------------------------------------------------
+
+
+def _slo_inputs(s: SLO, bad_ratio: float, runs_per_min: float, minutes: int) -> list[dict]:
+    if s.type == "availability":
+        return [
+            {"series": _series(c.WORKFLOW_RUNS_TOTAL, {c.L_WORKFLOW: s.workflow, c.L_STATUS: "ok"}),
+             "values": _counter(round(runs_per_min * (1 - bad_ratio), 6), minutes)},
+            {"series": _series(c.WORKFLOW_RUNS_TOTAL, {c.L_WORKFLOW: s.workflow, c.L_STATUS: "error"}),
+             "values": _counter(round(runs_per_min * bad_ratio, 6), minutes)},
+        ]
+    labels = {c.L_WORKFLOW: s.workflow, c.L_STATUS: "ok"}
+    le = float_to_go_string(s.threshold_s)
+    return [
+        {"series": _series(f"{c.WORKFLOW_DURATION_SECONDS}_bucket", {**labels, "le": le}),
+         "values": _counter(round(runs_per_min * (1 - bad_ratio), 6), minutes)},
+        {"series": _series(f"{c.WORKFLOW_DURATION_SECONDS}_count", labels),
+         "values": _counter(runs_per_min, minutes)},
+    ]
+
+
+def _slo_cases(spec: Spec, s: SLO) -> list[dict]:
+    page, ticket = _slo_alerts(spec, s)
+    labels = {c.L_WORKFLOW: s.workflow}
+    b = s.error_budget
+    hours3 = 180
+    cases = [
+        # a hard outage: both page and ticket conditions hold
+        (_slo_inputs(s, min(0.5, 30 * b), 60, hours3), [page, ticket]),
+        # a slow burn between 3x and 6x the budget: a ticket, no page
+        (_slo_inputs(s, 4.5 * b, 60, hours3), [ticket]),
+        # within budget: nothing
+        (_slo_inputs(s, 0.5 * b, 60, hours3), []),
+    ]
+    if s.min_events > 1:
+        # low traffic, mostly failing: fewer runs in every window than min_events, so nothing fires
+        total = (s.min_events - 1) * 0.9
+        cases.append((_slo_inputs(s, 2 / 3, total / hours3, hours3), []))
+    return [{"interval": "1m", "input_series": series,
+             "alert_rule_test": [{"eval_time": f"{hours3}m", "alertname": c.ALERT_SLO_BURN_RATE,
+                                  "exp_alerts": [_expected(r, labels) for r in firing]}]}
+            for series, firing in cases]
+
+
+def _absent_cases(spec: Spec, workflow: str, all_workflows: list[str]) -> list[dict]:
+    """Absent fires for the one workflow whose series is missing, and not while all are present."""
+    rule = _absent_alert(spec, workflow)
+
+    def series(workflows):
+        return [{"series": _series(c.WORKFLOW_RUNS_TOTAL, {c.L_WORKFLOW: w, c.L_STATUS: "ok"}),
+                 "values": _counter(1, 30)} for w in workflows]
+
+    missing = series([w for w in all_workflows if w != workflow])
+    present = series(all_workflows)
+    return [{"interval": "1m", "input_series": inputs,
+             "alert_rule_test": [{"eval_time": "20m", "alertname": c.ALERT_WORKFLOW_DATA_ABSENT,
+                                  "exp_alerts": [_expected(rule, {})] if firing else []}]}
+            for inputs, firing in ((missing, True), (present, False))]
+
+
+def promtool_tests(spec: Spec, rule_file: str) -> dict[str, Any]:
+    """Threshold and absent-data cases, evaluated every minute (``for:`` needs it)."""
+    tests = [case for t in spec.thresholds for case in _threshold_cases(spec, t)]
+    workflows = sorted({s.workflow for s in spec.slos})
+    tests += [case for w in workflows for case in _absent_cases(spec, w, workflows)]
+    return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": tests}
+
+
+def promtool_slo_tests(spec: Spec, rule_file: str) -> dict[str, Any]:
+    """Burn-rate cases over three hours of data, evaluated every 5 minutes to keep promtool quick."""
+    return {"rule_files": [rule_file], "evaluation_interval": "5m",
+            "tests": [case for s in spec.slos for case in _slo_cases(spec, s)]}

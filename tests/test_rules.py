@@ -1,0 +1,152 @@
+"""Alert rules as code: spec validation, generated files, and the real promtool/amtool on them."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backend.rules.alertmanager import alertmanager_config
+from backend.rules.build import ALERTMANAGER_FILE, RULES_FILE, SLO_TESTS_FILE, TESTS_FILE, render_all
+from backend.rules.generate import to_yaml
+from backend.rules.spec import parse_spec
+from exporter import conventions as c
+from tests.conftest import require_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "alert_rules/spec/flowscope.yaml"
+BAD = sorted((ROOT / "alert_rules/spec/bad").glob("*.yaml"))
+
+
+def flowscope(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_there_are_known_bad_specs():
+    assert len(BAD) >= 10
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_each_known_bad_spec_is_refused_naming_its_field(path, tmp_path):
+    expect = re.match(r"# expect: (.*)", path.read_text()).group(1)
+    r = flowscope("rules", "build", "--spec", str(path), "--out", str(tmp_path))
+    assert r.returncode == 1
+    assert expect in r.stderr and str(path) in r.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_checked_in_rules_are_generated_from_the_spec_and_current():
+    files = render_all("alert_rules/spec/flowscope.yaml")
+    for rel, text in files.items():
+        assert (ROOT / "alert_rules" / rel).read_text() == text, f"alert_rules/{rel} is stale: run flowscope rules build"
+    assert render_all("alert_rules/spec/flowscope.yaml") == files  # the same bytes every run
+    r = flowscope("rules", "build", "--check")
+    assert r.returncode == 0, r.stderr
+
+
+def test_stale_files_are_detected(tmp_path):
+    r = flowscope("rules", "build", "--out", str(tmp_path))
+    assert r.returncode == 0
+    (tmp_path / RULES_FILE).write_text((tmp_path / RULES_FILE).read_text() + "\n# edited by hand\n")
+    r = flowscope("rules", "build", "--check", "--out", str(tmp_path))
+    assert r.returncode == 1 and "stale" in r.stderr
+
+
+def test_every_alert_has_labels_annotations_and_a_firing_and_a_quiet_test():
+    rules = yaml.safe_load((ROOT / "alert_rules" / RULES_FILE).read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    assert {a["alert"] for a in alerts} == {c.ALERT_STEP_LATENCY_HIGH, c.ALERT_STEP_ERROR_RATE_HIGH,
+                                            c.ALERT_CACHE_HIT_RATE_LOW, c.ALERT_MEMORY_USAGE_HIGH,
+                                            c.ALERT_CPU_USAGE_HIGH, c.ALERT_SLO_BURN_RATE, c.ALERT_WORKFLOW_DATA_ABSENT}
+    for a in alerts:
+        assert a["labels"][c.L_SEVERITY] in (c.SEVERITY_WARNING, c.SEVERITY_CRITICAL)
+        assert {"summary", "description", "dashboard_url"} <= set(a["annotations"])
+        assert a["annotations"]["dashboard_url"].startswith("http://localhost:3000/d/flowscope-")
+    tests = [t for f in (TESTS_FILE, SLO_TESTS_FILE)
+             for t in yaml.safe_load((ROOT / "alert_rules" / f).read_text())["tests"]]
+    firing, quiet = set(), set()
+    for t in tests:
+        for art in t["alert_rule_test"]:
+            names = {e["exp_labels"].get(c.L_SEVERITY) for e in art["exp_alerts"]}
+            (firing if art["exp_alerts"] else quiet).add(art["alertname"])
+            firing.update(f"{art['alertname']}/{s}" for s in names)
+    for a in alerts:
+        assert a["alert"] in firing and a["alert"] in quiet, a["alert"]
+        assert f"{a['alert']}/{a['labels'][c.L_SEVERITY]}" in firing, a
+
+
+def test_promtool_checks_and_unit_tests_pass():
+    require_binary("promtool")
+    d = ROOT / "alert_rules"
+    r = subprocess.run(["promtool", "check", "rules", str(d / RULES_FILE)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(["promtool", "test", "rules", str(d / TESTS_FILE), str(d / SLO_TESTS_FILE)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("SUCCESS") == 2
+
+
+def test_promtool_unit_tests_can_fail(tmp_path):
+    """A threshold changed in the rules but not in the tests must fail promtool: the tests have teeth."""
+    require_binary("promtool")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("apiVersion: flowscope/v1\nkind: AlertSpec\nthresholds:\n"
+                    "  - {layer: api, metric: response_time, warning: 500ms, critical: 2000ms}\n")
+    files = render_all(str(spec))
+    (tmp_path / "tests").mkdir()
+    (tmp_path / TESTS_FILE).write_text(files[TESTS_FILE])
+    (tmp_path / RULES_FILE).write_text(files[RULES_FILE])
+    ok = subprocess.run(["promtool", "test", "rules", str(tmp_path / TESTS_FILE)], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (tmp_path / RULES_FILE).write_text(files[RULES_FILE].replace("> 0.5\n", "> 1.5\n", 1))
+    r = subprocess.run(["promtool", "test", "rules", str(tmp_path / TESTS_FILE)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and "FAILED" in (r.stdout + r.stderr)
+
+
+def test_alertmanager_config_is_valid_and_routes_by_severity():
+    require_binary("amtool")
+    cfg = ROOT / "alert_rules" / ALERTMANAGER_FILE
+    r = subprocess.run(["amtool", "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for labels, receiver in ((["severity=critical", "workflow=checkout"], "flowscope-critical"),
+                             (["severity=warning", "workflow=login"], "flowscope-warning"),
+                             (["alertname=Other"], "flowscope-webhook")):
+        r = subprocess.run(["amtool", "config", "routes", "test", f"--config.file={cfg}", *labels],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.strip() == receiver, (labels, r.stdout, r.stderr)
+    doc = yaml.safe_load(cfg.read_text())
+    assert doc["inhibit_rules"][0]["equal"] == ["alertname", "workflow", "layer"]
+
+
+def test_receivers_switched_on_keep_secrets_in_files(tmp_path):
+    require_binary("amtool")
+    secrets = {}
+    for name in ("slack_url", "smtp_password", "pagerduty_key", "webhook_token"):
+        p = tmp_path / name
+        p.write_text("s3cr3t-" + name)
+        secrets[name] = str(p)
+    spec = parse_spec({
+        "apiVersion": "flowscope/v1", "kind": "AlertSpec",
+        "routing": {"webhook_url": "http://127.0.0.1:9464/api/v1/alerts/webhook",
+                    "webhook_credentials_file": secrets["webhook_token"],
+                    "slack": {"api_url_file": secrets["slack_url"], "channel": "#alerts"},
+                    "email": {"to": "oncall@example.com", "from": "am@example.com", "smarthost": "smtp.example.com:587",
+                              "auth_username": "am", "auth_password_file": secrets["smtp_password"]},
+                    "pagerduty": {"routing_key_file": secrets["pagerduty_key"]}}})
+    text = to_yaml(alertmanager_config(spec.routing), "test")
+    assert "s3cr3t" not in text
+    cfg = tmp_path / "am.yml"
+    cfg.write_text(text)
+    r = subprocess.run(["amtool", "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = yaml.safe_load(text)
+    crit = next(rc for rc in doc["receivers"] if rc["name"] == "flowscope-critical")
+    warn = next(rc for rc in doc["receivers"] if rc["name"] == "flowscope-warning")
+    assert {"webhook_configs", "slack_configs", "email_configs", "pagerduty_configs"} <= set(crit)
+    assert "pagerduty_configs" not in warn  # warnings never page
