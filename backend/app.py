@@ -16,7 +16,9 @@ from exporter import conventions as c
 from exporter.http import create_blueprint, error_response
 from exporter.runtime import Exporter, build
 
+from .alerts import create_blueprint as alerts_blueprint
 from .openapi import openapi_document
+from .store import AlertStore
 
 
 def create_app(exporter: Exporter | None = None, test_config: dict | None = None) -> Flask:
@@ -27,6 +29,9 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     ex = exporter or build()
     app.extensions["flowscope"] = ex
     app.register_blueprint(create_blueprint())
+    store = AlertStore(app.config.get("DATABASE_URL") or ex.config.database_url)
+    app.extensions["flowscope_alerts"] = store
+    app.register_blueprint(alerts_blueprint(store))
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):

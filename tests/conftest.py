@@ -28,10 +28,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def make_exporter():
+def make_exporter(tmp_path):
     made = []
 
     def factory(**settings):
+        settings.setdefault("database_url", f"sqlite:///{tmp_path}/flowscope-{len(made)}.db")
         ex = build(load_config(settings, environ={}))
         made.append(ex)
         return ex

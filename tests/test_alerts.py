@@ -1,0 +1,97 @@
+import base64
+import copy
+
+import pytest
+
+from backend.app import create_app
+from exporter import conventions as c
+
+WEBHOOK = c.ALERTS_WEBHOOK_PATH
+
+
+def payload(status="firing", ends="0001-01-01T00:00:00Z", **label_overrides):
+    labels = {"alertname": "FlowscopeStepLatencyHigh", "severity": "critical", "workflow": "checkout", "layer": "api",
+              **label_overrides}
+    return {
+        "version": "4", "groupKey": '{}:{alertname="FlowscopeStepLatencyHigh"}', "truncatedAlerts": 0,
+        "status": status, "receiver": "flowscope-critical", "groupLabels": {"alertname": labels["alertname"]},
+        "commonLabels": labels, "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093",
+        "alerts": [{"status": status, "labels": labels,
+                    "annotations": {"summary": "p95 step latency of checkout in the api layer is above 2s"},
+                    "startsAt": "2026-11-23T10:00:00.123456789Z", "endsAt": ends,
+                    "generatorURL": "http://127.0.0.1:9090/graph", "fingerprint": "c6c3b2b2d5a0f1e4"}],
+    }
+
+
+def test_alerts_are_recorded_idempotently_and_resolution_is_a_state_change(client):
+    r = client.post(WEBHOOK, json=payload())
+    assert r.status_code == 200 and r.json == {"received": 1, "created": 1, "updated": 0, "unchanged": 0}
+    r = client.post(WEBHOOK, json=payload())  # Alertmanager repeats notifications
+    assert r.json == {"received": 1, "created": 0, "updated": 0, "unchanged": 1}
+    r = client.post(WEBHOOK, json=payload("resolved", ends="2026-11-23T10:07:00Z"))
+    assert r.json["updated"] == 1
+    (alert,) = client.get(c.ALERTS_PATH).json["alerts"]
+    assert (alert["status"], alert["severity"], alert["workflow"], alert["layer"]) == ("resolved", "critical",
+                                                                                      "checkout", "api")
+    assert alert["starts_at"] == "2026-11-23T10:00:00.123456Z" and alert["ends_at"] == "2026-11-23T10:07:00Z"
+    assert [h["status"] for h in alert["history"]] == ["firing", "resolved"]
+    assert alert["annotations"]["summary"].startswith("p95 step latency")
+
+
+def test_list_filters(client):
+    client.post(WEBHOOK, json=payload())
+    other = payload(workflow="login", severity="warning")
+    other["alerts"][0]["fingerprint"] = "aa"
+    client.post(WEBHOOK, json=other)
+    get = lambda **q: [a["workflow"] for a in client.get(c.ALERTS_PATH, query_string=q).json["alerts"]]  # noqa: E731
+    assert sorted(get()) == ["checkout", "login"]
+    assert get(severity="warning") == ["login"]
+    assert get(workflow="checkout") == ["checkout"]
+    assert get(status="resolved") == []
+    assert get(since="2000-01-01T00:00:00Z") != [] and get(since="2999-01-01T00:00:00Z") == []
+    r = client.get(c.ALERTS_PATH, query_string={"status": "maybe"})
+    assert r.status_code == 400 and r.json["error"]["field"] == "status"
+
+
+def _broken(mutate):
+    p = payload()
+    mutate(p)
+    return p
+
+
+@pytest.mark.parametrize("body,field", [
+    (_broken(lambda p: p.update(version="3")), "version"),
+    (_broken(lambda p: p.pop("receiver")), "receiver"),
+    (_broken(lambda p: p.update(alerts={})), "alerts"),
+    (_broken(lambda p: p["alerts"][0].update(status="pending")), "alerts[0].status"),
+    (_broken(lambda p: p["alerts"][0]["labels"].pop("alertname")), "alerts[0].labels.alertname"),
+    (_broken(lambda p: p["alerts"][0]["labels"].update(n=1)), "alerts[0].labels"),
+    (_broken(lambda p: p["alerts"][0].update(startsAt="yesterday")), "alerts[0].startsAt"),
+    (_broken(lambda p: p["alerts"][0].update(fingerprint="not-hex!")), "alerts[0].fingerprint"),
+    # the first alert is valid, the second is not: nothing of the notification is stored
+    (_broken(lambda p: p["alerts"].append({**copy.deepcopy(p["alerts"][0]), "endsAt": 5})), "alerts[1].endsAt"),
+])
+def test_malformed_notifications_get_400_naming_the_field_and_change_nothing(client, body, field):
+    r = client.post(WEBHOOK, json=body)
+    assert r.status_code == 400 and r.json["error"]["field"] == field, r.json
+    assert client.get(c.ALERTS_PATH).json["alerts"] == []
+
+
+def test_not_json_and_wrong_type(client):
+    assert client.post(WEBHOOK, data=b"{", content_type="application/json").status_code == 400
+    assert client.post(WEBHOOK, data=b"x", content_type="text/plain").status_code == 415
+
+
+@pytest.mark.parametrize("settings,good,bad", [
+    ({"webhook_token": "am-secret"}, "Bearer am-secret", ["Bearer nope", "Basic YW06YW0tc2VjcmV0", ""]),
+    ({"webhook_username": "am", "webhook_password": "pw"}, "Basic " + base64.b64encode(b"am:pw").decode(),
+     ["Basic " + base64.b64encode(b"am:nope").decode(), "Bearer pw", ""]),
+])
+def test_webhook_auth_as_alertmanagers_http_config_sends_it(make_exporter, settings, good, bad):
+    client = create_app(make_exporter(**settings)).test_client()
+    for h in bad:
+        r = client.post(WEBHOOK, json=payload(), headers={"Authorization": h} if h else {})
+        assert r.status_code == 401 and r.json["error"]["code"] == "unauthorized"
+    assert client.get(c.ALERTS_PATH).json["alerts"] == []
+    r = client.post(WEBHOOK, json=payload(), headers={"Authorization": good})
+    assert r.status_code == 200 and r.json["created"] == 1
