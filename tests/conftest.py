@@ -160,3 +160,54 @@ def prometheus(tmp_path):
     yield start
     for p in started:
         p.stop()
+
+
+class Alertmanager:
+    """A real Alertmanager (Debian's prometheus-alertmanager) on 127.0.0.1, no clustering."""
+
+    def __init__(self, tmp: Path, config_text: str):
+        self.binary = require_binary("prometheus-alertmanager")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = tmp / "alertmanager.yml"
+        cfg.write_text(config_text)
+        self.log = open(tmp / "alertmanager.log", "wb")
+        self.proc = subprocess.Popen(
+            [self.binary, f"--config.file={cfg}", f"--storage.path={tmp / 'am-data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/-/ready", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("Alertmanager did not become ready:\n" + (tmp / "alertmanager.log").read_text()[-3000:])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def alertmanager(tmp_path):
+    started = []
+
+    def start(config_text: str) -> Alertmanager:
+        a = Alertmanager(tmp_path, config_text)
+        started.append(a)
+        return a
+
+    yield start
+    for a in started:
+        a.stop()
