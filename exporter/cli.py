@@ -68,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     rules_sub.choices["build"].add_argument("--check", action="store_true",
                                             help="write nothing; exit 1 if the files on disk are stale")
 
+    dash = sub.add_parser("dashboards", help="generate Grafana dashboards as code (and push them)",
+                          description="Grafana dashboards written with grafana-foundation-sdk.")
+    dash_sub = dash.add_subparsers(dest="dashboards_command", required=True, metavar="ACTION")
+    db = dash_sub.add_parser("build", help="write dashboards/*.json", description="Write dashboards/*.json.")
+    db.add_argument("--spec", default="alert_rules/spec/flowscope.yaml", help="alert spec (thresholds, SLOs)")
+    db.add_argument("--out", default="dashboards", help="output directory")
+    db.add_argument("--check", action="store_true", help="write nothing; exit 1 if the files on disk are stale")
+
     cfg = sub.add_parser("config", help="print the effective settings",
                          description="Print the effective settings (secrets masked) as JSON.")
     cfg.add_argument("--markdown", action="store_true", help="print the table of every FLOWSCOPE_* variable")
@@ -172,21 +180,33 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_ERROR if errors and not demo.runs else EXIT_OK
 
 
+def _write_or_check(files: dict[str, str], out: str, check: bool) -> int:
+    from pathlib import Path
+    if check:
+        stale = [rel for rel, text in files.items()
+                 if not (Path(out) / rel).exists() or (Path(out) / rel).read_text() != text]
+        for rel in stale:
+            print(f"stale: {Path(out) / rel}", file=sys.stderr)
+        return EXIT_ERROR if stale else EXIT_OK
+    from backend.rules.build import write_all
+    changed = write_all(files, out)
+    print("\n".join(f"wrote {p}" for p in changed) or "up to date")
+    return EXIT_OK
+
+
+def _dashboards(args: argparse.Namespace) -> int:
+    from backend.dashboards.build import render_all
+    from backend.rules.spec import load_spec
+
+    return _write_or_check(render_all(load_spec(args.spec)), args.out, args.check)
+
+
 def _rules(args: argparse.Namespace) -> int:
-    from backend.rules.build import check_all, render_all, write_all
+    from backend.rules.build import check_all, render_all
 
     files = render_all(args.spec)
     if args.rules_command == "build":
-        if args.check:
-            from pathlib import Path
-            stale = [rel for rel, text in files.items()
-                     if not (Path(args.out) / rel).exists() or (Path(args.out) / rel).read_text() != text]
-            for rel in stale:
-                print(f"stale: {Path(args.out) / rel}", file=sys.stderr)
-            return EXIT_ERROR if stale else EXIT_OK
-        changed = write_all(files, args.out)
-        print("\n".join(f"wrote {p}" for p in changed) or "up to date")
-        return EXIT_OK
+        return _write_or_check(files, args.out, args.check)
     failed = 0
     for cmd, rc, output in check_all(args.out):
         print(f"$ {cmd}\n{output}\n")
@@ -203,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args)
         if args.command == "rules":
             return _rules(args)
+        if args.command == "dashboards":
+            return _dashboards(args)
         if args.command == "config":
             if args.markdown:
                 print(markdown_table())
