@@ -18,6 +18,7 @@ from exporter.runtime import Exporter, build
 
 from .alerts import create_blueprint as alerts_blueprint
 from .openapi import openapi_document
+from .provision_api import create_blueprint as provision_blueprint
 from .store import AlertStore
 
 
@@ -32,6 +33,7 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     store = AlertStore(app.config.get("DATABASE_URL") or ex.config.database_url)
     app.extensions["flowscope_alerts"] = store
     app.register_blueprint(alerts_blueprint(store))
+    app.register_blueprint(provision_blueprint())
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):

@@ -75,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     db.add_argument("--spec", default="alert_rules/spec/flowscope.yaml", help="alert spec (thresholds, SLOs)")
     db.add_argument("--out", default="dashboards", help="output directory")
     db.add_argument("--check", action="store_true", help="write nothing; exit 1 if the files on disk are stale")
+    dp = dash_sub.add_parser("push", help="upsert the folder, datasources and dashboards into Grafana",
+                             description="Provision Grafana through its HTTP API; a second run changes nothing.")
+    dp.add_argument("--spec", default="alert_rules/spec/flowscope.yaml", help="alert spec (thresholds, SLOs)")
+    dp.add_argument("--grafana-url", dest="grafana_url", help="Grafana base URL [env FLOWSCOPE_GRAFANA_URL]")
+    dp.add_argument("--token", dest="grafana_token",
+                    help="service-account token [env FLOWSCOPE_GRAFANA_TOKEN, preferred: not in the process list]")
+    dp.add_argument("--prometheus-url", dest="grafana_prometheus_url",
+                    help="Prometheus URL as Grafana reaches it [env FLOWSCOPE_GRAFANA_PROMETHEUS_URL]")
+    dp.add_argument("--loki-url", dest="grafana_loki_url", help="Loki URL as Grafana reaches it")
+    dp.add_argument("--public-url", dest="public_url", help="this backend's URL for run-page links")
 
     cfg = sub.add_parser("config", help="print the effective settings",
                          description="Print the effective settings (secrets masked) as JSON.")
@@ -195,10 +205,22 @@ def _write_or_check(files: dict[str, str], out: str, check: bool) -> int:
 
 
 def _dashboards(args: argparse.Namespace) -> int:
-    from backend.dashboards.build import render_all
+    from backend.dashboards.build import dashboards, render_all
     from backend.rules.spec import load_spec
 
-    return _write_or_check(render_all(load_spec(args.spec)), args.out, args.check)
+    if args.dashboards_command == "build":
+        return _write_or_check(render_all(load_spec(args.spec)), args.out, args.check)
+    from backend.provision import GrafanaProvisioner
+    from backend.provision_api import grafana_config
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keys = ("grafana_url", "grafana_token", "grafana_prometheus_url", "grafana_loki_url", "public_url")
+    cfg = load_config({k: getattr(args, k) for k in keys}, file=args.config)
+    if not cfg.grafana_url:
+        raise ConfigError("--grafana-url (or FLOWSCOPE_GRAFANA_URL) is required")
+    report = GrafanaProvisioner(grafana_config(cfg)).provision(dashboards(load_spec(args.spec)))
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    return EXIT_OK
 
 
 def _rules(args: argparse.Namespace) -> int:

@@ -121,6 +121,15 @@ SETTINGS: tuple[Setting, ...] = (
             True),
     Setting("webhook_username", _opt_str, None, "If set, the alert webhook requires basic auth with this user."),
     Setting("webhook_password", _opt_str, None, "Password for `webhook_username`.", True),
+    Setting("grafana_url", _opt_str, None, "Grafana base URL for `dashboards push` and the provisioning endpoint."),
+    Setting("grafana_token", _opt_str, None, "Grafana service-account token (sent only as a bearer header).", True),
+    Setting("grafana_prometheus_url", str, "http://prometheus:9090",
+            "The Prometheus URL Grafana's provisioned datasource points at."),
+    Setting("grafana_loki_url", str, "http://loki:3100", "The Loki URL Grafana's provisioned datasource points at."),
+    Setting("public_url", str, "http://localhost:9464", "This backend's URL as browsers reach it (run-page links)."),
+    Setting("admin_token", _opt_str, None,
+            "If set, admin endpoints (provisioning) require it as a bearer token; unset, only loopback may call them.",
+            True),
     Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level of the process."),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -154,6 +163,12 @@ class Config:
     webhook_token: str | None
     webhook_username: str | None
     webhook_password: str | None
+    grafana_url: str | None
+    grafana_token: str | None
+    grafana_prometheus_url: str
+    grafana_loki_url: str
+    public_url: str
+    admin_token: str | None
     log_level: str
 
     def replace(self, **changes: Any) -> Config:

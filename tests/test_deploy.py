@@ -42,6 +42,13 @@ def test_compose_file_is_valid_and_wires_the_stack():
     assert "--enable-feature=exemplar-storage" in prom["command"]
     mounts = {v["target"] for v in prom["volumes"]}
     assert "/etc/prometheus/alert_rules" in mounts
+    am = {v["target"]: v["source"] for v in cfg["services"]["alertmanager"]["volumes"]}
+    assert am["/etc/alertmanager/alertmanager.yml"].endswith("alert_rules/alertmanager.yml")
+    import yaml as _yaml
+    routing = _yaml.safe_load((ROOT / "alert_rules/alertmanager.yml").read_text())
+    assert routing["receivers"][0]["webhook_configs"][0]["url"] == "http://flowscope:9464/api/v1/alerts/webhook"
+    grafana = {v["target"] for v in cfg["services"]["grafana"]["volumes"]}
+    assert {"/etc/grafana/provisioning", "/var/lib/grafana/dashboards/flowscope"} <= grafana
 
 
 def test_compose_binary_really_validates(tmp_path):

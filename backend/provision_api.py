@@ -1,0 +1,50 @@
+"""``POST /api/v1/provision/dashboards``: push the dashboards and datasources to Grafana now."""
+
+from __future__ import annotations
+
+import hmac
+
+import orjson
+from flask import Blueprint, Response, current_app, request
+
+from exporter.http import HttpError, error_response
+
+from .dashboards.build import dashboards
+from .provision import GrafanaConfig, GrafanaProvisioner, ProvisionError
+from .rules.spec import load_spec
+
+PROVISION_PATH = "/api/v1/provision/dashboards"
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+def grafana_config(cfg) -> GrafanaConfig:
+    return GrafanaConfig(url=cfg.grafana_url, token=cfg.grafana_token, prometheus_url=cfg.grafana_prometheus_url,
+                         loki_url=cfg.grafana_loki_url, backend_url=cfg.public_url)
+
+
+def create_blueprint(spec_path: str = "alert_rules/spec/flowscope.yaml") -> Blueprint:
+    bp = Blueprint("provision", __name__)
+
+    @bp.errorhandler(HttpError)
+    def _err(e: HttpError):
+        return error_response(e.status, e.code, e.message, e.field, e.headers)
+
+    @bp.post(PROVISION_PATH)
+    def provision():
+        cfg = current_app.extensions["flowscope"].config
+        got = request.headers.get("Authorization", "")
+        if cfg.admin_token:
+            if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), cfg.admin_token.encode())):
+                raise HttpError(401, "unauthorized", "provisioning requires Authorization: Bearer <FLOWSCOPE_ADMIN_TOKEN>",
+                                headers={"WWW-Authenticate": 'Bearer realm="flowscope-admin"'})
+        elif request.remote_addr not in LOOPBACK:
+            raise HttpError(403, "forbidden", "set FLOWSCOPE_ADMIN_TOKEN to provision from another host")
+        if not cfg.grafana_url:
+            raise HttpError(409, "grafana_not_configured", "set FLOWSCOPE_GRAFANA_URL (and FLOWSCOPE_GRAFANA_TOKEN)")
+        try:
+            report = GrafanaProvisioner(grafana_config(cfg)).provision(dashboards(load_spec(spec_path)))
+        except ProvisionError as e:
+            raise HttpError(502, "grafana_error", str(e)) from None
+        return Response(orjson.dumps(report), mimetype="application/json")
+
+    return bp
