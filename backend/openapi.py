@@ -95,6 +95,37 @@ def openapi_document() -> dict:
                 "responses": {"200": _resp("Accepted (some records may be refused: see `errors`).",
                                            {"$ref": "#/components/schemas/IngestResult"}),
                               **_INGEST_ERRORS}}},
+            c.PROFILES_PATH: {"post": {
+                "summary": "A CPU profile for a workflow: folded stacks (text/plain) or a cProfile pstats dump.",
+                "parameters": [
+                    {"name": "workflow", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {"name": "correlation_id", "in": "query", "schema": {"type": "string"}},
+                    {"name": "format", "in": "query", "schema": {"enum": ["folded", "pstats"]}},
+                    {"name": "sample_rate", "in": "query", "schema": {"type": "number", "default": 100}}],
+                "requestBody": {"required": True, "content": {
+                    "text/plain": {"schema": {"type": "string"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"200": _resp("Accepted; the hottest functions.", {"type": "object"}),
+                              **_INGEST_ERRORS}}},
+            c.ALERTS_WEBHOOK_PATH: {"post": {
+                "summary": "Alertmanager webhook (payload version 4).",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": _resp("Recorded; counts of created/updated/unchanged alerts.",
+                                           {"type": "object"}),
+                              "400": _resp("Invalid payload; `error.field` names it. Nothing stored.", _ERROR),
+                              "401": _resp("Webhook auth configured and missing or wrong.", _ERROR)}}},
+            c.ALERTS_PATH: {"get": {
+                "summary": "Recorded alerts, newest first, with their firing/resolved history.",
+                "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}}
+                               for n in ("status", "severity", "workflow", "since", "limit")],
+                "responses": {"200": _resp("Alerts", {"type": "object"}), "400": _resp("Bad filter", _ERROR)}}},
+            "/api/v1/provision/dashboards": {"post": {
+                "summary": "Upsert the Grafana folder, datasources and dashboards (idempotent).",
+                "responses": {"200": _resp("What changed", {"type": "object"}),
+                              "401": _resp("FLOWSCOPE_ADMIN_TOKEN set and missing or wrong", _ERROR),
+                              "403": _resp("No admin token configured and the caller is not loopback", _ERROR),
+                              "409": _resp("Grafana is not configured", _ERROR),
+                              "502": _resp("Grafana refused or is unavailable", _ERROR)}}},
             c.METRICS_PATH: {"get": {
                 "summary": "Prometheus scrape target; OpenMetrics with exemplars when asked for.",
                 "responses": {"200": {"description": "Exposition", "content": {

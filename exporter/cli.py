@@ -136,8 +136,14 @@ def _serve(args: argparse.Namespace) -> int:
             result = native.decode(batch)
             ex.pipeline.ingest(result.spans, "native")
 
+        from .profiles import Profile, parse_folded
+
+        def profile(workflow: str, folded: str) -> None:
+            self_s, stacks = parse_folded(folded, 100.0)
+            ex.pipeline.record_profile(Profile(workflow, self_s, None, stacks, 100.0), "folded")
+
         demo = DemoTraffic(deliver, rate=cfg.demo_rate, on_start=ex.pipeline.workflow_started,
-                           on_end=ex.pipeline.workflow_ended).start()
+                           on_end=ex.pipeline.workflow_ended, on_profile=profile).start()
     stop = threading.Event()
 
     def _stop(signum, frame):
@@ -177,7 +183,13 @@ def _demo(args: argparse.Namespace) -> int:
             errors.append(r.status_code)
             raise FlowscopeError(f"{url} answered HTTP {r.status_code}: {r.text[:200]}")
 
-    demo = DemoTraffic(deliver, rate=args.rate, seed=args.seed).start()
+    def profile(workflow: str, folded: str) -> None:
+        r = session.post(args.target.rstrip("/") + "/api/v1/profiles", params={"workflow": workflow},
+                         data=folded.encode(), headers={**headers, "Content-Type": "text/plain"}, timeout=10)
+        if r.status_code >= 300:
+            raise FlowscopeError(f"profile refused: HTTP {r.status_code}: {r.text[:200]}")
+
+    demo = DemoTraffic(deliver, rate=args.rate, seed=args.seed, on_profile=profile).start()
     try:
         end = time.monotonic() + args.duration if args.duration else None
         while end is None or time.monotonic() < end:

@@ -69,6 +69,8 @@ LOKI_LINES_DROPPED_TOTAL = "flowscope_loki_lines_dropped_total"
 SDK_SPANS_DROPPED_TOTAL = "flowscope_sdk_spans_dropped_total"
 REQUESTS_REJECTED_TOTAL = "flowscope_ingest_requests_rejected_total"
 TRACES_PENDING = "flowscope_traces_pending_spans"
+PROFILES_RECEIVED_TOTAL = "flowscope_profiles_received_total"
+PROFILES_PATH = "/api/v1/profiles"
 
 #: Values of the ``format`` label on spans received.
 FORMAT_OTLP_PROTOBUF = "otlp_protobuf"

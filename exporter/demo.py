@@ -150,6 +150,30 @@ def generate_run(rng: random.Random, start_s: float, workflow: str | None = None
     return {"workflows": [run], "steps": [fe, api, *steps]}
 
 
+_FRAMES = {
+    "login": ["auth.views:login", "auth.service:verify_password", "bcrypt:checkpw", "oauth.client:verify_token",
+              "ssl:read", "redis.client:get", "psycopg:execute", "json:dumps"],
+    "product_search": ["catalog.views:search", "catalog.search:rank", "catalog.search:tokenize", "re:_compile",
+                       "psycopg:execute", "redis.client:get", "json:dumps", "jinja2:render"],
+    "cart_update": ["cart.views:update", "cart.service:validate", "pydantic:validate", "psycopg:execute",
+                    "kafka.producer:send", "redis.client:set", "json:dumps"],
+    "checkout": ["orders.views:checkout", "orders.service:create_order", "payments.client:charge", "ssl:read",
+                 "psycopg:execute", "pika:basic_publish", "decimal:quantize", "json:dumps"],
+}
+
+
+def generate_profile(rng: random.Random, workflow: str, samples: int = 200) -> str:
+    """Folded stacks for one workflow, as py-spy --format raw writes them (pure given its RNG)."""
+    frames = _FRAMES[workflow]
+    lines: dict[str, int] = {}
+    for _ in range(samples):
+        depth = rng.randint(1, 3)
+        stack = ["gunicorn:run", "flask.app:wsgi_app", frames[0]] + rng.sample(frames[1:], depth)
+        key = ";".join(stack)
+        lines[key] = lines.get(key, 0) + 1
+    return "\n".join(f"{k} {v}" for k, v in sorted(lines.items())) + "\n"
+
+
 class DemoTraffic:
     """A background thread that starts ``rate`` runs per second and delivers each when it ends.
 
@@ -159,9 +183,10 @@ class DemoTraffic:
 
     def __init__(self, deliver: Callable[[dict], None], rate: float = 20.0, seed: int | None = None,
                  on_start: Callable[[str], None] | None = None, on_end: Callable[[str], None] | None = None,
-                 tick_s: float = 0.25):
+                 tick_s: float = 0.25, on_profile: Callable[[str, str], None] | None = None):
         self.deliver, self.rate, self.tick_s = deliver, rate, tick_s
         self.on_start, self.on_end = on_start, on_end
+        self.on_profile = on_profile  # (workflow, folded text), about once a second per workflow
         self.rng = random.Random(seed)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flowscope-demo", daemon=True)
@@ -175,6 +200,7 @@ class DemoTraffic:
         pending: list[tuple[float, int, dict]] = []
         seq = 0
         carry = 0.0
+        next_profile = 0.0
         while not self._stop.wait(self.tick_s):
             now = time.time()
             carry += self.rate * self.tick_s
@@ -188,6 +214,13 @@ class DemoTraffic:
                 seq += 1
                 if self.on_start:
                     self.on_start(run["workflow_type"])
+            if self.on_profile and now >= next_profile:
+                next_profile = now + 1.0
+                for wf in WORKFLOWS:
+                    try:
+                        self.on_profile(wf, generate_profile(self.rng, wf))
+                    except Exception as e:
+                        log.warning("demo profile delivery failed: %s", e)
             ready = {"workflows": [], "steps": []}
             while pending and pending[0][0] <= now:
                 _, _, b = heapq.heappop(pending)

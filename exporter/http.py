@@ -156,6 +156,50 @@ def create_blueprint() -> Blueprint:
             body["error"] = {"code": "no_valid_spans", "message": result.summary()}
         return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
+    @bp.post(c.PROFILES_PATH)
+    def profiles():
+        """Folded stacks (text/plain) or a pstats dump (application/octet-stream), tied to ?workflow=."""
+        from .profiles import Profile, ProfileError, parse_folded, parse_pstats
+
+        ex = _exporter()
+        try:
+            _check_auth(ex)
+        except HttpError as e:
+            ex.pipeline.reject_request("profile", e.code)
+            raise
+        args = request.args
+        workflow = args.get("workflow", "")
+        if not workflow or len(workflow) > 200:
+            raise HttpError(400, "missing_field", "the workflow query parameter is required (1-200 characters)",
+                            "workflow")
+        fmt = args.get("format") or ("pstats" if _media_type() == "application/octet-stream" else "folded")
+        if fmt not in ("folded", "pstats"):
+            raise HttpError(400, "invalid_value", f"format must be folded or pstats, got {fmt!r}", "format")
+        body = _read_body(ex.config.max_body_bytes)
+        try:
+            if fmt == "folded":
+                try:
+                    rate = float(args.get("sample_rate", "100"))
+                except ValueError:
+                    raise HttpError(400, "invalid_value", "sample_rate must be a number of Hz", "sample_rate") from None
+                try:
+                    text = body.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ProfileError("folded stacks must be UTF-8 text") from None
+                self_s, stacks = parse_folded(text, rate)
+                profile = Profile(workflow, self_s, args.get("correlation_id"), stacks, rate)
+            else:
+                profile = Profile(workflow, parse_pstats(body), args.get("correlation_id"))
+        except ProfileError as e:
+            ex.pipeline.reject_request("profile", "malformed_body")
+            raise HttpError(400, "malformed_profile", str(e), "body") from None
+        ex.pipeline.record_profile(profile, fmt)
+        top = sorted(profile.self_seconds.items(), key=lambda kv: -kv[1])[:5]
+        return Response(orjson.dumps({"accepted": True, "format": fmt, "functions": len(profile.self_seconds),
+                                      "cpu_seconds": round(sum(profile.self_seconds.values()), 6),
+                                      "top": [{"function": f, "self_seconds": round(v, 6)} for f, v in top]}),
+                        mimetype="application/json")
+
     @bp.get(c.METRICS_PATH)
     def metrics():
         ex = _exporter()

@@ -53,6 +53,13 @@ class Pipeline:
         # counter when the store is rendered.
         self._sdk_received = 0
         s.collect_hooks.append(self._fold_sdk_count)
+        self.profile_cpu = s.counter(c.PROFILE_CPU_SECONDS_TOTAL,
+                                     "CPU self time by function from posted profiles; past the top N "
+                                     "functions per workflow, as function=\"other\".", (c.L_WORKFLOW, c.L_FUNCTION))
+        self.profile_top_n = 20
+        self._profile_functions: dict[str, set[str]] = {}
+        self.profiles_received = s.counter(c.PROFILES_RECEIVED_TOTAL, "Profiles accepted, by format.",
+                                           (c.L_FORMAT,))
         pending = s.gauge(c.TRACES_PENDING, "OTLP spans waiting for their trace's root span to name the workflow.")
         pending.set_function((), lambda: self.resolver.pending_spans)
 
@@ -147,6 +154,27 @@ class Pipeline:
             if ex is None:
                 ex = s.exemplars = [None] * len(s.counts)
             ex[i] = (trace_id, span_id, value, end_ns / 1e9)
+
+    def record_profile(self, profile, fmt: str) -> None:
+        """Add a profile's self time to the per-function counter.
+
+        Each workflow keeps at most ``profile_top_n`` function series: a profile's
+        functions are admitted hottest first while there is room; the rest of its
+        time goes to ``function="other"``. Cardinality stays bounded whatever the code.
+        """
+        known = self._profile_functions.setdefault(profile.workflow, set())
+        other = 0.0
+        with self.store.lock:
+            for fn, secs in sorted(profile.self_seconds.items(), key=lambda kv: -kv[1]):
+                if fn not in known and len(known) < self.profile_top_n:
+                    known.add(fn)
+                if fn in known:
+                    self.profile_cpu.inc((profile.workflow, fn), secs)
+                else:
+                    other += secs
+            if other:
+                self.profile_cpu.inc((profile.workflow, "other"), other)
+            self.profiles_received.inc((fmt,))
 
     def record_error(self, e: ErrorRecord) -> None:
         with self.store.lock:

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = load_spec(str(ROOT / "alert_rules/spec/flowscope.yaml"))
 ALL = dashboards(SPEC)
 #: Metrics that later issues produce; their panels are expected to be empty until then.
-PENDING = {c.PROFILE_CPU_SECONDS_TOTAL: "issue 5 (profiles)", c.REGRESSION_ACTIVE: "issue 4 (regression detection)"}
+PENDING = {c.REGRESSION_ACTIVE: "issue 4 (regression detection)"}
 
 
 def concrete(expr: str) -> str:
@@ -93,8 +93,14 @@ def test_every_panel_query_returns_data_from_prometheus_scraping_a_demo_fed_expo
     rules = tmp_path / "rules.yml"
     rules.write_text(render_rules(str(ROOT / "alert_rules/spec/flowscope.yaml"))["flowscope-rules.yml"]
                      .replace("for: 5m", "for: 1s"))  # alerts fire within the test, so ALERTS has data
+    from exporter.profiles import Profile, parse_folded
+
+    def profile(wf, folded):
+        ex.pipeline.record_profile(Profile(wf, parse_folded(folded, 100.0)[0]), "folded")
+
     demo = DemoTraffic(lambda b: ex.pipeline.ingest(native.decode(b).spans, c.FORMAT_NATIVE), rate=300, seed=7,
-                       on_start=ex.pipeline.workflow_started, on_end=ex.pipeline.workflow_ended, tick_s=0.1).start()
+                       on_start=ex.pipeline.workflow_started, on_end=ex.pipeline.workflow_ended, tick_s=0.1,
+                       on_profile=profile).start()
     try:
         prom = prometheus([srv.url.removeprefix("http://")], rule_files=[str(rules)])
         prom.wait_for('up{job="flowscope"}', lambda r: r and r[0]["value"][1] == "1")

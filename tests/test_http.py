@@ -127,6 +127,9 @@ def test_ingest_token_is_required_when_configured(make_exporter, serve):
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
         r = requests.post(srv.url + c.NATIVE_SPANS_PATH, json={"steps": []}, headers=headers, timeout=5)
         assert r.status_code == 401
+        r = requests.post(srv.url + c.PROFILES_PATH, params={"workflow": "w"}, data=b"main 1", headers=headers,
+                          timeout=5)
+        assert r.status_code == 401
     assert step_count(ex) == 0
     r = requests.post(srv.url + c.OTLP_TRACES_PATH, data=body, headers={**PB, "Authorization": "Bearer s3cret"},
                       timeout=5)
