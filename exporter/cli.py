@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     db = dash_sub.add_parser("build", help="write dashboards/*.json", description="Write dashboards/*.json.")
     db.add_argument("--spec", default="alert_rules/spec/flowscope.yaml", help="alert spec (thresholds, SLOs)")
     db.add_argument("--out", default="dashboards", help="output directory")
+    db.add_argument("--provisioning-out", default="grafana/provisioning",
+                    help="where Grafana's file provisioning (datasources) goes")
     db.add_argument("--check", action="store_true", help="write nothing; exit 1 if the files on disk are stale")
     dp = dash_sub.add_parser("push", help="upsert the folder, datasources and dashboards into Grafana",
                              description="Provision Grafana through its HTTP API; a second run changes nothing.")
@@ -217,11 +219,13 @@ def _write_or_check(files: dict[str, str], out: str, check: bool) -> int:
 
 
 def _dashboards(args: argparse.Namespace) -> int:
-    from backend.dashboards.build import dashboards, render_all
+    from backend.dashboards.build import dashboards, provisioning_files, render_all
     from backend.rules.spec import load_spec
 
     if args.dashboards_command == "build":
-        return _write_or_check(render_all(load_spec(args.spec)), args.out, args.check)
+        a = _write_or_check(render_all(load_spec(args.spec)), args.out, args.check)
+        b = _write_or_check(provisioning_files(), args.provisioning_out, args.check)
+        return max(a, b)
     from backend.provision import GrafanaProvisioner
     from backend.provision_api import grafana_config
 

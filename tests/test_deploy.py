@@ -69,14 +69,18 @@ def test_prometheus_config_scrapes_flowscope_and_loads_alert_rules():
 
 
 def test_grafana_datasources_are_provisioned_with_trace_and_run_links():
-    doc = yaml.safe_load((ROOT / "grafana/provisioning/datasources/flowscope.yml").read_text())
+    from backend.dashboards.build import DATASOURCES_FILE, provisioning_files
+    path = ROOT / "grafana/provisioning" / DATASOURCES_FILE
+    assert path.read_text() == provisioning_files()[DATASOURCES_FILE], "stale: run flowscope dashboards build"
+    doc = yaml.safe_load(path.read_text())
     by_type = {d["type"]: d for d in doc["datasources"]}
     prom, loki = by_type["prometheus"], by_type["loki"]
-    assert prom["uid"] == "flowscope-prometheus" and loki["uid"] == "flowscope-loki"
+    assert prom["uid"] == "flowscope-prometheus" and loki["uid"] == "flowscope-loki"  # what dashboards reference
+    assert prom["url"] == "http://prometheus:9090" and loki["url"] == "http://loki:3100"
     assert prom["jsonData"]["exemplarTraceIdDestinations"][0]["name"] == "trace_id"
     field = loki["jsonData"]["derivedFields"][0]
     import re
     m = re.search(field["matcherRegex"], '{"correlation_id":"c-42","trace_id":"ab"}')
     assert m and m.group(1) == "c-42"
     # `$$` escapes Grafana's env interpolation, leaving `${__value.raw}` for Grafana's link templating
-    assert "$${__value.raw}" in field["url"]
+    assert field["url"] == "http://localhost:9464/runs/$${__value.raw}"
