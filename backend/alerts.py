@@ -22,7 +22,7 @@ import orjson
 from flask import Blueprint, Response, current_app, request
 
 from exporter import conventions as c
-from exporter.http import HttpError, _read_body, error_response
+from exporter.http import HttpError, _read_body, bearer_ok
 
 from .store import AlertStore, IncomingAlert
 
@@ -94,7 +94,7 @@ def validate(doc: Any) -> tuple[str, list[IncomingAlert]]:
 def _check_auth(cfg) -> None:
     got = request.headers.get("Authorization", "")
     if cfg.webhook_token:
-        ok = got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), cfg.webhook_token.encode())
+        ok = bearer_ok(cfg.webhook_token)
         challenge = 'Bearer realm="flowscope-alerts"'
     elif cfg.webhook_username:
         want = base64.b64encode(f"{cfg.webhook_username}:{cfg.webhook_password or ''}".encode()).decode()
@@ -109,10 +109,6 @@ def _check_auth(cfg) -> None:
 
 def create_blueprint(store: AlertStore) -> Blueprint:
     bp = Blueprint("alerts", __name__)
-
-    @bp.errorhandler(HttpError)
-    def _err(e: HttpError):
-        return error_response(e.status, e.code, e.message, e.field, e.headers)
 
     @bp.post(c.ALERTS_WEBHOOK_PATH)
     def webhook():

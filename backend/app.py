@@ -13,7 +13,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from exporter import conventions as c
-from exporter.http import create_blueprint, error_response
+from exporter.http import HttpError, create_blueprint, error_response
 from exporter.runtime import Exporter, build
 
 from .alerts import create_blueprint as alerts_blueprint
@@ -34,6 +34,10 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     app.extensions["flowscope_alerts"] = store
     app.register_blueprint(alerts_blueprint(store))
     app.register_blueprint(provision_blueprint())
+
+    @app.errorhandler(HttpError)
+    def _flowscope_http(e: HttpError):
+        return error_response(e.status, e.code, e.message, e.field, e.headers)
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hmac
-
 import orjson
 from flask import Blueprint, Response, current_app, request
 
-from exporter.http import HttpError, error_response
+from exporter.http import HttpError, bearer_ok
 
 from .dashboards.build import dashboards
 from .provision import GrafanaConfig, GrafanaProvisioner, ProvisionError
@@ -25,16 +23,11 @@ def grafana_config(cfg) -> GrafanaConfig:
 def create_blueprint(spec_path: str = "alert_rules/spec/flowscope.yaml") -> Blueprint:
     bp = Blueprint("provision", __name__)
 
-    @bp.errorhandler(HttpError)
-    def _err(e: HttpError):
-        return error_response(e.status, e.code, e.message, e.field, e.headers)
-
     @bp.post(PROVISION_PATH)
     def provision():
         cfg = current_app.extensions["flowscope"].config
-        got = request.headers.get("Authorization", "")
         if cfg.admin_token:
-            if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), cfg.admin_token.encode())):
+            if not bearer_ok(cfg.admin_token):
                 raise HttpError(401, "unauthorized", "provisioning requires Authorization: Bearer <FLOWSCOPE_ADMIN_TOKEN>",
                                 headers={"WWW-Authenticate": 'Bearer realm="flowscope-admin"'})
         elif request.remote_addr not in LOOPBACK:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 import time
@@ -138,7 +137,7 @@ def main() -> dict:
                                      "speedup": t_theirs / t_ours, "bytes": len(out_ours), "verified": verified}
             print(f"  {n:>7,} series {fmt:11s}  flowscope {t_ours:6.2f} s   prometheus_client {t_theirs:6.2f} s"
                   f"   = {t_theirs / t_ours:5.1f}x faster   {len(out_ours) / 1e6:6.1f} MB   samples {verified}")
-        del ours, theirs
+        ours = theirs = None  # free both before the next size
         gc.collect()
     n = max(int(x) for x in args.sizes.split(","))
     m_ours, m_theirs = memory("flowscope", n), memory("prometheus_client", n)

@@ -41,12 +41,17 @@ def _exporter() -> Exporter:
     return current_app.extensions["flowscope"]
 
 
+def bearer_ok(token: str) -> bool:
+    """Does this request carry ``Authorization: Bearer <token>``? (constant-time compare)"""
+    got = request.headers.get("Authorization", "")
+    return got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode())
+
+
 def _check_auth(ex: Exporter) -> None:
     token = ex.config.ingest_token
     if not token:
         return
-    got = request.headers.get("Authorization", "")
-    if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode())):
+    if not bearer_ok(token):
         raise HttpError(401, "unauthorized", "ingest requires Authorization: Bearer <FLOWSCOPE_INGEST_TOKEN>",
                         headers={"WWW-Authenticate": 'Bearer realm="flowscope"'})
 

@@ -34,7 +34,7 @@ import requests
 from . import conventions as c
 from .metrics import MetricStore
 from .model import ErrorRecord, Span
-from .retry import DEFAULT_RETRY, RetryPolicy  # noqa: F401  (re-exported)
+from .retry import RetryPolicy
 
 log = logging.getLogger("flowscope.loki")
 

@@ -88,8 +88,42 @@ def require_binary(name: str) -> str:
     return path
 
 
-class Prometheus:
+class _Process:
+    """A real server binary on 127.0.0.1, waited on until ``/-/ready``, stopped on teardown."""
+
+    name = ""
+
+    def _start(self, tmp: Path, argv: list[str]) -> None:
+        self.log_path = tmp / f"{self.name}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/-/ready", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become ready:\n" + self.log_path.read_text()[-3000:])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+class Prometheus(_Process):
     """A real Prometheus process on 127.0.0.1 with its own config and data dir."""
+
+    name = "prometheus"
 
     def __init__(self, tmp: Path, targets: list[str], rule_files: list[str] = (), interval: str = "1s",
                  extra_config: str = ""):
@@ -103,24 +137,9 @@ class Prometheus:
             + (f"rule_files:{rules}\n" if rule_files else "")
             + "scrape_configs:\n  - job_name: flowscope\n    static_configs:\n"
             + f"      - targets: [{', '.join(repr(t) for t in targets)}]\n" + extra_config)
-        self.log = open(tmp / "prometheus.log", "wb")
-        self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--enable-feature=exemplar-storage",
-             "--rules.alert.resend-delay=1s"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("Prometheus did not become ready:\n" + (tmp / "prometheus.log").read_text()[-3000:])
+        self._start(tmp, [self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'data'}",
+                          f"--web.listen-address=127.0.0.1:{self.port}", "--enable-feature=exemplar-storage",
+                          "--rules.alert.resend-delay=1s"])
 
     def query(self, q: str) -> list:
         r = requests.get(self.url + "/api/v1/query", params={"query": q}, timeout=5)
@@ -138,15 +157,6 @@ class Prometheus:
             time.sleep(0.5)
         raise AssertionError(f"timed out waiting on {q!r}; last result {last!r}")
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
-
 
 @pytest.fixture
 def prometheus(tmp_path):
@@ -162,8 +172,10 @@ def prometheus(tmp_path):
         p.stop()
 
 
-class Alertmanager:
+class Alertmanager(_Process):
     """A real Alertmanager (Debian's prometheus-alertmanager) on 127.0.0.1, no clustering."""
+
+    name = "alertmanager"
 
     def __init__(self, tmp: Path, config_text: str):
         self.binary = require_binary("prometheus-alertmanager")
@@ -171,32 +183,8 @@ class Alertmanager:
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = tmp / "alertmanager.yml"
         cfg.write_text(config_text)
-        self.log = open(tmp / "alertmanager.log", "wb")
-        self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={cfg}", f"--storage.path={tmp / 'am-data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("Alertmanager did not become ready:\n" + (tmp / "alertmanager.log").read_text()[-3000:])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+        self._start(tmp, [self.binary, f"--config.file={cfg}", f"--storage.path={tmp / 'am-data'}",
+                          f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="])
 
 
 @pytest.fixture

@@ -103,12 +103,12 @@ def errors(spec: Spec) -> dashboard.Dashboard:
                          f"{{{{{c.L_ERROR_TYPE}}}}}")))
         .with_panel(table.Panel().title("Recent failed steps").description(
             "Error lines from Loki; click a correlation_id to open the run.").datasource(LOKI).span(24).height(9)
-            .with_target(logql(f'{{level="error", workflow=~"$workflow", layer=~"$layer"}} | json'))
+            .with_target(logql('{level="error", workflow=~"$workflow", layer=~"$layer"} | json'))
             .override_by_name("correlation_id", [run_link()]))
         .with_panel(logs.Panel().title("Error logs").datasource(LOKI).span(24).height(12)
                     .show_time(True).wrap_log_message(True).enable_log_details(True)
                     .sort_order(common.LogsSortOrder.DESCENDING)
-                    .with_target(logql(f'{{level="error", workflow=~"$workflow", layer=~"$layer"}}')))
+                    .with_target(logql('{level="error", workflow=~"$workflow", layer=~"$layer"}')))
     )
 
 

@@ -11,7 +11,6 @@ three runs an hour never pages on two failures.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import yaml

@@ -223,25 +223,16 @@ def decode(doc: Any) -> DecodeResult:
     else:
         raise DecodeError("body must be an object with steps/workflows, or an array of steps")
     result = DecodeResult()
-    for i, rec in enumerate(steps):
-        try:
-            if not isinstance(rec, dict):
-                raise _Bad("malformed_span", "a step must be an object")
-            result.spans.append(_step(rec))
-        except _Bad as b:
-            result.reject(i, b.reason, f"steps[{i}]: {b.detail}")
-    for j, rec in enumerate(workflows):
-        try:
-            if not isinstance(rec, dict):
-                raise _Bad("malformed_span", "a workflow must be an object")
-            result.spans.append(_workflow(rec))
-        except _Bad as b:
-            result.reject(len(steps) + j, b.reason, f"workflows[{j}]: {b.detail}")
-    for k, rec in enumerate(errors):
-        try:
-            if not isinstance(rec, dict):
-                raise _Bad("malformed_span", "an error must be an object")
-            result.errors.append(_error(rec))
-        except _Bad as b:
-            result.reject(len(steps) + len(workflows) + k, b.reason, f"errors[{k}]: {b.detail}")
+    offset = 0
+    for kind, records, make, keep in (("step", steps, _step, result.spans.append),
+                                      ("workflow", workflows, _workflow, result.spans.append),
+                                      ("error", errors, _error, result.errors.append)):
+        for i, rec in enumerate(records):
+            try:
+                if not isinstance(rec, dict):
+                    raise _Bad("malformed_span", f"a {kind} must be an object")
+                keep(make(rec))
+            except _Bad as b:
+                result.reject(offset + i, b.reason, f"{kind}s[{i}]: {b.detail}")
+        offset += len(records)
     return result
