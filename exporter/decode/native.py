@@ -43,6 +43,8 @@ STATUS_ALIASES = {
     "cancelled": "cancelled", "canceled": "cancelled",
 }
 MAX_NAME = 200
+MAX_EPOCH_S = 95_617_584_000  # year 5000
+MAX_DURATION_MS = 30 * 86_400_000  # 30 days
 _TRACE_RE = re.compile(r"^[0-9a-f]{32}$")
 _SPAN_RE = re.compile(r"^[0-9a-f]{16}$")
 
@@ -85,8 +87,8 @@ def _time_ns(rec: dict, key: str) -> int | None:
     if isinstance(v, bool):
         raise _Bad("invalid_time", f"{key} must be ISO 8601 or epoch seconds")
     if isinstance(v, (int, float)):
-        if v <= 0:
-            raise _Bad("invalid_time", f"{key} must be positive epoch seconds")
+        if not 0 < v < MAX_EPOCH_S:
+            raise _Bad("invalid_time", f"{key} must be epoch seconds between 0 and {MAX_EPOCH_S:g}")
         return int(v * 1e9)
     if isinstance(v, str):
         try:
@@ -95,7 +97,10 @@ def _time_ns(rec: dict, key: str) -> int | None:
             raise _Bad("invalid_time", f"{key} is not ISO 8601: {v[:40]!r}") from None
         if dt.tzinfo is None:
             raise _Bad("invalid_time", f"{key} needs a timezone (e.g. Z): {v[:40]!r}")
-        return int(dt.timestamp() * 1_000_000) * 1000
+        ts = dt.timestamp()
+        if not 0 < ts < MAX_EPOCH_S:
+            raise _Bad("invalid_time", f"{key} must be after 1970 and before year 5000: {v[:40]!r}")
+        return int(ts * 1_000_000) * 1000
     raise _Bad("invalid_time", f"{key} must be ISO 8601 or epoch seconds")
 
 
@@ -105,8 +110,8 @@ def _interval(rec: dict) -> tuple[int, int]:
         raise _Bad("missing_field", "started_at is required")
     dur = rec.get("duration_ms")
     if dur is not None:
-        if isinstance(dur, bool) or not isinstance(dur, (int, float)) or dur < 0 or dur != dur:
-            raise _Bad("invalid_value", "duration_ms must be a number >= 0")
+        if isinstance(dur, bool) or not isinstance(dur, (int, float)) or not 0 <= dur <= MAX_DURATION_MS:
+            raise _Bad("invalid_value", f"duration_ms must be a number from 0 to {MAX_DURATION_MS:g}")
         return start, start + int(dur * 1e6)
     end = _time_ns(rec, "ended_at")
     if end is None:
