@@ -12,4 +12,5 @@ test: bootstrap
 	.venv/bin/python -m pytest -q
 
 bench: bootstrap
+	.venv/bin/python -m pip install -q -e '.[bench]'
 	.venv/bin/python bench/run_all.py
