@@ -88,6 +88,21 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--loki-url", dest="grafana_loki_url", help="Loki URL as Grafana reaches it")
     dp.add_argument("--public-url", dest="public_url", help="this backend's URL for run-page links")
 
+    det = sub.add_parser("detect", help="find regressions and improvements in the workflow metrics",
+                         description="Change points and recent-window shifts per series, Benjamini-Hochberg across "
+                                     "all of them. Series: p95 step latency per workflow/layer/component, error "
+                                     "ratio per workflow, cache hit rate (add your own with --query).")
+    src = det.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prometheus", metavar="URL", help="read series with query_range from this Prometheus")
+    src.add_argument("--csv", metavar="FILE", help="read series offline from a CSV: columns time, series, value")
+    det.add_argument("--since", default="7d", help="how far back to look (e.g. 6h, 7d)")
+    det.add_argument("--step", default=None, help="query_range step (default: since/1000, at least 15s)")
+    det.add_argument("--query", action="append", default=[], metavar="NAME=PROMQL",
+                     help="analyse this PromQL too (repeatable); prefix NAME with + when higher is better")
+    det.add_argument("--q", type=float, default=0.05, help="false discovery rate across all series")
+    det.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    det.add_argument("--plot", metavar="PNG", help="write a figure per finding to this file")
+
     cfg = sub.add_parser("config", help="print the effective settings",
                          description="Print the effective settings (secrets masked) as JSON.")
     cfg.add_argument("--markdown", action="store_true", help="print the table of every FLOWSCOPE_* variable")
@@ -239,6 +254,38 @@ def _dashboards(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _detect(args: argparse.Namespace) -> int:
+    from backend.regression.analyze import DEFAULT_QUERIES, SeriesQuery, analyze, as_dicts, plot, table
+    from backend.regression.sources import PrometheusSource, SourceError, parse_duration, read_csv
+
+    if not 0 < args.q < 1:
+        raise ConfigError(f"--q must be between 0 and 1, got {args.q}")
+    try:
+        if args.csv:
+            frame, better, labels = read_csv(args.csv), {}, {}
+        else:
+            queries = list(DEFAULT_QUERIES)
+            for spec in args.query:
+                name, sep, promql = spec.partition("=")
+                if not sep or not name or not promql:
+                    raise ConfigError(f"--query must be NAME=PROMQL, got {spec!r}")
+                queries.append(SeriesQuery(name.lstrip("+"), promql, higher_is_better=name.startswith("+")))
+            since = parse_duration(args.since)
+            step = parse_duration(args.step) if args.step else max(15, since // 1000)
+            frame, better, labels = PrometheusSource(args.prometheus).fetch(tuple(queries), since, step)
+        findings, skipped = analyze(frame, better, q=args.q, labels=labels)
+    except SourceError as e:
+        print(f"flowscope: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(orjson.dumps(as_dicts(findings, skipped), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(table(findings, skipped))
+    if args.plot:
+        plot(frame, findings, args.plot)
+    return EXIT_OK
+
+
 def _rules(args: argparse.Namespace) -> int:
     from backend.rules.build import check_all, render_all
 
@@ -263,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             return _rules(args)
         if args.command == "dashboards":
             return _dashboards(args)
+        if args.command == "detect":
+            return _detect(args)
         if args.command == "config":
             if args.markdown:
                 print(markdown_table())

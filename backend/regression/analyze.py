@@ -88,7 +88,7 @@ def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None
             found = change_points(values)
             recent = max(10, int(finite.sum() * recent_fraction))
             w = window_comparison(values, recent=recent)
-            if w is not None and not any(abs(ch.index - w.index) <= 5 for ch in found):
+            if w is not None and not found:  # the window catches drifts no change point explains
                 found.append(w)
         except NotAnalysed as e:
             skipped.append(Skipped(str(name), str(e)))

@@ -1,0 +1,102 @@
+"""`flowscope detect`: offline on CSV, and against a real Prometheus scraping the exporter."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from backend.regression.analyze import analyze
+from exporter import conventions as c
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def flowscope(*args):
+    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def make_csv(path: Path) -> Path:
+    rng = np.random.default_rng(3)
+    t = pd.date_range("2026-11-01", periods=400, freq="5min", tz="UTC")
+    rows = []
+    latency = np.r_[rng.normal(0.20, 0.01, 250), rng.normal(0.23, 0.01, 150)]  # checkout p95 +15 %
+    hit = np.r_[rng.normal(0.90, 0.01, 250), rng.normal(0.95, 0.01, 150)]  # hit rate up: an improvement
+    noise = rng.normal(0.05, 0.002, 400)
+    spike = rng.normal(0.1, 0.005, 400)
+    spike[200] = 5.0
+    for name, values in (("checkout p95", latency), ("login p95", noise), ("search p95", spike),
+                         ("cache hit_rate", hit), ("tiny", np.r_[1.0, 2.0, 3.0, [np.nan] * 397]),
+                         ("flat", np.full(400, 7.0))):
+        rows += [(ts.isoformat(), name, v) for ts, v in zip(t, values)]
+    pd.DataFrame(rows, columns=["time", "series", "value"]).to_csv(path, index=False)
+    return path
+
+
+def test_csv_report_finds_the_step_only_and_explains_what_it_skipped(tmp_path):
+    path = make_csv(tmp_path / "series.csv")
+    r = flowscope("detect", "--csv", str(path), "--json", "--plot", str(tmp_path / "out.png"))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    by = {f["series"]: f for f in doc["findings"]}
+    assert set(by) == {"checkout p95", "cache hit_rate"}
+    f = by["checkout p95"]
+    assert f["direction"] == "regression" and f["relative_change"] == pytest.approx(0.15, abs=0.03)
+    assert f["time"].startswith("2026-11-01T20:") and f["p_adjusted"] < 1e-6
+    assert f["ci_before"][0] < f["before"] < f["ci_before"][1]
+    skipped = {s["series"]: s["reason"] for s in doc["not_analysed"]}
+    assert "too short" in skipped["tiny"] and "constant" in skipped["flat"]
+    assert (tmp_path / "out.png").stat().st_size > 10_000
+    table = flowscope("detect", "--csv", str(path)).stdout
+    assert "regression" in table and "not analysed: tiny" in table
+
+
+def test_higher_is_better_makes_a_rise_an_improvement():
+    t = pd.date_range("2026-11-01", periods=200, freq="1min", tz="UTC")
+    rng = np.random.default_rng(1)
+    v = np.r_[rng.normal(0.8, 0.01, 100), rng.normal(0.9, 0.01, 100)]
+    frame = pd.DataFrame({"time": t, "series": "hit", "value": v})
+    (f,) = analyze(frame, {"hit": True})[0]
+    assert f.direction == "improvement"
+    (f,) = analyze(frame, {"hit": False})[0]
+    assert f.direction == "regression"
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--csv", "/nonexistent.csv"], "no such file"),
+    (["--prometheus", "http://127.0.0.1:9"], "unreachable"),
+])
+def test_unreachable_sources_exit_non_zero_with_a_clear_error(args, text):
+    r = flowscope("detect", *args)
+    assert r.returncode == 1 and text in r.stderr
+
+
+def test_a_csv_without_the_columns_is_refused(tmp_path):
+    p = tmp_path / "bad.csv"
+    p.write_text("when,what\n1,2\n")
+    r = flowscope("detect", "--csv", str(p))
+    assert r.returncode == 1 and "missing column(s) ['series', 'time', 'value']" in r.stderr
+
+
+@pytest.mark.servers
+def test_detect_reads_query_range_from_a_real_prometheus(ex, serve, prometheus):
+    srv = serve(ex)
+    prom = prometheus([srv.url.removeprefix("http://")])
+    prom.wait_for('up{job="flowscope"}', lambda r: r and r[0]["value"][1] == "1")
+    # a gauge that steps from 0.9 to 0.6 halfway through, scraped every second
+    from exporter.sdk import PerformanceMonitor
+    mon = PerformanceMonitor(ex.meter_provider())
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        mon.record_metric("cache", "redis", "hit_rate", float(rng.normal(0.9 if i < 20 else 0.6, 0.01)))
+        time.sleep(0.5)
+    r = flowscope("detect", "--prometheus", prom.url, "--since", "30s", "--step", "1s", "--json")
+    assert r.returncode == 0, r.stderr
+    found = [f for f in json.loads(r.stdout)["findings"] if f["labels"].get("query") == "cache hit rate"]
+    assert found and found[0]["direction"] == "regression" and found[0]["relative_change"] < -0.2
