@@ -34,6 +34,23 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     app.extensions["flowscope_alerts"] = store
     app.register_blueprint(alerts_blueprint(store))
     app.register_blueprint(provision_blueprint())
+    from .regression.api import create_blueprint as regressions_blueprint
+    from .regression.service import RegressionService, grafana_annotator
+    from .regression.sources import PrometheusSource
+
+    cfg = ex.config
+    annotate = None
+    if cfg.grafana_url:
+        from .provision import GrafanaProvisioner
+        from .provision_api import grafana_config
+        annotate = grafana_annotator(GrafanaProvisioner(grafana_config(cfg)))
+    regressions = RegressionService(store.engine, ex.store,
+                                    PrometheusSource(cfg.detect_prometheus_url) if cfg.detect_prometheus_url else None,
+                                    since_s=cfg.detect_since_s, step_s=cfg.detect_step_s, annotate=annotate)
+    app.extensions["flowscope_regressions"] = regressions
+    app.register_blueprint(regressions_blueprint(regressions))
+    if cfg.detect_prometheus_url and not app.config.get("TESTING"):
+        regressions.start(cfg.detect_interval_s)
 
     @app.errorhandler(HttpError)
     def _flowscope_http(e: HttpError):

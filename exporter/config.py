@@ -130,6 +130,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("admin_token", _opt_str, None,
             "If set, admin endpoints (provisioning) require it as a bearer token; unset, only loopback may call them.",
             True),
+    Setting("detect_prometheus_url", _opt_str, None,
+            "Prometheus the backend reads for scheduled regression detection; unset, detection is off."),
+    Setting("detect_interval_s", _pos_float, 300.0, "Seconds between scheduled detection runs (never overlapping)."),
+    Setting("detect_since_s", _pos_int, 86400, "How far back each detection run looks, in seconds."),
+    Setting("detect_step_s", _pos_int, 300, "query_range step of detection runs, in seconds."),
     Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level of the process."),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -169,6 +174,10 @@ class Config:
     grafana_loki_url: str
     public_url: str
     admin_token: str | None
+    detect_prometheus_url: str | None
+    detect_interval_s: float
+    detect_since_s: int
+    detect_step_s: int
     log_level: str
 
     def replace(self, **changes: Any) -> Config:

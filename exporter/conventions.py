@@ -46,6 +46,11 @@ STEP_ERRORS_TOTAL = "flowscope_step_errors_total"
 WORKFLOWS_IN_PROGRESS = "flowscope_workflows_in_progress"
 PROFILE_CPU_SECONDS_TOTAL = "flowscope_profile_cpu_seconds_total"
 REGRESSION_ACTIVE = "flowscope_regression_active"
+REGRESSION_RELATIVE_CHANGE = "flowscope_regression_relative_change"
+REGRESSION_P_VALUE = "flowscope_regression_p_value"
+REGRESSION_RUNS_TOTAL = "flowscope_regression_runs_total"
+ALERT_REGRESSION_DETECTED = "FlowscopeRegressionDetected"
+REGRESSIONS_PATH = "/api/v1/regressions"
 
 WORKFLOW_RUNS_LABELS = (L_WORKFLOW, L_STATUS)
 WORKFLOW_DURATION_LABELS = (L_WORKFLOW, L_STATUS)
@@ -132,6 +137,7 @@ SEVERITY_WARNING = "warning"
 RULE_GROUP_THRESHOLDS = "flowscope-thresholds"
 RULE_GROUP_SLO_RECORDING = "flowscope-slo-recording"
 RULE_GROUP_SLO_ALERTS = "flowscope-slo-alerts"
+RULE_GROUP_REGRESSIONS = "flowscope-regressions"
 
 ALERT_STEP_LATENCY_HIGH = "FlowscopeStepLatencyHigh"
 ALERT_STEP_ERROR_RATE_HIGH = "FlowscopeStepErrorRateHigh"

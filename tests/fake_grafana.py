@@ -19,6 +19,7 @@ class FakeGrafana:
         self.folders: dict[str, dict] = {}
         self.datasources: dict[str, dict] = {}
         self.dashboards: dict[str, dict] = {}
+        self.annotations: list[dict] = []
         self.requests: list[tuple[str, str, dict | None, dict]] = []  # method, path, body, headers
         self.script: list[tuple[int, dict] | None] = []  # one per request; None = handle normally
         self.errors: list[str] = []
@@ -126,6 +127,11 @@ class FakeGrafana:
                                          "meta": {"folderUid": body.get("folderUid"), "version": version,
                                                   "message": body.get("message")}}
             return 200, {"id": 7, "uid": d["uid"], "url": f"/d/{d['uid']}", "status": "success", "version": version}
+        if path == "/api/annotations" and method == "POST":
+            assert isinstance(body.get("time"), int) and body["time"] > 0, "time: epoch milliseconds"
+            assert isinstance(body.get("tags"), list) and isinstance(body.get("text"), str) and body["text"], body
+            self.annotations.append(body)
+            return 200, {"message": "Annotation added", "id": len(self.annotations)}
         return 404, {"message": "Not found"}
 
     def stop(self):

@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 
 from backend.regression.analyze import analyze
-from exporter import conventions as c
 
 ROOT = Path(__file__).resolve().parent.parent
 

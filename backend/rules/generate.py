@@ -172,6 +172,24 @@ def _absent_alert(spec: Spec, workflow: str) -> dict:
     }
 
 
+def regression_alert(spec: Spec) -> dict:
+    """Fires while statistical detection (flowscope detect / the backend's schedule) reports a regression."""
+    by = f"query, {c.L_WORKFLOW}, {c.L_LAYER}, {c.L_COMPONENT}, {c.L_DETECTOR}"
+    return {
+        "alert": c.ALERT_REGRESSION_DETECTED,
+        "expr": f'max by ({by}) ({c.REGRESSION_ACTIVE}{{direction="regression"}}) == 1',
+        "labels": {c.L_SEVERITY: c.SEVERITY_WARNING},
+        "annotations": {
+            "summary": "Regression in {{ $labels.query }} of {{ $labels.workflow }} ({{ $labels.detector }})",
+            "description": ("Statistical detection found a lasting change for the worse in {{ $labels.query }} "
+                            "(workflow {{ $labels.workflow }}, layer {{ $labels.layer }}, component "
+                            "{{ $labels.component }}); see GET /api/v1/regressions for the change point, "
+                            "levels and p-values."),
+            "dashboard_url": f"{spec.grafana_url}/d/{c.DASHBOARD_ALERTS}?var-workflow={{{{ $labels.workflow }}}}",
+        },
+    }
+
+
 def rule_groups(spec: Spec) -> dict[str, Any]:
     """The whole Prometheus rule file as a dict, in a fixed order."""
     groups = []
@@ -184,6 +202,7 @@ def rule_groups(spec: Spec) -> dict[str, Any]:
         workflows = sorted({s.workflow for s in spec.slos})
         groups.append({"name": c.RULE_GROUP_SLO_ALERTS, "rules": [a for s in spec.slos for a in _slo_alerts(spec, s)]
                        + [_absent_alert(spec, w) for w in workflows]})
+    groups.append({"name": c.RULE_GROUP_REGRESSIONS, "rules": [regression_alert(spec)]})
     return {"groups": groups}
 
 

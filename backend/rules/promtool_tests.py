@@ -14,7 +14,7 @@ from exporter import conventions as c
 from exporter.metrics import float_to_go_string
 
 from ..errors import SpecError
-from .generate import _absent_alert, _slo_alerts, _threshold_alert
+from .generate import _absent_alert, _slo_alerts, _threshold_alert, regression_alert
 from .spec import SLO, Spec, Threshold
 
 WF, COMP, OP = "checkout", "svc", "op"
@@ -167,9 +167,23 @@ def _absent_cases(spec: Spec, workflow: str, all_workflows: list[str]) -> list[d
             for inputs, firing in ((missing, True), (present, False))]
 
 
+def _regression_cases(spec: Spec) -> list[dict]:
+    rule = regression_alert(spec)
+    labels = {"query": "p95 step latency", c.L_WORKFLOW: WF, c.L_LAYER: "database", c.L_COMPONENT: "postgres",
+              c.L_DETECTOR: "change_point"}
+    cases = []
+    for value, direction, firing in ((1, "regression", True), (0, "regression", False), (1, "improvement", False)):
+        cases.append({"interval": "1m",
+                      "input_series": [{"series": _series(c.REGRESSION_ACTIVE, {**labels, "direction": direction}),
+                                        "values": _constant(value, 10)}],
+                      "alert_rule_test": [{"eval_time": "5m", "alertname": c.ALERT_REGRESSION_DETECTED,
+                                           "exp_alerts": [_expected(rule, labels)] if firing else []}]})
+    return cases
+
+
 def promtool_tests(spec: Spec, rule_file: str) -> dict[str, Any]:
-    """Threshold and absent-data cases, evaluated every minute (``for:`` needs it)."""
-    tests = [case for t in spec.thresholds for case in _threshold_cases(spec, t)]
+    """Threshold, absent-data and regression cases, evaluated every minute (``for:`` needs it)."""
+    tests = [case for t in spec.thresholds for case in _threshold_cases(spec, t)] + _regression_cases(spec)
     workflows = sorted({s.workflow for s in spec.slos})
     tests += [case for w in workflows for case in _absent_cases(spec, w, workflows)]
     return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": tests}

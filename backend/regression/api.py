@@ -1,0 +1,43 @@
+"""``GET /api/v1/regressions`` lists findings; ``POST /api/v1/regressions/detect`` runs detection now."""
+
+from __future__ import annotations
+
+import orjson
+from flask import Blueprint, Response, current_app, request
+
+from exporter import conventions as c
+from exporter.http import HttpError, bearer_ok
+
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+def create_blueprint(service) -> Blueprint:
+    bp = Blueprint("regressions", __name__)
+
+    @bp.get(c.REGRESSIONS_PATH)
+    def list_regressions():
+        direction = request.args.get("direction")
+        if direction not in (None, "regression", "improvement"):
+            raise HttpError(400, "invalid_query", "direction must be regression or improvement", "direction")
+        try:
+            limit = int(request.args.get("limit", 100))
+        except ValueError:
+            raise HttpError(400, "invalid_query", "limit must be a whole number", "limit") from None
+        rows = service.list(direction=direction, workflow=request.args.get("workflow"), limit=max(1, min(limit, 1000)))
+        return Response(orjson.dumps({"regressions": rows, "last_run": service.last_run}), mimetype="application/json")
+
+    @bp.post(c.REGRESSIONS_PATH + "/detect")
+    def detect_now():
+        cfg = current_app.extensions["flowscope"].config
+        if cfg.admin_token:
+            if not bearer_ok(cfg.admin_token):
+                raise HttpError(401, "unauthorized", "requires Authorization: Bearer <FLOWSCOPE_ADMIN_TOKEN>")
+        elif request.remote_addr not in LOOPBACK:
+            raise HttpError(403, "forbidden", "set FLOWSCOPE_ADMIN_TOKEN to trigger detection from another host")
+        try:
+            result = service.run_once()
+        except RuntimeError as e:
+            raise HttpError(409, "detection_unavailable", str(e)) from None
+        return Response(orjson.dumps(result), mimetype="application/json")
+
+    return bp
