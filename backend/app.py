@@ -46,7 +46,8 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
         annotate = grafana_annotator(GrafanaProvisioner(grafana_config(cfg)))
     regressions = RegressionService(store.engine, ex.store,
                                     PrometheusSource(cfg.detect_prometheus_url) if cfg.detect_prometheus_url else None,
-                                    since_s=cfg.detect_since_s, step_s=cfg.detect_step_s, annotate=annotate)
+                                    since_s=cfg.detect_since_s, step_s=cfg.detect_step_s, annotate=annotate,
+                                    season_s=cfg.detect_season_s)
     app.extensions["flowscope_regressions"] = regressions
     app.register_blueprint(regressions_blueprint(regressions))
     if cfg.detect_prometheus_url and not app.config.get("TESTING"):

@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     det.add_argument("--query", action="append", default=[], metavar="NAME=PROMQL",
                      help="analyse this PromQL too (repeatable); prefix NAME with + when higher is better")
     det.add_argument("--q", type=float, default=0.05, help="false discovery rate across all series")
+    det.add_argument("--season", default=None,
+                     help="seasonal period to remove before detection (e.g. 1d for daily cycles)")
     det.add_argument("--json", action="store_true", help="print JSON instead of a table")
     det.add_argument("--plot", metavar="PNG", help="write a figure per finding to this file")
 
@@ -263,6 +265,7 @@ def _detect(args: argparse.Namespace) -> int:
     try:
         if args.csv:
             frame, better, labels = read_csv(args.csv), {}, {}
+            step = None
         else:
             queries = list(DEFAULT_QUERIES)
             for spec in args.query:
@@ -273,7 +276,14 @@ def _detect(args: argparse.Namespace) -> int:
             since = parse_duration(args.since)
             step = parse_duration(args.step) if args.step else max(15, since // 1000)
             frame, better, labels = PrometheusSource(args.prometheus).fetch(tuple(queries), since, step)
-        findings, skipped = analyze(frame, better, q=args.q, labels=labels)
+        period = None
+        if args.season:
+            season_s = parse_duration(args.season)
+            if step is None:  # CSV: infer the step from the median spacing of the first series
+                first = frame[frame["series"] == frame["series"].iloc[0]]["time"].sort_values()
+                step = max(1, int(first.diff().dt.total_seconds().median()))
+            period = max(2, round(season_s / step))
+        findings, skipped = analyze(frame, better, q=args.q, labels=labels, period=period)
     except SourceError as e:
         print(f"flowscope: {e}", file=sys.stderr)
         return EXIT_ERROR

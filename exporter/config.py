@@ -133,7 +133,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("detect_prometheus_url", _opt_str, None,
             "Prometheus the backend reads for scheduled regression detection; unset, detection is off."),
     Setting("detect_interval_s", _pos_float, 300.0, "Seconds between scheduled detection runs (never overlapping)."),
-    Setting("detect_since_s", _pos_int, 86400, "How far back each detection run looks, in seconds."),
+    Setting("detect_since_s", _pos_int, 7 * 86400, "How far back each detection run looks, in seconds."),
+    Setting("detect_season_s", int, 86400,
+            "Seasonal period removed before detection (0: none); needs two seasons of data to apply."),
     Setting("detect_step_s", _pos_int, 300, "query_range step of detection runs, in seconds."),
     Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level of the process."),
 )
@@ -177,6 +179,7 @@ class Config:
     detect_prometheus_url: str | None
     detect_interval_s: float
     detect_since_s: int
+    detect_season_s: int
     detect_step_s: int
     log_level: str
 

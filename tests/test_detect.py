@@ -98,3 +98,20 @@ def test_detect_reads_query_range_from_a_real_prometheus(ex, serve, prometheus):
     assert r.returncode == 0, r.stderr
     found = [f for f in json.loads(r.stdout)["findings"] if f["labels"].get("query") == "cache hit rate"]
     assert found and found[0]["direction"] == "regression" and found[0]["relative_change"] < -0.2
+
+
+def test_daily_cycles_are_silent_with_a_season_and_a_step_in_them_is_still_found(tmp_path):
+    t = pd.date_range("2026-11-01", periods=24 * 12 * 6, freq="5min", tz="UTC")  # six days at 5 min
+    rng = np.random.default_rng(4)
+    hours = np.arange(t.size) * 5 / 60
+    daily = 0.2 + 0.05 * np.sin(2 * np.pi * hours / 24) + rng.normal(0, 0.003, t.size)
+    stepped = daily.copy()
+    stepped[-300:] += 0.03  # the last day: +15 % on top of the cycle
+    rows = [(ts.isoformat(), "cyclic p95", v) for ts, v in zip(t, daily)]
+    rows += [(ts.isoformat(), "stepped p95", v) for ts, v in zip(t, stepped)]
+    path = tmp_path / "daily.csv"
+    pd.DataFrame(rows, columns=["time", "series", "value"]).to_csv(path, index=False)
+    r = flowscope("detect", "--csv", str(path), "--season", "1d", "--json")
+    assert r.returncode == 0, r.stderr
+    found = {f["series"] for f in json.loads(r.stdout)["findings"]}
+    assert found == {"stepped p95"}

@@ -13,7 +13,7 @@ import pandas as pd
 
 from exporter import conventions as c
 
-from .detectors import Change, NotAnalysed, change_points, fdr, window_comparison
+from .detectors import Change, NotAnalysed, change_points, clean, fdr, seasonal_anomaly, window_comparison
 
 FAILED = "|".join(c.FAILED_STATUSES)
 
@@ -69,9 +69,22 @@ def _iso(t) -> str:
     return ts.isoformat().replace("+00:00", "Z")
 
 
+def deseasonalize(x: np.ndarray, period: int) -> np.ndarray:
+    """The series minus its STL seasonal component (Cleveland et al. 1990), so cycles are not level shifts."""
+    from statsmodels.tsa.seasonal import STL
+
+    return x - np.asarray(STL(x, period=period, robust=True).fit().seasonal)
+
+
 def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None, q: float = 0.05,
-            recent_fraction: float = 0.1, labels: dict[str, dict] | None = None) -> tuple[list[Finding], list[Skipped]]:
-    """Change points and a recent-window comparison per series; Benjamini–Hochberg over all candidates."""
+            recent_fraction: float = 0.1, labels: dict[str, dict] | None = None,
+            period: int | None = None) -> tuple[list[Finding], list[Skipped]]:
+    """Change points and a recent-window comparison per series; Benjamini–Hochberg over all candidates.
+
+    With ``period`` (points per season, e.g. one day), each series long enough for two
+    seasons is deseasonalized first, and an STL residual anomaly check runs on the
+    recent window too, so daily cycles are never reported as changes.
+    """
     higher_is_better = higher_is_better or {}
     labels = labels or {}
     missing = {"time", "series", "value"} - set(frame.columns)
@@ -85,11 +98,19 @@ def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None
         times = g["time"].to_numpy()
         finite = np.isfinite(values)
         try:
-            found = change_points(values)
+            x = values
             recent = max(10, int(finite.sum() * recent_fraction))
-            w = window_comparison(values, recent=recent)
+            seasonal = None
+            if period and finite.sum() >= 2 * period + recent:
+                x = clean(values, min_points=2 * period + recent)
+                seasonal = seasonal_anomaly(x, period=period, recent=recent)
+                x = deseasonalize(x, period)
+            found = change_points(x)
+            w = window_comparison(x, recent=recent)
             if w is not None and not found:  # the window catches drifts no change point explains
                 found.append(w)
+            if seasonal is not None and not found:
+                found.append(seasonal)
         except NotAnalysed as e:
             skipped.append(Skipped(str(name), str(e)))
             continue

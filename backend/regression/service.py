@@ -50,9 +50,10 @@ def _key(f: Finding) -> tuple:
 
 
 class RegressionService:
-    def __init__(self, engine, store, source: PrometheusSource | None, since_s: int = 86400, step_s: int = 300,
-                 q: float = 0.05, annotate=None):
+    def __init__(self, engine, store, source: PrometheusSource | None, since_s: int = 7 * 86400, step_s: int = 300,
+                 q: float = 0.05, annotate=None, season_s: int = 86400):
         self.engine = engine
+        self.period = max(2, round(season_s / step_s)) if season_s > 0 else None
         self.source = source
         self.since_s, self.step_s, self.q = since_s, step_s, q
         self.annotate = annotate  # callable(finding) -> None, or None when Grafana is not configured
@@ -85,7 +86,7 @@ class RegressionService:
                 with self._store.lock:
                     self.runs.inc(("source_error",))
                 raise RuntimeError(str(e)) from None
-            findings, skipped = analyze(frame, better, q=self.q, labels=labels)
+            findings, skipped = analyze(frame, better, q=self.q, labels=labels, period=self.period)
             new = self._record(findings)
             self._expose(findings)
             for f in new:
