@@ -36,7 +36,8 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     app.register_blueprint(provision_blueprint())
     from .regression.api import create_blueprint as regressions_blueprint
     from .regression.service import RegressionService, grafana_annotator
-    from .regression.sources import PrometheusSource
+    from .regression.analyze import DEFAULT_QUERIES
+    from .regression.sources import PrometheusSource, load_queries
 
     cfg = ex.config
     annotate = None
@@ -47,7 +48,9 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     regressions = RegressionService(store.engine, ex.store,
                                     PrometheusSource(cfg.detect_prometheus_url) if cfg.detect_prometheus_url else None,
                                     since_s=cfg.detect_since_s, step_s=cfg.detect_step_s, annotate=annotate,
-                                    season_s=cfg.detect_season_s)
+                                    season_s=cfg.detect_season_s,
+                                    queries=load_queries(cfg.detect_queries_file) if cfg.detect_queries_file
+                                    else DEFAULT_QUERIES)
     app.extensions["flowscope_regressions"] = regressions
     app.register_blueprint(regressions_blueprint(regressions))
     if cfg.detect_prometheus_url and not app.config.get("TESTING"):

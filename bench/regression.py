@@ -148,7 +148,7 @@ def report(name: str, counts, seconds: float, n_points: int) -> dict:
     p, r, f = prf(**total)
     fp_per_10k = noise_fp / noise_pts * 10_000 if noise_pts else 0.0
     print(f"  overall            precision {p:5.2f}  recall {r:5.2f}  F1 {f:5.2f}   "
-          f"pure noise: {fp_per_10k:.2f} false change points per 10,000 points")
+          f"pure noise: {fp_per_10k / 10:.3f} false positives per 1,000 points ({fp_per_10k:.2f} per 10,000)")
     return {"families": {k: prf(**v) for k, v in fam.items()}, "overall": (p, r, f), "fp_per_10k": fp_per_10k,
             "seconds": seconds}
 
@@ -184,8 +184,8 @@ def main() -> dict:
     s, recall, fp = speed()
     print(f"\nspeed: 1,000 series x 1,000 points in {s:.2f} s (target < 5 s); "
           f"Otava on the suite above: {t_otava / t_ours:.1f}x slower per point")
-    print(f"  on those series: 0.6-sigma steps found {recall:.0%}; {fp:.2f} false change points per 10,000 points "
-          f"of the 667 pure-noise series (target <= 1)")
+    print(f"  on those series: 0.6-sigma steps found {recall:.0%}; {fp / 10:.4f} false positives per 1,000 points "
+          f"({fp:.3f} per 10,000; target <= 1) on the 667 pure-noise series")
     return {"flowscope": r_ours, "otava": r_otava, "speed_1000x1000_s": s, "noise_fp_per_10k": fp}
 
 

@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     det.add_argument("--step", default=None, help="query_range step (default: since/1000, at least 15s)")
     det.add_argument("--query", action="append", default=[], metavar="NAME=PROMQL",
                      help="analyse this PromQL too (repeatable); prefix NAME with + when higher is better")
+    det.add_argument("--queries", metavar="YAML",
+                     help="the series to analyse, replacing the defaults: a list of {name, promql, higher_is_better}")
     det.add_argument("--q", type=float, default=0.05, help="false discovery rate across all series")
     det.add_argument("--season", default=None,
                      help="seasonal period to remove before detection (e.g. 1d for daily cycles)")
@@ -258,7 +260,7 @@ def _dashboards(args: argparse.Namespace) -> int:
 
 def _detect(args: argparse.Namespace) -> int:
     from backend.regression.analyze import DEFAULT_QUERIES, SeriesQuery, analyze, as_dicts, plot, table
-    from backend.regression.sources import PrometheusSource, SourceError, parse_duration, read_csv
+    from backend.regression.sources import PrometheusSource, SourceError, load_queries, parse_duration, read_csv
 
     if not 0 < args.q < 1:
         raise ConfigError(f"--q must be between 0 and 1, got {args.q}")
@@ -267,7 +269,7 @@ def _detect(args: argparse.Namespace) -> int:
             frame, better, labels = read_csv(args.csv), {}, {}
             step = None
         else:
-            queries = list(DEFAULT_QUERIES)
+            queries = list(load_queries(args.queries) if args.queries else DEFAULT_QUERIES)
             for spec in args.query:
                 name, sep, promql = spec.partition("=")
                 if not sep or not name or not promql:
@@ -283,7 +285,8 @@ def _detect(args: argparse.Namespace) -> int:
                 first = frame[frame["series"] == frame["series"].iloc[0]]["time"].sort_values()
                 step = max(1, int(first.diff().dt.total_seconds().median()))
             period = max(2, round(season_s / step))
-        findings, skipped = analyze(frame, better, q=args.q, labels=labels, period=period)
+        counters = {n for n, lab in labels.items() if lab.pop("__counter__", None)}
+        findings, skipped = analyze(frame, better, q=args.q, labels=labels, period=period, counters=counters)
     except SourceError as e:
         print(f"flowscope: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -132,6 +132,8 @@ SETTINGS: tuple[Setting, ...] = (
             True),
     Setting("detect_prometheus_url", _opt_str, None,
             "Prometheus the backend reads for scheduled regression detection; unset, detection is off."),
+    Setting("detect_queries_file", _opt_str, None,
+            "YAML list of {name, promql, higher_is_better} for scheduled detection; unset: the default series."),
     Setting("detect_interval_s", _pos_float, 300.0, "Seconds between scheduled detection runs (never overlapping)."),
     Setting("detect_since_s", _pos_int, 7 * 86400, "How far back each detection run looks, in seconds."),
     Setting("detect_season_s", int, 86400,
@@ -177,6 +179,7 @@ class Config:
     public_url: str
     admin_token: str | None
     detect_prometheus_url: str | None
+    detect_queries_file: str | None
     detect_interval_s: float
     detect_since_s: int
     detect_season_s: int

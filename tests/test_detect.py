@@ -1,6 +1,7 @@
 """`flowscope detect`: offline on CSV, and against a real Prometheus scraping the exporter."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -53,6 +54,14 @@ def test_csv_report_finds_the_step_only_and_explains_what_it_skipped(tmp_path):
     assert (tmp_path / "out.png").stat().st_size > 10_000
     table = flowscope("detect", "--csv", str(path)).stdout
     assert "regression" in table and "not analysed: tiny" in table
+
+
+def test_a_counter_series_with_a_reset_is_explained_not_analysed():
+    t = pd.date_range("2026-11-01", periods=100, freq="1min", tz="UTC")
+    v = np.r_[np.arange(50.0), np.arange(50.0)]  # restarted process: the counter resets at 50
+    frame = pd.DataFrame({"time": t, "series": "requests_total", "value": v})
+    findings, skipped = analyze(frame, counters={"requests_total"})
+    assert findings == [] and "counter reset at point 50" in skipped[0].reason
 
 
 def test_higher_is_better_makes_a_rise_an_improvement():
@@ -115,3 +124,21 @@ def test_daily_cycles_are_silent_with_a_season_and_a_step_in_them_is_still_found
     assert r.returncode == 0, r.stderr
     found = {f["series"] for f in json.loads(r.stdout)["findings"]}
     assert found == {"stepped p95"}
+
+
+@pytest.mark.parametrize("text,error", [
+    ("- {name: p95, promql: 'up'}\n", None),
+    ("- {name: p95}\n", "[0].promql: required"),
+    ("- {name: p95, promql: up, higher: true}\n", "[0].higher: unknown field"),
+    ("{}\n", "expected a non-empty list"),
+])
+def test_queries_file_is_checked_and_names_the_entry(tmp_path, text, error):
+    from backend.regression.sources import SourceError, load_queries
+    p = tmp_path / "q.yaml"
+    p.write_text(text)
+    if error is None:
+        (q,) = load_queries(str(p))
+        assert (q.name, q.promql, q.higher_is_better) == ("p95", "up", False)
+    else:
+        with pytest.raises(SourceError, match=re.escape(error)):
+            load_queries(str(p))

@@ -26,6 +26,7 @@ class SeriesQuery:
     promql: str
     higher_is_better: bool = False
     unit: str = ""
+    counter: bool = False  # a raw counter: a decrease is a reset, reported as "not analysed"
 
 
 DEFAULT_QUERIES = (
@@ -78,7 +79,7 @@ def deseasonalize(x: np.ndarray, period: int) -> np.ndarray:
 
 def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None, q: float = 0.05,
             recent_fraction: float = 0.1, labels: dict[str, dict] | None = None,
-            period: int | None = None) -> tuple[list[Finding], list[Skipped]]:
+            period: int | None = None, counters: set[str] | None = None) -> tuple[list[Finding], list[Skipped]]:
     """Change points and a recent-window comparison per series; Benjamini–Hochberg over all candidates.
 
     With ``period`` (points per season, e.g. one day), each series long enough for two
@@ -105,7 +106,7 @@ def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None
                 x = clean(values, min_points=2 * period + recent)
                 seasonal = seasonal_anomaly(x, period=period, recent=recent)
                 x = deseasonalize(x, period)
-            found = change_points(x)
+            found = change_points(x, counter=str(name) in (counters or ()))
             w = window_comparison(x, recent=recent)
             if w is not None and not found:  # the window catches drifts no change point explains
                 found.append(w)

@@ -51,8 +51,9 @@ def _key(f: Finding) -> tuple:
 
 class RegressionService:
     def __init__(self, engine, store, source: PrometheusSource | None, since_s: int = 7 * 86400, step_s: int = 300,
-                 q: float = 0.05, annotate=None, season_s: int = 86400):
+                 q: float = 0.05, annotate=None, season_s: int = 86400, queries=DEFAULT_QUERIES):
         self.engine = engine
+        self.queries = tuple(queries)
         self.period = max(2, round(season_s / step_s)) if season_s > 0 else None
         self.source = source
         self.since_s, self.step_s, self.q = since_s, step_s, q
@@ -81,12 +82,13 @@ class RegressionService:
         try:
             started = time.monotonic()
             try:
-                frame, better, labels = self.source.fetch(DEFAULT_QUERIES, self.since_s, self.step_s, end=now)
+                frame, better, labels = self.source.fetch(self.queries, self.since_s, self.step_s, end=now)
             except SourceError as e:
                 with self._store.lock:
                     self.runs.inc(("source_error",))
                 raise RuntimeError(str(e)) from None
-            findings, skipped = analyze(frame, better, q=self.q, labels=labels, period=self.period)
+            counters = {n for n, lab in labels.items() if lab.pop("__counter__", None)}
+            findings, skipped = analyze(frame, better, q=self.q, labels=labels, period=self.period, counters=counters)
             new = self._record(findings)
             self._expose(findings)
             for f in new:

@@ -48,11 +48,41 @@ class PrometheusSource:
                 lab = res["metric"]
                 name = q.name + " " + ",".join(f"{k}={v}" for k, v in sorted(lab.items()))
                 better[name] = q.higher_is_better
-                labels[name] = {"query": q.name, **lab}
+                labels[name] = {"query": q.name, **lab, **({"__counter__": "1"} if q.counter else {})}
                 rows += [(float(t), name, float(v)) for t, v in res["values"]]
         frame = pd.DataFrame(rows, columns=["time", "series", "value"])
         frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
         return frame, better, labels
+
+
+def load_queries(path: str) -> tuple[SeriesQuery, ...]:
+    """Series to analyse from YAML: a list of {name, promql, higher_is_better?, unit?}; errors name the entry."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except OSError as e:
+        raise SourceError(f"{path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise SourceError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(doc, list) or not doc:
+        raise SourceError(f"{path}: expected a non-empty list of {{name, promql, higher_is_better}}")
+    out = []
+    for i, q in enumerate(doc):
+        if not isinstance(q, dict):
+            raise SourceError(f"{path}: [{i}]: expected a mapping")
+        unknown = set(q) - {"name", "promql", "higher_is_better", "unit", "counter"}
+        if unknown:
+            raise SourceError(f"{path}: [{i}].{sorted(unknown)[0]}: unknown field")
+        for k in ("name", "promql"):
+            if not isinstance(q.get(k), str) or not q[k].strip():
+                raise SourceError(f"{path}: [{i}].{k}: required, a non-empty string")
+        if not isinstance(q.get("higher_is_better", False), bool):
+            raise SourceError(f"{path}: [{i}].higher_is_better: must be true or false")
+        out.append(SeriesQuery(q["name"], q["promql"], bool(q.get("higher_is_better", False)), str(q.get("unit", "")),
+                               bool(q.get("counter", False))))
+    return tuple(out)
 
 
 def read_csv(path: str) -> pd.DataFrame:
