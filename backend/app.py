@@ -18,8 +18,24 @@ from exporter.runtime import Exporter, build
 
 from .alerts import create_blueprint as alerts_blueprint
 from .openapi import openapi_document
+from .provision import GrafanaProvisioner
 from .provision_api import create_blueprint as provision_blueprint
+from .provision_api import grafana_config
+from .regression.analyze import DEFAULT_QUERIES
+from .regression.api import create_blueprint as regressions_blueprint
+from .regression.service import RegressionService, grafana_annotator
+from .regression.sources import PrometheusSource, load_queries
 from .store import AlertStore
+
+
+def _regression_service(ex: Exporter, store: AlertStore) -> RegressionService:
+    """Detection from config: Prometheus to read, queries, schedule inputs, Grafana annotations if configured."""
+    cfg = ex.config
+    annotate = grafana_annotator(GrafanaProvisioner(grafana_config(cfg))) if cfg.grafana_url else None
+    source = PrometheusSource(cfg.detect_prometheus_url) if cfg.detect_prometheus_url else None
+    queries = load_queries(cfg.detect_queries_file) if cfg.detect_queries_file else DEFAULT_QUERIES
+    return RegressionService(store.engine, ex.store, source, since_s=cfg.detect_since_s, step_s=cfg.detect_step_s,
+                             annotate=annotate, season_s=cfg.detect_season_s, queries=queries)
 
 
 def create_app(exporter: Exporter | None = None, test_config: dict | None = None) -> Flask:
@@ -34,27 +50,11 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     app.extensions["flowscope_alerts"] = store
     app.register_blueprint(alerts_blueprint(store))
     app.register_blueprint(provision_blueprint())
-    from .regression.api import create_blueprint as regressions_blueprint
-    from .regression.service import RegressionService, grafana_annotator
-    from .regression.analyze import DEFAULT_QUERIES
-    from .regression.sources import PrometheusSource, load_queries
-
-    cfg = ex.config
-    annotate = None
-    if cfg.grafana_url:
-        from .provision import GrafanaProvisioner
-        from .provision_api import grafana_config
-        annotate = grafana_annotator(GrafanaProvisioner(grafana_config(cfg)))
-    regressions = RegressionService(store.engine, ex.store,
-                                    PrometheusSource(cfg.detect_prometheus_url) if cfg.detect_prometheus_url else None,
-                                    since_s=cfg.detect_since_s, step_s=cfg.detect_step_s, annotate=annotate,
-                                    season_s=cfg.detect_season_s,
-                                    queries=load_queries(cfg.detect_queries_file) if cfg.detect_queries_file
-                                    else DEFAULT_QUERIES)
+    regressions = _regression_service(ex, store)
     app.extensions["flowscope_regressions"] = regressions
     app.register_blueprint(regressions_blueprint(regressions))
-    if cfg.detect_prometheus_url and not app.config.get("TESTING"):
-        regressions.start(cfg.detect_interval_s)
+    if ex.config.detect_prometheus_url and not app.config.get("TESTING"):
+        regressions.start(ex.config.detect_interval_s)
 
     @app.errorhandler(HttpError)
     def _flowscope_http(e: HttpError):
