@@ -43,7 +43,10 @@ def test_markdown_table_lists_every_variable():
     assert "`FLOWSCOPE_LOKI_URL`" in table and "`FLOWSCOPE_INGEST_TOKEN`" in table and "`FLOWSCOPE_CONFIG`" in table
 
 
-@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["demo", "--help"], ["config", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["demo", "--help"], ["config", "--help"],
+                                  ["rules", "--help"], ["rules", "build", "--help"], ["rules", "test", "--help"],
+                                  ["dashboards", "--help"], ["dashboards", "build", "--help"],
+                                  ["dashboards", "push", "--help"], ["detect", "--help"]])
 def test_every_command_has_help(args):
     r = subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "usage: flowscope" in r.stdout
