@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
-from exporter.http import HttpError, bearer_ok
+from exporter.http import HttpError
 
+from .admin import require_admin
 from .dashboards.build import dashboards
 from .provision import GrafanaConfig, GrafanaProvisioner, ProvisionError
 from .rules.spec import load_spec
 
 PROVISION_PATH = "/api/v1/provision/dashboards"
-LOOPBACK = ("127.0.0.1", "::1")
 
 
 def grafana_config(cfg) -> GrafanaConfig:
@@ -26,12 +26,7 @@ def create_blueprint(spec_path: str = "alert_rules/spec/flowscope.yaml") -> Blue
     @bp.post(PROVISION_PATH)
     def provision():
         cfg = current_app.extensions["flowscope"].config
-        if cfg.admin_token:
-            if not bearer_ok(cfg.admin_token):
-                raise HttpError(401, "unauthorized", "provisioning requires Authorization: Bearer <FLOWSCOPE_ADMIN_TOKEN>",
-                                headers={"WWW-Authenticate": 'Bearer realm="flowscope-admin"'})
-        elif request.remote_addr not in LOOPBACK:
-            raise HttpError(403, "forbidden", "set FLOWSCOPE_ADMIN_TOKEN to provision from another host")
+        require_admin(cfg, "provisioning")
         if not cfg.grafana_url:
             raise HttpError(409, "grafana_not_configured", "set FLOWSCOPE_GRAFANA_URL (and FLOWSCOPE_GRAFANA_TOKEN)")
         try:

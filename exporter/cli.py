@@ -266,7 +266,7 @@ def _detect(args: argparse.Namespace) -> int:
         raise ConfigError(f"--q must be between 0 and 1, got {args.q}")
     try:
         if args.csv:
-            frame, better, labels = read_csv(args.csv), {}, {}
+            frame, better, labels, counters = read_csv(args.csv), {}, {}, set()
             step = None
         else:
             queries = list(load_queries(args.queries) if args.queries else DEFAULT_QUERIES)
@@ -277,7 +277,7 @@ def _detect(args: argparse.Namespace) -> int:
                 queries.append(SeriesQuery(name.lstrip("+"), promql, higher_is_better=name.startswith("+")))
             since = parse_duration(args.since)
             step = parse_duration(args.step) if args.step else max(15, since // 1000)
-            frame, better, labels = PrometheusSource(args.prometheus).fetch(tuple(queries), since, step)
+            frame, better, labels, counters = PrometheusSource(args.prometheus).fetch(tuple(queries), since, step)
         period = None
         if args.season:
             season_s = parse_duration(args.season)
@@ -285,7 +285,6 @@ def _detect(args: argparse.Namespace) -> int:
                 first = frame[frame["series"] == frame["series"].iloc[0]]["time"].sort_values()
                 step = max(1, int(first.diff().dt.total_seconds().median()))
             period = max(2, round(season_s / step))
-        counters = {n for n, lab in labels.items() if lab.pop("__counter__", None)}
         findings, skipped = analyze(frame, better, q=args.q, labels=labels, period=period, counters=counters)
     except SourceError as e:
         print(f"flowscope: {e}", file=sys.stderr)

@@ -90,12 +90,14 @@ def render_iter(store: MetricStore, openmetrics: bool = False):
             if isinstance(fam, Gauge):
                 fam.refresh()
             series = list(fam.series.values())
+        histogram = isinstance(fam, Histogram)
+        if histogram:
+            plain, with_ex = _histogram_templates(fam)
         for lo in range(0, len(series), CHUNK_SERIES):
             out: list[str] = []
             append = out.append
             chunk = series[lo:lo + CHUNK_SERIES]
-            if isinstance(fam, Histogram):
-                plain, with_ex = _histogram_templates(fam)
+            if histogram:
                 with lock:
                     for s in chunk:
                         labels = s.labels

@@ -19,6 +19,7 @@ from . import conventions as c
 from .decode import DecodeResult, native, otlp
 from .errors import DecodeError
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, finish, render_iter, wants_openmetrics
+from .profiles import Profile, ProfileError, parse_folded, parse_pstats
 from .runtime import Exporter
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
@@ -164,8 +165,6 @@ def create_blueprint() -> Blueprint:
     @bp.post(c.PROFILES_PATH)
     def profiles():
         """Folded stacks (text/plain) or a pstats dump (application/octet-stream), tied to ?workflow=."""
-        from .profiles import Profile, ProfileError, parse_folded, parse_pstats
-
         ex = _exporter()
         try:
             _check_auth(ex)

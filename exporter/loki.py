@@ -186,14 +186,7 @@ class LokiPusher:
 
     def enqueue(self, entry: Entry | Span) -> bool:
         """Queue one entry or Span; False if it was dropped because the queue is full."""
-        with self._cv:
-            if len(self._queue) < self.config.queue_lines and not self._closing:
-                self._queue.append(entry)
-                if len(self._queue) >= self.config.batch_lines:
-                    self._cv.notify()
-                return True
-        self._count(self.dropped, ("queue_full",), 1)
-        return False
+        return self.enqueue_many([entry]) == 1
 
     def enqueue_many(self, entries: list[Entry | Span]) -> int:
         with self._cv:

@@ -116,13 +116,7 @@ class Pipeline:
         """The SDK's fast path for one span (same effect as ``ingest([s], "sdk")``)."""
         with self.store.lock:
             self._sdk_received += 1
-            if s.is_step:
-                self.step_duration.observe((s.workflow, s.layer, s.component, s.operation, s.status),
-                                           (s.end_ns - s.start_ns) / 1e9, s.trace_id, s.span_id, s.end_ns / 1e9)
-                if s.status == "error" or s.status == "timeout":
-                    self.step_errors.inc((s.workflow, s.layer, s.component, s.error_type or s.status))
-            if not s.parent_span_id:
-                self._apply_run(s)
+            self._apply((s,))
         if self.loki is not None:
             self.loki.enqueue(s)
         for sink in self.sinks:
@@ -162,9 +156,9 @@ class Pipeline:
         functions are admitted hottest first while there is room; the rest of its
         time goes to ``function="other"``. Cardinality stays bounded whatever the code.
         """
-        known = self._profile_functions.setdefault(profile.workflow, set())
         other = 0.0
         with self.store.lock:
+            known = self._profile_functions.setdefault(profile.workflow, set())
             for fn, secs in sorted(profile.self_seconds.items(), key=lambda kv: -kv[1]):
                 if fn not in known and len(known) < self.profile_top_n:
                     known.add(fn)

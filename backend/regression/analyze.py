@@ -13,7 +13,7 @@ import pandas as pd
 
 from exporter import conventions as c
 
-from .detectors import Change, NotAnalysed, change_points, clean, fdr, seasonal_anomaly, window_comparison
+from .detectors import Change, NotAnalysed, change_points, clean, decompose, fdr, seasonal_anomaly, window_comparison
 
 FAILED = "|".join(c.FAILED_STATUSES)
 
@@ -70,13 +70,6 @@ def _iso(t) -> str:
     return ts.isoformat().replace("+00:00", "Z")
 
 
-def deseasonalize(x: np.ndarray, period: int) -> np.ndarray:
-    """The series minus its STL seasonal component (Cleveland et al. 1990), so cycles are not level shifts."""
-    from statsmodels.tsa.seasonal import STL
-
-    return x - np.asarray(STL(x, period=period, robust=True).fit().seasonal)
-
-
 def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None, q: float = 0.05,
             recent_fraction: float = 0.1, labels: dict[str, dict] | None = None,
             period: int | None = None, counters: set[str] | None = None) -> tuple[list[Finding], list[Skipped]]:
@@ -104,8 +97,9 @@ def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None
             seasonal = None
             if period and finite.sum() >= 2 * period + recent:
                 x = clean(values, min_points=2 * period + recent)
-                seasonal = seasonal_anomaly(x, period=period, recent=recent)
-                x = deseasonalize(x, period)
+                season, resid = decompose(x, period)  # one STL fit: the anomaly check and the cycle removal
+                seasonal = seasonal_anomaly(x, period=period, recent=recent, resid=resid)
+                x = x - season
             found = change_points(x, counter=str(name) in (counters or ()))
             w = window_comparison(x, recent=recent)
             if w is not None and not found:  # the window catches drifts no change point explains

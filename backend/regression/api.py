@@ -6,9 +6,9 @@ import orjson
 from flask import Blueprint, Response, current_app, request
 
 from exporter import conventions as c
-from exporter.http import HttpError, bearer_ok
+from exporter.http import HttpError
 
-LOOPBACK = ("127.0.0.1", "::1")
+from ..admin import require_admin
 
 
 def create_blueprint(service) -> Blueprint:
@@ -29,11 +29,7 @@ def create_blueprint(service) -> Blueprint:
     @bp.post(c.REGRESSIONS_PATH + "/detect")
     def detect_now():
         cfg = current_app.extensions["flowscope"].config
-        if cfg.admin_token:
-            if not bearer_ok(cfg.admin_token):
-                raise HttpError(401, "unauthorized", "requires Authorization: Bearer <FLOWSCOPE_ADMIN_TOKEN>")
-        elif request.remote_addr not in LOOPBACK:
-            raise HttpError(403, "forbidden", "set FLOWSCOPE_ADMIN_TOKEN to trigger detection from another host")
+        require_admin(cfg, "triggering detection")
         try:
             result = service.run_once()
         except RuntimeError as e:

@@ -236,14 +236,23 @@ def window_comparison(values, recent: int, baseline: int | None = None, min_effe
     return Change(x.size - recent, float(base.mean()), float(rec.mean()), _ci(base), _ci(rec), p, "window")
 
 
-def seasonal_anomaly(values, period: int, recent: int, z_threshold: float = 3.5,
-                     min_points_over: int = 3) -> Change | None:
-    """Points in the recent window whose STL residual has a robust |z| over the threshold."""
+def decompose(x: np.ndarray, period: int) -> tuple[np.ndarray, np.ndarray]:
+    """(seasonal, residual) of a robust STL fit (Cleveland et al. 1990, statsmodels)."""
     from statsmodels.tsa.seasonal import STL
 
-    x = clean(values, min_points=2 * period + recent)
     res = STL(x, period=period, robust=True).fit()
-    resid = np.asarray(res.resid)
+    return np.asarray(res.seasonal), np.asarray(res.resid)
+
+
+def seasonal_anomaly(values, period: int, recent: int, z_threshold: float = 3.5, min_points_over: int = 3,
+                     resid: np.ndarray | None = None) -> Change | None:
+    """Points in the recent window whose STL residual has a robust |z| over the threshold.
+
+    ``resid`` may be passed when the caller already decomposed the (cleaned) series.
+    """
+    x = clean(values, min_points=2 * period + recent)
+    if resid is None:
+        resid = decompose(x, period)[1]
     hist = resid[:-recent]
     med = float(np.median(hist))
     mad = float(np.median(np.abs(hist - med))) * 1.4826

@@ -82,13 +82,13 @@ class RegressionService:
         try:
             started = time.monotonic()
             try:
-                frame, better, labels = self.source.fetch(self.queries, self.since_s, self.step_s, end=now)
+                fetched = self.source.fetch(self.queries, self.since_s, self.step_s, end=now)
             except SourceError as e:
                 with self._store.lock:
                     self.runs.inc(("source_error",))
                 raise RuntimeError(str(e)) from None
-            counters = {n for n, lab in labels.items() if lab.pop("__counter__", None)}
-            findings, skipped = analyze(frame, better, q=self.q, labels=labels, period=self.period, counters=counters)
+            findings, skipped = analyze(fetched.frame, fetched.higher_is_better, q=self.q, labels=fetched.labels,
+                                        period=self.period, counters=fetched.counters)
             new = self._record(findings)
             self._expose(findings)
             for f in new:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pandas as pd
 import requests
@@ -27,15 +28,23 @@ def parse_duration(v: str) -> int:
     return int(m.group(1)) * _SECONDS[m.group(2)]
 
 
+class Fetched(NamedTuple):
+    """Series read for one detection run."""
+
+    frame: pd.DataFrame  # columns time, series, value
+    higher_is_better: dict[str, bool]
+    labels: dict[str, dict]
+    counters: set[str]  # series from a query marked counter: a decrease is a reset
+
+
 @dataclass(frozen=True)
 class PrometheusSource:
     url: str
     timeout_s: float = 30.0
 
-    def fetch(self, queries: tuple[SeriesQuery, ...], since_s: int, step_s: int, end: float | None = None):
-        """(frame with time/series/value, series → higher_is_better, series → labels)."""
+    def fetch(self, queries: tuple[SeriesQuery, ...], since_s: int, step_s: int, end: float | None = None) -> Fetched:
         end = end or time.time()
-        rows, better, labels = [], {}, {}
+        rows, better, labels, counters = [], {}, {}, set()
         for q in queries:
             try:
                 r = requests.get(self.url.rstrip("/") + "/api/v1/query_range", timeout=self.timeout_s,
@@ -48,11 +57,13 @@ class PrometheusSource:
                 lab = res["metric"]
                 name = q.name + " " + ",".join(f"{k}={v}" for k, v in sorted(lab.items()))
                 better[name] = q.higher_is_better
-                labels[name] = {"query": q.name, **lab, **({"__counter__": "1"} if q.counter else {})}
+                labels[name] = {"query": q.name, **lab}
+                if q.counter:
+                    counters.add(name)
                 rows += [(float(t), name, float(v)) for t, v in res["values"]]
         frame = pd.DataFrame(rows, columns=["time", "series", "value"])
         frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
-        return frame, better, labels
+        return Fetched(frame, better, labels, counters)
 
 
 def load_queries(path: str) -> tuple[SeriesQuery, ...]:

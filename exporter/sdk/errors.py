@@ -8,7 +8,7 @@ from time import time_ns
 from .. import conventions as c
 from ..classify import classify_error
 from ..model import ErrorRecord
-from .context import current_ids
+from .context import current_ids, current_step
 
 class ErrorLogger:
     def __init__(self, sink=None, service: str | None = None):
@@ -26,7 +26,6 @@ class ErrorLogger:
         if layer not in c.LAYERS:
             raise ValueError(f"layer must be one of {list(c.LAYERS)}, got {layer!r}")
         cid, tid, sid = current_ids()
-        from .context import current_step
         cur = current_step.get()
         rec = ErrorRecord(error_type=error_type, message=message, layer=layer, component=component,
                           workflow=workflow or (cur[0].workflow if cur else c.UNKNOWN_WORKFLOW),

@@ -37,6 +37,8 @@ from time import time_ns
 from typing import Any
 
 from .. import conventions as c
+from ..config import load_config
+from ..decode.native import trace_id_for
 from ..model import Span, hash_user
 from .context import current_request, current_step
 
@@ -233,7 +235,6 @@ class WorkflowTracer:
             trace_id, parent = req.trace_id, req.parent_span_id
         correlation_id = correlation_id or uuid.uuid4().hex
         if trace_id is None:
-            from ..decode.native import trace_id_for
             trace_id = trace_id_for(correlation_id)
         run = _Run(workflow_type, correlation_id, trace_id, parent, user, metadata, self.service)
         token = current_step.set((run, run.span_id))
@@ -337,13 +338,11 @@ class WorkflowTracer:
         """A step outside any workflow belongs to the request's correlation ID, or to 'unknown'."""
         req = current_request.get()
         cid = req.correlation_id if req else uuid.uuid4().hex
-        from ..decode.native import trace_id_for
         return _Run(c.UNKNOWN_WORKFLOW, cid, (req.trace_id if req and req.trace_id else trace_id_for(cid)),
                     req.parent_span_id if req else None, None, None, self.service)
 
 
 def _default_service() -> str:
-    from ..config import load_config
     try:
         return load_config().service_name
     except Exception:
