@@ -46,7 +46,7 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     ex = exporter or build()
     app.extensions["flowscope"] = ex
     app.register_blueprint(create_blueprint())
-    store = AlertStore(app.config.get("DATABASE_URL") or ex.config.database_url)
+    store = AlertStore(app.config.get("DATABASE_URL") or ex.db)
     app.extensions["flowscope_alerts"] = store
     app.register_blueprint(alerts_blueprint(store))
     app.register_blueprint(provision_blueprint())

@@ -13,13 +13,14 @@ the alert and adds a state change to its history.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, UniqueConstraint,
-                        create_engine, event, select)
+from sqlalchemy import (Column, DateTime, Engine, ForeignKey, Integer, MetaData, String, Table, Text,
+                        UniqueConstraint, select)
+
+from exporter.db import make_engine
 
 metadata = MetaData()
 
@@ -75,16 +76,9 @@ def _iso(dt: datetime | None) -> str | None:
 
 
 class AlertStore:
-    def __init__(self, url: str):
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////:memory:"):
-            path = url.removeprefix("sqlite:///")
-            if path and path != ":memory:" and os.path.dirname(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.engine = create_engine(url, future=True)
-        if self.engine.dialect.name == "sqlite":
-            @event.listens_for(self.engine, "connect")
-            def _fk(dbapi_conn, _):  # SQLite enforces foreign keys only when asked
-                dbapi_conn.execute("PRAGMA foreign_keys=ON")
+    def __init__(self, url_or_engine: str | Engine):
+        """Share the exporter's engine (``ex.db``) where there is one: on SQLite one engine means one writer queue."""
+        self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         metadata.create_all(self.engine)
 
     def record(self, incoming: list[IncomingAlert], receiver: str, now: datetime | None = None) -> dict[str, int]:

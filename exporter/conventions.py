@@ -161,3 +161,35 @@ DASHBOARD_ALERTS = "flowscope-alerts"
 #: The backend's Alertmanager webhook.
 ALERTS_WEBHOOK_PATH = "/api/v1/alerts/webhook"
 ALERTS_PATH = "/api/v1/alerts"
+
+# --- run store, replay, run page (issue 5) ----------------------------------------------------------
+
+RUNS_PATH = "/api/v1/runs"
+RUN_PAGE_PATH = "/runs"
+ERRORS_PATH = "/api/v1/errors"
+ATTRIBUTION_PATH = "/api/v1/attribution"
+FLAMEGRAPH_PATH = "/api/v1/flamegraph"
+
+RUNS_STORED_TOTAL = "flowscope_runs_stored_total"
+RUN_STORE_QUEUE_SPANS = "flowscope_run_store_queue_spans"
+RUN_STORE_DROPPED_TOTAL = "flowscope_run_store_dropped_total"
+RUN_STORE_WRITE_FAILURES_TOTAL = "flowscope_run_store_write_failures_total"
+RUN_STORE_SWEPT_TOTAL = "flowscope_run_store_swept_runs_total"
+STATE_TRUNCATED_TOTAL = "flowscope_state_snapshots_truncated_total"
+QUERY_PATTERNS_TOTAL = "flowscope_query_patterns_total"
+L_KIND = "kind"
+#: Values of ``kind`` on QUERY_PATTERNS_TOTAL: never the statement itself.
+QUERY_SLOW = "slow_query"
+QUERY_N_PLUS_ONE = "n_plus_one"
+
+#: What a secret value becomes, and the default key fragments that mark a key as secret.
+REDACTED = "[REDACTED]"
+DEFAULT_SECRET_KEYS = ("password", "passwd", "secret", "token", "authorization", "cookie", "api_key", "apikey",
+                       "api-key", "private_key", "credential")
+#: Key of the marker a state snapshot over the size cap carries instead of its dropped keys.
+TRUNCATED_KEY = "__flowscope_truncated__"
+
+#: Span attributes the SDK's SQLAlchemy instrumentation sets on database steps.
+ATTR_DB_STATEMENT = "db.statement"
+ATTR_DB_PATTERN = "flowscope.db.pattern"
+ATTR_DB_ROWS = "db.rows"

@@ -41,6 +41,8 @@ log = logging.getLogger("flowscope.loki")
 LEVELS = {"ok": c.LEVEL_INFO, "cancelled": c.LEVEL_WARN, "error": c.LEVEL_ERROR, "timeout": c.LEVEL_ERROR}
 
 
+def _same(text):
+    return text
 
 
 @dataclass(slots=True)
@@ -58,6 +60,8 @@ class LokiConfig:
     read_timeout_s: float = 10.0
     flush_timeout_s: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: scrubs secrets out of messages before they are pushed (``Redactor.text``)
+    redact: Any = _same
 
     @property
     def push_url(self) -> str:
@@ -69,13 +73,13 @@ class LokiConfig:
 Entry = tuple[tuple[str, str, str, str], int, str, dict[str, str]]
 
 
-def span_entry(s: Span) -> Entry:
-    """The Loki entry of one finished step (pure)."""
+def span_entry(s: Span, redact=_same) -> Entry:
+    """The Loki entry of one finished step (pure); ``redact`` scrubs secrets out of the message."""
     rec: dict[str, Any] = {
         "correlation_id": s.correlation_id, "trace_id": s.trace_id, "span_id": s.span_id,
         "component": s.component, "operation": s.operation, "status": s.status,
         "duration_ms": round((s.end_ns - s.start_ns) / 1e6, 3),
-        "message": s.error_message or f"{s.operation} {s.status}",
+        "message": redact(s.error_message) if s.error_message else f"{s.operation} {s.status}",
     }
     if s.error_type:
         rec["error_type"] = s.error_type
@@ -84,12 +88,12 @@ def span_entry(s: Span) -> Entry:
             s.end_ns, orjson.dumps(rec).decode(), meta)
 
 
-def error_entry(e: ErrorRecord) -> Entry:
+def error_entry(e: ErrorRecord, redact=_same) -> Entry:
     rec = {"correlation_id": e.correlation_id, "trace_id": e.trace_id, "span_id": e.span_id,
            "component": e.component, "error_type": e.error_type, "category": e.category,
-           "message": e.message}
+           "message": redact(e.message)}
     if e.stack_trace:
-        rec["stack_trace"] = e.stack_trace
+        rec["stack_trace"] = redact(e.stack_trace)
     meta = {k: v for k, v in (("correlation_id", e.correlation_id), ("trace_id", e.trace_id),
                               ("span_id", e.span_id)) if v}
     return ((e.service or "unknown_service", e.workflow, e.layer, c.LEVEL_ERROR),
@@ -236,7 +240,8 @@ class LokiPusher:
                 batch = [self._queue.popleft() for _ in range(n)]
                 self._busy = True
             try:
-                self._push([e if type(e) is tuple else span_entry(e) for e in batch])
+                redact = cfg.redact
+                self._push([e if type(e) is tuple else span_entry(e, redact) for e in batch])
             except Exception:  # never let the thread die: count and go on
                 log.exception("unexpected error pushing to Loki")
                 self._count(self.dropped, ("internal_error",), len(batch))

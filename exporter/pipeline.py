@@ -15,18 +15,23 @@ from . import conventions as c
 from .loki import LokiPusher, error_entry
 from .metrics import MetricStore
 from .model import ErrorRecord, Span
+from .redact import Redactor
 from .resolver import WorkflowResolver
 
 
 class Pipeline:
     def __init__(self, store: MetricStore, loki: LokiPusher | None = None,
                  resolver: WorkflowResolver | None = None, clock: Callable[[], float] = time.time,
-                 sinks: Iterable[Callable[[list[Span]], None]] = ()):
+                 sinks: Iterable[Callable[[list[Span]], None]] = (), redactor: Redactor | None = None):
         self.store = store
+        #: Scrubs secrets out of free text (error messages, stacks) before it leaves the process.
+        self.redact = (redactor or Redactor()).text
         self.loki = loki
         self.resolver = resolver or WorkflowResolver()
         self.clock = clock
         self.sinks: list[Callable[[list[Span]], None]] = []
+        #: The run store's sink (``RunRecorder``); it takes the SDK's fast-path tuples, so it keeps that path.
+        self.recorder = None
         #: True while spans only feed metrics: the SDK may then skip building Span objects.
         self.metrics_only = loki is None
         for sink in sinks:
@@ -107,8 +112,12 @@ class Pipeline:
                                   s.end_ns / 1e9)
 
     def _fan_out(self, spans: list[Span]) -> None:
-        if self.loki is not None and spans:
+        if not spans:
+            return
+        if self.loki is not None:
             self.loki.enqueue_many(spans)
+        if self.recorder is not None:
+            self.recorder.spans(spans)
         for sink in self.sinks:
             sink(spans)
 
@@ -119,6 +128,8 @@ class Pipeline:
             self._apply((s,))
         if self.loki is not None:
             self.loki.enqueue(s)
+        if self.recorder is not None:
+            self.recorder.spans((s,))
         for sink in self.sinks:
             sink([s])
 
@@ -127,14 +138,21 @@ class Pipeline:
         self.sinks.append(sink)
         self.metrics_only = False
 
-    def fast_step(self, workflow: str, layer: str, component: str, operation: str, start_ns: int, end_ns: int,
-                  trace_id: str, span_id: str) -> None:
-        """A successful SDK step, metrics only. Same effect as ``record_step`` of the equivalent Span.
+    def attach_recorder(self, recorder) -> None:
+        """Also write every span, error and profile to the run store through ``recorder``."""
+        self.recorder = recorder
 
-        The histogram update is inlined: this is the hot path of every traced step.
+    def fast_step(self, run, layer: str, component: str, operation: str, start_ns: int, end_ns: int,
+                  span_id: str, parent_span_id: str) -> None:
+        """A successful SDK step with no state or metadata. Same effect as ``record_step`` of the equivalent Span.
+
+        ``run`` is the SDK's run (workflow, trace_id, correlation_id, service). The histogram
+        update is inlined and the run store gets a tuple, not a Span: this is the hot path of
+        every traced step.
         """
         h = self.step_duration
-        key = (workflow, layer, component, operation, "ok")
+        trace_id = run.trace_id
+        key = (run.workflow, layer, component, operation, "ok")
         value = (end_ns - start_ns) / 1e9
         with self.store.lock:
             self._sdk_received += 1
@@ -148,6 +166,9 @@ class Pipeline:
             if ex is None:
                 ex = s.exemplars = [None] * len(s.counts)
             ex[i] = (trace_id, span_id, value, end_ns / 1e9)
+        rec = self.recorder
+        if rec is not None:
+            rec.fast((run, layer, component, operation, start_ns, end_ns, span_id, parent_span_id))
 
     def record_profile(self, profile, fmt: str) -> None:
         """Add a profile's self time to the per-function counter.
@@ -169,12 +190,16 @@ class Pipeline:
             if other:
                 self.profile_cpu.inc((profile.workflow, "other"), other)
             self.profiles_received.inc((fmt,))
+        if self.recorder is not None:
+            self.recorder.profile(profile)
 
     def record_error(self, e: ErrorRecord) -> None:
         with self.store.lock:
             self.step_errors.inc((e.workflow, e.layer, e.component, e.error_type))
         if self.loki is not None:
-            self.loki.enqueue(error_entry(e))
+            self.loki.enqueue(error_entry(e, self.redact))
+        if self.recorder is not None:
+            self.recorder.error(e)
 
     def workflow_started(self, workflow: str) -> None:
         with self.store.lock:
@@ -201,3 +226,5 @@ class Pipeline:
         self._fan_out(spans)
         if self.loki is not None:
             self.loki.close()
+        if self.recorder is not None:
+            self.recorder.close()

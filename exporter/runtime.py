@@ -12,10 +12,13 @@ import threading
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from .config import Config, load_config
+from .db import make_engine
 from .loki import LokiConfig, LokiPusher, RetryPolicy
 from .metrics import MetricStore
 from .pipeline import Pipeline
+from .redact import Redactor
 from .resolver import WorkflowResolver
+from .runstore import RunRecorder, RunStore
 
 log = logging.getLogger("flowscope")
 
@@ -41,7 +44,17 @@ class Exporter:
             log.info("pushing log streams to %s", self.loki.config.push_url)
         else:
             log.info("FLOWSCOPE_LOKI_URL is not set: log streams are not pushed to Loki")
-        self.pipeline = Pipeline(self.store, self.loki, WorkflowResolver(timeout_s=config.trace_timeout_s))
+        self.redactor = Redactor(config.redact_keys)
+        if self.loki is not None:
+            self.loki.config.redact = self.redactor.text
+        self.pipeline = Pipeline(self.store, self.loki, WorkflowResolver(timeout_s=config.trace_timeout_s),
+                                 redactor=self.redactor)
+        self.db = make_engine(config.database_url)
+        self.runs: RunStore | None = None
+        if config.run_store:
+            self.runs = RunStore(self.db, self.redactor, config.state_max_bytes)
+            self.pipeline.attach_recorder(RunRecorder(self.runs, self.store, retention_s=config.run_retention_s,
+                                                      sweep_interval_s=min(3600.0, config.run_retention_s / 10)))
         self._meter_provider = None
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="flowscope-tick", daemon=True)
@@ -74,6 +87,7 @@ class Exporter:
         self.pipeline.close()
         if self._meter_provider is not None:
             self._meter_provider.shutdown()
+        self.db.dispose()
 
 
 def build(config: Config | None = None) -> Exporter:

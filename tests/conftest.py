@@ -199,3 +199,91 @@ def alertmanager(tmp_path):
     yield start
     for a in started:
         a.stop()
+
+
+class Postgres:
+    """A real PostgreSQL server (Debian's ``postgresql``) on 127.0.0.1 with its own data dir, for the session.
+
+    PostgreSQL refuses to run as root, so under root the server runs as the ``postgres`` user
+    the Debian package creates.
+    """
+
+    def __init__(self):
+        import glob
+        import pwd
+        import tempfile
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+        if not found:
+            require_binary("postgresql-initdb (Debian package postgresql)")
+        bindir = Path(found[-1]).parent
+        self.port = free_port()
+        # not under pytest's tmp dir: that is private to root, and the server runs as postgres
+        self.tmp = tmp = Path(tempfile.mkdtemp(prefix="flowscope-pg-"))
+        self.data = tmp / "pgdata"
+        self.data.mkdir()
+        run_as: list[str] = []
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(tmp, pw.pw_uid, pw.pw_gid)
+            os.chown(self.data, pw.pw_uid, pw.pw_gid)
+            run_as = ["runuser", "-u", "postgres", "--"]
+        subprocess.run(run_as + [str(bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "flowscope",
+                                 "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
+        self.log = open(tmp / "postgres.log", "wb")
+        self.proc = subprocess.Popen(run_as + [str(bindir / "postgres"), "-D", str(self.data), "-h", "127.0.0.1",
+                                               "-p", str(self.port), "-k", str(self.data), "-c", "fsync=off",
+                                               "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        import psycopg
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                psycopg.connect(self.url("postgres").replace("+psycopg", ""), connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("PostgreSQL did not start:\n" + (tmp / "postgres.log").read_text()[-3000:])
+                time.sleep(0.2)
+        self._n = 0
+        self._log_path = tmp / "postgres.log"
+
+    def url(self, db: str) -> str:
+        return f"postgresql+psycopg://flowscope@127.0.0.1:{self.port}/{db}"
+
+    def fresh_database(self) -> str:
+        """A new empty database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        self._n += 1
+        name = f"t{self._n}"
+        with psycopg.connect(self.url("postgres").replace("+psycopg", ""), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    pg = Postgres()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """Each store test runs against SQLite and against a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    return request.getfixturevalue("postgres").fresh_database()

@@ -146,8 +146,8 @@ class StepScope:
             pipeline = self._tracer._sink.pipeline
             if pipeline is not None and pipeline.metrics_only:
                 # Metrics-only pipeline: no Span object is needed for a successful step.
-                pipeline.fast_step(run.workflow, self._layer, self._component, self._operation, self._start, end,
-                                   run.trace_id, self.span_id)
+                pipeline.fast_step(run, self._layer, self._component, self._operation, self._start, end,
+                                   self.span_id, self._parent)
                 return False
         status, etype, emsg, stack = "ok", None, None, None
         if self._failure is not None:

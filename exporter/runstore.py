@@ -1,0 +1,548 @@
+"""The run store: every finished workflow run with its spans, errors, state snapshots and profiles.
+
+Two parts:
+
+- :class:`RunStore` is the client (SQLAlchemy Core; SQLite by default,
+  PostgreSQL by URL). It writes batches and answers the queries that replay,
+  the run page and error analysis need.
+- :class:`RunRecorder` is the pipeline's sink. Producers only append to a
+  bounded deque (the SDK's fast path appends a tuple, no Span is built); one
+  writer thread drains it into the store every ``flush_interval_s``, retries
+  while the database is down, and sweeps runs past their retention.
+
+Before anything is written, secret keys are redacted (:mod:`exporter.redact`),
+user identifiers are hashed, and state snapshots over ``state_max_bytes`` keep
+the keys that fit plus a :data:`~exporter.conventions.TRUNCATED_KEY` marker.
+
+    store = RunStore(make_engine("sqlite:///var/flowscope.db"))
+    rec = RunRecorder(store, metric_store, state_max_bytes=16384)
+    pipeline.attach_recorder(rec)
+    ...
+    store.list_runs(workflow="checkout", status="error", min_duration_ms=500)
+    store.get_run(correlation_id)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+from sqlalchemy import (BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, and_,
+                        delete, func, select, update)
+
+from . import conventions as c
+from .classify import classify_error
+from .fingerprint import Miner
+from .metrics import MetricStore
+from .model import ErrorRecord, Span, hash_user
+from .redact import Redactor
+
+log = logging.getLogger("flowscope.runstore")
+
+metadata = MetaData()
+
+runs = Table(
+    "runs", metadata,
+    Column("correlation_id", String(128), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("trace_id", String(32), nullable=False),
+    Column("service", String(200), nullable=False),
+    Column("user_hash", String(64), nullable=True),
+    Column("error_type", String(200), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Index("ix_runs_workflow_start", "workflow", "start_ns"),
+    Index("ix_runs_start", "start_ns"),
+)
+
+spans = Table(
+    "spans", metadata,
+    Column("correlation_id", String(128), primary_key=True),
+    Column("span_id", String(16), primary_key=True),
+    Column("trace_id", String(32), nullable=False),
+    Column("parent_span_id", String(16), nullable=True),
+    Column("workflow", String(200), nullable=False),
+    Column("service", String(200), nullable=False),
+    Column("layer", String(16), nullable=False),
+    Column("component", String(200), nullable=False),
+    Column("operation", String(500), nullable=False),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("error_type", String(200), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("stack_trace", Text, nullable=True),
+    Column("attributes", Text, nullable=True),
+    Column("state", Text, nullable=True),
+    Column("is_step", Boolean, nullable=False),
+    Index("ix_spans_end", "end_ns"),
+)
+
+errors = Table(
+    "errors", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fingerprint", String(16), nullable=False),
+    Column("correlation_id", String(128), nullable=True),
+    Column("span_id", String(16), nullable=True),
+    Column("workflow", String(200), nullable=False),
+    Column("service", String(200), nullable=False),
+    Column("layer", String(16), nullable=False),
+    Column("component", String(200), nullable=False),
+    Column("error_type", String(200), nullable=False),
+    Column("message", Text, nullable=True),
+    Column("stack_trace", Text, nullable=True),
+    Column("time_ns", BigInteger, nullable=False),
+    Index("ix_errors_fp_time", "fingerprint", "time_ns"),
+    Index("ix_errors_time", "time_ns"),
+    Index("ix_errors_cid", "correlation_id"),
+)
+
+error_groups = Table(
+    "error_groups", metadata,
+    Column("fingerprint", String(16), primary_key=True),
+    Column("error_type", String(200), nullable=False),
+    Column("template", Text, nullable=False),
+    Column("category", String(32), nullable=False),
+    Column("first_seen_ns", BigInteger, nullable=False),
+    Column("last_seen_ns", BigInteger, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    #: set by a resolution; an error after it flags the group as regressed
+    Column("resolved_at_ns", BigInteger, nullable=True),
+    Column("regressed_at_ns", BigInteger, nullable=True),
+)
+
+resolutions = Table(
+    "error_resolutions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fingerprint", String(16), nullable=False, index=True),
+    Column("note", Text, nullable=False),
+    Column("resolved_by", String(200), nullable=True),
+    Column("resolved_at_ns", BigInteger, nullable=False),
+)
+
+profiles = Table(
+    "profiles", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("workflow", String(200), nullable=False),
+    Column("correlation_id", String(128), nullable=True, index=True),
+    Column("time_ns", BigInteger, nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("sample_rate_hz", Float, nullable=True),
+    #: {folded stack: samples}, or for pstats {function: self seconds} as one-frame stacks
+    Column("stacks", Text, nullable=False),
+    Index("ix_profiles_wf_time", "workflow", "time_ns"),
+)
+
+#: Attribute keys that identify a person: stored hashed, never raw.
+USER_KEYS = frozenset(("enduser.id", "user", "user.id", "user_id", "username", "user.name", "user.email", "email"))
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def cap_state(state: dict, max_bytes: int) -> tuple[str, bool]:
+    """The snapshot as JSON, at most about ``max_bytes``: (json, truncated).
+
+    Over the cap, keys are kept in order while they fit; a marker says how big the
+    snapshot was and which keys were dropped. A snapshot is never rejected.
+    """
+    raw = _json(state)
+    if len(raw) <= max_bytes:
+        return raw, False
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    used = 200  # room for the marker
+    for k, v in state.items():
+        size = len(_json({k: v}))
+        if used + size <= max_bytes:
+            kept[k] = v
+            used += size
+        else:
+            dropped.append(str(k))
+    kept[c.TRUNCATED_KEY] = {"original_bytes": len(raw), "max_bytes": max_bytes, "dropped_keys": dropped[:20],
+                             "dropped_key_count": len(dropped)}
+    return _json(kept), True
+
+
+class RunStore:
+    """The store client: writes from the recorder, reads for replay, the run page and error analysis."""
+
+    def __init__(self, engine, redactor: Redactor | None = None, state_max_bytes: int = 16_384):
+        self.engine = engine
+        self.redactor = redactor or Redactor()
+        self.state_max_bytes = state_max_bytes
+        metadata.create_all(engine)
+        self.miner = Miner()
+        with engine.connect() as conn:
+            self.miner.load(conn.execute(select(error_groups.c.fingerprint, error_groups.c.error_type,
+                                                error_groups.c.template)).all())
+        from .db import insert_ignore
+        self._insert_span = insert_ignore(engine, spans)
+        self._insert_run = insert_ignore(engine, runs)
+        self._lock = threading.Lock()  # one writer at a time owns the miner
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _attrs(self, attrs: dict | None) -> str | None:
+        if not attrs:
+            return None
+        out = self.redactor.value(attrs)
+        for k in USER_KEYS.intersection(out):
+            if out[k] is not None:
+                out[k] = hash_user(str(out[k]))
+        return _json(out)
+
+    def span_row(self, s: Span) -> tuple[dict, bool]:
+        red = self.redactor
+        truncated = False
+        state = None
+        if s.state is not None:
+            state, truncated = cap_state(red.value(s.state) if isinstance(s.state, dict) else {"value": s.state},
+                                         self.state_max_bytes)
+        return {
+            "correlation_id": s.correlation_id, "span_id": s.span_id, "trace_id": s.trace_id,
+            "parent_span_id": s.parent_span_id or None, "workflow": s.workflow or c.UNKNOWN_WORKFLOW,
+            "service": s.service or "", "layer": s.layer, "component": s.component[:200],
+            "operation": s.operation[:500], "start_ns": s.start_ns, "end_ns": s.end_ns, "status": s.status,
+            "error_type": s.error_type, "error_message": red.text(s.error_message),
+            "stack_trace": red.text(s.stack_trace), "attributes": self._attrs(s.attributes), "state": state,
+            "is_step": bool(s.is_step),
+        }, truncated
+
+    @staticmethod
+    def fast_row(t: tuple) -> dict:
+        run, layer, component, operation, start_ns, end_ns, span_id, parent = t
+        return {"correlation_id": run.correlation_id, "span_id": span_id, "trace_id": run.trace_id,
+                "parent_span_id": parent, "workflow": run.workflow, "service": run.service or "", "layer": layer,
+                "component": component, "operation": operation, "start_ns": start_ns, "end_ns": end_ns,
+                "status": "ok", "error_type": None, "error_message": None, "stack_trace": None, "attributes": None,
+                "state": None, "is_step": True}
+
+    def write(self, items: list) -> dict[str, int]:
+        """Store one drained batch (Spans, fast-step tuples, ErrorRecords, Profiles) in one transaction."""
+        span_rows: list[dict] = []
+        run_rows: list[dict] = []
+        err_rows: list[dict] = []
+        prof_rows: list[dict] = []
+        truncated = 0
+        red = self.redactor
+        for it in items:
+            if type(it) is tuple:
+                span_rows.append(self.fast_row(it))
+            elif isinstance(it, Span):
+                row, cut = self.span_row(it)
+                truncated += cut
+                span_rows.append(row)
+                if it.is_root:
+                    run_rows.append({
+                        "correlation_id": it.correlation_id, "workflow": row["workflow"], "status": it.status,
+                        "start_ns": it.start_ns, "end_ns": it.end_ns,
+                        "duration_ms": (it.end_ns - it.start_ns) / 1e6, "trace_id": it.trace_id,
+                        "service": row["service"], "user_hash": it.user, "error_type": it.error_type,
+                        "error_message": row["error_message"]})
+                if it.is_step and it.status in c.FAILED_STATUSES:
+                    err_rows.append({"correlation_id": it.correlation_id, "span_id": it.span_id,
+                                     "workflow": row["workflow"], "service": row["service"], "layer": it.layer,
+                                     "component": row["component"], "error_type": it.error_type or it.status,
+                                     "message": row["error_message"], "stack_trace": row["stack_trace"],
+                                     "time_ns": it.end_ns})
+            elif isinstance(it, ErrorRecord):
+                err_rows.append({"correlation_id": it.correlation_id, "span_id": it.span_id,
+                                 "workflow": it.workflow, "service": it.service or "", "layer": it.layer,
+                                 "component": it.component[:200], "error_type": it.error_type[:200],
+                                 "message": red.text(it.message), "stack_trace": red.text(it.stack_trace),
+                                 "time_ns": it.time_ns or time.time_ns()})
+            else:  # a Profile
+                stacks = it.stacks or {fn: secs for fn, secs in it.self_seconds.items()}
+                prof_rows.append({"workflow": it.workflow, "correlation_id": it.correlation_id,
+                                  "time_ns": getattr(it, "time_ns", None) or time.time_ns(),
+                                  "format": "folded" if it.stacks else "pstats",
+                                  "sample_rate_hz": it.sample_rate_hz, "stacks": _json(stacks)})
+        with self._lock, self.engine.begin() as conn:
+            if span_rows:
+                conn.execute(self._insert_span, span_rows)
+            if run_rows:
+                conn.execute(self._insert_run, run_rows)
+            if err_rows:
+                self._write_errors(conn, err_rows)
+            if prof_rows:
+                conn.execute(profiles.insert(), prof_rows)
+        return {"spans": len(span_rows), "runs": len(run_rows), "errors": len(err_rows),
+                "profiles": len(prof_rows), "truncated_states": truncated}
+
+    def _write_errors(self, conn, rows: list[dict]) -> None:
+        groups: dict[str, dict] = {}
+        for r in rows:
+            fp, template = self.miner.add(r["error_type"], r["message"])
+            r["fingerprint"] = fp
+            g = groups.setdefault(fp, {"error_type": r["error_type"], "template": template, "count": 0,
+                                       "first": r["time_ns"], "last": r["time_ns"], "message": r["message"]})
+            g["template"] = template
+            g["count"] += 1
+            g["first"] = min(g["first"], r["time_ns"])
+            g["last"] = max(g["last"], r["time_ns"])
+        conn.execute(errors.insert(), rows)
+        existing = {r.fingerprint: r for r in conn.execute(
+            select(error_groups).where(error_groups.c.fingerprint.in_(list(groups))))}
+        for fp, g in groups.items():
+            old = existing.get(fp)
+            if old is None:
+                conn.execute(error_groups.insert().values(
+                    fingerprint=fp, error_type=g["error_type"], template=g["template"],
+                    category=classify_error(g["error_type"], g["message"]), first_seen_ns=g["first"],
+                    last_seen_ns=g["last"], count=g["count"]))
+                continue
+            values: dict[str, Any] = {"template": g["template"], "count": old.count + g["count"],
+                                      "last_seen_ns": max(old.last_seen_ns, g["last"]),
+                                      "first_seen_ns": min(old.first_seen_ns, g["first"])}
+            if old.resolved_at_ns is not None and g["last"] > old.resolved_at_ns and old.regressed_at_ns is None:
+                values["regressed_at_ns"] = g["last"]
+            conn.execute(update(error_groups).where(error_groups.c.fingerprint == fp).values(**values))
+
+    def sweep(self, older_than_ns: int) -> int:
+        """Delete runs, spans, errors and profiles that ended before ``older_than_ns``; returns runs deleted."""
+        with self.engine.begin() as conn:
+            n = conn.execute(delete(runs).where(runs.c.end_ns < older_than_ns)).rowcount
+            conn.execute(delete(spans).where(spans.c.end_ns < older_than_ns))
+            conn.execute(delete(errors).where(errors.c.time_ns < older_than_ns))
+            conn.execute(delete(profiles).where(profiles.c.time_ns < older_than_ns))
+            # groups with no error left, and never resolved, go too; resolved ones keep their notes
+            alive = select(errors.c.fingerprint).distinct()
+            conn.execute(delete(error_groups).where(and_(error_groups.c.fingerprint.not_in(alive),
+                                                         error_groups.c.resolved_at_ns.is_(None))))
+        return n or 0
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def list_runs(self, workflow: str | None = None, status: str | None = None, since_ns: int | None = None,
+                  until_ns: int | None = None, min_duration_ms: float | None = None, limit: int = 100,
+                  offset: int = 0) -> list[dict]:
+        q = select(runs)
+        if workflow:
+            q = q.where(runs.c.workflow == workflow)
+        if status:
+            q = q.where(runs.c.status == status)
+        if since_ns is not None:
+            q = q.where(runs.c.start_ns >= since_ns)
+        if until_ns is not None:
+            q = q.where(runs.c.start_ns <= until_ns)
+        if min_duration_ms is not None:
+            q = q.where(runs.c.duration_ms >= min_duration_ms)
+        q = q.order_by(runs.c.start_ns.desc(), runs.c.correlation_id).limit(limit).offset(offset)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def get_run(self, correlation_id: str) -> dict | None:
+        """The run with all its spans (start order), errors and profile count; None if unknown.
+
+        A run whose root has not arrived (or never will) is still returned when it has
+        spans: its status is ``in_progress`` and its bounds are its spans'.
+        """
+        with self.engine.connect() as conn:
+            run = conn.execute(select(runs).where(runs.c.correlation_id == correlation_id)).mappings().first()
+            rows = conn.execute(select(spans).where(spans.c.correlation_id == correlation_id)
+                                .order_by(spans.c.start_ns, spans.c.end_ns, spans.c.span_id)).mappings().all()
+            if run is None and not rows:
+                return None
+            errs = conn.execute(select(errors).where(errors.c.correlation_id == correlation_id)
+                                .order_by(errors.c.time_ns, errors.c.id)).mappings().all()
+            nprof = conn.execute(select(func.count()).select_from(profiles)
+                                 .where(profiles.c.correlation_id == correlation_id)).scalar_one()
+        span_list = []
+        for r in rows:
+            d = dict(r)
+            d["attributes"] = orjson.loads(d["attributes"]) if d["attributes"] else {}
+            d["state"] = orjson.loads(d["state"]) if d["state"] is not None else None
+            span_list.append(d)
+        if run is None:
+            first = span_list[0]
+            run = {"correlation_id": correlation_id, "workflow": first["workflow"], "status": "in_progress",
+                   "start_ns": min(s["start_ns"] for s in span_list), "end_ns": max(s["end_ns"] for s in span_list),
+                   "trace_id": first["trace_id"], "service": first["service"], "user_hash": None,
+                   "error_type": None, "error_message": None}
+            run["duration_ms"] = (run["end_ns"] - run["start_ns"]) / 1e6
+        return {"run": dict(run), "spans": span_list, "errors": [dict(e) for e in errs], "profiles": nprof}
+
+    def profile_stacks(self, workflow: str | None = None, correlation_id: str | None = None,
+                       since_ns: int | None = None, until_ns: int | None = None) -> dict[str, float]:
+        """Summed samples per folded stack over the matching profiles."""
+        q = select(profiles.c.stacks)
+        if workflow:
+            q = q.where(profiles.c.workflow == workflow)
+        if correlation_id:
+            q = q.where(profiles.c.correlation_id == correlation_id)
+        if since_ns is not None:
+            q = q.where(profiles.c.time_ns >= since_ns)
+        if until_ns is not None:
+            q = q.where(profiles.c.time_ns < until_ns)
+        out: dict[str, float] = {}
+        with self.engine.connect() as conn:
+            for (raw,) in conn.execute(q):
+                for stack, n in orjson.loads(raw).items():
+                    out[stack] = out.get(stack, 0) + n
+        return out
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class RunRecorder:
+    """The pipeline's run-store sink: a bounded queue and one writer thread.
+
+    ``spans``, ``fast``, ``error`` and ``profile`` only append (deque appends are
+    atomic), so the hot path pays a few tens of nanoseconds. If the database is
+    down, the writer keeps its batch and retries with backoff; what the queue
+    cannot hold is dropped and counted, never lost silently.
+    """
+
+    def __init__(self, store: RunStore, metrics: MetricStore, queue_max: int = 200_000,
+                 flush_interval_s: float = 0.5, retention_s: float = 30 * 86400, sweep_interval_s: float = 3600.0,
+                 clock=time.time):
+        self.store = store
+        self.queue_max = queue_max
+        self.flush_interval_s = flush_interval_s
+        self.retention_s = retention_s
+        self.sweep_interval_s = sweep_interval_s
+        self.clock = clock
+        self._q: deque = deque()
+        self._dropped = 0
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stop = False
+        m = metrics
+        self.m_runs = m.counter(c.RUNS_STORED_TOTAL, "Workflow runs written to the run store.")
+        self.m_dropped = m.counter(c.RUN_STORE_DROPPED_TOTAL, "Items the run store's queue could not hold.",
+                                   (c.L_REASON,))
+        self.m_failures = m.counter(c.RUN_STORE_WRITE_FAILURES_TOTAL, "Failed run-store writes (retried).")
+        self.m_swept = m.counter(c.RUN_STORE_SWEPT_TOTAL, "Runs deleted by the retention sweep.")
+        self.m_truncated = m.counter(c.STATE_TRUNCATED_TOTAL, "State snapshots cut to the size cap, with a marker.")
+        m.gauge(c.RUN_STORE_QUEUE_SPANS, "Items waiting for the run store's writer.").set_function(
+            (), lambda: len(self._q))
+        self._metrics = m
+        m.collect_hooks.append(self._fold_dropped)
+        self._last_sweep = 0.0
+        self._thread = threading.Thread(target=self._run, name="flowscope-runstore", daemon=True)
+        self._thread.start()
+
+    # -- producers (any thread) ------------------------------------------------------------------
+
+    def spans(self, batch: list) -> None:
+        q = self._q
+        room = self.queue_max - len(q)
+        if room >= len(batch):
+            q.extend(batch)
+        else:
+            q.extend(batch[:max(room, 0)])
+            self._dropped += len(batch) - max(room, 0)
+        if len(q) > 5000:
+            self._wake.set()
+
+    def fast(self, item: tuple) -> None:
+        if len(self._q) < self.queue_max:
+            self._q.append(item)
+        else:
+            self._dropped += 1
+
+    def error(self, rec: ErrorRecord) -> None:
+        self.spans([rec])
+
+    def profile(self, profile) -> None:
+        self.spans([profile])
+
+    def _fold_dropped(self) -> None:
+        n, self._dropped = self._dropped, 0
+        if n:
+            self.m_dropped.inc(("queue_full",), n)
+
+    # -- the writer ---------------------------------------------------------------------------------
+
+    def _drain(self, limit: int = 20_000) -> list:
+        out = []
+        pop = self._q.popleft
+        try:
+            for _ in range(limit):
+                out.append(pop())
+        except IndexError:
+            pass
+        return out
+
+    def _run(self) -> None:
+        backoff = 0.5
+        batch: list = []
+        while True:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            while True:
+                self._idle.clear()  # before the drain: flush() must not see an empty queue and an idle writer
+                if not batch:
+                    batch = self._drain()
+                if not batch:
+                    break
+                try:
+                    counts = self.store.write(batch)
+                except Exception as e:  # database down or refusing: keep the batch, back off, retry
+                    with self._metrics.lock:
+                        self.m_failures.inc(())
+                    log.warning("run store write of %d items failed (retrying in %.1fs): %s", len(batch), backoff, e)
+                    if self._stop:
+                        log.error("run store closing: %d items not written", len(batch))
+                        with self._metrics.lock:
+                            self.m_dropped.inc(("write_failed",), len(batch) + len(self._q))
+                        self._q.clear()
+                        batch = []
+                        break
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                backoff = 0.5
+                batch = []
+                with self._metrics.lock:
+                    if counts["runs"]:
+                        self.m_runs.inc((), counts["runs"])
+                    if counts["truncated_states"]:
+                        self.m_truncated.inc((), counts["truncated_states"])
+            now = self.clock()
+            if now - self._last_sweep >= self.sweep_interval_s:
+                self._last_sweep = now
+                self.sweep(now)
+            self._idle.set()
+            if self._stop and not self._q:
+                return
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete what is older than the retention; the writer calls it every ``sweep_interval_s``."""
+        now = self.clock() if now is None else now
+        try:
+            n = self.store.sweep(int((now - self.retention_s) * 1e9))
+        except Exception as e:
+            log.warning("retention sweep failed: %s", e)
+            return 0
+        if n:
+            with self._metrics.lock:
+                self.m_swept.inc((), n)
+            log.info("retention sweep deleted %d runs older than %.0f days", n, self.retention_s / 86400)
+        return n
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued so far is written; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self._q and self._idle.is_set():
+                return True
+            self._wake.set()
+            time.sleep(0.01)
+        return False
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout_s)

@@ -1,0 +1,162 @@
+"""The run store, against SQLite and a real PostgreSQL (``database_url`` is parametrised in conftest)."""
+
+import time
+
+import orjson
+import pytest
+from sqlalchemy import text
+
+from exporter import conventions as c
+from exporter.model import Span, hash_user
+from exporter.sdk import ErrorLogger, WorkflowTracer
+from exporter.sdk.sinks import InProcessSink
+from tests.fake_loki import FakeLoki
+
+
+@pytest.fixture
+def stored(make_exporter, database_url):
+    return make_exporter(database_url=database_url)
+
+
+def _tracer(ex):
+    return WorkflowTracer(InProcessSink(ex.pipeline), service="shop")
+
+
+def _all_text(ex) -> str:
+    """Every stored row of every table, as one string: what a database reader could see."""
+    out = []
+    with ex.db.connect() as conn:
+        for table in ("runs", "spans", "errors", "error_groups"):
+            out.extend(str(tuple(r)) for r in conn.execute(text(f"SELECT * FROM {table}")))
+    return "\n".join(out)
+
+
+def test_a_traced_run_is_stored_whole(stored):
+    t = _tracer(stored)
+    with t.workflow("checkout", user="ana@example.com") as run:
+        with t.step("api", "orders", "create_order"):          # fast path: no Span object built
+            with t.step("database", "postgres", "insert_order", state={"order_id": 7}):
+                pass
+        with pytest.raises(TimeoutError):
+            with t.step("external", "stripe", "charge"):
+                raise TimeoutError("timeout after 5012 ms on 10.0.0.7")
+    assert stored.pipeline.recorder.flush()
+    got = stored.runs.get_run(run.correlation_id)
+    r = got["run"]
+    assert (r["workflow"], r["status"], r["service"]) == ("checkout", "ok", "shop")
+    assert r["user_hash"] == hash_user("ana@example.com") and "ana@example.com" not in _all_text(stored)
+    ops = [s["operation"] for s in got["spans"]]
+    assert ops == ["checkout", "create_order", "insert_order", "charge"]
+    by_op = {s["operation"]: s for s in got["spans"]}
+    assert by_op["insert_order"]["parent_span_id"] == by_op["create_order"]["span_id"]
+    assert by_op["create_order"]["parent_span_id"] == by_op["checkout"]["span_id"]
+    assert by_op["insert_order"]["state"] == {"order_id": 7}
+    assert by_op["charge"]["status"] == "timeout" and "TimeoutError" in by_op["charge"]["stack_trace"]
+    [err] = got["errors"]
+    assert (err["error_type"], err["layer"], err["span_id"]) == ("TimeoutError", "external", by_op["charge"]["span_id"])
+    assert stored.store.value(c.RUNS_STORED_TOTAL) == 1
+
+
+def test_runs_are_listed_with_filters(stored):
+    t = _tracer(stored)
+    ids = {}
+    for wf, sleep in (("login", 0), ("checkout", 0.03), ("checkout", 0)):
+        with t.workflow(wf) as run:
+            time.sleep(sleep)
+        ids[(wf, sleep)] = run.correlation_id
+    t.complete_workflow(t.start_workflow("checkout"), status="failed", error_type="PaymentDeclined")
+    assert stored.pipeline.recorder.flush()
+    runs = stored.runs
+    assert {r["workflow"] for r in runs.list_runs()} == {"login", "checkout"}
+    assert len(runs.list_runs(workflow="checkout")) == 3
+    [failed] = runs.list_runs(status="error")
+    assert failed["error_type"] == "PaymentDeclined"
+    slow = runs.list_runs(min_duration_ms=25)
+    assert [r["correlation_id"] for r in slow] == [ids[("checkout", 0.03)]]
+    newest = runs.list_runs(limit=1)[0]
+    assert runs.list_runs(since_ns=newest["start_ns"])[0]["correlation_id"] == newest["correlation_id"]
+    assert runs.list_runs(until_ns=0) == []
+
+
+def test_secrets_are_redacted_before_the_store_and_loki(make_exporter, database_url):
+    loki = FakeLoki()
+    try:
+        ex = make_exporter(database_url=database_url, loki_url=loki.url, loki_batch_wait_s=0.05)
+        t = _tracer(ex)
+        with t.workflow("login") as run:
+            with pytest.raises(PermissionError):
+                with t.step("api", "auth", "login", metadata={"api_key": "AK-123456", "user.email": "bo@x.io"},
+                            state={"form": {"user": "bo", "password": "hunter2"}, "session_token": "tok-999"}):
+                    raise PermissionError("login failed: password=hunter2 Authorization: Bearer sekrit-abcdef")
+        ErrorLogger(InProcessSink(ex.pipeline)).log_error("AuthError", "bad token=tok-999 for bo", "api", "auth",
+                                                          correlation_id=run.correlation_id)
+        assert ex.pipeline.recorder.flush()
+        stored = _all_text(ex)
+        lines = [a["line"] for a in loki.wait_accepted(3)]
+        assert len(lines) >= 3
+        for secret in ("hunter2", "tok-999", "AK-123456", "sekrit-abcdef", "bo@x.io"):
+            assert secret not in stored, secret
+            assert not any(secret in line for line in lines), secret
+        step = next(s for s in ex.runs.get_run(run.correlation_id)["spans"] if s["operation"] == "login" and s["is_step"])
+        assert step["state"] == {"form": {"user": "bo", "password": c.REDACTED}, "session_token": c.REDACTED}
+        assert step["attributes"]["api_key"] == c.REDACTED
+        assert step["attributes"]["user.email"] == hash_user("bo@x.io")
+        assert "password=[REDACTED]" in step["error_message"]
+    finally:
+        loki.stop()
+
+
+def test_oversized_state_is_truncated_with_a_marker(make_exporter, database_url):
+    ex = make_exporter(database_url=database_url, state_max_bytes=1000)
+    t = _tracer(ex)
+    state = {"cart_id": 42, "items": ["x" * 50] * 40, "note": "small"}
+    with t.workflow("checkout") as run:
+        with t.step("api", "cart", "load", state=state):
+            pass
+    assert ex.pipeline.recorder.flush()
+    [_, step] = ex.runs.get_run(run.correlation_id)["spans"]
+    kept = step["state"]
+    assert kept["cart_id"] == 42 and kept["note"] == "small" and "items" not in kept
+    marker = kept[c.TRUNCATED_KEY]
+    assert marker["dropped_keys"] == ["items"] and marker["original_bytes"] > 1000
+    assert len(orjson.dumps(kept)) <= 1000
+    assert ex.store.value(c.STATE_TRUNCATED_TOTAL) == 1
+
+
+def _span(cid, sid, parent, end_ns, workflow="checkout", **kw):
+    return Span("a" * 32, sid, workflow, "api", "svc", "op", end_ns - 1_000_000, end_ns, parent_span_id=parent,
+                correlation_id=cid, **kw)
+
+
+def test_retention_sweep_deletes_old_runs_only(make_exporter, database_url):
+    ex = make_exporter(database_url=database_url, run_retention_s=86400)
+    now_ns = time.time_ns()
+    old, new = now_ns - 2 * 86400 * 10**9, now_ns - 3600 * 10**9
+    ex.pipeline.ingest([_span("old", "1" * 16, None, old), _span("old", "2" * 16, "1" * 16, old),
+                        _span("new", "3" * 16, None, new),
+                        _span("old", "4" * 16, "1" * 16, old, status="error", error_type="Boom",
+                              error_message="boom")], "native")
+    rec = ex.pipeline.recorder
+    assert rec.flush()  # the writer sweeps after its first write, then every sweep_interval_s
+    assert rec.sweep() == 0
+    assert [r["correlation_id"] for r in ex.runs.list_runs()] == ["new"]
+    assert ex.runs.get_run("old") is None
+    assert "Boom" not in _all_text(ex)  # its error and its (unresolved) group went with it
+    assert ex.store.value(c.RUN_STORE_SWEPT_TOTAL) == 1
+
+
+def test_the_same_span_twice_is_stored_once(stored):
+    batch = [_span("dup", "1" * 16, None, time.time_ns())]
+    stored.pipeline.ingest(batch, "native")
+    stored.pipeline.ingest(batch, "native")
+    assert stored.pipeline.recorder.flush()
+    assert len(stored.runs.get_run("dup")["spans"]) == 1
+    assert len(stored.runs.list_runs()) == 1
+
+
+def test_a_run_without_its_root_is_shown_in_progress(stored):
+    stored.pipeline.ingest([_span("open", "2" * 16, "1" * 16, time.time_ns())], "native")
+    assert stored.pipeline.recorder.flush()
+    got = stored.runs.get_run("open")
+    assert got["run"]["status"] == "in_progress" and len(got["spans"]) == 1
+    assert stored.runs.get_run("nope") is None
