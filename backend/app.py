@@ -24,6 +24,7 @@ from .provision_api import grafana_config
 from .regression.analyze import DEFAULT_QUERIES
 from .regression.api import create_blueprint as regressions_blueprint
 from .regression.service import RegressionService, grafana_annotator
+from .runs.api import create_blueprint as runs_blueprint
 from .regression.sources import PrometheusSource, load_queries
 from .store import AlertStore
 
@@ -50,6 +51,7 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     app.extensions["flowscope_alerts"] = store
     app.register_blueprint(alerts_blueprint(store))
     app.register_blueprint(provision_blueprint())
+    app.register_blueprint(runs_blueprint())
     regressions = _regression_service(ex, store)
     app.extensions["flowscope_regressions"] = regressions
     app.register_blueprint(regressions_blueprint(regressions))

@@ -265,6 +265,7 @@ def markdown_table() -> str:
     for s in SETTINGS:
         d = s.default
         d = ",".join(str(x) for x in d) if isinstance(d, tuple) else d
-        rows.append(f"| `{s.env}` | {'(unset)' if d is None else f'`{d}`'} | {s.help} |")
+        shown = "(unset)" if d is None else "(none)" if d == "" else f"`{d}`"
+        rows.append(f"| `{s.env}` | {shown} | {s.help} |")
     rows.append("| `FLOWSCOPE_CONFIG` | (unset) | Path of a YAML file with any of the settings above (lower-case keys). |")
     return "\n".join(rows)

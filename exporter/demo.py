@@ -112,7 +112,8 @@ def generate_run(rng: random.Random, start_s: float, workflow: str | None = None
         rec = {"correlation_id": cid, "workflow_type": workflow, "layer": spec.layer, "component": spec.component,
                "operation": spec.operation, "status": status, "started_at": t, "duration_ms": round(dur, 3),
                "span_id": new_span_id(), "parent_span_id": api_id, "service": spec.component,
-               "state": {"step": spec.operation, **cart}}
+               "state": {"step": spec.operation, **cart,
+                         spec.component: {"status": status, "ms": round(dur, 1)}}}
         if etype:
             rec.update(error_type=etype, error_message=emsg)
             failure = (etype, emsg)

@@ -83,6 +83,7 @@ spans = Table(
     Column("state", Text, nullable=True),
     Column("is_step", Boolean, nullable=False),
     Index("ix_spans_end", "end_ns"),
+    Index("ix_spans_trace", "trace_id"),
 )
 
 errors = Table(
@@ -142,6 +143,11 @@ profiles = Table(
 
 #: Attribute keys that identify a person: stored hashed, never raw.
 USER_KEYS = frozenset(("enduser.id", "user", "user.id", "user_id", "username", "user.name", "user.email", "email"))
+
+
+def _d(row) -> dict:
+    """A row mapping as a plain dict (SQLAlchemy's key type is a str subclass that orjson refuses)."""
+    return {str(k): v for k, v in row.items()}
 
 
 def _json(value: Any) -> str:
@@ -338,16 +344,24 @@ class RunStore:
             q = q.where(runs.c.duration_ms >= min_duration_ms)
         q = q.order_by(runs.c.start_ns.desc(), runs.c.correlation_id).limit(limit).offset(offset)
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(q).mappings()]
+            return [_d(r) for r in conn.execute(q).mappings()]
 
     def get_run(self, correlation_id: str) -> dict | None:
         """The run with all its spans (start order), errors and profile count; None if unknown.
+
+        A trace_id (as exemplars and log lines carry) finds its run too.
 
         A run whose root has not arrived (or never will) is still returned when it has
         spans: its status is ``in_progress`` and its bounds are its spans'.
         """
         with self.engine.connect() as conn:
             run = conn.execute(select(runs).where(runs.c.correlation_id == correlation_id)).mappings().first()
+            if run is None and len(correlation_id) == 32:
+                # exemplars and Loki lines carry the trace_id: resolve it to its run
+                cid = conn.execute(select(spans.c.correlation_id).where(spans.c.trace_id == correlation_id)
+                                   .limit(1)).scalar()
+                if cid is not None and cid != correlation_id:
+                    return self.get_run(cid)
             rows = conn.execute(select(spans).where(spans.c.correlation_id == correlation_id)
                                 .order_by(spans.c.start_ns, spans.c.end_ns, spans.c.span_id)).mappings().all()
             if run is None and not rows:
@@ -358,7 +372,7 @@ class RunStore:
                                  .where(profiles.c.correlation_id == correlation_id)).scalar_one()
         span_list = []
         for r in rows:
-            d = dict(r)
+            d = _d(r)
             d["attributes"] = orjson.loads(d["attributes"]) if d["attributes"] else {}
             d["state"] = orjson.loads(d["state"]) if d["state"] is not None else None
             span_list.append(d)
@@ -369,12 +383,12 @@ class RunStore:
                    "trace_id": first["trace_id"], "service": first["service"], "user_hash": None,
                    "error_type": None, "error_message": None}
             run["duration_ms"] = (run["end_ns"] - run["start_ns"]) / 1e6
-        return {"run": dict(run), "spans": span_list, "errors": [dict(e) for e in errs], "profiles": nprof}
+        return {"run": _d(run), "spans": span_list, "errors": [_d(e) for e in errs], "profiles": nprof}
 
     def profile_stacks(self, workflow: str | None = None, correlation_id: str | None = None,
                        since_ns: int | None = None, until_ns: int | None = None) -> dict[str, float]:
-        """Summed samples per folded stack over the matching profiles."""
-        q = select(profiles.c.stacks)
+        """CPU seconds per folded stack over the matching profiles (samples / sample rate; pstats self time)."""
+        q = select(profiles.c.stacks, profiles.c.sample_rate_hz)
         if workflow:
             q = q.where(profiles.c.workflow == workflow)
         if correlation_id:
@@ -385,9 +399,10 @@ class RunStore:
             q = q.where(profiles.c.time_ns < until_ns)
         out: dict[str, float] = {}
         with self.engine.connect() as conn:
-            for (raw,) in conn.execute(q):
+            for raw, rate in conn.execute(q):
+                scale = 1.0 / rate if rate else 1.0
                 for stack, n in orjson.loads(raw).items():
-                    out[stack] = out.get(stack, 0) + n
+                    out[stack] = out.get(stack, 0.0) + n * scale
         return out
 
     def close(self) -> None:

@@ -1,0 +1,153 @@
+"""Flame graphs from folded stacks: Grafana's Flame Graph data frame, an SVG, and a diff (pure).
+
+Input is ``{folded stack: seconds}`` (``RunStore.profile_stacks``). Output:
+
+- :func:`dataframe`: the shape Grafana's Flame Graph panel reads, a nested set
+  in depth-first order with fields ``label``, ``level``, ``value`` (total,
+  children included) and ``self``. A diff frame adds ``valueRight`` and
+  ``selfRight``: then ``value``/``self`` are the baseline and ``*Right`` the
+  recent window, and Grafana draws each node ``value + valueRight`` wide
+  (``nestedSetToLevels`` in grafana/packages/grafana-flamegraph/src/FlameGraph/dataTransform.ts).
+- :func:`svg`: an icicle (root on top) for the run page, with a tooltip per
+  frame; in a diff, red frames got hotter and blue ones cooler, by their share
+  of each window's total.
+
+    tree = build_tree({"main;handle;db_query": 0.42, "main;handle;render": 0.1})
+    frame = dataframe(tree)              # JSON for the Flame Graph panel
+    picture = svg(tree, "checkout")      # str, image/svg+xml
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+
+class Node:
+    __slots__ = ("label", "value", "self", "value_right", "self_right", "children")
+
+    def __init__(self, label: str):
+        self.label = label
+        self.value = self.self = self.value_right = self.self_right = 0.0
+        self.children: dict[str, Node] = {}
+
+
+def build_tree(stacks: dict[str, float], right: dict[str, float] | None = None) -> Node:
+    """One tree from ``stacks``; with ``right``, both windows in one tree (for a diff)."""
+    root = Node("total")
+    for side, data in ((0, stacks), (1, right or {})):
+        for stack, v in data.items():
+            if v <= 0:
+                continue
+            node = root
+            _add(node, side, v, leaf=False)
+            for frame in stack.split(";"):
+                node = node.children.get(frame) or node.children.setdefault(frame, Node(frame))
+                _add(node, side, v, leaf=False)
+            _add(node, side, v, leaf=True)
+    return root
+
+
+def _add(node: Node, side: int, v: float, leaf: bool) -> None:
+    if side == 0:
+        if leaf:
+            node.self += v
+        else:
+            node.value += v
+    elif leaf:
+        node.self_right += v
+    else:
+        node.value_right += v
+
+
+def _walk(node: Node, level: int = 0):
+    yield node, level
+    for label in sorted(node.children):  # deterministic: siblings by name, as Pyroscope orders them
+        yield from _walk(node.children[label], level + 1)
+
+
+def dataframe(tree: Node, diff: bool = False, name: str = "profile") -> dict:
+    """Grafana DataFrameJSON for the Flame Graph panel, values in seconds."""
+    rows = list(_walk(tree))
+    fields = [
+        {"name": "level", "type": "number", "values": [lvl for _, lvl in rows]},
+        {"name": "value", "type": "number", "unit": "s", "values": [round(n.value, 9) for n, _ in rows]},
+        {"name": "self", "type": "number", "unit": "s", "values": [round(n.self, 9) for n, _ in rows]},
+        {"name": "label", "type": "string", "values": [n.label for n, _ in rows]},
+    ]
+    if diff:
+        fields += [
+            {"name": "valueRight", "type": "number", "unit": "s", "values": [round(n.value_right, 9) for n, _ in rows]},
+            {"name": "selfRight", "type": "number", "unit": "s", "values": [round(n.self_right, 9) for n, _ in rows]},
+        ]
+    return {
+        "schema": {"name": name, "meta": {"preferredVisualisationType": "flamegraph"},
+                   "fields": [{"name": f["name"], "type": f["type"],
+                               **({"config": {"unit": f["unit"]}} if "unit" in f else {})} for f in fields]},
+        "data": {"values": [f["values"] for f in fields]},
+    }
+
+
+_ROW = 18
+_PALETTE = ("#e8743b", "#f2a03d", "#f5c242", "#d9603b", "#ee8f4e", "#f7b267", "#e35d3f", "#f0a35e")
+
+
+def _color(label: str) -> str:
+    return _PALETTE[sum(label.encode()) % len(_PALETTE)]
+
+
+def _diff_color(n: Node, total_l: float, total_r: float) -> str:
+    share_l = n.value / total_l if total_l else 0.0
+    share_r = n.value_right / total_r if total_r else 0.0
+    delta = share_r - share_l
+    strength = min(1.0, abs(delta) / 0.2)  # a 20-point change of share is full colour
+    grey = 200
+    if delta > 0:
+        r, g, b = 220, int(grey - 140 * strength), int(grey - 140 * strength)
+    else:
+        r, g, b = int(grey - 140 * strength), int(grey - 100 * strength), 230
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def svg(tree: Node, title: str, diff: bool = False, width: int = 1200) -> str:
+    """An icicle SVG: one row per stack depth, frame width by (left + right) total; tooltips carry the numbers."""
+    total = tree.value + tree.value_right
+    rects: list[str] = []
+    depth = 0
+
+    def draw(node: Node, x: float, level: int) -> None:
+        nonlocal depth
+        w = (node.value + node.value_right) / total * width if total else 0
+        if w < 0.5:
+            return
+        depth = max(depth, level)
+        y = 24 + level * _ROW
+        if diff:
+            fill = _diff_color(node, tree.value, tree.value_right)
+            tip = (f"{node.label}\nbaseline {node.value:.3f}s ({_pct(node.value, tree.value)})"
+                   f"\nrecent {node.value_right:.3f}s ({_pct(node.value_right, tree.value_right)})")
+        else:
+            fill = _color(node.label)
+            tip = f"{node.label}\n{node.value:.3f}s total ({_pct(node.value, total)}), {node.self:.3f}s self"
+        label = escape(node.label if w > 7 * len(node.label) else node.label[:max(0, int(w / 7) - 1)] + "…"
+                       if w > 20 else "")
+        rects.append(f'<g class="frame"><title>{escape(tip)}</title>'
+                     f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{_ROW - 1}" fill="{fill}" rx="2"/>'
+                     f'<text x="{x + 3:.1f}" y="{y + 13}">{label}</text></g>')
+        cx = x
+        for lbl in sorted(node.children):
+            child = node.children[lbl]
+            draw(child, cx, level + 1)
+            cx += (child.value + child.value_right) / total * width if total else 0
+
+    draw(tree, 0.0, 0)
+    height = 24 + (depth + 1) * _ROW + 6
+    head = escape(title) + (" — diff: red hotter, blue cooler (share of each window)" if diff else "")
+    if not total:
+        head = escape(title) + " — no profile samples"
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" font-family="monospace" font-size="11">'
+            f'<text x="0" y="14" font-size="13">{head}</text>' + "".join(rects) + "</svg>")
+
+
+def _pct(v: float, total: float) -> str:
+    return f"{100 * v / total:.1f}%" if total else "0%"

@@ -1,0 +1,1 @@
+"""One run, step by step: the replay API, the run page and flame graphs."""

@@ -1,0 +1,247 @@
+"""Runs, replay and flame graphs over HTTP; the run page.
+
+- ``GET /api/v1/runs``: filters ``workflow``, ``status``, ``since``/``until``
+  (RFC 3339 or Unix seconds), ``min_duration_ms``, ``limit``, ``offset``.
+- ``GET /api/v1/runs/<id>``: the run, its span tree, critical path and errors.
+  ``<id>`` is a correlation_id, or a trace_id as exemplars and log lines carry.
+- ``GET /api/v1/runs/<id>/replay?step=N``: the state after step N and its diff from N − 1.
+- ``GET /api/v1/flamegraph``: Grafana Flame Graph data frame (``format=svg`` for a picture)
+  for ``workflow`` / ``correlation_id`` over ``since``/``until``.
+- ``GET /api/v1/flamegraph/diff``: baseline window vs recent window.
+- ``GET /runs/<id>``: the server-rendered run page; ``/runs/<id>/flamegraph.svg``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from urllib.parse import quote, urlencode
+
+import orjson
+from flask import Blueprint, Response, current_app, render_template, request
+
+from exporter import conventions as c
+from exporter.http import HttpError
+from exporter.runstore import RunStore
+
+from .. import flamegraph as fg
+from ..dashboards.common import LOKI_DS_UID
+from .replay import StepOutOfRange, critical_path, replay, span_tree, steps_of, summary
+
+RUN_STATUSES = (*c.STATUSES, "in_progress")
+LAYER_COLORS = {"frontend": "#8e6fd8", "api": "#3d85c6", "database": "#e69138", "cache": "#6aa84f",
+                "queue": "#c27ba0", "external": "#45818e", "worker": "#a61c00", "system": "#999999",
+                "other": "#b7b7b7"}
+
+
+def _json(body, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+
+def parse_time(value: str, field: str) -> int:
+    """RFC 3339 or Unix seconds → ns since the epoch; 400 naming the field otherwise."""
+    try:
+        return int(float(value) * 1e9)
+    except ValueError:
+        pass
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
+    except ValueError:
+        raise HttpError(400, "invalid_query", f"{field} must be RFC 3339 or Unix seconds, got {value[:40]!r}",
+                        field) from None
+
+
+def _number(name: str, default, lo, hi, kind=int):
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = kind(raw)
+    except ValueError:
+        raise HttpError(400, "invalid_query", f"{name} must be a number, got {raw[:40]!r}", name) from None
+    if not lo <= v <= hi:
+        raise HttpError(400, "invalid_query", f"{name} must be between {lo} and {hi}, got {v}", name)
+    return v
+
+
+def _iso(ns: int) -> str:
+    return datetime.utcfromtimestamp(ns / 1e9).isoformat(timespec="milliseconds") + "Z"
+
+
+def logs_url(cfg, run: dict) -> str:
+    """Grafana Explore on the Loki datasource, this run's lines (correlation_id is structured metadata)."""
+    expr = f'{{{c.STREAM_LABELS[1]}="{run["workflow"]}"}} | correlation_id="{run["correlation_id"]}"'
+    start_ms, end_ms = run["start_ns"] // 1_000_000 - 60_000, run["end_ns"] // 1_000_000 + 60_000
+    panes = {"run": {"datasource": LOKI_DS_UID,
+                     "queries": [{"refId": "A", "expr": expr, "datasource": {"type": "loki", "uid": LOKI_DS_UID}}],
+                     "range": {"from": str(start_ms), "to": str(end_ms)}}}
+    base = (cfg.grafana_url or "http://localhost:3000").rstrip("/")
+    return f"{base}/explore?" + urlencode({"schemaVersion": 1, "orgId": 1,
+                                           "panes": json.dumps(panes, separators=(",", ":"))})
+
+
+def _store() -> RunStore:
+    store = current_app.extensions["flowscope"].runs
+    if store is None:
+        raise HttpError(404, "run_store_disabled", "the run store is off (FLOWSCOPE_RUN_STORE=false)")
+    return store
+
+
+def load_run(run_id: str) -> dict:
+    """The run with what every view needs: steps, tree, critical path. 404 if unknown."""
+    if not run_id or len(run_id) > 128:
+        raise HttpError(400, "invalid_id", "a correlation_id or trace_id of 1..128 characters is expected", "id")
+    got = _store().get_run(run_id)
+    if got is None:
+        raise HttpError(404, "run_not_found", f"no stored run with correlation_id or trace_id {run_id!r}", "id")
+    got["critical_path"] = path = critical_path(got["spans"])
+    crit = set(path)
+    for s in got["spans"]:
+        s["on_critical_path"] = s["span_id"] in crit
+    got["steps"] = steps_of(got["spans"])
+    return got
+
+
+def run_json(got: dict, cfg) -> dict:
+    run = dict(got["run"])
+    cid = run["correlation_id"]
+    run["start"], run["end"] = _iso(run["start_ns"]), _iso(run["end_ns"])
+    public = cfg.public_url.rstrip("/")
+    return {
+        "run": run,
+        "tree": span_tree(got["spans"]),
+        "steps": [summary(s) for s in got["steps"]],
+        "critical_path": got["critical_path"],
+        "errors": got["errors"],
+        "profiles": got["profiles"],
+        "links": {"page": f"{public}{c.RUN_PAGE_PATH}/{quote(cid)}", "logs": logs_url(cfg, run),
+                  "flamegraph": f"{public}{c.FLAMEGRAPH_PATH}?correlation_id={quote(cid)}",
+                  "replay": f"{public}{c.RUNS_PATH}/{quote(cid)}/replay?step=0"},
+    }
+
+
+def _windows() -> tuple[tuple[int, int], tuple[int, int]]:
+    """(baseline, recent) windows: explicit bounds, or the last ``window_s`` against the one before it."""
+    now = time.time_ns()
+    w = _number("window_s", 3600, 1, 90 * 86400, float)
+    until = parse_time(request.args["until"], "until") if request.args.get("until") else now
+    since = parse_time(request.args["since"], "since") if request.args.get("since") else until - int(w * 1e9)
+    b_until = (parse_time(request.args["baseline_until"], "baseline_until") if request.args.get("baseline_until")
+               else since)
+    b_since = (parse_time(request.args["baseline_since"], "baseline_since") if request.args.get("baseline_since")
+               else b_until - (until - since))
+    for lo, hi, f in ((since, until, "since"), (b_since, b_until, "baseline_since")):
+        if lo >= hi:
+            raise HttpError(400, "invalid_query", f"{f} must be before its window's end", f)
+    return (b_since, b_until), (since, until)
+
+
+def create_blueprint() -> Blueprint:
+    bp = Blueprint("runs", __name__, template_folder="templates")
+
+    @bp.get(c.RUNS_PATH)
+    def list_runs():
+        a = request.args
+        status = a.get("status") or None
+        if status is not None and status not in RUN_STATUSES:
+            raise HttpError(400, "invalid_query", f"status must be one of {', '.join(c.STATUSES)}", "status")
+        since = parse_time(a["since"], "since") if a.get("since") else None
+        until = parse_time(a["until"], "until") if a.get("until") else None
+        rows = _store().list_runs(workflow=a.get("workflow") or None, status=status, since_ns=since, until_ns=until,
+                                  min_duration_ms=_number("min_duration_ms", None, 0, 1e12, float),
+                                  limit=_number("limit", 100, 1, 1000), offset=_number("offset", 0, 0, 10**9))
+        public = current_app.extensions["flowscope"].config.public_url.rstrip("/")
+        for r in rows:
+            r["start"], r["end"] = _iso(r["start_ns"]), _iso(r["end_ns"])
+            r["page"] = f"{public}{c.RUN_PAGE_PATH}/{quote(r['correlation_id'])}"
+        return _json({"runs": rows, "count": len(rows)})
+
+    @bp.get(c.RUNS_PATH + "/<path:run_id>/replay")
+    def replay_step(run_id: str):
+        got = load_run(run_id)
+        raw = request.args.get("step")
+        if raw is None or not raw.lstrip("-").isdigit():
+            raise HttpError(400, "invalid_query", "step must be a whole number (0-based step index)", "step")
+        try:
+            body = replay(got["steps"], int(raw))
+        except StepOutOfRange as e:
+            return _json({"error": {"code": "step_out_of_range", "message": str(e), "field": "step",
+                                    "valid_range": [0, e.total - 1] if e.total else None}}, 400)
+        body["correlation_id"] = got["run"]["correlation_id"]
+        body["span"]["on_critical_path"] = got["steps"][body["step"]]["on_critical_path"]
+        return _json(body)
+
+    @bp.get(c.RUNS_PATH + "/<path:run_id>")
+    def get_run(run_id: str):
+        return _json(run_json(load_run(run_id), current_app.extensions["flowscope"].config))
+
+    @bp.get(c.FLAMEGRAPH_PATH)
+    def flamegraph():
+        a = request.args
+        if not (a.get("workflow") or a.get("correlation_id")):
+            raise HttpError(400, "invalid_query", "workflow or correlation_id is required", "workflow")
+        since = parse_time(a["since"], "since") if a.get("since") else None
+        until = parse_time(a["until"], "until") if a.get("until") else None
+        stacks = _store().profile_stacks(a.get("workflow") or None, a.get("correlation_id") or None, since, until)
+        tree = fg.build_tree(stacks)
+        title = a.get("correlation_id") or a.get("workflow")
+        if a.get("format") == "svg":
+            return Response(fg.svg(tree, f"CPU profile: {title}"), mimetype="image/svg+xml")
+        return _json(fg.dataframe(tree, name=title))
+
+    @bp.get(c.FLAMEGRAPH_PATH + "/diff")
+    def flamegraph_diff():
+        wf = request.args.get("workflow")
+        if not wf:
+            raise HttpError(400, "invalid_query", "workflow is required", "workflow")
+        (bs, bu), (s, u) = _windows()
+        store = _store()
+        tree = fg.build_tree(store.profile_stacks(wf, None, bs, bu), store.profile_stacks(wf, None, s, u))
+        if request.args.get("format") == "svg":
+            return Response(fg.svg(tree, f"CPU profile diff: {wf}", diff=True), mimetype="image/svg+xml")
+        frame = fg.dataframe(tree, diff=True, name=wf)
+        frame["schema"]["meta"]["custom"] = {"baseline": [_iso(bs), _iso(bu)], "recent": [_iso(s), _iso(u)]}
+        return _json(frame)
+
+    @bp.get(c.RUN_PAGE_PATH + "/<path:run_id>/flamegraph.svg")
+    def run_flamegraph(run_id: str):
+        got = load_run(run_id)
+        cid = got["run"]["correlation_id"]
+        tree = fg.build_tree(_store().profile_stacks(correlation_id=cid))
+        return Response(fg.svg(tree, f"CPU profile of run {cid}"), mimetype="image/svg+xml")
+
+    @bp.get(c.RUN_PAGE_PATH + "/<path:run_id>")
+    def run_page(run_id: str):
+        try:
+            got = load_run(run_id)
+        except HttpError as e:
+            if e.status != 404:
+                raise
+            return Response(render_template("not_found.html", run_id=run_id, message=e.message), status=404)
+        cfg = current_app.extensions["flowscope"].config
+        body = run_json(got, cfg)
+        run = body["run"]
+        t0, total = run["start_ns"], max(run["end_ns"] - run["start_ns"], 1)
+        rows = []
+
+        def flatten(nodes):
+            for n in nodes:
+                rows.append(n)
+                flatten(n["children"])
+
+        flatten(body["tree"])
+        step_index = {s["span_id"]: i for i, s in enumerate(got["steps"])}
+        for r in rows:
+            r["left_pct"] = 100 * (r["start_ns"] - t0) / total
+            r["width_pct"] = max(100 * (r["end_ns"] - r["start_ns"]) / total, 0.15)
+            r["duration_ms"] = (r["end_ns"] - r["start_ns"]) / 1e6
+            r["color"] = LAYER_COLORS.get(r["layer"], LAYER_COLORS["other"])
+            r["step_index"] = step_index.get(r["span_id"])
+            r["failed"] = r["status"] in c.FAILED_STATUSES
+            r["db_pattern"] = (r["attributes"] or {}).get(c.ATTR_DB_PATTERN)
+        return render_template("run.html", run=run, rows=rows, body=body, layers=LAYER_COLORS,
+                               steps=len(got["steps"]), api=c.RUNS_PATH, page=c.RUN_PAGE_PATH,
+                               db_findings=[r for r in rows if r["db_pattern"]])
+
+    return bp

@@ -1,0 +1,139 @@
+"""Replay, critical path and the runs API (pure functions, then the Flask views on a real store)."""
+
+import time
+
+import orjson
+import pytest
+
+from backend.runs.replay import StepOutOfRange, critical_path, diff, replay, span_tree, steps_of
+from exporter.demo import generate_run
+from exporter.sdk import WorkflowTracer
+from exporter.sdk.sinks import InProcessSink
+
+
+def sp(sid, parent, start, end, state=None, is_step=True):
+    return {"span_id": sid, "parent_span_id": parent, "start_ns": start, "end_ns": end, "state": state,
+            "is_step": is_step, "layer": "api", "component": "c", "operation": sid, "status": "ok",
+            "error_type": None, "error_message": None}
+
+
+def test_state_after_each_step_merges_snapshots_and_diffs_against_the_step_before():
+    steps = steps_of([
+        sp("root", None, 0, 100, is_step=False),
+        sp("b", "root", 20, 30, {"cart": {"items": 2, "total": 30}, "user": "u1"}),
+        sp("a", "root", 10, 15, {"cart": {"items": 1}}),
+        sp("c", "root", 40, 50, {"cart": {"total": 45}, "order_id": 7}),
+        sp("d", "root", 60, 70),
+    ])
+    assert [s["span_id"] for s in steps] == ["a", "b", "c", "d"]
+    r = replay(steps, 2)
+    assert r["state"] == {"cart": {"items": 2, "total": 45}, "user": "u1", "order_id": 7}
+    assert r["diff"] == [{"path": "cart.total", "op": "changed", "before": 30, "after": 45},
+                         {"path": "order_id", "op": "added", "before": None, "after": 7}]
+    assert replay(steps, 3)["diff"] == [] and replay(steps, 3)["state"] == r["state"]
+    assert replay(steps, 0)["diff"] == [{"path": "cart", "op": "added", "before": None, "after": {"items": 1}}]
+    assert steps[1]["state"] == {"cart": {"items": 2, "total": 30}, "user": "u1"}  # snapshots are not mutated
+    with pytest.raises(StepOutOfRange, match=r"valid steps: 0\.\.3"):
+        replay(steps, 4)
+    with pytest.raises(StepOutOfRange):
+        replay(steps, -1)
+
+
+def test_diff_reports_removed_keys():
+    assert diff({"a": 1, "b": {"c": 2}}, {"b": {}}) == [
+        {"path": "a", "op": "removed", "before": 1, "after": None},
+        {"path": "b.c", "op": "removed", "before": 2, "after": None}]
+
+
+def test_critical_path_follows_what_set_the_duration():
+    spans = [
+        sp("root", None, 0, 100, is_step=False),
+        sp("a", "root", 0, 30),     # runs before b starts: its first 10 units are on the path
+        sp("b", "root", 10, 90),    # the long one
+        sp("b1", "b", 12, 20),      # b's children: b2 ends last inside b
+        sp("b2", "b", 25, 85),
+        sp("x", "root", 15, 40),    # overlaps b completely: never the blocker
+        sp("c", "root", 90, 100),
+    ]
+    assert critical_path(spans) == ["root", "a", "b", "b1", "b2", "c"]
+    # no envelope: several roots hang under a virtual root
+    assert critical_path([sp("p", None, 0, 10), sp("q", None, 5, 50), sp("r", None, 50, 60)]) == ["p", "q", "r"]
+    tree = span_tree(spans)
+    assert [n["span_id"] for n in tree] == ["root"]
+    assert [n["span_id"] for n in tree[0]["children"]] == ["a", "b", "x", "c"]
+    assert [n["depth"] for n in tree[0]["children"][1]["children"]] == [2, 2]
+
+
+@pytest.fixture
+def stored_client(ex, client):
+    rng = __import__("random").Random(7)
+    docs = [generate_run(rng, time.time() - 60 + i, wf) for i, wf in enumerate(
+        ["checkout", "checkout", "login", "checkout"])]
+    for d in docs:
+        assert client.post("/api/v1/spans", data=orjson.dumps(d), content_type="application/json").status_code == 200
+    assert ex.pipeline.recorder.flush()
+    return client, docs
+
+
+def test_runs_api_lists_filters_and_returns_the_tree(stored_client):
+    client, docs = stored_client
+    runs = client.get("/api/v1/runs?workflow=checkout").json["runs"]
+    assert len(runs) == 3 and all(r["workflow"] == "checkout" for r in runs)
+    assert runs[0]["start_ns"] >= runs[-1]["start_ns"] and runs[0]["page"].endswith("/runs/" + runs[0]["correlation_id"])
+    assert client.get("/api/v1/runs?limit=1").json["count"] == 1
+    slowest = max(docs, key=lambda d: d["workflows"][0]["duration_ms"])["workflows"][0]
+    got = client.get(f"/api/v1/runs?min_duration_ms={slowest['duration_ms'] - 0.01}").json["runs"]
+    assert [r["correlation_id"] for r in got] == [slowest["correlation_id"]]
+    cid = docs[0]["workflows"][0]["correlation_id"]
+    body = client.get(f"/api/v1/runs/{cid}").json
+    assert body["run"]["correlation_id"] == cid
+    root = body["tree"][0]
+    assert root["operation"] == "checkout" and root["children"][0]["layer"] == "frontend"
+    assert len(body["steps"]) == len(docs[0]["steps"])
+    assert body["critical_path"][0] == root["span_id"]
+    assert "correlation_id" in body["links"]["logs"] and cid in body["links"]["logs"]
+    # a trace_id (what an exemplar carries) finds the same run
+    assert client.get(f"/api/v1/runs/{body['run']['trace_id']}").json["run"]["correlation_id"] == cid
+
+
+def test_replay_api_and_its_bad_input(stored_client):
+    client, docs = stored_client
+    cid = docs[0]["workflows"][0]["correlation_id"]
+    n = len(docs[0]["steps"])
+    last = client.get(f"/api/v1/runs/{cid}/replay?step={n - 1}")
+    assert last.status_code == 200 and last.json["total_steps"] == n
+    r = client.get(f"/api/v1/runs/{cid}/replay?step={n}")
+    assert r.status_code == 400 and r.json["error"]["valid_range"] == [0, n - 1]
+    assert f"0..{n - 1}" in r.json["error"]["message"]
+    for bad in ("x", "", "1.5"):
+        r = client.get(f"/api/v1/runs/{cid}/replay?step={bad}")
+        assert r.status_code == 400 and r.json["error"]["field"] == "step"
+    r = client.get("/api/v1/runs/no-such-run/replay?step=0")
+    assert r.status_code == 404 and r.json["error"]["code"] == "run_not_found"
+    assert client.get("/api/v1/runs/no-such-run").status_code == 404
+    page = client.get("/runs/no-such-run")
+    assert page.status_code == 404 and b"Run not found" in page.data
+
+
+@pytest.mark.parametrize("query, field", [("status=weird", "status"), ("since=yesterday", "since"),
+                                          ("limit=0", "limit"), ("limit=abc", "limit"),
+                                          ("min_duration_ms=-1", "min_duration_ms")])
+def test_runs_list_rejects_bad_filters(client, query, field):
+    r = client.get("/api/v1/runs?" + query)
+    assert r.status_code == 400 and r.json["error"]["field"] == field
+
+
+def test_replay_of_an_sdk_run_shows_state_changes(ex, client):
+    t = WorkflowTracer(InProcessSink(ex.pipeline))
+    with t.workflow("checkout") as run:
+        with t.step("cache", "redis", "load_cart", state={"cart": {"items": 2}}):
+            pass
+        with t.step("api", "orders", "price"):
+            pass
+        with t.step("database", "postgres", "insert_order", state={"cart": {"items": 2, "total": 30}, "order": 9}):
+            pass
+    assert ex.pipeline.recorder.flush()
+    body = client.get(f"/api/v1/runs/{run.correlation_id}/replay?step=2").json
+    assert body["span"]["operation"] == "insert_order"
+    assert body["state"] == {"cart": {"items": 2, "total": 30}, "order": 9}
+    assert {d["path"] for d in body["diff"]} == {"cart.total", "order"}
