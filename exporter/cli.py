@@ -107,6 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     det.add_argument("--json", action="store_true", help="print JSON instead of a table")
     det.add_argument("--plot", metavar="PNG", help="write a figure per finding to this file")
 
+    rep = sub.add_parser("replay", help="step through one stored run in the terminal (time travel)",
+                         description="Step through a run: n(ext), p(rev), j(ump) N, s(tate), d(iff), l(ist), q(uit). "
+                                     "Commands may also come on stdin, one per line.")
+    rep.add_argument("run_id", metavar="CORRELATION_ID", help="the run's correlation_id (or its trace_id)")
+    rsrc = rep.add_mutually_exclusive_group()
+    rsrc.add_argument("--url", help="read the run from a running backend (e.g. http://127.0.0.1:9464)")
+    rsrc.add_argument("--database-url", dest="database_url", help="read the run from this store [env "
+                      "FLOWSCOPE_DATABASE_URL]")
+
     cfg = sub.add_parser("config", help="print the effective settings",
                          description="Print the effective settings (secrets masked) as JSON.")
     cfg.add_argument("--markdown", action="store_true", help="print the table of every FLOWSCOPE_* variable")
@@ -311,6 +320,25 @@ def _rules(args: argparse.Namespace) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from backend.runs.terminal import LocalSource, RemoteSource, Stepper
+
+    from .db import make_engine
+    from .runstore import RunStore
+
+    if args.url:
+        source = RemoteSource(args.url, args.run_id)
+    else:
+        cfg = load_config({"database_url": args.database_url}, file=args.config)
+        store = RunStore(make_engine(cfg.database_url))
+        try:
+            source = LocalSource(store, args.run_id)
+        finally:
+            store.close()
+    Stepper(source).loop()
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -324,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             return _dashboards(args)
         if args.command == "detect":
             return _detect(args)
+        if args.command == "replay":
+            return _replay(args)
         if args.command == "config":
             if args.markdown:
                 print(markdown_table())

@@ -46,7 +46,8 @@ def test_markdown_table_lists_every_variable():
 @pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["demo", "--help"], ["config", "--help"],
                                   ["rules", "--help"], ["rules", "build", "--help"], ["rules", "test", "--help"],
                                   ["dashboards", "--help"], ["dashboards", "build", "--help"],
-                                  ["dashboards", "push", "--help"], ["detect", "--help"]])
+                                  ["dashboards", "push", "--help"], ["detect", "--help"],
+                                  ["replay", "--help"]])
 def test_every_command_has_help(args):
     r = subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "usage: flowscope" in r.stdout

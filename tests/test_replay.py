@@ -1,5 +1,7 @@
 """Replay, critical path and the runs API (pure functions, then the Flask views on a real store)."""
 
+import subprocess
+import sys
 import time
 
 import orjson
@@ -137,3 +139,44 @@ def test_replay_of_an_sdk_run_shows_state_changes(ex, client):
     assert body["span"]["operation"] == "insert_order"
     assert body["state"] == {"cart": {"items": 2, "total": 30}, "order": 9}
     assert {d["path"] for d in body["diff"]} == {"cart.total", "order"}
+
+
+def _sdk_run(ex):
+    t = WorkflowTracer(InProcessSink(ex.pipeline))
+    with t.workflow("checkout") as run:
+        with t.step("cache", "redis", "load_cart", state={"cart": {"items": 2}}):
+            pass
+        with t.step("database", "postgres", "insert_order", state={"order": 9}):
+            pass
+    assert ex.pipeline.recorder.flush()
+    return run.correlation_id
+
+
+def test_flowscope_replay_steps_through_a_stored_run(ex):
+    cid = _sdk_run(ex)
+    out = subprocess.run([sys.executable, "-m", "exporter.cli", "replay", cid, "--database-url",
+                          ex.config.database_url], input="n\nd\ns\np\nj 5\nj 0\nl\nbogus\nq\n",
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert f"run {cid} · checkout · ok" in out and "2 steps" in out
+    assert "[0/1] cache/redis/load_cart ok" in out
+    assert "[1/1] database/postgres/insert_order ok" in out
+    assert "added    order: null → 9" in out                      # diff
+    assert '"order": 9' in out and '"items": 2' in out            # state
+    assert "jump needs a step number 0..1" in out
+    assert "▶" in out and "unknown command 'bogus'" in out
+
+
+def test_flowscope_replay_reads_a_running_backend_and_reports_unknown_runs(ex, serve):
+    cid = _sdk_run(ex)
+    srv = serve(ex)
+
+    def replay(*args, stdin=""):
+        return subprocess.run([sys.executable, "-m", "exporter.cli", "replay", *args], input=stdin,
+                              capture_output=True, text=True, timeout=60)
+
+    r = replay(cid, "--url", srv.url, stdin="n\nd\nq\n")
+    assert r.returncode == 0 and "[1/1] database/postgres/insert_order" in r.stdout and "added    order" in r.stdout
+    r = replay("nope", "--url", srv.url)
+    assert r.returncode == 1 and "HTTP 404" in r.stderr
+    r = replay("nope", "--database-url", ex.config.database_url)
+    assert r.returncode == 1 and "no stored run with correlation_id or trace_id 'nope'" in r.stderr

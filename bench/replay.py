@@ -1,0 +1,72 @@
+"""Time travel on a 1,000-step run: how long reconstructing a step takes (target: well under 2 s).
+
+The run is written by the SDK into a real store (SQLite file, or PostgreSQL with
+--database-url), each step with a state snapshot of ~20 keys. Measured per step
+index: the full API request (load the run, critical path, fold the snapshots,
+diff, JSON) through Flask, and the pure fold alone.
+
+    .venv/bin/python bench/replay.py [--steps 1000] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import common  # noqa: F401  (puts the project on sys.path)
+
+from backend.app import create_app
+from backend.runs.replay import replay, steps_of
+from exporter.config import load_config
+from exporter.runtime import build
+from exporter.sdk import WorkflowTracer
+from exporter.sdk.sinks import InProcessSink
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--database-url", default=None)
+    ap.add_argument("--repeat", type=int, default=5)
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="flowscope-bench-replay-")
+    url = a.database_url or f"sqlite:///{tmp}/runs.db"
+    ex = build(load_config({"database_url": url}, environ={}))
+    client = create_app(ex).test_client()
+    t = WorkflowTracer(InProcessSink(ex.pipeline), service="bench")
+    with t.workflow("batch_import") as run:
+        for i in range(a.steps):
+            layer = ("api", "database", "cache", "queue")[i % 4]
+            state = {f"field_{k}": (i * k) % 97 for k in range(16)}
+            state.update({"row": i, "batch": {"done": i + 1, "left": a.steps - i - 1}, "last_layer": layer,
+                          "ids": list(range(i % 7))})
+            with t.step(layer, f"{layer}-svc", f"op_{i % 25}", state=state):
+                pass
+    assert ex.pipeline.recorder.flush(60)
+    cid = run.correlation_id
+    print(f"run {cid}: {a.steps} steps stored in {ex.db.dialect.name}")
+    steps = steps_of(ex.runs.get_run(cid)["spans"])
+    for n in (0, a.steps // 2, a.steps - 1):
+        api, pure = [], []
+        for _ in range(a.repeat):
+            t0 = time.perf_counter()
+            r = client.get(f"/api/v1/runs/{cid}/replay?step={n}")
+            api.append(time.perf_counter() - t0)
+            assert r.status_code == 200 and r.json["state"]["row"] == n, r.json
+            t0 = time.perf_counter()
+            replay(steps, n)
+            pure.append(time.perf_counter() - t0)
+        print(f"step {n:>5}: API request {statistics.median(api) * 1000:7.1f} ms (max {max(api) * 1000:.1f}) · "
+              f"fold+diff alone {statistics.median(pure) * 1000:6.2f} ms · target < 2000 ms → "
+              f"{2000 / (statistics.median(api) * 1000):.0f}× under")
+    t0 = time.perf_counter()
+    page = client.get(f"/runs/{cid}")
+    print(f"run page ({a.steps} waterfall rows): {(time.perf_counter() - t0) * 1000:.0f} ms, "
+          f"{len(page.data) / 1024:.0f} KiB")
+    ex.close()
+
+
+if __name__ == "__main__":
+    main()
