@@ -17,6 +17,7 @@ from exporter.http import HttpError, create_blueprint, error_response
 from exporter.runtime import Exporter, build
 
 from .alerts import create_blueprint as alerts_blueprint
+from .analysis.api import create_blueprint as errors_blueprint
 from .openapi import openapi_document
 from .provision import GrafanaProvisioner
 from .provision_api import create_blueprint as provision_blueprint
@@ -52,6 +53,7 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     app.register_blueprint(alerts_blueprint(store))
     app.register_blueprint(provision_blueprint())
     app.register_blueprint(runs_blueprint())
+    app.register_blueprint(errors_blueprint())
     regressions = _regression_service(ex, store)
     app.extensions["flowscope_regressions"] = regressions
     app.register_blueprint(regressions_blueprint(regressions))

@@ -405,6 +405,83 @@ class RunStore:
                     out[stack] = out.get(stack, 0.0) + n * scale
         return out
 
+    # -- error analysis --------------------------------------------------------------------------
+
+    def error_groups(self, since_ns: int, workflow: str | None = None, limit: int = 100) -> list[dict]:
+        """Groups with errors since ``since_ns`` (or regressed/resolved ones), with per-group occurrence
+        times, layers, workflows and sample correlation_ids for the window."""
+        q = (select(errors.c.fingerprint, errors.c.time_ns, errors.c.layer, errors.c.workflow,
+                    errors.c.correlation_id, errors.c.component)
+             .where(errors.c.time_ns >= since_ns).order_by(errors.c.time_ns.desc()).limit(200_000))
+        if workflow:
+            q = q.where(errors.c.workflow == workflow)
+        per: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for fp, t, layer, wf, cid, comp in conn.execute(q):
+                g = per.setdefault(fp, {"times": [], "layers": set(), "workflows": set(), "components": set(),
+                                        "samples": []})
+                g["times"].append(t)
+                g["layers"].add(layer)
+                g["workflows"].add(wf)
+                g["components"].add(comp)
+                if cid and cid not in g["samples"] and len(g["samples"]) < 5:
+                    g["samples"].append(cid)
+            if not per:
+                return []
+            rows = {r["fingerprint"]: _d(r) for r in conn.execute(
+                select(error_groups).where(error_groups.c.fingerprint.in_(list(per)))).mappings()}
+        out = []
+        for fp, g in per.items():
+            row = rows.get(fp)
+            if row is None:
+                continue
+            row.update(times=g["times"], layers=sorted(g["layers"]), workflows=sorted(g["workflows"]),
+                       components=sorted(g["components"]), sample_correlation_ids=g["samples"])
+            out.append(row)
+        out.sort(key=lambda r: -len(r["times"]))
+        return out[:limit]
+
+    def error_group(self, fingerprint: str) -> dict | None:
+        """One group with its latest occurrences and its resolution history (newest first)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(error_groups).where(error_groups.c.fingerprint == fingerprint)).mappings().first()
+            if row is None:
+                return None
+            recent = conn.execute(select(errors).where(errors.c.fingerprint == fingerprint)
+                                  .order_by(errors.c.time_ns.desc()).limit(20)).mappings().all()
+            hist = conn.execute(select(resolutions).where(resolutions.c.fingerprint == fingerprint)
+                                .order_by(resolutions.c.resolved_at_ns.desc(), resolutions.c.id.desc())).mappings().all()
+        return {**_d(row), "recent": [_d(r) for r in recent], "resolutions": [_d(h) for h in hist]}
+
+    def resolve(self, fingerprint: str, note: str, resolved_by: str | None, now_ns: int) -> bool:
+        """Record a resolution; the group counts as resolved until an error of it comes back. False if unknown."""
+        with self.engine.begin() as conn:
+            n = conn.execute(update(error_groups).where(error_groups.c.fingerprint == fingerprint)
+                             .values(resolved_at_ns=now_ns, regressed_at_ns=None)).rowcount
+            if not n:
+                return False
+            conn.execute(resolutions.insert().values(fingerprint=fingerprint, note=self.redactor.text(note),
+                                                     resolved_by=resolved_by, resolved_at_ns=now_ns))
+        return True
+
+    def attribution_rows(self, workflow: str, since_ns: int, until_ns: int, max_runs: int = 5000):
+        """(runs, spans) of one workflow's finished runs in the window, for root-cause attribution."""
+        with self.engine.connect() as conn:
+            rs = [_d(r) for r in conn.execute(
+                select(runs.c.correlation_id, runs.c.status, runs.c.duration_ms)
+                .where(runs.c.workflow == workflow, runs.c.start_ns >= since_ns, runs.c.start_ns < until_ns)
+                .order_by(runs.c.start_ns.desc()).limit(max_runs)).mappings()]
+            ids = [r["correlation_id"] for r in rs]
+            sp: list[dict] = []
+            for i in range(0, len(ids), 500):
+                sp.extend(_d(r) for r in conn.execute(
+                    select(spans.c.correlation_id, spans.c.layer, spans.c.component, spans.c.operation,
+                           spans.c.status, spans.c.error_type, spans.c.attributes, spans.c.service)
+                    .where(spans.c.correlation_id.in_(ids[i:i + 500]))).mappings())
+        for s in sp:
+            s["attributes"] = orjson.loads(s["attributes"]) if s["attributes"] else {}
+        return rs, sp
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -23,9 +23,9 @@ from flask import Blueprint, Response, current_app, render_template, request
 
 from exporter import conventions as c
 from exporter.http import HttpError
-from exporter.runstore import RunStore
 
 from .. import flamegraph as fg
+from ..query import number_arg, parse_time, run_store
 from ..dashboards.common import LOKI_DS_UID
 from .replay import StepOutOfRange, critical_path, replay, span_tree, steps_of, summary
 
@@ -37,32 +37,6 @@ LAYER_COLORS = {"frontend": "#8e6fd8", "api": "#3d85c6", "database": "#e69138", 
 
 def _json(body, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
-
-
-def parse_time(value: str, field: str) -> int:
-    """RFC 3339 or Unix seconds → ns since the epoch; 400 naming the field otherwise."""
-    try:
-        return int(float(value) * 1e9)
-    except ValueError:
-        pass
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
-    except ValueError:
-        raise HttpError(400, "invalid_query", f"{field} must be RFC 3339 or Unix seconds, got {value[:40]!r}",
-                        field) from None
-
-
-def _number(name: str, default, lo, hi, kind=int):
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        v = kind(raw)
-    except ValueError:
-        raise HttpError(400, "invalid_query", f"{name} must be a number, got {raw[:40]!r}", name) from None
-    if not lo <= v <= hi:
-        raise HttpError(400, "invalid_query", f"{name} must be between {lo} and {hi}, got {v}", name)
-    return v
 
 
 def _iso(ns: int) -> str:
@@ -81,18 +55,11 @@ def logs_url(cfg, run: dict) -> str:
                                            "panes": json.dumps(panes, separators=(",", ":"))})
 
 
-def _store() -> RunStore:
-    store = current_app.extensions["flowscope"].runs
-    if store is None:
-        raise HttpError(404, "run_store_disabled", "the run store is off (FLOWSCOPE_RUN_STORE=false)")
-    return store
-
-
 def load_run(run_id: str) -> dict:
     """The run with what every view needs: steps, tree, critical path. 404 if unknown."""
     if not run_id or len(run_id) > 128:
         raise HttpError(400, "invalid_id", "a correlation_id or trace_id of 1..128 characters is expected", "id")
-    got = _store().get_run(run_id)
+    got = run_store().get_run(run_id)
     if got is None:
         raise HttpError(404, "run_not_found", f"no stored run with correlation_id or trace_id {run_id!r}", "id")
     got["critical_path"] = path = critical_path(got["spans"])
@@ -124,7 +91,7 @@ def run_json(got: dict, cfg) -> dict:
 def _windows() -> tuple[tuple[int, int], tuple[int, int]]:
     """(baseline, recent) windows: explicit bounds, or the last ``window_s`` against the one before it."""
     now = time.time_ns()
-    w = _number("window_s", 3600, 1, 90 * 86400, float)
+    w = number_arg("window_s", 3600, 1, 90 * 86400, float)
     until = parse_time(request.args["until"], "until") if request.args.get("until") else now
     since = parse_time(request.args["since"], "since") if request.args.get("since") else until - int(w * 1e9)
     b_until = (parse_time(request.args["baseline_until"], "baseline_until") if request.args.get("baseline_until")
@@ -148,9 +115,9 @@ def create_blueprint() -> Blueprint:
             raise HttpError(400, "invalid_query", f"status must be one of {', '.join(c.STATUSES)}", "status")
         since = parse_time(a["since"], "since") if a.get("since") else None
         until = parse_time(a["until"], "until") if a.get("until") else None
-        rows = _store().list_runs(workflow=a.get("workflow") or None, status=status, since_ns=since, until_ns=until,
-                                  min_duration_ms=_number("min_duration_ms", None, 0, 1e12, float),
-                                  limit=_number("limit", 100, 1, 1000), offset=_number("offset", 0, 0, 10**9))
+        rows = run_store().list_runs(workflow=a.get("workflow") or None, status=status, since_ns=since, until_ns=until,
+                                  min_duration_ms=number_arg("min_duration_ms", None, 0, 1e12, float),
+                                  limit=number_arg("limit", 100, 1, 1000), offset=number_arg("offset", 0, 0, 10**9))
         public = current_app.extensions["flowscope"].config.public_url.rstrip("/")
         for r in rows:
             r["start"], r["end"] = _iso(r["start_ns"]), _iso(r["end_ns"])
@@ -183,7 +150,7 @@ def create_blueprint() -> Blueprint:
             raise HttpError(400, "invalid_query", "workflow or correlation_id is required", "workflow")
         since = parse_time(a["since"], "since") if a.get("since") else None
         until = parse_time(a["until"], "until") if a.get("until") else None
-        stacks = _store().profile_stacks(a.get("workflow") or None, a.get("correlation_id") or None, since, until)
+        stacks = run_store().profile_stacks(a.get("workflow") or None, a.get("correlation_id") or None, since, until)
         tree = fg.build_tree(stacks)
         title = a.get("correlation_id") or a.get("workflow")
         if a.get("format") == "svg":
@@ -196,7 +163,7 @@ def create_blueprint() -> Blueprint:
         if not wf:
             raise HttpError(400, "invalid_query", "workflow is required", "workflow")
         (bs, bu), (s, u) = _windows()
-        store = _store()
+        store = run_store()
         tree = fg.build_tree(store.profile_stacks(wf, None, bs, bu), store.profile_stacks(wf, None, s, u))
         if request.args.get("format") == "svg":
             return Response(fg.svg(tree, f"CPU profile diff: {wf}", diff=True), mimetype="image/svg+xml")
@@ -208,7 +175,7 @@ def create_blueprint() -> Blueprint:
     def run_flamegraph(run_id: str):
         got = load_run(run_id)
         cid = got["run"]["correlation_id"]
-        tree = fg.build_tree(_store().profile_stacks(correlation_id=cid))
+        tree = fg.build_tree(run_store().profile_stacks(correlation_id=cid))
         return Response(fg.svg(tree, f"CPU profile of run {cid}"), mimetype="image/svg+xml")
 
     @bp.get(c.RUN_PAGE_PATH + "/<path:run_id>")

@@ -1,0 +1,1 @@
+"""Error analysis over the run store: trends, root-cause attribution (pure statistics)."""
