@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 
-import common  # noqa: F401  (puts the project on sys.path)
+from common import pin  # also puts the project on sys.path
 
 from backend.app import create_app
 from backend.runs.replay import replay, steps_of
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--database-url", default=None)
     ap.add_argument("--repeat", type=int, default=5)
     a = ap.parse_args()
+    pin(0)  # one core, as the server would give one request
     tmp = tempfile.mkdtemp(prefix="flowscope-bench-replay-")
     url = a.database_url or f"sqlite:///{tmp}/runs.db"
     ex = build(load_config({"database_url": url}, environ={}))
