@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("ingest.py", "sdk_overhead.py", "scrape.py", "regression.py", "replay.py"):
+for script in ("ingest.py", "sdk_overhead.py", "scrape.py", "regression.py", "replay.py", "profiler_overhead.py"):
     print(f"\n$ python bench/{script}", flush=True)
     r = subprocess.run([sys.executable, str(HERE / script)], cwd=HERE)
     if r.returncode:

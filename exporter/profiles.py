@@ -33,6 +33,8 @@ class Profile:
     #: folded stacks with sample counts, kept for flame graphs (issue 5); pstats gives none
     stacks: dict[str, int] = field(default_factory=dict)
     sample_rate_hz: float | None = None
+    #: when the profile was taken (ns since the epoch); 0 means when it is stored
+    time_ns: int = 0
 
 
 def parse_folded(text: str, sample_rate_hz: float) -> tuple[dict[str, float], dict[str, int]]:

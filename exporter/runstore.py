@@ -269,7 +269,7 @@ class RunStore:
             else:  # a Profile
                 stacks = it.stacks or {fn: secs for fn, secs in it.self_seconds.items()}
                 prof_rows.append({"workflow": it.workflow, "correlation_id": it.correlation_id,
-                                  "time_ns": getattr(it, "time_ns", None) or time.time_ns(),
+                                  "time_ns": it.time_ns or time.time_ns(),
                                   "format": "folded" if it.stacks else "pstats",
                                   "sample_rate_hz": it.sample_rate_hz, "stacks": _json(stacks)})
         with self._lock, self.engine.begin() as conn:

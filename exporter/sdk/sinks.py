@@ -13,6 +13,7 @@ import queue
 import random
 import threading
 import time
+from urllib.parse import urlencode
 
 import orjson
 import requests
@@ -20,6 +21,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from .. import conventions as c
 from ..model import ErrorRecord, Span
+from ..profiles import Profile
 from ..pipeline import Pipeline
 from ..retry import DEFAULT_RETRY, RetryPolicy
 
@@ -31,7 +33,6 @@ class InProcessSink:
         self.pipeline = pipeline
         self.emit = pipeline.record_step
 
-
     def started(self, workflow: str) -> None:
         self.pipeline.workflow_started(workflow)
 
@@ -40,6 +41,9 @@ class InProcessSink:
 
     def error(self, e: ErrorRecord) -> None:
         self.pipeline.record_error(e)
+
+    def profile(self, p: Profile) -> None:
+        self.pipeline.record_profile(p, c.FORMAT_SDK)
 
     def close(self) -> None:
         pass
@@ -91,6 +95,7 @@ class RemoteSink:
                  token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY,
                  registry: CollectorRegistry | None = REGISTRY, timeout_s: float = 10.0):
         self.url = endpoint.rstrip("/") + c.NATIVE_SPANS_PATH
+        self.profiles_url = endpoint.rstrip("/") + c.PROFILES_PATH
         self.token = token
         self.retry = retry
         self.batch_size = batch_size
@@ -138,6 +143,12 @@ class RemoteSink:
         except queue.Full:
             self._drop("queue_full")
 
+    def profile(self, p: Profile) -> None:
+        try:
+            self._q.put_nowait(p)
+        except queue.Full:
+            self._drop("queue_full")
+
     def _take(self) -> list[Span | ErrorRecord]:
         batch: list[Span] = []
         deadline = time.monotonic() + self.batch_wait_s
@@ -159,32 +170,44 @@ class RemoteSink:
             elif self._closing.is_set():
                 return
 
-    def _send(self, batch: list[Span]) -> None:
+    def _send(self, batch: list) -> None:
         body: dict[str, list] = {"steps": [], "workflows": [], "errors": []}
+        profiles = []
         for s in batch:
+            if isinstance(s, Profile):
+                profiles.append(s)
+                continue
             kind, rec = to_native(s) if isinstance(s, Span) else error_to_native(s)
             body[kind].append(rec)
-        data = orjson.dumps(body)
-        headers = {"Content-Type": "application/json"}
+        if len(profiles) < len(batch):
+            self._post(self.url, orjson.dumps(body), "application/json", len(batch) - len(profiles))
+        for p in profiles:
+            params = {"format": "folded", "workflow": p.workflow, "sample_rate": p.sample_rate_hz,
+                      "correlation_id": p.correlation_id}
+            folded = "\n".join(f"{stack} {n}" for stack, n in p.stacks.items()).encode()
+            self._post(self.profiles_url + "?" + urlencode(params), folded, "text/plain", 1)
+
+    def _post(self, url: str, data: bytes, ctype: str, n: int) -> None:
+        headers = {"Content-Type": ctype}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         started, attempt = time.monotonic(), 0
         while True:
             try:
-                r = self._session.post(self.url, data=data, headers=headers, timeout=self.timeout_s)
+                r = self._session.post(url, data=data, headers=headers, timeout=self.timeout_s)
                 if r.status_code < 300:
-                    self.sent += len(batch)
+                    self.sent += n
                     return
                 if r.status_code not in self.retry.retry_statuses:
-                    log.error("exporter refused %d spans: HTTP %d %s", len(batch), r.status_code, r.text[:200])
-                    self._drop("rejected", len(batch))
+                    log.error("exporter refused %d items: HTTP %d %s", n, r.status_code, r.text[:200])
+                    self._drop("rejected", n)
                     return
             except requests.RequestException as e:
                 log.warning("exporter unreachable: %s", e)
             wait = self.retry.backoff(attempt, self._rng)
             attempt += 1
             if time.monotonic() - started + wait > self.retry.deadline_s or self._closing.is_set():
-                self._drop("retries_exhausted", len(batch))
+                self._drop("retries_exhausted", n)
                 return
             time.sleep(wait)
 

@@ -192,12 +192,15 @@ class WorkflowTracer:
     _default_lock = threading.Lock()
     MAX_OPEN = 10_000
 
-    def __init__(self, sink=None, service: str | None = None):
+    def __init__(self, sink=None, service: str | None = None, profiler=None):
         if sink is None:
             from . import default_sink
             sink = default_sink()
         self._sink = sink
         self.service = service or _default_service()
+        #: a SamplingProfiler, or None; by default one when FLOWSCOPE_PROFILE_WORKFLOWS names workflows
+        #: (``profiler=False``: never)
+        self.profiler = _default_profiler() if profiler is None else (profiler or None)
         self._runs: OrderedDict[str, tuple[_Run, Any]] = OrderedDict()
         self._steps: OrderedDict[str, _OpenStep] = OrderedDict()
         self._lock = threading.Lock()
@@ -245,6 +248,8 @@ class WorkflowTracer:
                 evicted = self._runs.popitem(last=False)[1][0]
                 self.evicted += 1
         self._sink.started(workflow_type)
+        if self.profiler is not None and self.profiler.wants(workflow_type):
+            self.profiler.start_run(correlation_id)
         if evicted is not None:  # a run never completed: it is no longer in progress
             self._sink.ended(evicted.workflow)
         return correlation_id
@@ -303,6 +308,10 @@ class WorkflowTracer:
                              run.start_ns, time_ns(), status, run.parent_span_id, run.correlation_id,
                              run.service, error_type, error_message, meta, None, False, run.user))
         self._sink.ended(run.workflow)
+        if self.profiler is not None and self.profiler.wants(run.workflow):
+            profile = self.profiler.profile_for(run.workflow, correlation_id, *self.profiler.stop_run(correlation_id))
+            if profile is not None:
+                self._sink.profile(profile)
 
     @hybridmethod
     def fail_workflow(self, correlation_id: str, error: BaseException | str | None = None,
@@ -340,6 +349,17 @@ class WorkflowTracer:
         cid = req.correlation_id if req else uuid.uuid4().hex
         return _Run(c.UNKNOWN_WORKFLOW, cid, (req.trace_id if req and req.trace_id else trace_id_for(cid)),
                     req.parent_span_id if req else None, None, None, self.service)
+
+
+def _default_profiler():
+    try:
+        cfg = load_config()
+    except Exception:
+        return None
+    if not cfg.profile_workflows:
+        return None
+    from .profiler import SamplingProfiler
+    return SamplingProfiler(cfg.profile_hz, cfg.profile_workflows)
 
 
 def _default_service() -> str:
