@@ -83,8 +83,16 @@ def span_entry(s: Span, redact=_same) -> Entry:
     }
     if s.error_type:
         rec["error_type"] = s.error_type
+    level = LEVELS.get(s.status, "info")
+    if s.layer == "database":
+        pattern = s.loaded_attribute(c.ATTR_DB_PATTERN)
+        if pattern:  # a slow query or an N+1 pattern the SDK flagged: a warning with the (literal-free) statement
+            rec["db_pattern"] = pattern
+            rec["statement"] = redact(s.loaded_attribute(c.ATTR_DB_STATEMENT) or "")
+            if level == c.LEVEL_INFO:
+                level = c.LEVEL_WARN
     meta = {"correlation_id": s.correlation_id, "trace_id": s.trace_id, "span_id": s.span_id}
-    return ((s.service or "unknown_service", s.workflow or c.UNKNOWN_WORKFLOW, s.layer, LEVELS.get(s.status, "info")),
+    return ((s.service or "unknown_service", s.workflow or c.UNKNOWN_WORKFLOW, s.layer, level),
             s.end_ns, orjson.dumps(rec).decode(), meta)
 
 

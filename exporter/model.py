@@ -111,6 +111,11 @@ class Span:
     def attributes(self, value: dict[str, Any] | None) -> None:
         self._attrs, self._raw_attrs = value, None
 
+    def loaded_attribute(self, key: str) -> Any:
+        """An attribute's value if the attributes are already decoded (never forces a deferred decode)."""
+        a = self._attrs
+        return a.get(key) if a is not None and self._raw_attrs is None else None
+
     def defer_attributes(self, decode, raw) -> None:
         """Keep ``raw`` and build ``attributes`` with ``decode(raw)`` on first read."""
         self._attrs, self._raw_attrs = None, (decode, raw)

@@ -61,6 +61,9 @@ class Pipeline:
         self.profile_cpu = s.counter(c.PROFILE_CPU_SECONDS_TOTAL,
                                      "CPU self time by function from posted profiles; past the top N "
                                      "functions per workflow, as function=\"other\".", (c.L_WORKFLOW, c.L_FUNCTION))
+        self.query_patterns = s.counter(c.QUERY_PATTERNS_TOTAL, "Database steps flagged by the SDK's SQL "
+                                        "instrumentation, by workflow and kind (slow_query, n_plus_one).",
+                                        (c.L_WORKFLOW, c.L_KIND))
         self.profile_top_n = 20
         self._profile_functions: dict[str, set[str]] = {}
         self.profiles_received = s.counter(c.PROFILES_RECEIVED_TOTAL, "Profiles accepted, by format.",
@@ -103,6 +106,10 @@ class Pipeline:
                      s.end_ns / 1e9)
                 if s.status == "error" or s.status == "timeout":
                     err((s.workflow, s.layer, s.component, s.error_type or s.status))
+                if s.layer == "database":
+                    kind = s.loaded_attribute(c.ATTR_DB_PATTERN)
+                    if kind == c.QUERY_SLOW or kind == c.QUERY_N_PLUS_ONE:
+                        self.query_patterns.inc((s.workflow, kind))
             if not s.parent_span_id:
                 self._apply_run(s)
 

@@ -76,7 +76,7 @@ def _norm_status(status: str) -> str:
 
 class _Run:
     __slots__ = ("workflow", "correlation_id", "trace_id", "span_id", "parent_span_id", "start_ns", "user",
-                 "metadata", "service")
+                 "metadata", "service", "extras")
 
     def __init__(self, workflow, correlation_id, trace_id, parent_span_id, user, metadata, service):
         self.workflow = workflow
@@ -88,6 +88,7 @@ class _Run:
         self.user = hash_user(user)
         self.metadata = metadata
         self.service = service
+        self.extras = None  # per-run state of instrumentations (e.g. statement counts for N+1)
 
 
 class _OpenStep:
@@ -335,6 +336,23 @@ class WorkflowTracer:
     def step(self, layer: str, component: str, operation: str, metadata: dict | None = None,
              state: dict | None = None) -> StepScope:
         return StepScope(self, layer, component, operation, metadata, state)
+
+    def record_step(self, layer: str, component: str, operation: str, start_ns: int, end_ns: int,
+                    attributes: dict | None = None, error: BaseException | None = None) -> str:
+        """Record a step that was timed elsewhere (an instrumentation's callback) in the current run."""
+        cur = current_step.get()
+        if cur is None:
+            run = self._implicit_run()
+            parent = run.span_id
+        else:
+            run, parent = cur
+        status, etype, emsg = "ok", None, None
+        if error is not None:
+            status, etype, emsg = _status_of(type(error)), type(error).__name__, str(error)
+        sid = _span_id()
+        self._sink.emit(Span(run.trace_id, sid, run.workflow, layer, component, operation, start_ns, end_ns, status,
+                             parent, run.correlation_id, run.service, etype, emsg, attributes))
+        return sid
 
     def _run(self, correlation_id: str) -> _Run:
         with self._lock:

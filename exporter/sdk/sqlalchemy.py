@@ -1,0 +1,134 @@
+"""SQLAlchemy instrumentation: every query a database-layer step, slow queries and N+1 patterns flagged.
+
+    from exporter.sdk.sqlalchemy import instrument_engine
+    instrument_engine(engine)                     # uses the default tracer
+    instrument_engine(engine, tracer=t, slow_ms=100, n_plus_one=10)
+
+Through SQLAlchemy's engine events (``before_cursor_execute``,
+``after_cursor_execute``, ``handle_error``), each statement becomes a step:
+layer ``database``, component the dialect (``postgresql``, ``sqlite``, ...),
+operation ``<VERB> <first table>`` (bounded, so it can be a metric label) and
+the statement with its literals stripped in the ``db.statement`` attribute.
+
+Flags, set in the ``flowscope.db.pattern`` attribute of the step:
+
+- ``slow_query``: the statement took at least ``slow_ms``; the default is the
+  database layer's warning threshold in the alert spec
+  (``alert_rules/spec/flowscope.yaml``), so "slow" means the same thing here and in
+  the alerts.
+- ``n_plus_one``: the same normalised statement ran ``n_plus_one`` times (default
+  ``FLOWSCOPE_N_PLUS_ONE_THRESHOLD``, 10) in one run; flagged once per statement per run.
+
+The exporter counts flagged steps in ``flowscope_query_patterns_total{workflow,kind}``
+(never the statement), pushes them to Loki at level ``warn``, and the run page
+lists them. A warning also goes to the ``flowscope.sql`` logger, with the run's IDs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from time import time_ns
+
+from .. import conventions as c
+from .context import current_step
+from .tracer import WorkflowTracer
+
+log = logging.getLogger("flowscope.sql")
+
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
+_STRINGS = re.compile(r"'(?:[^']|'')*'")
+_NUMBERS = re.compile(r"(?<![\w$.])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?\b", re.I)
+_IN_LIST = re.compile(r"\(\s*(?:\?|%s|:\w+|\$\d+)(?:\s*,\s*(?:\?|%s|:\w+|\$\d+))+\s*\)")
+_PLACEHOLDER = re.compile(r"%\(\w+\)s|:\w+|\$\d+|%s")
+_SPACE = re.compile(r"\s+")
+_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+([\w.\"`\[\]]+)", re.I)
+MAX_STATEMENT = 2000
+
+
+def normalize(statement: str) -> str:
+    """The statement with comments, literals and placeholder styles collapsed: one shape per query."""
+    s = _COMMENTS.sub(" ", statement)
+    s = _STRINGS.sub("?", s)
+    s = _NUMBERS.sub("?", s)
+    s = _PLACEHOLDER.sub("?", s)
+    s = _IN_LIST.sub("(?)", s)
+    return _SPACE.sub(" ", s).strip()[:MAX_STATEMENT]
+
+
+def operation_of(normalized: str) -> str:
+    """``SELECT orders``: the verb and first table, a bounded label value."""
+    verb = normalized.split(" ", 1)[0].upper() if normalized else "QUERY"
+    m = _TABLE.search(normalized)
+    table = m.group(1).strip('"`[]') if m else ""
+    return f"{verb} {table}".strip()[:100]
+
+
+def slow_ms_from_spec(path: str = "alert_rules/spec/flowscope.yaml", default: float = 100.0) -> float:
+    """The database layer's response-time warning threshold of the alert spec, in ms."""
+    try:
+        from backend.rules.spec import load_spec
+
+        for t in load_spec(path).thresholds:
+            if t.layer == "database" and t.metric.name == "response_time":
+                return t.warning * 1000
+    except Exception:  # no spec here (an app importing the SDK): the documented default
+        pass
+    return default
+
+
+def instrument_engine(engine, tracer: WorkflowTracer | None = None, slow_ms: float | None = None,
+                      n_plus_one: int | None = None, component: str | None = None) -> None:
+    """Record every statement ``engine`` runs as a step of the current run."""
+    from sqlalchemy import event
+
+    if n_plus_one is None:
+        from ..config import load_config
+        n_plus_one = load_config().n_plus_one_threshold
+    if slow_ms is None:
+        slow_ms = slow_ms_from_spec()
+    comp = component or engine.dialect.name
+    slow_ns = int(slow_ms * 1e6)
+
+    def _tracer() -> WorkflowTracer:
+        return tracer or WorkflowTracer.default()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn, cursor, statement, parameters, context, executemany):
+        conn.info.setdefault("flowscope_t0", []).append(time_ns())
+
+    def _finish(conn, statement, failure: BaseException | None) -> None:
+        stack = conn.info.get("flowscope_t0")
+        if not stack:
+            return
+        start = stack.pop()
+        end = time_ns()
+        norm = normalize(statement)
+        attrs = {c.ATTR_DB_STATEMENT: norm, "db.system": engine.dialect.name}
+        cur = current_step.get()
+        pattern = None
+        if cur is not None:
+            run = cur[0]
+            if run.extras is None:
+                run.extras = {}
+            counts = run.extras.setdefault("db_counts", {})
+            n = counts[norm] = counts.get(norm, 0) + 1
+            if n == n_plus_one:
+                pattern = c.QUERY_N_PLUS_ONE
+                attrs["flowscope.db.repeat_count"] = n
+        if pattern is None and end - start >= slow_ns:
+            pattern = c.QUERY_SLOW
+        if pattern is not None:
+            attrs[c.ATTR_DB_PATTERN] = pattern
+            log.warning("%s in %s: %s", pattern, cur[0].workflow if cur else "no run", norm[:300],
+                        extra={"flowscope_pattern": pattern})
+        _tracer().record_step("database", comp, operation_of(norm), start, end, attrs, failure)
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(conn, cursor, statement, parameters, context, executemany):
+        _finish(conn, statement, None)
+
+    @event.listens_for(engine, "handle_error")
+    def _error(ctx):
+        if ctx.connection is not None and ctx.statement:
+            _finish(ctx.connection, ctx.statement, ctx.original_exception)
