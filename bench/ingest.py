@@ -16,6 +16,7 @@ import argparse
 import os
 import socket
 import statistics
+import tempfile
 import threading
 import time
 
@@ -24,6 +25,7 @@ from common import otlp_batch, pin, start_server
 import orjson
 import requests
 
+from exporter import conventions as c
 from exporter.decode import otlp
 from tests.otlp_data import to_json
 
@@ -80,12 +82,45 @@ def main() -> dict:
     out["decode_json_us_per_span"] = per_span_us(lambda: otlp.decode_json(js), 1000)
     out["decode_protobuf_us_per_span"] = per_span_us(lambda: otlp.decode_protobuf(pb), 1000)
 
+    modes = (("metrics only (FLOWSCOPE_RUN_STORE=false)", {"FLOWSCOPE_RUN_STORE": "false"}),
+             ("metrics + run store (default, SQLite)", {}))
+    for mode, env in modes:
+        out[mode] = measure(args, pb, js, env)
+    print("== ingest (server pinned to one core, 1,000-span batches, end to end over HTTP) ==")
+    print(f"  orjson.loads alone (reference)     {out['orjson_parse_us_per_span']:6.2f} us/span")
+    print(f"  decode OTLP JSON (msgspec + map)   {out['decode_json_us_per_span']:6.2f} us/span")
+    print(f"  decode OTLP protobuf               {out['decode_protobuf_us_per_span']:6.2f} us/span")
+    for mode, _ in modes:
+        r = out[mode]
+        print(f"  -- {mode}")
+        for name in ("otlp_protobuf", "otlp_json"):
+            v, c = r[f"{name}_spans_per_s"], r[f"{name}_spans_per_cpu_s"]
+            print(f"  {name:14s} end to end  {v:10,.0f} spans/s wall, {c:10,.0f} spans per server CPU-second"
+                  f" = {c / TARGET:.2f}x the 100,000 spans/s target  (rounds: {r[name + '_rounds_per_cpu_s']})")
+        if "stored" in r:
+            print(f"  stored {r['stored']:,} of {r['received']:,} spans ({r['dropped']:,} dropped when the writer's "
+                  f"queue was full), writer drained {r['drain_s']:.1f} s after the last request")
+    return out
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith(name + "_created"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def measure(args, pb: bytes, js: bytes, env: dict) -> dict:
+    """One server with ``env``: spans/s wall and per server CPU-second, alternating formats."""
+    out: dict = {}
+    tmp = tempfile.mkdtemp(prefix="flowscope-bench-ingest-")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = start_server(port, cpu=0)
-    server_pid = int(open(f"/proc/{server.pid}/task/{server.pid}/children").read().split()[0]) \
-        if open(f"/proc/{server.pid}/task/{server.pid}/children").read().strip() else server.pid
+    server = start_server(port, cpu=0, env={"FLOWSCOPE_DATABASE_URL": f"sqlite:///{tmp}/runs.db", **env})
+    children = open(f"/proc/{server.pid}/task/{server.pid}/children").read().split()
+    server_pid = int(children[0]) if children else server.pid
     try:
         url = f"http://127.0.0.1:{port}/v1/traces"
         sess = requests.Session()
@@ -100,23 +135,25 @@ def main() -> dict:
                 n = blast(url, body, ctype, args.seconds, args.connections)
                 dt, cpu = time.perf_counter() - t0, cpu_seconds(server_pid) - cpu0
                 runs[name].append((n / dt, n / cpu))
+        t_end = time.perf_counter()
+        metrics = sess.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        assert "flowscope_step_duration_seconds_bucket" in metrics
+        if "FLOWSCOPE_RUN_STORE" not in env:  # wait (bounded) for the writer to catch up, then count
+            deadline = time.monotonic() + 300
+            while _metric(metrics, c.RUN_STORE_QUEUE_SPANS) > 0 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                metrics = sess.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+            out["drain_s"] = time.perf_counter() - t_end
+            out["received"] = int(_metric(metrics, c.SPANS_RECEIVED_TOTAL))
+            out["dropped"] = int(_metric(metrics, c.RUN_STORE_DROPPED_TOTAL))
+            out["stored"] = out["received"] - out["dropped"]
         for name, rs in runs.items():
             out[f"{name}_spans_per_s"] = statistics.median(r[0] for r in rs)
             out[f"{name}_spans_per_cpu_s"] = statistics.median(r[1] for r in rs)
             out[f"{name}_rounds_per_cpu_s"] = [round(r[1]) for r in rs]
-        metrics = sess.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-        assert "flowscope_step_duration_seconds_bucket" in metrics
     finally:
         server.terminate()
         server.wait(10)
-    print("== ingest (server pinned to one core, 1,000-span batches, end to end over HTTP) ==")
-    print(f"  orjson.loads alone (reference)     {out['orjson_parse_us_per_span']:6.2f} us/span")
-    print(f"  decode OTLP JSON (msgspec + map)   {out['decode_json_us_per_span']:6.2f} us/span")
-    print(f"  decode OTLP protobuf               {out['decode_protobuf_us_per_span']:6.2f} us/span")
-    for name in ("otlp_protobuf", "otlp_json"):
-        v, c = out[f"{name}_spans_per_s"], out[f"{name}_spans_per_cpu_s"]
-        print(f"  {name:14s} end to end  {v:10,.0f} spans/s wall, {c:10,.0f} spans per server CPU-second"
-              f" = {c / TARGET:.2f}x the 100,000 spans/s target  (rounds: {out[name + '_rounds_per_cpu_s']})")
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import tempfile
 import time
 
 from common import pin
@@ -75,38 +76,54 @@ def main() -> dict:
                         pass
         return run
 
-    ex = build(load_config({"series_limit": 100_000}, environ={}))
+    db = f"sqlite:///{tempfile.mkdtemp(prefix='flowscope-bench-sdk-')}/runs.db"
+    ex = build(load_config({"series_limit": 100_000, "run_store": False}, environ={}))
     ours = steps_into(ex)
+    # The default: every step also goes to the run store (a tuple on the hot path, a row in the writer thread).
+    ex_store = build(load_config({"series_limit": 100_000, "database_url": db}, environ={}))
+    store_steps = steps_into(ex_store)
+
+    def ours_store(n):  # the writer's work is counted: each round waits until its rows are written
+        store_steps(n)
+        ex_store.pipeline.recorder.flush(60)
     # Loki attached: a real pusher to a closed port; lines queue (bounded) and are counted.
-    ex_loki = build(load_config({"series_limit": 100_000, "loki_url": "http://127.0.0.1:9",
+    ex_loki = build(load_config({"series_limit": 100_000, "loki_url": "http://127.0.0.1:9", "run_store": False,
                                  "loki_queue_lines": 10_000_000, "loki_batch_wait_s": 3600}, environ={}))
     ours_loki = steps_into(ex_loki)
 
     # Many short alternating rounds: this VM's speed drifts, so each ratio compares
     # measurements taken moments apart, and the median ratio is reported.
     chunk = max(args.steps // 10, 1000)
-    times: dict[str, list] = {"otel": [], "flowscope": [], "flowscope_loki": []}
+    times: dict[str, list] = {"otel": [], "flowscope": [], "flowscope_store": [], "flowscope_loki": []}
     for _ in range(args.rounds):
         times["otel"].append(per_step_us(otel_steps, chunk, rounds=1))
         times["flowscope"].append(per_step_us(ours, chunk, rounds=1))
+        times["flowscope_store"].append(per_step_us(ours_store, chunk, rounds=1))
         times["flowscope_loki"].append(per_step_us(ours_loki, chunk, rounds=1))
     res = {k: statistics.median(v) for k, v in times.items()}
-    ratio = statistics.median(o / f for o, f in zip(times["otel"], times["flowscope"]))
-    ratio_loki = statistics.median(o / f for o, f in zip(times["otel"], times["flowscope_loki"]))
+
+    def ratio_of(key):
+        return statistics.median(o / f for o, f in zip(times["otel"], times[key]))
+
+    ratio, ratio_store, ratio_loki = ratio_of("flowscope"), ratio_of("flowscope_store"), ratio_of("flowscope_loki")
     counted = ex.store.value("flowscope_step_duration_seconds_count", {
         "workflow": "checkout", "layer": "database", "component": "postgres", "operation": "SELECT orders",
         "status": "ok"})
     assert counted == args.rounds * chunk, counted
+    stored = ex_store.store.value("flowscope_run_store_dropped_total", {"reason": "queue_full"})
     provider.shutdown()
     ex.close()
+    ex_store.close()
     ex_loki.pipeline.loki.close(timeout_s=0.1)
     print("== SDK overhead per traced step (enter + exit + aggregation) ==")
     print(f"  OpenTelemetry span, BatchSpanProcessor, no-op exporter  {res['otel']:6.2f} us   (baseline)")
-    print(f"  Flowscope step, metrics only                            {res['flowscope']:6.2f} us   "
+    print(f"  Flowscope step, metrics only (run store off)            {res['flowscope']:6.2f} us   "
           f"= {ratio:.1f}x cheaper (median of {args.rounds} paired rounds; target >= 8x)")
+    print(f"  Flowscope step, metrics + run store, rows written       {res['flowscope_store']:6.2f} us   "
+          f"= {ratio_store:.1f}x cheaper (steps dropped by a full store queue: {int(stored or 0)})")
     print(f"  Flowscope step, with the Loki pusher attached           {res['flowscope_loki']:6.2f} us   "
           f"= {ratio_loki:.1f}x cheaper")
-    return {**res, "ratio": ratio, "ratio_loki": ratio_loki}
+    return {**res, "ratio": ratio, "ratio_store": ratio_store, "ratio_loki": ratio_loki}
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ from typing import Any
 from . import conventions as c
 
 
+_SCALARS = frozenset((int, float, bool, type(None)))
+
+
 class Redactor:
     def __init__(self, fragments: tuple[str, ...] = c.DEFAULT_SECRET_KEYS):
         self.fragments = tuple(f.lower() for f in fragments if f)
@@ -30,6 +33,9 @@ class Redactor:
         self._pair = re.compile(
             rf"""(?i)(["']?[\w.-]*(?:{alt})[\w.-]*["']?\s*[:=]\s*)((?:bearer|basic)\s+[^\s,;&]+|"[^"]*"|'[^']*'|[^\s,;&}}\]]+)""")
         self._scheme = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
+        # one cheap scan first: most text names no secret and needs no substitution at all. Plain
+        # substring tests on the lower-cased text: a case-insensitive regex alternation is ~10x slower.
+        self._hints = (*self.fragments, "bearer", "basic")
         self._cache: dict[str, bool] = {}
 
     def is_secret(self, key: str) -> bool:
@@ -43,9 +49,25 @@ class Redactor:
 
     def value(self, obj: Any) -> Any:
         """A copy of ``obj`` with every secret key's value replaced; strings are scanned as text."""
-        if isinstance(obj, dict):
-            return {k: (c.REDACTED if isinstance(k, str) and self.is_secret(k) else self.value(v))
-                    for k, v in obj.items()}
+        t = type(obj)
+        if t is str:
+            return self.text(obj)
+        if t is dict or isinstance(obj, dict):
+            cache, text, value = self._cache, self.text, self.value
+            out = {}
+            for k, v in obj.items():
+                secret = cache.get(k)
+                if secret is None:
+                    secret = isinstance(k, str) and self.is_secret(k)
+                if secret:
+                    out[k] = c.REDACTED
+                elif type(v) is str:
+                    out[k] = text(v)
+                elif type(v) in _SCALARS:
+                    out[k] = v
+                else:
+                    out[k] = value(v)
+            return out
         if isinstance(obj, (list, tuple)):
             return [self.value(v) for v in obj]
         if isinstance(obj, str):
@@ -53,7 +75,17 @@ class Redactor:
         return obj
 
     def text(self, s: str | None) -> str | None:
-        if not s or ("=" not in s and ":" not in s and " " not in s):
+        if not s:
+            return s
+        # fast path: a secret in text needs a separator, or a Bearer/Basic scheme word
+        if "=" not in s and ":" not in s and "earer" not in s and "asic" not in s and "EARER" not in s \
+                and "ASIC" not in s:
+            return s
+        low = s.lower()
+        for h in self._hints:
+            if h in low:
+                break
+        else:
             return s
         s = self._pair.sub(lambda m: m.group(1) + c.REDACTED, s)
         return self._scheme.sub(lambda m: m.group(1) + " " + c.REDACTED, s)

@@ -60,6 +60,7 @@ runs = Table(
     Column("error_message", Text, nullable=True),
     Index("ix_runs_workflow_start", "workflow", "start_ns"),
     Index("ix_runs_start", "start_ns"),
+    Index("ix_runs_trace", "trace_id"),
 )
 
 spans = Table(
@@ -83,7 +84,6 @@ spans = Table(
     Column("state", Text, nullable=True),
     Column("is_step", Boolean, nullable=False),
     Index("ix_spans_end", "end_ns"),
-    Index("ix_spans_trace", "trace_id"),
 )
 
 errors = Table(
@@ -141,6 +141,18 @@ profiles = Table(
     Index("ix_profiles_wf_time", "workflow", "time_ns"),
 )
 
+SPAN_COLUMNS = tuple(col.name for col in spans.columns)
+
+
+def _insert_ignore_sql(dialect, table: str, columns: tuple[str, ...]) -> str | None:
+    """Plain SQL for the driver's executemany, where the dialect's paramstyle is known; else None."""
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
+    if mark is None or dialect.name not in ("sqlite", "postgresql"):
+        return None
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}) "
+            "ON CONFLICT DO NOTHING")
+
+
 #: Attribute keys that identify a person: stored hashed, never raw.
 USER_KEYS = frozenset(("enduser.id", "user", "user.id", "user_id", "username", "user.name", "user.email", "email"))
 
@@ -192,6 +204,7 @@ class RunStore:
                                                 error_groups.c.template)).all())
         from .db import insert_ignore
         self._insert_span = insert_ignore(engine, spans)
+        self._span_sql = _insert_ignore_sql(engine.dialect, "spans", SPAN_COLUMNS)
         self._insert_run = insert_ignore(engine, runs)
         self._lock = threading.Lock()  # one writer at a time owns the miner
 
@@ -206,60 +219,53 @@ class RunStore:
                 out[k] = hash_user(str(out[k]))
         return _json(out)
 
-    def span_row(self, s: Span) -> tuple[dict, bool]:
+    def span_row(self, s: Span) -> tuple[tuple, bool]:
+        """The span as a row in :data:`SPAN_COLUMNS` order, redacted and capped; and whether its state was cut."""
         red = self.redactor
         truncated = False
         state = None
         if s.state is not None:
             state, truncated = cap_state(red.value(s.state) if isinstance(s.state, dict) else {"value": s.state},
                                          self.state_max_bytes)
-        return {
-            "correlation_id": s.correlation_id, "span_id": s.span_id, "trace_id": s.trace_id,
-            "parent_span_id": s.parent_span_id or None, "workflow": s.workflow or c.UNKNOWN_WORKFLOW,
-            "service": s.service or "", "layer": s.layer, "component": s.component[:200],
-            "operation": s.operation[:500], "start_ns": s.start_ns, "end_ns": s.end_ns, "status": s.status,
-            "error_type": s.error_type, "error_message": red.text(s.error_message),
-            "stack_trace": red.text(s.stack_trace), "attributes": self._attrs(s.attributes), "state": state,
-            "is_step": bool(s.is_step),
-        }, truncated
+        return (s.correlation_id, s.span_id, s.trace_id, s.parent_span_id or None, s.workflow or c.UNKNOWN_WORKFLOW,
+                s.service or "", s.layer, s.component[:200], s.operation[:500], s.start_ns, s.end_ns, s.status,
+                s.error_type, red.text(s.error_message), red.text(s.stack_trace), self._attrs(s.attributes), state,
+                bool(s.is_step)), truncated
 
     @staticmethod
-    def fast_row(t: tuple) -> dict:
+    def fast_row(t: tuple) -> tuple:
         run, layer, component, operation, start_ns, end_ns, span_id, parent = t
-        return {"correlation_id": run.correlation_id, "span_id": span_id, "trace_id": run.trace_id,
-                "parent_span_id": parent, "workflow": run.workflow, "service": run.service or "", "layer": layer,
-                "component": component, "operation": operation, "start_ns": start_ns, "end_ns": end_ns,
-                "status": "ok", "error_type": None, "error_message": None, "stack_trace": None, "attributes": None,
-                "state": None, "is_step": True}
+        return (run.correlation_id, span_id, run.trace_id, parent, run.workflow, run.service or "", layer, component,
+                operation, start_ns, end_ns, "ok", None, None, None, None, None, True)
 
     def write(self, items: list) -> dict[str, int]:
         """Store one drained batch (Spans, fast-step tuples, ErrorRecords, Profiles) in one transaction."""
-        span_rows: list[dict] = []
+        span_rows: list[tuple] = []
         run_rows: list[dict] = []
         err_rows: list[dict] = []
         prof_rows: list[dict] = []
         truncated = 0
         red = self.redactor
+        fast_row, span_row = self.fast_row, self.span_row
         for it in items:
             if type(it) is tuple:
-                span_rows.append(self.fast_row(it))
+                span_rows.append(fast_row(it))
             elif isinstance(it, Span):
-                row, cut = self.span_row(it)
+                row, cut = span_row(it)
                 truncated += cut
                 span_rows.append(row)
                 if it.is_root:
                     run_rows.append({
-                        "correlation_id": it.correlation_id, "workflow": row["workflow"], "status": it.status,
+                        "correlation_id": it.correlation_id, "workflow": row[4], "status": it.status,
                         "start_ns": it.start_ns, "end_ns": it.end_ns,
                         "duration_ms": (it.end_ns - it.start_ns) / 1e6, "trace_id": it.trace_id,
-                        "service": row["service"], "user_hash": it.user, "error_type": it.error_type,
-                        "error_message": row["error_message"]})
+                        "service": row[5], "user_hash": it.user, "error_type": it.error_type,
+                        "error_message": row[13]})
                 if it.is_step and it.status in c.FAILED_STATUSES:
                     err_rows.append({"correlation_id": it.correlation_id, "span_id": it.span_id,
-                                     "workflow": row["workflow"], "service": row["service"], "layer": it.layer,
-                                     "component": row["component"], "error_type": it.error_type or it.status,
-                                     "message": row["error_message"], "stack_trace": row["stack_trace"],
-                                     "time_ns": it.end_ns})
+                                     "workflow": row[4], "service": row[5], "layer": it.layer,
+                                     "component": row[7], "error_type": it.error_type or it.status,
+                                     "message": row[13], "stack_trace": row[14], "time_ns": it.end_ns})
             elif isinstance(it, ErrorRecord):
                 err_rows.append({"correlation_id": it.correlation_id, "span_id": it.span_id,
                                  "workflow": it.workflow, "service": it.service or "", "layer": it.layer,
@@ -274,7 +280,10 @@ class RunStore:
                                   "sample_rate_hz": it.sample_rate_hz, "stacks": _json(stacks)})
         with self._lock, self.engine.begin() as conn:
             if span_rows:
-                conn.execute(self._insert_span, span_rows)
+                if self._span_sql is not None:  # straight to the driver's executemany: no per-row compiling
+                    conn.exec_driver_sql(self._span_sql, span_rows)
+                else:
+                    conn.execute(self._insert_span, [dict(zip(SPAN_COLUMNS, r)) for r in span_rows])
             if run_rows:
                 conn.execute(self._insert_run, run_rows)
             if err_rows:
@@ -358,7 +367,7 @@ class RunStore:
             run = conn.execute(select(runs).where(runs.c.correlation_id == correlation_id)).mappings().first()
             if run is None and len(correlation_id) == 32:
                 # exemplars and Loki lines carry the trace_id: resolve it to its run
-                cid = conn.execute(select(spans.c.correlation_id).where(spans.c.trace_id == correlation_id)
+                cid = conn.execute(select(runs.c.correlation_id).where(runs.c.trace_id == correlation_id)
                                    .limit(1)).scalar()
                 if cid is not None and cid != correlation_id:
                     return self.get_run(cid)
