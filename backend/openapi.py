@@ -21,6 +21,18 @@ _INGEST_ERRORS = {
     "415": _resp("Unsupported Content-Type or Content-Encoding.", _ERROR),
 }
 
+_TIME = {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
+         "description": "RFC 3339 or Unix seconds"}
+
+
+def _q(name: str, schema: dict | None = None) -> dict:
+    return {"name": name, "in": "query", "schema": schema or {"type": "string"}}
+
+
+_RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 128},
+           "description": "The run's correlation_id, or its trace_id (as exemplars and log lines carry)."}
+_FP = {"name": "fingerprint", "in": "path", "required": True, "schema": {"type": "string"}}
+
 _STEP = {
     "type": "object",
     "required": ["correlation_id", "workflow_type", "layer", "component", "operation", "started_at"],
@@ -126,6 +138,81 @@ def openapi_document() -> dict:
                               "403": _resp("No admin token configured and the caller is not loopback", _ERROR),
                               "409": _resp("Grafana is not configured", _ERROR),
                               "502": _resp("Grafana refused or is unavailable", _ERROR)}}},
+            c.RUNS_PATH: {"get": {
+                "summary": "Stored workflow runs, newest first.",
+                "parameters": [_q("workflow"), _q("status", {"enum": [*c.STATUSES, "in_progress"]}),
+                               _q("since", _TIME), _q("until", _TIME), _q("min_duration_ms", {"type": "number"}),
+                               _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                               _q("offset", {"type": "integer", "minimum": 0})],
+                "responses": {"200": _resp("Runs", {"type": "object"}), "400": _resp("Bad filter", _ERROR)}}},
+            c.RUNS_PATH + "/{run_id}": {"get": {
+                "summary": "One run: its span tree, steps, critical path, errors and links (logs, flame graph).",
+                "parameters": [_RUN_ID],
+                "responses": {"200": _resp("The run", {"type": "object"}),
+                              "404": _resp("No run with that correlation_id or trace_id", _ERROR)}}},
+            c.RUNS_PATH + "/{run_id}/replay": {"get": {
+                "summary": "Time travel: the reconstructed state after step N and its diff from step N-1.",
+                "parameters": [_RUN_ID, {**_q("step", {"type": "integer", "minimum": 0}), "required": True}],
+                "responses": {"200": _resp("State and diff", {"type": "object"}),
+                              "400": _resp("Step out of range (`error.valid_range`) or not a number", _ERROR),
+                              "404": _resp("Unknown run", _ERROR)}}},
+            c.RUN_PAGE_PATH + "/{run_id}": {"get": {
+                "summary": "The run page: waterfall by layer, critical path, errors, step-by-step replay.",
+                "parameters": [_RUN_ID],
+                "responses": {"200": _resp("HTML", {"type": "string"}, "text/html"),
+                              "404": _resp("Unknown run (an HTML page)", {"type": "string"}, "text/html")}}},
+            c.RUN_PAGE_PATH + "/{run_id}/flamegraph.svg": {"get": {
+                "summary": "The run's CPU flame graph (profiles posted or sampled with its correlation_id).",
+                "parameters": [_RUN_ID],
+                "responses": {"200": _resp("SVG", {"type": "string"}, "image/svg+xml"),
+                              "404": _resp("Unknown run", _ERROR)}}},
+            c.FLAMEGRAPH_PATH: {"get": {
+                "summary": "Flame graph as Grafana's Flame Graph data frame (label, level, value, self), or SVG.",
+                "parameters": [_q("workflow"), _q("correlation_id"), _q("since", _TIME), _q("until", _TIME),
+                               _q("format", {"enum": ["json", "svg"]})],
+                "responses": {"200": _resp("Data frame", {"type": "object"}), "400": _resp("Bad query", _ERROR)}}},
+            c.FLAMEGRAPH_PATH + "/diff": {"get": {
+                "summary": "Diff flame graph: baseline window (value/self) against recent (valueRight/selfRight).",
+                "parameters": [{**_q("workflow"), "required": True}, _q("window_s", {"type": "number"}),
+                               _q("since", _TIME), _q("until", _TIME), _q("baseline_since", _TIME),
+                               _q("baseline_until", _TIME), _q("format", {"enum": ["json", "svg"]})],
+                "responses": {"200": _resp("Data frame", {"type": "object"}), "400": _resp("Bad query", _ERROR)}}},
+            c.ERRORS_PATH: {"get": {
+                "summary": "Error groups (fingerprints) with count, first/last seen, trend, status, suggestions.",
+                "parameters": [_q("workflow"), _q("since", _TIME), _q("recent_s", {"type": "number"}),
+                               _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000})],
+                "responses": {"200": _resp("Groups", {"type": "object"}), "400": _resp("Bad query", _ERROR)}}},
+            c.ERRORS_PATH + "/{fingerprint}": {"get": {
+                "summary": "One error group with its latest occurrences, resolution history and suggestions.",
+                "parameters": [_FP],
+                "responses": {"200": _resp("The group", {"type": "object"}),
+                              "404": _resp("Unknown fingerprint", _ERROR)}}},
+            c.ERRORS_PATH + "/{fingerprint}/resolve": {"post": {
+                "summary": "Record what fixed a group; if it comes back it is flagged regressed with this note.",
+                "parameters": [_FP],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["note"], "properties": {
+                        "note": {"type": "string", "minLength": 1, "maxLength": 4000},
+                        "resolved_by": {"type": "string", "maxLength": 200}}}}}},
+                "responses": {"200": _resp("The group, resolved", {"type": "object"}),
+                              "400": _resp("Bad body", _ERROR), "401": _resp("Admin token wrong", _ERROR),
+                              "403": _resp("No admin token and not loopback", _ERROR),
+                              "404": _resp("Unknown fingerprint", _ERROR)}}},
+            c.ATTRIBUTION_PATH: {"get": {
+                "summary": "BubbleUp-style attribution: values over-represented in failed or slow (> p90) runs.",
+                "parameters": [{**_q("workflow"), "required": True}, _q("by", {"enum": ["failed", "slow"]}),
+                               _q("since", _TIME), _q("until", _TIME), _q("q", {"type": "number"}),
+                               _q("top", {"type": "integer"}), _q("max_runs", {"type": "integer"})],
+                "responses": {"200": _resp("Ranked findings", {"type": "object"}), "400": _resp("Bad query", _ERROR)}}},
+            c.REGRESSIONS_PATH: {"get": {
+                "summary": "Regressions and improvements found by scheduled or on-demand detection.",
+                "parameters": [_q("direction", {"enum": ["regression", "improvement"]}), _q("workflow"),
+                               _q("limit", {"type": "integer"})],
+                "responses": {"200": _resp("Findings", {"type": "object"}), "400": _resp("Bad query", _ERROR)}}},
+            c.REGRESSIONS_PATH + "/detect": {"post": {
+                "summary": "Run detection now (admin).",
+                "responses": {"200": _resp("Result", {"type": "object"}),
+                              "409": _resp("No Prometheus configured for detection", _ERROR)}}},
             c.METRICS_PATH: {"get": {
                 "summary": "Prometheus scrape target; OpenMetrics with exemplars when asked for.",
                 "responses": {"200": {"description": "Exposition", "content": {

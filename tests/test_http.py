@@ -1,4 +1,5 @@
 import gzip
+import re
 
 import orjson
 import pytest
@@ -175,6 +176,10 @@ def test_health_and_openapi(client):
     doc = client.get(c.OPENAPI_PATH).json
     assert doc["openapi"].startswith("3.1")
     assert {c.OTLP_TRACES_PATH, c.NATIVE_SPANS_PATH, c.METRICS_PATH, c.HEALTH_PATH} <= set(doc["paths"])
+    # every route the app serves is documented
+    served = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule) for rule in client.application.url_map.iter_rules()
+              if rule.endpoint != "static"}
+    assert served - set(doc["paths"]) == set()
     r = client.get("/nope")
     assert r.status_code == 404 and r.json["error"]["code"] == "not_found"
     r = client.get(c.OTLP_TRACES_PATH)
