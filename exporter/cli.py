@@ -168,9 +168,9 @@ def _serve(args: argparse.Namespace) -> int:
 
         from .profiles import Profile, parse_folded
 
-        def profile(workflow: str, folded: str) -> None:
+        def profile(workflow: str, folded: str, correlation_id: str | None) -> None:
             self_s, stacks = parse_folded(folded, 100.0)
-            ex.pipeline.record_profile(Profile(workflow, self_s, None, stacks, 100.0), "folded")
+            ex.pipeline.record_profile(Profile(workflow, self_s, correlation_id, stacks, 100.0), "folded")
 
         demo = DemoTraffic(deliver, rate=cfg.demo_rate, on_start=ex.pipeline.workflow_started,
                            on_end=ex.pipeline.workflow_ended, on_profile=profile).start()
@@ -213,8 +213,9 @@ def _demo(args: argparse.Namespace) -> int:
             errors.append(r.status_code)
             raise FlowscopeError(f"{url} answered HTTP {r.status_code}: {r.text[:200]}")
 
-    def profile(workflow: str, folded: str) -> None:
-        r = session.post(args.target.rstrip("/") + "/api/v1/profiles", params={"workflow": workflow},
+    def profile(workflow: str, folded: str, correlation_id: str | None) -> None:
+        params = {"workflow": workflow, **({"correlation_id": correlation_id} if correlation_id else {})}
+        r = session.post(args.target.rstrip("/") + "/api/v1/profiles", params=params,
                          data=folded.encode(), headers={**headers, "Content-Type": "text/plain"}, timeout=10)
         if r.status_code >= 300:
             raise FlowscopeError(f"profile refused: HTTP {r.status_code}: {r.text[:200]}")

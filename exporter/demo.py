@@ -187,7 +187,8 @@ class DemoTraffic:
                  tick_s: float = 0.25, on_profile: Callable[[str, str], None] | None = None):
         self.deliver, self.rate, self.tick_s = deliver, rate, tick_s
         self.on_start, self.on_end = on_start, on_end
-        self.on_profile = on_profile  # (workflow, folded text), about once a second per workflow
+        #: (workflow, folded text, correlation_id of a recent run of it), about once a second per workflow
+        self.on_profile = on_profile
         self.rng = random.Random(seed)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flowscope-demo", daemon=True)
@@ -202,6 +203,7 @@ class DemoTraffic:
         seq = 0
         carry = 0.0
         next_profile = 0.0
+        recent: dict[str, str] = {}
         while not self._stop.wait(self.tick_s):
             now = time.time()
             carry += self.rate * self.tick_s
@@ -213,13 +215,14 @@ class DemoTraffic:
                 end = run["started_at"] + run["duration_ms"] / 1000
                 heapq.heappush(pending, (end, seq, batch))
                 seq += 1
+                recent[run["workflow_type"]] = run["correlation_id"]
                 if self.on_start:
                     self.on_start(run["workflow_type"])
             if self.on_profile and now >= next_profile:
                 next_profile = now + 1.0
                 for wf in WORKFLOWS:
                     try:
-                        self.on_profile(wf, generate_profile(self.rng, wf))
+                        self.on_profile(wf, generate_profile(self.rng, wf), recent.get(wf))
                     except Exception as e:
                         log.warning("demo profile delivery failed: %s", e)
             ready = {"workflows": [], "steps": []}

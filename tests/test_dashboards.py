@@ -95,8 +95,8 @@ def test_every_panel_query_returns_data_from_prometheus_scraping_a_demo_fed_expo
                      .replace("for: 5m", "for: 1s"))  # alerts fire within the test, so ALERTS has data
     from exporter.profiles import Profile, parse_folded
 
-    def profile(wf, folded):
-        ex.pipeline.record_profile(Profile(wf, parse_folded(folded, 100.0)[0]), "folded")
+    def profile(wf, folded, correlation_id):
+        ex.pipeline.record_profile(Profile(wf, parse_folded(folded, 100.0)[0], correlation_id), "folded")
 
     demo = DemoTraffic(lambda b: ex.pipeline.ingest(native.decode(b).spans, c.FORMAT_NATIVE), rate=300, seed=7,
                        on_start=ex.pipeline.workflow_started, on_end=ex.pipeline.workflow_ended, tick_s=0.1,
