@@ -160,3 +160,36 @@ def test_a_run_without_its_root_is_shown_in_progress(stored):
     got = stored.runs.get_run("open")
     assert got["run"]["status"] == "in_progress" and len(got["spans"]) == 1
     assert stored.runs.get_run("nope") is None
+
+
+def test_a_database_outage_is_retried_counted_and_loses_nothing(make_exporter, postgres):
+    """PostgreSQL refuses connections for a while: the writer keeps its batch, retries, and catches up."""
+    import psycopg
+
+    url = postgres.fresh_database()
+    db = url.rsplit("/", 1)[1]
+    admin = postgres.url("postgres").replace("+psycopg", "")
+    ex = make_exporter(database_url=url)
+    t = _tracer(ex)
+    with t.workflow("checkout"):
+        pass
+    assert ex.pipeline.recorder.flush()
+    with psycopg.connect(admin, autocommit=True) as conn:   # the outage: no new connections, old ones cut
+        conn.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
+    ids = []
+    for _ in range(3):
+        with t.workflow("checkout") as run:
+            with t.step("api", "orders", "create", state={"n": 1}):
+                pass
+        ids.append(run.correlation_id)
+    deadline = time.monotonic() + 20
+    while not ex.store.value(c.RUN_STORE_WRITE_FAILURES_TOTAL) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ex.store.value(c.RUN_STORE_WRITE_FAILURES_TOTAL) >= 1
+    with psycopg.connect(admin, autocommit=True) as conn:   # back up
+        conn.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+    assert ex.pipeline.recorder.flush(60)
+    assert all(ex.runs.get_run(cid)["run"]["status"] == "ok" for cid in ids)
+    assert ex.store.value(c.RUNS_STORED_TOTAL) == 4
+    assert not ex.store.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "write_failed"})
