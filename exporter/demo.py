@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import conventions as c
 from .model import new_span_id
 
 log = logging.getLogger("flowscope.demo")
@@ -117,6 +118,13 @@ def generate_run(rng: random.Random, start_s: float, workflow: str | None = None
         if etype:
             rec.update(error_type=etype, error_message=emsg)
             failure = (etype, emsg)
+        if spec.layer == "database":
+            # what the SDK's SQLAlchemy instrumentation would flag: slow (the spec's 100 ms) or N+1 (~3 %,
+            # derived from the duration so the random sequence, and every seeded run, stays as it was)
+            pattern = (c.QUERY_SLOW if dur >= 100 else c.QUERY_N_PLUS_ONE if int(dur * 1000) % 37 == 0 else None)
+            rec["metadata"] = {c.ATTR_DB_STATEMENT: f"{spec.operation} WHERE id = ?"}
+            if pattern:
+                rec["metadata"][c.ATTR_DB_PATTERN] = pattern
         steps.append(rec)
         t += dur / 1000 + rng.uniform(0.2, 1) / 1000
         if failure:

@@ -77,6 +77,19 @@ def test_errors_dashboard_links_correlation_ids_to_the_run_page_and_reads_loki()
     assert links == ["${backend_url}/runs/${__value.raw}"]
 
 
+def test_profiles_dashboard_links_to_the_flame_graphs(ex, client):
+    d = ALL[c.DASHBOARD_PROFILES]
+    urls = [link["url"] for p in panels(d) for link in p.get("links", [])]
+    assert urls == ["${backend_url}/api/v1/flamegraph?workflow=${workflow}&format=svg",
+                    "${backend_url}/api/v1/flamegraph/diff?workflow=${workflow}&window_s=3600&format=svg"]
+    from exporter.profiles import Profile
+    ex.runs.write([Profile("checkout", {"f": 1.0}, None, {"main;f": 100}, 100.0)])
+    for url in urls:  # as Grafana fills them in with the workflow variable at "All" (.*)
+        r = client.get(url.replace("${backend_url}", "").replace("${workflow}", ".*"))
+        assert r.status_code == 200 and r.mimetype == "image/svg+xml"
+    assert b"main" in client.get(urls[0].replace("${backend_url}", "").replace("${workflow}", ".*")).data
+
+
 @pytest.mark.parametrize("uid,title,expr", QUERIES, ids=[f"{u}:{t}" for u, t, _ in QUERIES])
 def test_every_promql_expression_parses(uid, title, expr):
     promql_parser.parse(concrete(expr))

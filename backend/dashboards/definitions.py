@@ -78,6 +78,17 @@ def layers(spec: Spec) -> dashboard.Dashboard:
                     .with_target(prom(
                         f"topk(10, histogram_quantile(0.95, sum by ({c.L_LAYER}, {c.L_COMPONENT}, {c.L_OPERATION}, le)"
                         f" (rate({STEP}_bucket{{{WF},{LAYER}}}[{RATE}]))))", instant=True).format(PromQueryFormat.TABLE)))
+        .with_row(dashboard.Row("Database queries"))
+        .with_panel(ts("Slow queries and N+1 patterns", "Database steps the SDK's SQL instrumentation flagged: "
+                       "slower than the database warning threshold, or one statement repeated in a run.", "ops")
+                    .span(12).height(8).with_target(prom(
+                        f"sum by ({c.L_WORKFLOW}, {c.L_KIND}) (rate({c.QUERY_PATTERNS_TOTAL}{{{WF}}}[{RATE}]))",
+                        f"{{{{{c.L_WORKFLOW}}}}} {{{{{c.L_KIND}}}}}")))
+        .with_panel(table.Panel().title("Flagged queries").description(
+            "Slow and repeated statements from Loki (literals stripped); click a correlation_id to open the run.")
+            .datasource(LOKI).span(12).height(8)
+            .with_target(logql('{layer="database", level="warn", workflow=~"$workflow"} | json | db_pattern != ""'))
+            .override_by_name("correlation_id", [run_link()]))
         .with_row(dashboard.Row("Against the alert thresholds"))
     )
     for t in spec.thresholds:
@@ -114,9 +125,16 @@ def errors(spec: Spec) -> dashboard.Dashboard:
 
 def profiles(spec: Spec) -> dashboard.Dashboard:
     d = base(c.DASHBOARD_PROFILES, "Flowscope · Profiles", "The hottest functions by CPU self time, per workflow.")
+    flame = f"${{backend_url}}{c.FLAMEGRAPH_PATH}"
     return (
-        d.with_panel(ts("CPU seconds per second by function (top 10)", "Self time of the ten hottest functions.",
-                        "s").span(24).height(10).with_target(prom(
+        d.with_panel(ts("CPU seconds per second by function (top 10)", "Self time of the ten hottest functions. "
+                        "The panel links open the flame graph, and what got hotter in the last hour.",
+                        "s").span(24).height(10)
+                     .links([dashboard.DashboardLink("Flame graph (${workflow})").url(
+                                 f"{flame}?workflow=${{workflow}}&format=svg").target_blank(True),
+                             dashboard.DashboardLink("What got hotter: last hour vs the hour before").url(
+                                 f"{flame}/diff?workflow=${{workflow}}&window_s=3600&format=svg").target_blank(True)])
+                     .with_target(prom(
                             f"topk(10, sum by ({c.L_WORKFLOW}, {c.L_FUNCTION}) "
                             f"(rate({c.PROFILE_CPU_SECONDS_TOTAL}{{{WF}}}[{RATE}])))",
                             f"{{{{{c.L_WORKFLOW}}}}} {{{{{c.L_FUNCTION}}}}}")))

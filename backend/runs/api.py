@@ -104,6 +104,11 @@ def _windows() -> tuple[tuple[int, int], tuple[int, int]]:
     return (b_since, b_until), (since, until)
 
 
+def _workflow(value: str | None) -> str | None:
+    """A workflow filter; Grafana's "All" (``.*``, as the dashboards' variable sends it) means no filter."""
+    return None if not value or value in (".*", "$__all", "All") else value
+
+
 def create_blueprint() -> Blueprint:
     bp = Blueprint("runs", __name__, template_folder="templates")
 
@@ -150,7 +155,8 @@ def create_blueprint() -> Blueprint:
             raise HttpError(400, "invalid_query", "workflow or correlation_id is required", "workflow")
         since = parse_time(a["since"], "since") if a.get("since") else None
         until = parse_time(a["until"], "until") if a.get("until") else None
-        stacks = run_store().profile_stacks(a.get("workflow") or None, a.get("correlation_id") or None, since, until)
+        stacks = run_store().profile_stacks(_workflow(a.get("workflow")), a.get("correlation_id") or None, since,
+                                            until)
         tree = fg.build_tree(stacks)
         title = a.get("correlation_id") or a.get("workflow")
         if a.get("format") == "svg":
@@ -164,7 +170,8 @@ def create_blueprint() -> Blueprint:
             raise HttpError(400, "invalid_query", "workflow is required", "workflow")
         (bs, bu), (s, u) = _windows()
         store = run_store()
-        tree = fg.build_tree(store.profile_stacks(wf, None, bs, bu), store.profile_stacks(wf, None, s, u))
+        tree = fg.build_tree(store.profile_stacks(_workflow(wf), None, bs, bu),
+                             store.profile_stacks(_workflow(wf), None, s, u))
         if request.args.get("format") == "svg":
             return Response(fg.svg(tree, f"CPU profile diff: {wf}", diff=True), mimetype="image/svg+xml")
         frame = fg.dataframe(tree, diff=True, name=wf)
