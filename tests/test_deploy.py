@@ -34,8 +34,10 @@ def test_compose_file_is_valid_and_wires_the_stack():
     r = compose("-f", "docker-compose.yml", "config", "--format", "json")
     assert r.returncode == 0, r.stderr
     cfg = json.loads(r.stdout)
-    assert {"flowscope", "demo", "prometheus", "alertmanager", "loki", "grafana"} <= set(cfg["services"])
+    assert {"flowscope", "demo", "prometheus", "alertmanager", "loki", "grafana", "postgres"} <= set(cfg["services"])
     fs = cfg["services"]["flowscope"]
+    assert fs["environment"]["FLOWSCOPE_DATABASE_URL"].startswith("postgresql://flowscope@postgres:5432/")
+    assert "ports" not in cfg["services"]["postgres"]  # the database is not published
     assert fs["environment"]["FLOWSCOPE_LOKI_URL"] == "http://loki:3100"
     assert all(p.get("host_ip") == "127.0.0.1" for s in cfg["services"].values() for p in s.get("ports", []))
     prom = cfg["services"]["prometheus"]
