@@ -57,7 +57,17 @@ def _err(cid, sid, t_ns, etype, msg, layer="external", workflow="checkout"):
                 parent_span_id="f" * 16, correlation_id=cid, error_type=etype, error_message=msg)
 
 
-def test_error_groups_api_with_trend_and_resolution_memory(ex, client):
+@pytest.fixture
+def ex_db(make_exporter, database_url):
+    """An exporter on SQLite and on PostgreSQL, with a test client."""
+    from backend.app import create_app
+
+    ex = make_exporter(database_url=database_url)
+    return ex, create_app(ex).test_client()
+
+
+def test_error_groups_api_with_trend_and_resolution_memory(ex_db):
+    ex, client = ex_db
     now = time.time_ns()
     spans = [_err(f"run{i}", f"{i:016x}", now - i * 10**9, "PaymentTimeout",
                   f"timeout after {5000 + i} ms on 10.0.0.{i % 9}") for i in range(12)]
@@ -147,7 +157,8 @@ def _runs_for_attribution(ex, n=300, seed=5):
     assert ex.pipeline.recorder.flush()
 
 
-def test_attribution_ranks_the_values_that_fail_together(ex, client):
+def test_attribution_ranks_the_values_that_fail_together(ex_db):
+    ex, client = ex_db
     _runs_for_attribution(ex)
     body = client.get("/api/v1/attribution?workflow=checkout&by=failed").json
     top = body["findings"][0]

@@ -67,7 +67,11 @@ def test_critical_path_follows_what_set_the_duration():
 
 
 @pytest.fixture
-def stored_client(ex, client):
+def stored_client(make_exporter, database_url):
+    from backend.app import create_app
+
+    ex = make_exporter(database_url=database_url)
+    client = create_app(ex).test_client()
     rng = __import__("random").Random(7)
     docs = [generate_run(rng, time.time() - 60 + i, wf) for i, wf in enumerate(
         ["checkout", "checkout", "login", "checkout"])]
