@@ -515,6 +515,7 @@ class RunRecorder:
         self.clock = clock
         self._q: deque = deque()
         self._dropped = 0
+        self._drop_lock = threading.Lock()
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -543,7 +544,7 @@ class RunRecorder:
             q.extend(batch)
         else:
             q.extend(batch[:max(room, 0)])
-            self._dropped += len(batch) - max(room, 0)
+            self._drop(len(batch) - max(room, 0))
         if len(q) > 5000:
             self._wake.set()
 
@@ -551,7 +552,11 @@ class RunRecorder:
         if len(self._q) < self.queue_max:
             self._q.append(item)
         else:
-            self._dropped += 1
+            self._drop(1)
+
+    def _drop(self, n: int) -> None:
+        with self._drop_lock:  # only on overflow: the normal path takes no lock
+            self._dropped += n
 
     def error(self, rec: ErrorRecord) -> None:
         self.spans([rec])
@@ -560,7 +565,8 @@ class RunRecorder:
         self.spans([profile])
 
     def _fold_dropped(self) -> None:
-        n, self._dropped = self._dropped, 0
+        with self._drop_lock:
+            n, self._dropped = self._dropped, 0
         if n:
             self.m_dropped.inc(("queue_full",), n)
 
@@ -644,6 +650,12 @@ class RunRecorder:
         return False
 
     def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued (bounded by ``timeout_s``), then stop; what is left is counted as dropped."""
         self._stop = True
         self._wake.set()
         self._thread.join(timeout_s)
+        left = len(self._q)
+        if left:
+            log.error("run store closing: %d items not written", left)
+            with self._metrics.lock:
+                self.m_dropped.inc(("shutdown",), left)

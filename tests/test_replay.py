@@ -95,6 +95,8 @@ def test_runs_api_lists_filters_and_returns_the_tree(stored_client):
     assert body["run"]["correlation_id"] == cid
     root = body["tree"][0]
     assert root["operation"] == "checkout" and root["children"][0]["layer"] == "frontend"
+    db_step = root["children"][0]["children"][0]["children"][0]      # run > frontend > api > first backend call
+    assert db_step["has_state"] and "state" not in db_step             # state comes from /replay, step by step
     assert len(body["steps"]) == len(docs[0]["steps"])
     assert body["critical_path"][0] == root["span_id"]
     assert "correlation_id" in body["links"]["logs"] and cid in body["links"]["logs"]

@@ -193,3 +193,20 @@ def test_a_database_outage_is_retried_counted_and_loses_nothing(make_exporter, p
     assert all(ex.runs.get_run(cid)["run"]["status"] == "ok" for cid in ids)
     assert ex.store.value(c.RUNS_STORED_TOTAL) == 4
     assert not ex.store.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "write_failed"})
+
+
+def test_a_full_queue_drops_and_counts_and_keeps_what_it_accepted(tmp_path):
+    from exporter.db import make_engine
+    from exporter.metrics import MetricStore
+    from exporter.runstore import RunRecorder, RunStore
+
+    metrics = MetricStore()
+    store = RunStore(make_engine(f"sqlite:///{tmp_path}/q.db"))
+    rec = RunRecorder(store, metrics, queue_max=10, flush_interval_s=3600)  # the writer sleeps: nothing drains
+    now = time.time_ns()
+    rec.spans([_span(f"r{i}", f"{i:016x}", None, now) for i in range(25)])
+    assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "queue_full"}) == 15
+    assert metrics.value(c.RUN_STORE_QUEUE_SPANS) == 10
+    rec.close()  # closing writes what was accepted
+    assert len(store.list_runs(limit=100)) == 10
+    assert metrics.value(c.RUNS_STORED_TOTAL) == 10

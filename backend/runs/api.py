@@ -75,9 +75,12 @@ def run_json(got: dict, cfg) -> dict:
     cid = run["correlation_id"]
     run["start"], run["end"] = _iso(run["start_ns"]), _iso(run["end_ns"])
     public = cfg.public_url.rstrip("/")
+    # state snapshots stay out of the tree (up to state_max_bytes each): /replay serves them step by step
+    light = [{**{k: v for k, v in s.items() if k != "state"}, "has_state": s["state"] is not None}
+             for s in got["spans"]]
     return {
         "run": run,
-        "tree": span_tree(got["spans"]),
+        "tree": span_tree(light),
         "steps": [summary(s) for s in got["steps"]],
         "critical_path": got["critical_path"],
         "errors": got["errors"],
