@@ -98,6 +98,8 @@ def test_error_groups_api_with_trend_and_resolution_memory(ex_db):
                                       "resolved_by": "ana", "resolved_at_ns": back["resolutions"][0]["resolved_at_ns"]}
     listed = {x["fingerprint"]: x for x in client.get("/api/v1/errors").json["groups"]}[fp]
     assert listed["status"] == "regressed" and listed["suggestions"][0]["source"] == "resolution"
+    page = client.get("/runs/again").get_data(as_text=True)   # the run page offers the earlier fix too
+    assert "Fixed before:" in page and "raised the gateway pool to 50" in page and ">regressed<" in page
 
 
 @pytest.mark.parametrize("body, field", [(b"{", None), (b"[]", None), (b'{"note": ""}', "note"),

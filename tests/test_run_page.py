@@ -80,6 +80,7 @@ def test_run_page_waterfall_replay_errors_and_links(ex, serve, browser, tmp_path
 
     errors = page.inner_text("#errors")
     assert "ConnectionRefusedError" in errors and "PaymentFailed" in errors
+    assert "seen 1×" in errors and "Try: Connection refused or reset" in errors   # the knowledge base's advice
     page.click("#errors details summary")
     assert "Traceback" in page.inner_text("#errors details pre")
 

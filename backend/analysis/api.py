@@ -19,12 +19,12 @@ import orjson
 from flask import Blueprint, Response, current_app, request
 
 from exporter import conventions as c
-from exporter.classify import suggestion_for
 from exporter.http import HttpError
 
 from ..admin import require_admin
 from ..query import number_arg, parse_time, run_store
 from .attribution import attribute
+from .groups import status_of, suggestions
 from .trend import trend
 
 MAX_NOTE = 4000
@@ -32,24 +32,6 @@ MAX_NOTE = 4000
 
 def _json(body, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
-
-
-def _status(g: dict) -> str:
-    if g.get("regressed_at_ns"):
-        return "regressed"
-    if g.get("resolved_at_ns") and g["last_seen_ns"] <= g["resolved_at_ns"]:
-        return "resolved"
-    return "open"
-
-
-def suggestions(g: dict, resolutions: list[dict]) -> list[dict]:
-    """Earlier resolution notes first (newest first), then the knowledge base's advice for the category."""
-    out = [{"source": "resolution", "note": r["note"], "resolved_by": r.get("resolved_by"),
-            "resolved_at_ns": r["resolved_at_ns"]} for r in resolutions]
-    kb = suggestion_for(g["category"])
-    if kb:
-        out.append({"source": "knowledge_base", "category": g["category"], "note": kb})
-    return out
 
 
 def create_blueprint() -> Blueprint:
@@ -70,7 +52,7 @@ def create_blueprint() -> Blueprint:
         for g in groups:
             times = g.pop("times")
             tr = trend(times, g["first_seen_ns"], now, recent_s=recent_s, window_s=(now - since) / 1e9)
-            status = _status(g)
+            status = status_of(g)
             hist = store.error_group(g["fingerprint"])["resolutions"] if g.get("resolved_at_ns") else []
             out.append({**g, "count": len(times), "total_count": g["count"], **tr, "status": status,
                         "suggestions": suggestions(g, hist)})
@@ -82,7 +64,7 @@ def create_blueprint() -> Blueprint:
         if g is None:
             raise HttpError(404, "fingerprint_not_found", f"no error group with fingerprint {fingerprint!r}",
                             "fingerprint")
-        g["status"] = _status(g)
+        g["status"] = status_of(g)
         g["suggestions"] = suggestions(g, g["resolutions"])
         return _json(g)
 
@@ -109,7 +91,7 @@ def create_blueprint() -> Blueprint:
             raise HttpError(404, "fingerprint_not_found", f"no error group with fingerprint {fingerprint!r}",
                             "fingerprint")
         g = store.error_group(fingerprint)
-        g["status"] = _status(g)
+        g["status"] = status_of(g)
         return _json(g)
 
     @bp.get(c.ATTRIBUTION_PATH)

@@ -25,6 +25,7 @@ from exporter import conventions as c
 from exporter.http import HttpError
 
 from .. import flamegraph as fg
+from ..analysis.groups import status_of, suggestions
 from ..query import number_arg, parse_time, run_store
 from ..dashboards.common import LOKI_DS_UID
 from .replay import StepOutOfRange, critical_path, replay, span_tree, steps_of, summary
@@ -217,8 +218,19 @@ def create_blueprint() -> Blueprint:
             r["step_index"] = step_index.get(r["span_id"])
             r["failed"] = r["status"] in c.FAILED_STATUSES
             r["db_pattern"] = (r["attributes"] or {}).get(c.ATTR_DB_PATTERN)
+        # each error's group: how often it happens, whether it came back, and what fixed it before
+        store, groups = run_store(), {}
+        for e in body["errors"]:
+            fp = e["fingerprint"]
+            if fp not in groups:
+                g = store.error_group(fp)
+                if g is not None:
+                    g["status"] = status_of(g)
+                    g["suggestion"] = next(iter(suggestions(g, g["resolutions"])), None)
+                groups[fp] = g
         return render_template("run.html", run=run, rows=rows, body=body, layers=LAYER_COLORS,
                                steps=len(got["steps"]), api=c.RUNS_PATH, page=c.RUN_PAGE_PATH,
-                               db_findings=[r for r in rows if r["db_pattern"]])
+                               db_findings=[r for r in rows if r["db_pattern"]], groups=groups,
+                               errors_path=c.ERRORS_PATH)
 
     return bp

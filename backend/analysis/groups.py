@@ -1,0 +1,24 @@
+"""An error group's status and what to try first (pure)."""
+
+from __future__ import annotations
+
+from exporter.classify import suggestion_for
+
+
+def status_of(g: dict) -> str:
+    """open, resolved (no error since the last resolution) or regressed (one came back after it)."""
+    if g.get("regressed_at_ns"):
+        return "regressed"
+    if g.get("resolved_at_ns") and g["last_seen_ns"] <= g["resolved_at_ns"]:
+        return "resolved"
+    return "open"
+
+
+def suggestions(g: dict, resolutions: list[dict]) -> list[dict]:
+    """Earlier resolution notes first (newest first), then the knowledge base's advice for the category."""
+    out = [{"source": "resolution", "note": r["note"], "resolved_by": r.get("resolved_by"),
+            "resolved_at_ns": r["resolved_at_ns"]} for r in resolutions]
+    kb = suggestion_for(g["category"])
+    if kb:
+        out.append({"source": "knowledge_base", "category": g["category"], "note": kb})
+    return out
