@@ -417,8 +417,8 @@ class RunStore:
     # -- error analysis --------------------------------------------------------------------------
 
     def error_groups(self, since_ns: int, workflow: str | None = None, limit: int = 100) -> list[dict]:
-        """Groups with errors since ``since_ns`` (or regressed/resolved ones), with per-group occurrence
-        times, layers, workflows and sample correlation_ids for the window."""
+        """Groups with errors since ``since_ns``: per group, occurrence times, runs affected, layers,
+        workflows and sample correlation_ids for the window."""
         q = (select(errors.c.fingerprint, errors.c.time_ns, errors.c.layer, errors.c.workflow,
                     errors.c.correlation_id, errors.c.component)
              .where(errors.c.time_ns >= since_ns).order_by(errors.c.time_ns.desc()).limit(200_000))
@@ -428,8 +428,10 @@ class RunStore:
         with self.engine.connect() as conn:
             for fp, t, layer, wf, cid, comp in conn.execute(q):
                 g = per.setdefault(fp, {"times": [], "layers": set(), "workflows": set(), "components": set(),
-                                        "samples": []})
+                                        "samples": [], "runs": set()})
                 g["times"].append(t)
+                if cid:
+                    g["runs"].add(cid)
                 g["layers"].add(layer)
                 g["workflows"].add(wf)
                 g["components"].add(comp)
@@ -444,8 +446,9 @@ class RunStore:
             row = rows.get(fp)
             if row is None:
                 continue
-            row.update(times=g["times"], layers=sorted(g["layers"]), workflows=sorted(g["workflows"]),
-                       components=sorted(g["components"]), sample_correlation_ids=g["samples"])
+            row.update(times=g["times"], runs=len(g["runs"]), layers=sorted(g["layers"]),
+                       workflows=sorted(g["workflows"]), components=sorted(g["components"]),
+                       sample_correlation_ids=g["samples"])
             out.append(row)
         out.sort(key=lambda r: -len(r["times"]))
         return out[:limit]

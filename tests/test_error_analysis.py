@@ -77,7 +77,7 @@ def test_error_groups_api_with_trend_and_resolution_memory(ex_db):
     assert ex.pipeline.recorder.flush()
     groups = {g["error_type"]: g for g in client.get("/api/v1/errors").json["groups"]}
     g = groups["PaymentTimeout"]
-    assert g["count"] == 12 and g["template"] == "timeout after <NUM> ms on <IP>"
+    assert g["count"] == 12 and g["runs"] == 12 and g["template"] == "timeout after <NUM> ms on <IP>"
     assert g["trend"] == "new" and g["status"] == "open" and g["layers"] == ["external"]
     assert g["workflows"] == ["checkout"] and len(g["sample_correlation_ids"]) == 5
     assert g["suggestions"][0]["source"] == "knowledge_base" and g["category"] == "timeout"

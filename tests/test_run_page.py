@@ -81,6 +81,10 @@ def test_run_page_waterfall_replay_errors_and_links(ex, serve, browser, tmp_path
     errors = page.inner_text("#errors")
     assert "ConnectionRefusedError" in errors and "PaymentFailed" in errors
     assert "seen 1×" in errors and "Try: Connection refused or reset" in errors   # the knowledge base's advice
+    # the refused connection failed the stripe step, then its caller and the run: one entry, where it started
+    assert page.locator("#errors .error").count() == 2
+    assert "external / stripe: connection to 10.0.0.7:443 refused" in errors
+    assert "Then failed its callers too: frontend / web-app" in errors
     page.click("#errors details summary")
     assert "Traceback" in page.inner_text("#errors details pre")
 

@@ -228,7 +228,15 @@ def create_blueprint() -> Blueprint:
                     g["status"] = status_of(g)
                     g["suggestion"] = next(iter(suggestions(g, g["resolutions"])), None)
                 groups[fp] = g
+        # one entry per fingerprint: the first occurrence is where it started; the rest are the same error
+        # propagating to the callers (a timeout deep down fails every step above it)
+        by_fp: dict[str, dict] = {}
+        for e in sorted(body["errors"], key=lambda e: (e["time_ns"], e["id"])):
+            entry = by_fp.setdefault(e["fingerprint"], {"origin": e, "also": []})
+            if entry["origin"] is not e:
+                entry["also"].append(e)
         return render_template("run.html", run=run, rows=rows, body=body, layers=LAYER_COLORS,
+                               run_errors=list(by_fp.values()),
                                steps=len(got["steps"]), api=c.RUNS_PATH, page=c.RUN_PAGE_PATH,
                                db_findings=[r for r in rows if r["db_pattern"]], groups=groups,
                                errors_path=c.ERRORS_PATH)
