@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections import deque
 from typing import Any
 
@@ -503,13 +504,14 @@ class RunRecorder:
 
     ``spans``, ``fast``, ``error`` and ``profile`` only append (deque appends are
     atomic), so the hot path pays a few tens of nanoseconds. If the database is
-    down, the writer keeps its batch and retries with backoff; what the queue
-    cannot hold is dropped and counted, never lost silently.
+    down, the writer keeps its batch and retries with backoff. Past half full, the
+    queue sheds whole runs (:meth:`_admit`); what it still cannot hold is dropped.
+    Both are counted by reason, never lost silently; metrics see every span.
     """
 
     def __init__(self, store: RunStore, metrics: MetricStore, queue_max: int = 200_000,
                  flush_interval_s: float = 0.5, retention_s: float = 30 * 86400, sweep_interval_s: float = 3600.0,
-                 clock=time.time):
+                 clock=time.time, shed_interval_s: float = 0.25):
         self.store = store
         self.queue_max = queue_max
         self.flush_interval_s = flush_interval_s
@@ -517,15 +519,20 @@ class RunRecorder:
         self.sweep_interval_s = sweep_interval_s
         self.clock = clock
         self._q: deque = deque()
-        self._dropped = 0
+        self._dropped: dict[str, int] = {}
         self._drop_lock = threading.Lock()
+        self.shed_interval_s = shed_interval_s
+        self._high, self._low = queue_max // 2, queue_max // 4
+        self._level, self._level_at = 0, 0.0
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
         self._stop = False
         m = metrics
         self.m_runs = m.counter(c.RUNS_STORED_TOTAL, "Workflow runs written to the run store.")
-        self.m_dropped = m.counter(c.RUN_STORE_DROPPED_TOTAL, "Items the run store's queue could not hold.",
+        self.m_dropped = m.counter(c.RUN_STORE_DROPPED_TOTAL, "Spans and records the run store did not keep, by "
+                                   "reason: shed_runs (whole runs left out under load), queue_full, write_failed, "
+                                   "shutdown.",
                                    (c.L_REASON,))
         self.m_failures = m.counter(c.RUN_STORE_WRITE_FAILURES_TOTAL, "Failed run-store writes (retried).")
         self.m_swept = m.counter(c.RUN_STORE_SWEPT_TOTAL, "Runs deleted by the retention sweep.")
@@ -540,26 +547,61 @@ class RunRecorder:
 
     # -- producers (any thread) ------------------------------------------------------------------
 
-    def spans(self, batch: list) -> None:
+    def spans(self, batch) -> None:
         q = self._q
+        if self._level or len(q) > self._high:
+            batch = self._admit(batch)
         room = self.queue_max - len(q)
         if room >= len(batch):
             q.extend(batch)
         else:
             q.extend(batch[:max(room, 0)])
-            self._drop(len(batch) - max(room, 0))
+            self._drop(len(batch) - max(room, 0), "queue_full")
         if len(q) > 5000:
             self._wake.set()
 
     def fast(self, item: tuple) -> None:
-        if len(self._q) < self.queue_max:
-            self._q.append(item)
+        q = self._q
+        if self._level or len(q) > self._high:
+            if not self._admit((item,)):
+                return
+        if len(q) < self.queue_max:
+            q.append(item)
         else:
-            self._drop(1)
+            self._drop(1, "queue_full")
 
-    def _drop(self, n: int) -> None:
-        with self._drop_lock:  # only on overflow: the normal path takes no lock
-            self._dropped += n
+    def _admit(self, batch) -> list:
+        """Shed load by run, not by span: past the high-water mark, whole runs are left out.
+
+        The shed level (0..7) rises while the queue stays above half full and falls once it is
+        below a quarter; a run is left out when its correlation_id hashes (crc32, so every span of
+        it agrees) below the level, i.e. level/8 of the runs. The runs that are kept stay whole,
+        which dropping arbitrary spans at a full queue would not do.
+        """
+        now = time.monotonic()
+        n = len(self._q)
+        if now - self._level_at >= self.shed_interval_s:
+            if n > self._high and self._level < 7:
+                self._level, self._level_at = self._level + 1, now
+            elif n < self._low and self._level > 0:
+                self._level, self._level_at = self._level - 1, now
+        level = self._level
+        if not level:
+            return list(batch)
+        kept = []
+        for it in batch:
+            cid = it[0].correlation_id if type(it) is tuple else getattr(it, "correlation_id", None)
+            if isinstance(it, Span) or type(it) is tuple:
+                if cid is not None and zlib.crc32(cid.encode()) & 7 < level:
+                    continue
+            kept.append(it)
+        if len(kept) < len(batch):
+            self._drop(len(batch) - len(kept), "shed_runs")
+        return kept
+
+    def _drop(self, n: int, reason: str) -> None:
+        with self._drop_lock:  # only on overload: the normal path takes no lock
+            self._dropped[reason] = self._dropped.get(reason, 0) + n
 
     def error(self, rec: ErrorRecord) -> None:
         self.spans([rec])
@@ -569,9 +611,9 @@ class RunRecorder:
 
     def _fold_dropped(self) -> None:
         with self._drop_lock:
-            n, self._dropped = self._dropped, 0
-        if n:
-            self.m_dropped.inc(("queue_full",), n)
+            dropped, self._dropped = self._dropped, {}
+        for reason, n in dropped.items():
+            self.m_dropped.inc((reason,), n)
 
     # -- the writer ---------------------------------------------------------------------------------
 

@@ -210,3 +210,26 @@ def test_a_full_queue_drops_and_counts_and_keeps_what_it_accepted(tmp_path):
     rec.close()  # closing writes what was accepted
     assert len(store.list_runs(limit=100)) == 10
     assert metrics.value(c.RUNS_STORED_TOTAL) == 10
+
+
+def test_under_load_the_store_sheds_whole_runs_not_random_spans(tmp_path):
+    from exporter.db import make_engine
+    from exporter.metrics import MetricStore
+    from exporter.runstore import RunRecorder, RunStore
+
+    metrics = MetricStore()
+    store = RunStore(make_engine(f"sqlite:///{tmp_path}/shed.db"))
+    rec = RunRecorder(store, metrics, queue_max=100, flush_interval_s=3600, shed_interval_s=0)
+    now = time.time_ns()
+
+    def run(i):  # a root and one child, arriving together
+        return [_span(f"run-{i}", f"{i:015x}0", None, now), _span(f"run-{i}", f"{i:015x}1", f"{i:015x}0", now)]
+
+    for i in range(125):  # the writer sleeps, so the queue fills: past 50 items runs start being shed
+        rec.spans(run(i))
+    shed = metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "shed_runs"})
+    assert shed and not metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "queue_full"})
+    rec.close()
+    kept = store.list_runs(limit=1000)
+    assert 25 <= len(kept) < 125 and len(kept) * 2 + shed == 250
+    assert all(len(store.get_run(r["correlation_id"])["spans"]) == 2 for r in kept)  # every kept run is whole
