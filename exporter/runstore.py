@@ -463,7 +463,8 @@ class RunStore:
             recent = conn.execute(select(errors).where(errors.c.fingerprint == fingerprint)
                                   .order_by(errors.c.time_ns.desc()).limit(20)).mappings().all()
             hist = conn.execute(select(resolutions).where(resolutions.c.fingerprint == fingerprint)
-                                .order_by(resolutions.c.resolved_at_ns.desc(), resolutions.c.id.desc())).mappings().all()
+                                .order_by(resolutions.c.resolved_at_ns.desc(), resolutions.c.id.desc())
+                                ).mappings().all()
         return {**_d(row), "recent": [_d(r) for r in recent], "resolutions": [_d(h) for h in hist]}
 
     def resolve(self, fingerprint: str, note: str, resolved_by: str | None, now_ns: int) -> bool:

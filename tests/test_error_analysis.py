@@ -85,7 +85,8 @@ def test_error_groups_api_with_trend_and_resolution_memory(ex_db):
     assert [x["error_type"] for x in client.get("/api/v1/errors?workflow=login").json["groups"]] == ["CardDeclined"]
 
     fp = g["fingerprint"]
-    r = client.post(f"/api/v1/errors/{fp}/resolve", json={"note": "raised the gateway pool to 50", "resolved_by": "ana"})
+    r = client.post(f"/api/v1/errors/{fp}/resolve",
+                    json={"note": "raised the gateway pool to 50", "resolved_by": "ana"})
     assert r.status_code == 200 and r.json["status"] == "resolved"
     assert client.get(f"/api/v1/errors/{fp}").json["status"] == "resolved"
     # the same fingerprint comes back: a regression, and the note is the first suggestion

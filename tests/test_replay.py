@@ -85,7 +85,8 @@ def test_runs_api_lists_filters_and_returns_the_tree(stored_client):
     client, docs = stored_client
     runs = client.get("/api/v1/runs?workflow=checkout").json["runs"]
     assert len(runs) == 3 and all(r["workflow"] == "checkout" for r in runs)
-    assert runs[0]["start_ns"] >= runs[-1]["start_ns"] and runs[0]["page"].endswith("/runs/" + runs[0]["correlation_id"])
+    assert runs[0]["start_ns"] >= runs[-1]["start_ns"]
+    assert runs[0]["page"].endswith("/runs/" + runs[0]["correlation_id"])
     assert client.get("/api/v1/runs?limit=1").json["count"] == 1
     slowest = max(docs, key=lambda d: d["workflows"][0]["duration_ms"])["workflows"][0]
     got = client.get(f"/api/v1/runs?min_duration_ms={slowest['duration_ms'] - 0.01}").json["runs"]

@@ -97,7 +97,8 @@ def test_secrets_are_redacted_before_the_store_and_loki(make_exporter, database_
         for secret in ("hunter2", "tok-999", "AK-123456", "sekrit-abcdef", "bo@x.io"):
             assert secret not in stored, secret
             assert not any(secret in line for line in lines), secret
-        step = next(s for s in ex.runs.get_run(run.correlation_id)["spans"] if s["operation"] == "login" and s["is_step"])
+        step = next(s for s in ex.runs.get_run(run.correlation_id)["spans"]
+                    if s["operation"] == "login" and s["is_step"])
         assert step["state"] == {"form": {"user": "bo", "password": c.REDACTED}, "session_token": c.REDACTED}
         assert step["attributes"]["api_key"] == c.REDACTED
         assert step["attributes"]["user.email"] == hash_user("bo@x.io")

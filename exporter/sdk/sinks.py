@@ -182,8 +182,9 @@ class RemoteSink:
         if len(profiles) < len(batch):
             self._post(self.url, orjson.dumps(body), "application/json", len(batch) - len(profiles))
         for p in profiles:
-            params = {"format": "folded", "workflow": p.workflow, "sample_rate": p.sample_rate_hz,
-                      "correlation_id": p.correlation_id}
+            params = {"format": "folded", "workflow": p.workflow, "sample_rate": p.sample_rate_hz}
+            if p.correlation_id:
+                params["correlation_id"] = p.correlation_id
             folded = "\n".join(f"{stack} {n}" for stack, n in p.stacks.items()).encode()
             self._post(self.profiles_url + "?" + urlencode(params), folded, "text/plain", 1)
 
