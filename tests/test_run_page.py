@@ -88,6 +88,13 @@ def test_run_page_waterfall_replay_errors_and_links(ex, serve, browser, tmp_path
     page.click("#errors details summary")
     assert "Traceback" in page.inner_text("#errors details pre")
 
+    # the run's flame graph is on the page: the SVG document inside it has a frame per function
+    titles = """() => {
+        const doc = document.querySelector('#flamegraph object').contentDocument;
+        return doc ? Array.from(doc.querySelectorAll('g.frame title')).map(t => t.textContent) : []; }"""
+    page.wait_for_function(f"({titles})().length > 0")
+    frames = page.evaluate(titles)
+    assert frames and any(f.startswith("charge\n") for f in frames) and any(f.startswith("price\n") for f in frames)
     logs = page.get_attribute("#logs-link", "href")
     assert "/explore?" in logs and cid in requests.utils.unquote(logs)
     svg = requests.get(srv.url + page.get_attribute("#flamegraph-link", "href"), timeout=5)
