@@ -10,17 +10,22 @@ from exporter.http import HttpError
 from exporter.runstore import RunStore
 
 
+MAX_TIME_S = 253402300799  # 9999-12-31T23:59:59Z
+
+
 def parse_time(value: str, field: str) -> int:
     """RFC 3339 or Unix seconds → ns since the epoch; 400 naming the field otherwise."""
     try:
-        return int(float(value) * 1e9)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
-    except ValueError:
-        raise HttpError(400, "invalid_query", f"{field} must be RFC 3339 or Unix seconds, got {value[:40]!r}",
-                        field) from None
+        try:
+            seconds = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            seconds = float("nan")
+    if not 0 <= seconds <= MAX_TIME_S:  # NaN fails this too
+        raise HttpError(400, "invalid_query", f"{field} must be RFC 3339 or Unix seconds (0 .. year 9999), "
+                        f"got {value[:40]!r}", field)
+    return int(seconds * 1e9)
 
 
 def number_arg(name: str, default, lo, hi, kind=int):

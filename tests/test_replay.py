@@ -125,6 +125,8 @@ def test_replay_api_and_its_bad_input(stored_client):
 
 
 @pytest.mark.parametrize("query, field", [("status=weird", "status"), ("since=yesterday", "since"),
+                                          ("since=inf", "since"), ("until=1e300", "until"), ("since=nan", "since"),
+                                          ("since=-5", "since"),
                                           ("limit=0", "limit"), ("limit=abc", "limit"),
                                           ("min_duration_ms=-1", "min_duration_ms")])
 def test_runs_list_rejects_bad_filters(client, query, field):
