@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import current_app, request
+import orjson
+from flask import Response, current_app, request
 
 from exporter.http import HttpError
 from exporter.runstore import RunStore
@@ -46,3 +47,7 @@ def run_store() -> RunStore:
     if store is None:
         raise HttpError(404, "run_store_disabled", "the run store is off (FLOWSCOPE_RUN_STORE=false)")
     return store
+
+
+def json_response(body, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")

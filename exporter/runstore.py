@@ -37,6 +37,7 @@ from sqlalchemy import (BigInteger, Boolean, Column, Float, Index, Integer, Meta
 
 from . import conventions as c
 from .classify import classify_error
+from .db import insert_ignore
 from .fingerprint import Miner
 from .metrics import MetricStore
 from .model import ErrorRecord, Span, hash_user
@@ -203,7 +204,6 @@ class RunStore:
         with engine.connect() as conn:
             self.miner.load(conn.execute(select(error_groups.c.fingerprint, error_groups.c.error_type,
                                                 error_groups.c.template)).all())
-        from .db import insert_ignore
         self._insert_span = insert_ignore(engine, spans)
         self._span_sql = _insert_ignore_sql(engine.dialect, "spans", SPAN_COLUMNS)
         self._insert_run = insert_ignore(engine, runs)
@@ -462,10 +462,19 @@ class RunStore:
                 return None
             recent = conn.execute(select(errors).where(errors.c.fingerprint == fingerprint)
                                   .order_by(errors.c.time_ns.desc()).limit(20)).mappings().all()
-            hist = conn.execute(select(resolutions).where(resolutions.c.fingerprint == fingerprint)
-                                .order_by(resolutions.c.resolved_at_ns.desc(), resolutions.c.id.desc())
-                                ).mappings().all()
-        return {**_d(row), "recent": [_d(r) for r in recent], "resolutions": [_d(h) for h in hist]}
+            hist = self._resolutions(conn, fingerprint)
+        return {**_d(row), "recent": [_d(r) for r in recent], "resolutions": hist}
+
+    def resolutions(self, fingerprint: str) -> list[dict]:
+        """A group's resolution notes, newest first."""
+        with self.engine.connect() as conn:
+            return self._resolutions(conn, fingerprint)
+
+    @staticmethod
+    def _resolutions(conn, fingerprint: str) -> list[dict]:
+        return [_d(h) for h in conn.execute(
+            select(resolutions).where(resolutions.c.fingerprint == fingerprint)
+            .order_by(resolutions.c.resolved_at_ns.desc(), resolutions.c.id.desc())).mappings()]
 
     def resolve(self, fingerprint: str, note: str, resolved_by: str | None, now_ns: int) -> bool:
         """Record a resolution; the group counts as resolved until an error of it comes back. False if unknown."""

@@ -33,6 +33,7 @@ class Exporter:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+        self.redactor = Redactor(config.redact_keys)
         self.loki: LokiPusher | None = None
         if config.loki_url:
             self.loki = LokiPusher(LokiConfig(
@@ -40,13 +41,11 @@ class Exporter:
                 password=config.loki_password, bearer_token=config.loki_token, encoding=config.loki_encoding,
                 batch_lines=config.loki_batch_lines, batch_wait_s=config.loki_batch_wait_s,
                 queue_lines=config.loki_queue_lines, retry=RetryPolicy(deadline_s=config.loki_retry_deadline_s),
+                redact=self.redactor.text,
             ), self.store)
             log.info("pushing log streams to %s", self.loki.config.push_url)
         else:
             log.info("FLOWSCOPE_LOKI_URL is not set: log streams are not pushed to Loki")
-        self.redactor = Redactor(config.redact_keys)
-        if self.loki is not None:
-            self.loki.config.redact = self.redactor.text
         self.pipeline = Pipeline(self.store, self.loki, WorkflowResolver(timeout_s=config.trace_timeout_s),
                                  redactor=self.redactor)
         self.db = make_engine(config.database_url)

@@ -201,7 +201,7 @@ def alertmanager(tmp_path):
         a.stop()
 
 
-class Postgres:
+class Postgres(_Process):
     """A real PostgreSQL server (Debian's ``postgresql``) on 127.0.0.1 with its own data dir, for the session.
 
     PostgreSQL refuses to run as root, so under root the server runs as the ``postgres`` user
@@ -240,7 +240,7 @@ class Postgres:
         deadline = time.monotonic() + 30
         while True:
             try:
-                psycopg.connect(self.url("postgres").replace("+psycopg", ""), connect_timeout=2).close()
+                psycopg.connect(self.admin_dsn, connect_timeout=2).close()
                 break
             except psycopg.OperationalError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -248,10 +248,14 @@ class Postgres:
                     raise RuntimeError("PostgreSQL did not start:\n" + (tmp / "postgres.log").read_text()[-3000:])
                 time.sleep(0.2)
         self._n = 0
-        self._log_path = tmp / "postgres.log"
 
     def url(self, db: str) -> str:
         return f"postgresql+psycopg://flowscope@127.0.0.1:{self.port}/{db}"
+
+    @property
+    def admin_dsn(self) -> str:
+        """libpq connection string of the maintenance database (for psycopg directly)."""
+        return f"postgresql://flowscope@127.0.0.1:{self.port}/postgres"
 
     def fresh_database(self) -> str:
         """A new empty database; returns its SQLAlchemy URL."""
@@ -259,18 +263,12 @@ class Postgres:
 
         self._n += 1
         name = f"t{self._n}"
-        with psycopg.connect(self.url("postgres").replace("+psycopg", ""), autocommit=True) as conn:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+        super().stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

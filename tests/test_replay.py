@@ -1,5 +1,6 @@
 """Replay, critical path and the runs API (pure functions, then the Flask views on a real store)."""
 
+import random
 import subprocess
 import sys
 import time
@@ -72,7 +73,7 @@ def stored_client(make_exporter, database_url):
 
     ex = make_exporter(database_url=database_url)
     client = create_app(ex).test_client()
-    rng = __import__("random").Random(7)
+    rng = random.Random(7)
     docs = [generate_run(rng, time.time() - 60 + i, wf) for i, wf in enumerate(
         ["checkout", "checkout", "login", "checkout"])]
     for d in docs:

@@ -3,6 +3,7 @@
 import pytest
 import requests
 
+from exporter.profiles import Profile
 from exporter.sdk import ErrorLogger, WorkflowTracer
 from exporter.sdk.sinks import InProcessSink
 from tests.conftest import require_binary
@@ -35,7 +36,7 @@ def _run_with_everything(ex):
                     raise ConnectionRefusedError("connection to 10.0.0.7:443 refused")
     ErrorLogger(InProcessSink(ex.pipeline)).log_error("PaymentFailed", "payment failed", "api", "orders",
                                                       correlation_id=run.correlation_id)
-    ex.pipeline.record_profile(__import__("exporter.profiles", fromlist=["Profile"]).Profile(
+    ex.pipeline.record_profile(Profile(
         "checkout", {"charge": 0.3}, run.correlation_id, {"main;checkout;charge": 30, "main;checkout;price": 10},
         100.0), "folded")
     assert ex.pipeline.recorder.flush()

@@ -169,7 +169,7 @@ def test_a_database_outage_is_retried_counted_and_loses_nothing(make_exporter, p
 
     url = postgres.fresh_database()
     db = url.rsplit("/", 1)[1]
-    admin = postgres.url("postgres").replace("+psycopg", "")
+    admin = postgres.admin_dsn
     ex = make_exporter(database_url=url)
     t = _tracer(ex)
     with t.workflow("checkout"):

@@ -16,22 +16,18 @@ from __future__ import annotations
 import time
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, current_app, request
 
 from exporter import conventions as c
 from exporter.http import HttpError
 
 from ..admin import require_admin
-from ..query import number_arg, parse_time, run_store
+from ..query import json_response, number_arg, parse_time, run_store
 from .attribution import attribute
 from .groups import status_of, suggestions
 from .trend import trend
 
 MAX_NOTE = 4000
-
-
-def _json(body, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
 def create_blueprint() -> Blueprint:
@@ -53,10 +49,10 @@ def create_blueprint() -> Blueprint:
             times = g.pop("times")
             tr = trend(times, g["first_seen_ns"], now, recent_s=recent_s, window_s=(now - since) / 1e9)
             status = status_of(g)
-            hist = store.error_group(g["fingerprint"])["resolutions"] if g.get("resolved_at_ns") else []
+            hist = store.resolutions(g["fingerprint"]) if g.get("resolved_at_ns") else []
             out.append({**g, "count": len(times), "total_count": g["count"], **tr, "status": status,
                         "suggestions": suggestions(g, hist)})
-        return _json({"groups": out, "since_ns": since, "recent_s": recent_s})
+        return json_response({"groups": out, "since_ns": since, "recent_s": recent_s})
 
     @bp.get(c.ERRORS_PATH + "/<fingerprint>")
     def get_group(fingerprint: str):
@@ -66,7 +62,7 @@ def create_blueprint() -> Blueprint:
                             "fingerprint")
         g["status"] = status_of(g)
         g["suggestions"] = suggestions(g, g["resolutions"])
-        return _json(g)
+        return json_response(g)
 
     @bp.post(c.ERRORS_PATH + "/<fingerprint>/resolve")
     def resolve(fingerprint: str):
@@ -92,7 +88,7 @@ def create_blueprint() -> Blueprint:
                             "fingerprint")
         g = store.error_group(fingerprint)
         g["status"] = status_of(g)
-        return _json(g)
+        return json_response(g)
 
     @bp.get(c.ATTRIBUTION_PATH)
     def attribution():
@@ -115,6 +111,6 @@ def create_blueprint() -> Blueprint:
         public = current_app.extensions["flowscope"].config.public_url.rstrip("/")
         for f in result["findings"]:
             f["sample_pages"] = [f"{public}{c.RUN_PAGE_PATH}/{cid}" for cid in f["sample_runs"]]
-        return _json(result)
+        return json_response(result)
 
     return bp

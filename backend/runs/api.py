@@ -18,7 +18,6 @@ import time
 from datetime import datetime
 from urllib.parse import quote, urlencode
 
-import orjson
 from flask import Blueprint, Response, current_app, render_template, request
 
 from exporter import conventions as c
@@ -26,7 +25,7 @@ from exporter.http import HttpError
 
 from .. import flamegraph as fg
 from ..analysis.groups import status_of, suggestions
-from ..query import number_arg, parse_time, run_store
+from ..query import json_response, number_arg, parse_time, run_store
 from ..dashboards.common import LOKI_DS_UID
 from .replay import StepOutOfRange, critical_path, replay, span_tree, steps_of, summary
 
@@ -34,10 +33,6 @@ RUN_STATUSES = (*c.STATUSES, "in_progress")
 LAYER_COLORS = {"frontend": "#8e6fd8", "api": "#3d85c6", "database": "#e69138", "cache": "#6aa84f",
                 "queue": "#c27ba0", "external": "#45818e", "worker": "#a61c00", "system": "#999999",
                 "other": "#b7b7b7"}
-
-
-def _json(body, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
 def _iso(ns: int) -> str:
@@ -71,7 +66,7 @@ def load_run(run_id: str) -> dict:
     return got
 
 
-def run_json(got: dict, cfg) -> dict:
+def runjson_response(got: dict, cfg) -> dict:
     run = dict(got["run"])
     cid = run["correlation_id"]
     run["start"], run["end"] = _iso(run["start_ns"]), _iso(run["end_ns"])
@@ -131,7 +126,7 @@ def create_blueprint() -> Blueprint:
         for r in rows:
             r["start"], r["end"] = _iso(r["start_ns"]), _iso(r["end_ns"])
             r["page"] = f"{public}{c.RUN_PAGE_PATH}/{quote(r['correlation_id'])}"
-        return _json({"runs": rows, "count": len(rows)})
+        return json_response({"runs": rows, "count": len(rows)})
 
     @bp.get(c.RUNS_PATH + "/<path:run_id>/replay")
     def replay_step(run_id: str):
@@ -142,15 +137,15 @@ def create_blueprint() -> Blueprint:
         try:
             body = replay(got["steps"], int(raw))
         except StepOutOfRange as e:
-            return _json({"error": {"code": "step_out_of_range", "message": str(e), "field": "step",
+            return json_response({"error": {"code": "step_out_of_range", "message": str(e), "field": "step",
                                     "valid_range": [0, e.total - 1] if e.total else None}}, 400)
         body["correlation_id"] = got["run"]["correlation_id"]
         body["span"]["on_critical_path"] = got["steps"][body["step"]]["on_critical_path"]
-        return _json(body)
+        return json_response(body)
 
     @bp.get(c.RUNS_PATH + "/<path:run_id>")
     def get_run(run_id: str):
-        return _json(run_json(load_run(run_id), current_app.extensions["flowscope"].config))
+        return json_response(runjson_response(load_run(run_id), current_app.extensions["flowscope"].config))
 
     @bp.get(c.FLAMEGRAPH_PATH)
     def flamegraph():
@@ -165,7 +160,7 @@ def create_blueprint() -> Blueprint:
         title = a.get("correlation_id") or a.get("workflow")
         if a.get("format") == "svg":
             return Response(fg.svg(tree, f"CPU profile: {title}"), mimetype="image/svg+xml")
-        return _json(fg.dataframe(tree, name=title))
+        return json_response(fg.dataframe(tree, name=title))
 
     @bp.get(c.FLAMEGRAPH_PATH + "/diff")
     def flamegraph_diff():
@@ -180,7 +175,7 @@ def create_blueprint() -> Blueprint:
             return Response(fg.svg(tree, f"CPU profile diff: {wf}", diff=True), mimetype="image/svg+xml")
         frame = fg.dataframe(tree, diff=True, name=wf)
         frame["schema"]["meta"]["custom"] = {"baseline": [_iso(bs), _iso(bu)], "recent": [_iso(s), _iso(u)]}
-        return _json(frame)
+        return json_response(frame)
 
     @bp.get(c.RUN_PAGE_PATH + "/<path:run_id>/flamegraph.svg")
     def run_flamegraph(run_id: str):
@@ -198,7 +193,7 @@ def create_blueprint() -> Blueprint:
                 raise
             return Response(render_template("not_found.html", run_id=run_id, message=e.message), status=404)
         cfg = current_app.extensions["flowscope"].config
-        body = run_json(got, cfg)
+        body = runjson_response(got, cfg)
         run = body["run"]
         t0, total = run["start_ns"], max(run["end_ns"] - run["start_ns"], 1)
         rows = []
