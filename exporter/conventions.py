@@ -73,6 +73,8 @@ LOKI_LINES_SENT_TOTAL = "flowscope_loki_lines_sent_total"
 LOKI_LINES_DROPPED_TOTAL = "flowscope_loki_lines_dropped_total"
 SDK_SPANS_DROPPED_TOTAL = "flowscope_sdk_spans_dropped_total"
 REQUESTS_REJECTED_TOTAL = "flowscope_ingest_requests_rejected_total"
+#: Accepted values cut to the boundary's caps (names to the label length, nesting to the depth/size caps).
+VALUES_TRUNCATED_TOTAL = "flowscope_values_truncated_total"
 TRACES_PENDING = "flowscope_traces_pending_spans"
 PROFILES_RECEIVED_TOTAL = "flowscope_profiles_received_total"
 PROFILES_PATH = "/api/v1/profiles"

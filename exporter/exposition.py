@@ -11,9 +11,13 @@ same series (``bench/scrape.py`` checks it with prometheus_client's parsers);
 
 from __future__ import annotations
 
+import logging
+import math
 from itertools import accumulate
 
-from .metrics import Counter, Gauge, Histogram, MetricStore, escape_label_value
+from .metrics import Counter, Gauge, Histogram, MetricStore, escape_label_value, float_to_go_string
+
+log = logging.getLogger("flowscope.exposition")
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -29,9 +33,19 @@ def _escape_help(s: str) -> str:
 
 
 def _num(v: float) -> str:
+    """A sample value as Prometheus writes it; total: NaN and ±Inf come out as ``NaN``/``+Inf``/``-Inf``."""
+    if math.isnan(v) or v in (_INF, _NINF):
+        return float_to_go_string(v)
     if v == int(v) and abs(v) < 1e15:
         return str(int(v))
     return repr(v)
+
+
+_INF, _NINF = float("inf"), float("-inf")
+
+
+def _float(v: float) -> str:
+    return repr(v) if v - v == 0 else float_to_go_string(v)  # x - x is 0 only for finite x
 
 
 def _exemplar(ex) -> str:
@@ -39,7 +53,7 @@ def _exemplar(ex) -> str:
     lbl = f'trace_id="{escape_label_value(trace_id)}"'
     if span_id:
         lbl += f',span_id="{escape_label_value(span_id)}"'
-    out = f" # {{{lbl}}} {value!r}"
+    out = f" # {{{lbl}}} {_float(value)}"
     if ts is not None:
         out += f" {ts:.3f}"
     return out
@@ -60,7 +74,7 @@ def _histogram_templates(fam: Histogram) -> tuple[str, str]:
         head = f'{name}_bucket{{{{{{0}}le="{le}"}}}} {{{3 + i}}}'
         lines.append(head + "\n")
         lines_ex.append(head + f"{{{3 + n + i}}}\n")
-    tail = f"{name}_count{{1}} {{{3 + n - 1}}}\n{name}_sum{{1}} {{2!r}}\n"
+    tail = f"{name}_count{{1}} {{{3 + n - 1}}}\n{name}_sum{{1}} {{2}}\n"
     return "".join(lines) + tail, "".join(lines_ex) + tail
 
 
@@ -86,6 +100,7 @@ def render_iter(store: MetricStore, openmetrics: bool = False):
         is_counter = isinstance(fam, Counter) and not isinstance(fam, Gauge)
         family = name[:-6] if (is_counter and openmetrics) else name
         yield f"# HELP {family} {_escape_help(fam.documentation)}\n# TYPE {family} {fam.kind}\n".encode()
+        plain = with_ex = ""
         with lock:
             if isinstance(fam, Gauge):
                 fam.refresh()
@@ -94,28 +109,54 @@ def render_iter(store: MetricStore, openmetrics: bool = False):
         if histogram:
             plain, with_ex = _histogram_templates(fam)
         for lo in range(0, len(series), CHUNK_SERIES):
-            out: list[str] = []
-            append = out.append
             chunk = series[lo:lo + CHUNK_SERIES]
-            if histogram:
-                with lock:
-                    for s in chunk:
-                        labels = s.labels
-                        lb = "{" + labels[:-1] + "}" if labels else ""
-                        ex = s.exemplars
-                        if ex is not None and openmetrics:
-                            append(with_ex.format(labels, lb, s.sum, *accumulate(s.counts),
-                                                  *[_exemplar(e) if e else "" for e in ex]))
-                        else:
-                            append(plain.format(labels, lb, s.sum, *accumulate(s.counts)))
-            else:
-                with lock:
-                    for s in chunk:
-                        if s.labels:
-                            append(f"{name}{{{s.labels[:-1]}}} {_num(s.value)}\n")
-                        else:
-                            append(f"{name} {_num(s.value)}\n")
-            yield "".join(out).encode()
+            with lock:
+                try:
+                    text = _format(fam, chunk, openmetrics, plain, with_ex) if histogram else \
+                        _format_values(name, chunk)
+                except Exception as e:  # a value the boundary missed: skip its series, never cut the scrape
+                    text = _format_each(fam, chunk, openmetrics, plain, with_ex, histogram, e)
+            yield text.encode("utf-8", "replace")
+
+
+def _format(fam, chunk, openmetrics: bool, plain: str, with_ex: str) -> str:
+    out: list[str] = []
+    append = out.append
+    for s in chunk:
+        labels = s.labels
+        lb = "{" + labels[:-1] + "}" if labels else ""
+        ex = s.exemplars
+        if ex is not None and openmetrics:
+            append(with_ex.format(labels, lb, _float(s.sum), *accumulate(s.counts),
+                                  *[_exemplar(e) if e else "" for e in ex]))
+        else:
+            append(plain.format(labels, lb, _float(s.sum), *accumulate(s.counts)))
+    return "".join(out)
+
+
+def _format_values(name: str, chunk) -> str:
+    out: list[str] = []
+    append = out.append
+    for s in chunk:
+        if s.labels:
+            append(f"{name}{{{s.labels[:-1]}}} {_num(s.value)}\n")
+        else:
+            append(f"{name} {_num(s.value)}\n")
+    return "".join(out)
+
+
+def _format_each(fam, chunk, openmetrics, plain, with_ex, histogram: bool, first: Exception) -> str:
+    """Format series one at a time, leaving out (and logging) those that cannot be written."""
+    out, bad = [], 0
+    for s in chunk:
+        try:
+            out.append(_format(fam, [s], openmetrics, plain, with_ex) if histogram
+                       else _format_values(fam.name, [s]))
+        except Exception:
+            bad += 1
+    log.error("exposition: left out %d series of %s that could not be written (%s: %s)", bad, fam.name,
+              type(first).__name__, first)
+    return "".join(out)
 
 
 def render(store: MetricStore, openmetrics: bool = False) -> bytes:

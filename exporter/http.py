@@ -21,6 +21,7 @@ from .errors import DecodeError
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, finish, render_iter, wants_openmetrics
 from .profiles import Profile, ProfileError, parse_folded, parse_pstats
 from .runtime import Exporter
+from .validate import MAX_ID_CHARS, MAX_LABEL_CHARS, clean_label
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
 
@@ -105,7 +106,7 @@ def _accept(ex: Exporter, fmt: str, decode) -> DecodeResult:
     counts: dict[str, int] = {}
     for r in result.rejected:
         counts[r.reason] = counts.get(r.reason, 0) + 1
-    ex.pipeline.ingest(result.spans, fmt, counts.items())
+    ex.pipeline.ingest(result.spans, fmt, counts.items(), result.truncated)
     for e in result.errors:
         ex.pipeline.record_error(e)
     return result
@@ -173,9 +174,15 @@ def create_blueprint() -> Blueprint:
             raise
         args = request.args
         workflow = args.get("workflow", "")
-        if not workflow or len(workflow) > 200:
-            raise HttpError(400, "missing_field", "the workflow query parameter is required (1-200 characters)",
-                            "workflow")
+        if not workflow or len(workflow) > MAX_LABEL_CHARS:
+            raise HttpError(400, "missing_field",
+                            f"the workflow query parameter is required (1-{MAX_LABEL_CHARS} characters)", "workflow")
+        workflow = clean_label(workflow)[0]
+        cid = args.get("correlation_id") or None
+        if cid is not None and len(cid) > MAX_ID_CHARS:
+            raise HttpError(400, "invalid_value", f"correlation_id is longer than {MAX_ID_CHARS} characters",
+                            "correlation_id")
+        cid = clean_label(cid)[0] if cid is not None else None
         fmt = args.get("format") or ("pstats" if _media_type() == "application/octet-stream" else "folded")
         if fmt not in ("folded", "pstats"):
             raise HttpError(400, "invalid_value", f"format must be folded or pstats, got {fmt!r}", "format")
@@ -183,7 +190,7 @@ def create_blueprint() -> Blueprint:
         try:
             if fmt == "folded":
                 try:
-                    rate = float(args.get("sample_rate", "100"))
+                    rate = float(args.get("sample_rate", "100")[:40])
                 except ValueError:
                     raise HttpError(400, "invalid_value", "sample_rate must be a number of Hz", "sample_rate") from None
                 try:
@@ -191,9 +198,9 @@ def create_blueprint() -> Blueprint:
                 except UnicodeDecodeError:
                     raise ProfileError("folded stacks must be UTF-8 text") from None
                 self_s, stacks = parse_folded(text, rate)
-                profile = Profile(workflow, self_s, args.get("correlation_id"), stacks, rate)
+                profile = Profile(workflow, self_s, cid, stacks, rate)
             else:
-                profile = Profile(workflow, parse_pstats(body), args.get("correlation_id"))
+                profile = Profile(workflow, parse_pstats(body), cid)
         except ProfileError as e:
             ex.pipeline.reject_request("profile", "malformed_body")
             raise HttpError(400, "malformed_profile", str(e), "body") from None

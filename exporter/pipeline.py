@@ -51,6 +51,8 @@ class Pipeline:
                                   (c.L_FORMAT,))
         self.rejected = s.counter(c.SPANS_REJECTED_TOTAL, "Spans refused, by input format and reason.",
                                   (c.L_FORMAT, c.L_REASON))
+        self.truncated = s.counter(c.VALUES_TRUNCATED_TOTAL, "Accepted names and nested values cut to the input "
+                                   "limits (label length, nesting depth, size), by input format.", (c.L_FORMAT,))
         self.requests_rejected = s.counter(c.REQUESTS_REJECTED_TOTAL,
                                            "Ingest requests refused whole, by input format and reason.",
                                            (c.L_FORMAT, c.L_REASON))
@@ -73,10 +75,16 @@ class Pipeline:
 
     # -- input ----------------------------------------------------------------------------
 
-    def ingest(self, spans: list[Span], fmt: str, rejected: Iterable[tuple[str, int]] = ()) -> None:
-        """Record a decoded batch: metrics first, then the log stream and other sinks."""
+    def ingest(self, spans: list[Span], fmt: str, rejected: Iterable[tuple[str, int]] = (),
+               truncated: int = 0) -> None:
+        """Record a decoded batch: metrics first, then the log stream and other sinks.
+
+        ``truncated`` counts the values the decoder cut to the input limits (:mod:`exporter.validate`).
+        """
         store = self.store
         with store.lock:
+            if truncated:
+                self.truncated.inc((fmt,), truncated)
             rej = 0
             for reason, n in rejected:
                 self.rejected.inc((fmt, reason), n)

@@ -24,6 +24,8 @@ class DecodeResult:
     spans: list[Span] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     errors: list[ErrorRecord] = field(default_factory=list)  # native ``errors`` records (ErrorLogger)
+    #: names cut to the label cap and nested values cut to the depth/size caps (kept, and counted)
+    truncated: int = 0
 
     def reject(self, index: int, reason: str, detail: str) -> None:
         self.rejected.append(Rejection(index, reason, detail))

@@ -31,9 +31,11 @@ from datetime import datetime
 from typing import Any
 
 from .. import conventions as c
+from .. import validate
+from ..classify import classify_error
 from ..errors import DecodeError
 from ..model import LAYERS, ErrorRecord, Span, hash_user, new_span_id
-from ..classify import classify_error
+from ..validate import MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_TIME_NS, Invalid, clean_str, clean_text, clean_value
 from . import DecodeResult
 
 STATUS_ALIASES = {
@@ -42,16 +44,14 @@ STATUS_ALIASES = {
     "timeout": "timeout", "timed_out": "timeout",
     "cancelled": "cancelled", "canceled": "cancelled",
 }
-MAX_NAME = 200
-MAX_EPOCH_S = 95_617_584_000  # year 5000
+MAX_NAME = MAX_LABEL_CHARS
+MAX_EPOCH_S = validate.MAX_EPOCH_S  # int64 nanoseconds: 2262-04-11
 MAX_DURATION_MS = 30 * 86_400_000  # 30 days
-_TRACE_RE = re.compile(r"^[0-9a-f]{32}$")
-_SPAN_RE = re.compile(r"^[0-9a-f]{16}$")
+_TRACE_RE = re.compile(r"[0-9a-f]{32}\Z")
+_SPAN_RE = re.compile(r"[0-9a-f]{16}\Z")
 
 
-class _Bad(Exception):
-    def __init__(self, reason: str, detail: str):
-        self.reason, self.detail = reason, detail
+_Bad = Invalid
 
 
 def trace_id_for(correlation_id: str) -> str:
@@ -67,7 +67,7 @@ def root_span_id_for(correlation_id: str) -> str:
     return hashlib.sha256(b"root:" + correlation_id.encode()).hexdigest()[:16]
 
 
-def _name(rec: dict, key: str, required: bool = True) -> str | None:
+def _name(rec: dict, key: str, required: bool = True, limit: int = MAX_NAME) -> str | None:
     v = rec.get(key)
     if v is None or v == "":
         if required:
@@ -75,9 +75,13 @@ def _name(rec: dict, key: str, required: bool = True) -> str | None:
         return None
     if not isinstance(v, str):
         raise _Bad("invalid_value", f"{key} must be a string, got {type(v).__name__}")
-    if len(v) > MAX_NAME:
-        raise _Bad("invalid_value", f"{key} is longer than {MAX_NAME} characters")
-    return v
+    if len(v) > limit:
+        raise _Bad("invalid_value", f"{key} is longer than {limit} characters")
+    return v if v.isascii() and "\x00" not in v else clean_str(v, limit)[0]
+
+
+def _cid(rec: dict, required: bool = True) -> str | None:
+    return _name(rec, "correlation_id", required, MAX_ID_CHARS)
 
 
 def _time_ns(rec: dict, key: str) -> int | None:
@@ -88,18 +92,20 @@ def _time_ns(rec: dict, key: str) -> int | None:
         raise _Bad("invalid_time", f"{key} must be ISO 8601 or epoch seconds")
     if isinstance(v, (int, float)):
         if not 0 < v < MAX_EPOCH_S:
-            raise _Bad("invalid_time", f"{key} must be epoch seconds between 0 and {MAX_EPOCH_S:g}")
+            raise _Bad("invalid_time", f"{key} must be epoch seconds between 0 and {MAX_EPOCH_S}")
         return int(v * 1e9)
     if isinstance(v, str):
         try:
-            dt = datetime.fromisoformat(v)
-        except ValueError:
+            dt = datetime.fromisoformat(v) if len(v) <= 64 else None
+            ts = dt.timestamp() if dt is not None and dt.tzinfo is not None else None
+        except (ValueError, OverflowError):
             raise _Bad("invalid_time", f"{key} is not ISO 8601: {v[:40]!r}") from None
-        if dt.tzinfo is None:
+        if dt is None:
+            raise _Bad("invalid_time", f"{key} is not ISO 8601: {v[:40]!r}")
+        if ts is None:
             raise _Bad("invalid_time", f"{key} needs a timezone (e.g. Z): {v[:40]!r}")
-        ts = dt.timestamp()
         if not 0 < ts < MAX_EPOCH_S:
-            raise _Bad("invalid_time", f"{key} must be after 1970 and before year 5000: {v[:40]!r}")
+            raise _Bad("invalid_time", f"{key} must be after 1970 and before 2262-04-11: {v[:40]!r}")
         return int(ts * 1_000_000) * 1000
     raise _Bad("invalid_time", f"{key} must be ISO 8601 or epoch seconds")
 
@@ -112,7 +118,10 @@ def _interval(rec: dict) -> tuple[int, int]:
     if dur is not None:
         if isinstance(dur, bool) or not isinstance(dur, (int, float)) or not 0 <= dur <= MAX_DURATION_MS:
             raise _Bad("invalid_value", f"duration_ms must be a number from 0 to {MAX_DURATION_MS:g}")
-        return start, start + int(dur * 1e6)
+        end = start + int(dur * 1e6)
+        if end > MAX_TIME_NS:
+            raise _Bad("invalid_time", "started_at + duration_ms is after 2262-04-11")
+        return start, end
     end = _time_ns(rec, "ended_at")
     if end is None:
         raise _Bad("missing_field", "duration_ms or ended_at is required")
@@ -129,13 +138,21 @@ def _status(rec: dict) -> str:
     return s
 
 
-def _dict(rec: dict, key: str) -> dict | None:
+def _dict(rec: dict, key: str, result: DecodeResult) -> dict | None:
+    """An object field (metadata, state, context), cut to the boundary's depth and size caps (counted)."""
     v = rec.get(key)
     if v is None:
         return None
     if not isinstance(v, dict):
         raise _Bad("invalid_value", f"{key} must be an object")
+    v, cut = clean_value(v)
+    result.truncated += cut
     return v
+
+
+def _text(rec: dict, key: str) -> str | None:
+    v = rec.get(key)
+    return clean_text(v) if isinstance(v, str) else None
 
 
 def _ids(rec: dict, cid: str) -> tuple[str, str, str | None]:
@@ -151,8 +168,8 @@ def _ids(rec: dict, cid: str) -> tuple[str, str, str | None]:
     return tid, sid, parent
 
 
-def _step(rec: dict) -> Span:
-    cid = _name(rec, "correlation_id")
+def _step(rec: dict, result: DecodeResult) -> Span:
+    cid = _cid(rec)
     layer = _name(rec, "layer")
     if layer not in LAYERS:
         raise _Bad("invalid_value", f"layer must be one of {list(c.LAYERS)}, got {layer!r}")
@@ -164,14 +181,12 @@ def _step(rec: dict) -> Span:
         etype = status
     return Span(tid, sid, _name(rec, "workflow_type"), layer, _name(rec, "component"),
                 _name(rec, "operation"), start, end, status, parent, cid,
-                _name(rec, "service", required=False) or "", etype,
-                rec.get("error_message") if isinstance(rec.get("error_message"), str) else None,
-                _dict(rec, "metadata"), _dict(rec, "state"), True, None,
-                rec.get("stack_trace") if isinstance(rec.get("stack_trace"), str) else None)
+                _name(rec, "service", required=False) or "", etype, _text(rec, "error_message"),
+                _dict(rec, "metadata", result), _dict(rec, "state", result), True, None, _text(rec, "stack_trace"))
 
 
-def _workflow(rec: dict) -> Span:
-    cid = _name(rec, "correlation_id")
+def _workflow(rec: dict, result: DecodeResult) -> Span:
+    cid = _cid(rec)
     start, end = _interval(rec)
     tid = rec.get("trace_id") or trace_id_for(cid)
     if not isinstance(tid, str) or not _TRACE_RE.match(tid):
@@ -183,28 +198,36 @@ def _workflow(rec: dict) -> Span:
     if status in c.FAILED_STATUSES and not etype:
         etype = status
     return Span(tid, root_span_id_for(cid), wf, "system", "workflow", wf, start, end, status, None, cid,
-                _name(rec, "service", required=False) or "", etype,
-                rec.get("error_message") if isinstance(rec.get("error_message"), str) else None,
-                _dict(rec, "metadata"), None, False, hash_user(str(user)) if user is not None else None)
+                _name(rec, "service", required=False) or "", etype, _text(rec, "error_message"),
+                _dict(rec, "metadata", result), None, False, hash_user(_user(user)) if user is not None else None)
 
 
-def _error(rec: dict) -> ErrorRecord:
+def _user(user: Any) -> str:
+    return user if isinstance(user, str) else clean_text(user)
+
+
+def _error(rec: dict, result: DecodeResult) -> ErrorRecord:
     layer = _name(rec, "layer")
     if layer not in LAYERS:
         raise _Bad("invalid_value", f"layer must be one of {list(c.LAYERS)}, got {layer!r}")
     message = rec.get("message")
     if not isinstance(message, str):
         raise _Bad("missing_field", "message is required and must be a string")
+    message = clean_text(message)
     etype = _name(rec, "error_type")
     t = _time_ns(rec, "time")
-    stack = rec.get("stack_trace")
+    tid, sid = _name(rec, "trace_id", required=False), _name(rec, "span_id", required=False)
+    if tid is not None and not _TRACE_RE.match(tid):
+        raise _Bad("invalid_trace_id", "trace_id must be 32 lowercase hex digits")
+    if sid is not None and not _SPAN_RE.match(sid):
+        raise _Bad("invalid_span_id", "span_id must be 16 lowercase hex digits")
     return ErrorRecord(error_type=etype, message=message, layer=layer, component=_name(rec, "component"),
                        workflow=_name(rec, "workflow_type", required=False) or c.UNKNOWN_WORKFLOW,
-                       correlation_id=_name(rec, "correlation_id", required=False),
-                       trace_id=_name(rec, "trace_id", required=False), span_id=_name(rec, "span_id", required=False),
-                       category=_name(rec, "category", required=False) or classify_error(etype, message),
-                       stack_trace=stack if isinstance(stack, str) else None, time_ns=t or 0,
-                       service=_name(rec, "service", required=False) or "", context=_dict(rec, "context") or {})
+                       correlation_id=_cid(rec, required=False), trace_id=tid, span_id=sid,
+                       category=_name(rec, "category", required=False, limit=32) or classify_error(etype, message),
+                       stack_trace=_text(rec, "stack_trace"), time_ns=t or 0,
+                       service=_name(rec, "service", required=False) or "",
+                       context=_dict(rec, "context", result) or {})
 
 
 def decode(doc: Any) -> DecodeResult:
@@ -236,7 +259,7 @@ def decode(doc: Any) -> DecodeResult:
             try:
                 if not isinstance(rec, dict):
                     raise _Bad("malformed_span", f"a {kind} must be an object")
-                keep(make(rec))
+                keep(make(rec, result))
             except _Bad as b:
                 result.reject(offset + i, b.reason, f"{kind}s[{i}]: {b.detail}")
         offset += len(records)

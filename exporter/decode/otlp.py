@@ -24,7 +24,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from .. import conventions as c
 from ..errors import DecodeError
 from ..model import LAYERS, Span
+from ..validate import MAX_DEPTH, MAX_ID_CHARS, TOO_DEEP, Invalid, check_interval, clean_label, clean_text, clean_value
 from . import DecodeResult
+
+#: The one attribute a span keeps when its attributes could not be read at all.
+INVALID_ATTRIBUTES = "flowscope.invalid_attributes"
 
 # Span.kind values (opentelemetry.proto.trace.v1.Span.SpanKind)
 KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = 1, 2, 3, 4, 5
@@ -84,7 +88,7 @@ def derive_component(attrs: dict[str, Any], kind: int, service: str) -> str:
 def _status(code: int, message: str, attrs: dict[str, Any], exc: dict[str, Any] | None):
     """(status, error_type, error_message) from the OTLP status and exception event."""
     explicit = attrs.get("flowscope.status")
-    if explicit in c.STATUSES:
+    if type(explicit) is str and explicit in c.STATUSES:
         status = explicit
     elif code == STATUS_CODE_ERROR:
         status = "error"
@@ -103,13 +107,26 @@ _WF1, _WF2 = c.ATTR_WORKFLOW
 _CID1, _CID2 = c.ATTR_CORRELATION_ID
 
 
+def _label(v: Any, field: str, result: DecodeResult) -> str:
+    try:
+        out, cut = clean_label(v)
+    except Invalid as e:
+        raise Invalid(e.reason, f"{field}: {e.detail}") from None
+    if cut:
+        result.truncated += 1
+    return out
+
+
 def _span(trace_id: str, span_id: str, parent: str, name: str, kind: int, start: int, end: int, attrs: dict,
-          resource: dict, service: str, code: int, message: str, exc: dict | None, web: bool | None = None) -> Span:
-    """Map one validated OTLP span to the model (shared by both encodings).
+          resource: dict, service: str, code: int, message: str, exc: dict | None, web: bool | None,
+          result: DecodeResult) -> Span:
+    """Map one OTLP span to the model (shared by both encodings); :class:`Invalid` refuses it.
 
     ``attrs`` may hold only the :data:`WANTED_KEYS`; ``web`` then says whether
-    any ``http.*``/``url.*``/``rpc.*`` key was present.
+    any ``http.*``/``url.*``/``rpc.*`` key was present. Every name that becomes
+    a label passes the boundary check (:mod:`exporter.validate`) here.
     """
+    check_interval(start, end)
     if code == 0 and "flowscope.status" not in attrs:
         status = etype = emsg = None
         status = "ok"
@@ -117,10 +134,36 @@ def _span(trace_id: str, span_id: str, parent: str, name: str, kind: int, start:
         status, etype, emsg = _status(code, message, attrs, exc)
     wf = attrs.get(_WF1) or attrs.get(_WF2)
     corr = attrs.get(_CID1) or attrs.get(_CID2)
-    return Span(trace_id, span_id, str(wf) if wf else None, derive_layer(attrs, kind, resource, web),
-                derive_component(attrs, kind, service), name, start, end, status, parent or None,
-                str(corr) if corr else None, service, etype, emsg, attrs, None, True, None,
-                exc.get("exception.stacktrace") if exc else None)
+    explicit_layer = attrs.get(c.ATTR_LAYER)
+    if explicit_layer is not None and type(explicit_layer) is not str:
+        raise Invalid("invalid_value", f"{c.ATTR_LAYER} must be a string, got {type(explicit_layer).__name__}")
+    if corr:
+        corr = _label(corr, "correlation_id", result)
+        if len(corr) > MAX_ID_CHARS:
+            raise Invalid("invalid_value", f"correlation_id is longer than {MAX_ID_CHARS} characters")
+    return Span(trace_id, span_id, _label(wf, "workflow", result) if wf else None,
+                derive_layer(attrs, kind, resource, web),
+                _label(derive_component(attrs, kind, service), "component", result), _label(name, "name", result),
+                start, end, status, parent or None, corr or None, service,
+                _label(etype, "error.type", result) if etype else None, clean_text(emsg) if emsg else None,
+                attrs, None, True, None, clean_text(exc.get("exception.stacktrace")) if exc else None)
+
+
+def _service(resource: dict, result: DecodeResult) -> str:
+    v = resource.get("service.name")
+    if not v or isinstance(v, (dict, list)):
+        return "unknown_service"
+    return _label(v, "service.name", result)
+
+
+def _lazy(decode):
+    """Attributes decoded on first read, through the boundary's sanitiser; never raises."""
+    def attrs(raw) -> dict[str, Any]:
+        try:
+            return clean_value(decode(raw))[0]
+        except (RecursionError, ValueError, TypeError, AttributeError, OverflowError) as e:
+            return {INVALID_ATTRIBUTES: f"{type(e).__name__}: {e}"[:200]}
+    return attrs
 
 
 # --- protobuf -----------------------------------------------------------------------
@@ -172,40 +215,43 @@ def decode_protobuf(body: bytes) -> DecodeResult:
     req = ExportTraceServiceRequest()
     try:
         req.ParseFromString(body)
-    except (PbDecodeError, ValueError, RuntimeError) as e:
+    except (PbDecodeError, ValueError, RuntimeError, RecursionError, UnicodeDecodeError) as e:
         raise DecodeError(f"body is not a valid OTLP ExportTraceServiceRequest protobuf: {e}") from None
     result = DecodeResult()
     append = result.spans.append
+    lazy = _lazy(_pb_attrs)
     index = 0
     for rs in req.resource_spans:
-        resource = _pb_attrs(rs.resource.attributes)
-        service = str(resource.get("service.name") or "unknown_service")
+        resource = clean_value(_pb_attrs(rs.resource.attributes))[0]
+        service = _service(resource, result)
         for ss in rs.scope_spans:
             for sp in ss.spans:
-                exc = None
-                if sp.events:
-                    for ev in sp.events:
-                        if ev.name == "exception":
-                            exc = _pb_attrs(ev.attributes)
-                            break
-                tid, sid = sp.trace_id, sp.span_id
-                start, end = sp.start_time_unix_nano, sp.end_time_unix_nano
-                if len(tid) != 16 or tid == ZERO_TRACE:
-                    result.reject(index, "invalid_trace_id", f"traceId must be 16 non-zero bytes, got {tid.hex()!r}")
-                elif len(sid) != 8 or sid == ZERO_SPAN:
-                    result.reject(index, "invalid_span_id", f"spanId must be 8 non-zero bytes, got {sid.hex()!r}")
-                elif start <= 0 or end < start:
-                    result.reject(index, "invalid_time",
-                                  f"needs 0 < startTimeUnixNano <= endTimeUnixNano, got {start}..{end}")
-                elif not sp.name:
-                    result.reject(index, "missing_field", "span name is empty")
-                else:
+                tid, sid, parent = sp.trace_id, sp.span_id, sp.parent_span_id
+                try:
+                    if len(tid) != 16 or tid == ZERO_TRACE:
+                        raise Invalid("invalid_trace_id", f"traceId must be 16 non-zero bytes, got {tid.hex()!r}")
+                    if len(sid) != 8 or sid == ZERO_SPAN:
+                        raise Invalid("invalid_span_id", f"spanId must be 8 non-zero bytes, got {sid.hex()!r}")
+                    if parent and len(parent) != 8:
+                        raise Invalid("invalid_span_id", f"parentSpanId must be 8 bytes, got {parent.hex()!r}")
+                    if not sp.name:
+                        raise Invalid("missing_field", "span name is empty")
+                    exc = None
+                    if sp.events:
+                        for ev in sp.events:
+                            if ev.name == "exception":
+                                exc = _pb_attrs(ev.attributes)
+                                break
                     st = sp.status
                     raw = sp.attributes
                     wanted, web = _pb_scan(raw)
-                    s = _span(tid.hex(), sid.hex(), sp.parent_span_id.hex(), sp.name, sp.kind, start, end,
-                              wanted, resource, service, st.code, st.message, exc, web)
-                    s.defer_attributes(_pb_attrs, raw)
+                    s = _span(tid.hex(), sid.hex(), parent.hex(), sp.name, sp.kind, sp.start_time_unix_nano,
+                              sp.end_time_unix_nano, wanted, resource, service, st.code, st.message, exc, web,
+                              result)
+                except Invalid as e:
+                    result.reject(index, e.reason, e.detail)
+                else:
+                    s.defer_attributes(lazy, raw)
                     append(s)
                 index += 1
     return result
@@ -289,16 +335,16 @@ def _jv(v: _AnyValue | None) -> Any:
     if v.string_value is not None:
         return v.string_value
     if v.int_value is not None:
-        try:
-            return int(v.int_value)
-        except ValueError:
-            return None
+        x = v.int_value
+        if type(x) is int:
+            return x
+        return int(x) if 0 < len(x) <= 20 and x.lstrip("-").isascii() and x.lstrip("-").isdigit() else None
     if v.bool_value is not None:
         return v.bool_value
     if v.double_value is not None:
         try:
             return float(v.double_value)
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
     if v.array_value is not None:
         return _json_value({"arrayValue": v.array_value})
@@ -309,32 +355,54 @@ def _jv(v: _AnyValue | None) -> Any:
     return None
 
 
-def _json_value(v: Any) -> Any:
-    """An AnyValue in its JSON (dict) form; used for arrays and kvlists."""
+def _values(container: Any, key: str) -> list:
+    """``container[key]["values"]`` when the shapes are right (OTLP/JSON arrays and kvlists), else []."""
+    inner = container.get(key)
+    if not isinstance(inner, dict):
+        return []
+    vals = inner.get("values")
+    return vals if isinstance(vals, list) else []
+
+
+def _json_value(v: Any, depth: int = 0) -> Any:
+    """An AnyValue in its JSON (dict) form; used for arrays and kvlists. Total: odd shapes become None,
+    and nesting past :data:`~exporter.validate.MAX_DEPTH` becomes a marker (so recursion is bounded)."""
     if not isinstance(v, dict):
         return None
+    if depth > MAX_DEPTH:
+        return TOO_DEEP
     if "stringValue" in v:
-        return v["stringValue"]
+        x = v["stringValue"]
+        return x if type(x) is str else None
     if "intValue" in v:
-        try:
-            return int(v["intValue"])
-        except (TypeError, ValueError):
-            return None
+        x = v["intValue"]
+        if type(x) is int:
+            return x
+        return int(x) if type(x) is str and 0 < len(x) <= 20 and x.lstrip("-").isascii() \
+            and x.lstrip("-").isdigit() else None
     if "boolValue" in v:
         return bool(v["boolValue"])
     if "doubleValue" in v:
-        try:
-            return float(v["doubleValue"])
-        except (TypeError, ValueError):
-            return None
+        x = v["doubleValue"]
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            return float(x) if abs(x) < 1e308 or isinstance(x, float) else None
+        if type(x) is str and len(x) <= 40:
+            try:
+                return float(x)
+            except ValueError:
+                return None
+        return None
     if "arrayValue" in v:
-        return [_json_value(x) for x in (v["arrayValue"] or {}).get("values", []) or []]
+        return [_json_value(x, depth + 1) for x in _values(v, "arrayValue")]
     if "kvlistValue" in v:
-        return {kv["key"]: _json_value(kv.get("value")) for kv in (v["kvlistValue"] or {}).get("values", []) or []
+        return {kv["key"]: _json_value(kv.get("value"), depth + 1) for kv in _values(v, "kvlistValue")
                 if isinstance(kv, dict) and isinstance(kv.get("key"), str)}
     if "bytesValue" in v:
+        x = v["bytesValue"]
+        if type(x) is not str:
+            return None
         try:
-            return base64.b64decode(v["bytesValue"]).hex()
+            return base64.b64decode(x).hex()
         except (ValueError, TypeError):
             return None
     return None
@@ -361,13 +429,11 @@ def _j_scan(kvs: list[_KeyValue] | None) -> tuple[dict[str, Any], bool]:
 
 
 def _int(v: Any) -> int:
+    """A uint64 given as a number or a decimal string (the OTLP/JSON forms); -1 when it is neither."""
     if type(v) is int:
         return v
-    if type(v) is str:
-        try:
-            return int(v)
-        except ValueError:
-            return -1
+    if type(v) is str and 0 < len(v) <= 20 and v.isascii() and v.isdigit():
+        return int(v)
     return -1
 
 
@@ -379,51 +445,54 @@ def decode_json(body: bytes) -> DecodeResult:
         msg = str(e)
         path = msg.rsplit("at `", 1)[1].rstrip("`") if "at `" in msg else "$"
         raise DecodeError(f"OTLP/JSON body does not match ExportTraceServiceRequest: {msg}", field=path) from None
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as e:
         raise DecodeError(f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise DecodeError("body is nested too deeply") from None
     result = DecodeResult()
     append = result.spans.append
+    lazy = _lazy(_j_attrs)
     index = 0
     for rs in req.resource_spans or ():
-        resource = _j_attrs(rs.resource.attributes if rs.resource else None)
-        service = str(resource.get("service.name") or "unknown_service")
+        resource = clean_value(_j_attrs(rs.resource.attributes if rs.resource else None))[0]
+        service = _service(resource, result)
         for ss in rs.scope_spans or ():
             for sp in ss.spans or ():
-                exc = None
-                if sp.events:
-                    for ev in sp.events:
-                        if ev.name == "exception":
-                            exc = _j_attrs(ev.attributes)
-                            break
-                st = sp.status
-                code = st.code if st is not None else 0
-                if type(code) is str:  # tolerate the enum-name form
-                    code = STATUS_CODE_ERROR if code.endswith("ERROR") else 0
-                kind = sp.kind
-                if type(kind) is not int:
-                    kind = _KINDS.get(kind, 1)
-                name = sp.name
-                tid = (sp.trace_id or "").lower()
-                sid = (sp.span_id or "").lower()
-                parent = (sp.parent_span_id or "").lower()
-                start, end = _int(sp.start_time_unix_nano), _int(sp.end_time_unix_nano)
-                if not _TRACE_ID(tid) or tid == ZERO_TRACE_HEX:
-                    result.reject(index, "invalid_trace_id", f"traceId must be 32 hex digits, got {tid!r}")
-                elif not _SPAN_ID(sid) or sid == ZERO_SPAN_HEX:
-                    result.reject(index, "invalid_span_id", f"spanId must be 16 hex digits, got {sid!r}")
-                elif parent and not _SPAN_ID(parent):
-                    result.reject(index, "invalid_span_id", f"parentSpanId must be 16 hex digits, got {parent!r}")
-                elif start <= 0 or end < start:
-                    result.reject(index, "invalid_time",
-                                  f"needs 0 < startTimeUnixNano <= endTimeUnixNano, got {start}..{end}")
-                elif not name:
-                    result.reject(index, "missing_field", "span name is empty")
-                else:
+                try:
+                    st = sp.status
+                    code = st.code if st is not None else 0
+                    if type(code) is str:  # tolerate the enum-name form
+                        code = STATUS_CODE_ERROR if code.endswith("ERROR") else 0
+                    kind = sp.kind
+                    if type(kind) is not int:
+                        kind = _KINDS.get(kind, 1)
+                    name = sp.name
+                    tid = (sp.trace_id or "").lower()
+                    sid = (sp.span_id or "").lower()
+                    parent = (sp.parent_span_id or "").lower()
+                    if not _TRACE_ID(tid) or tid == ZERO_TRACE_HEX:
+                        raise Invalid("invalid_trace_id", f"traceId must be 32 hex digits, got {tid[:40]!r}")
+                    if not _SPAN_ID(sid) or sid == ZERO_SPAN_HEX:
+                        raise Invalid("invalid_span_id", f"spanId must be 16 hex digits, got {sid[:40]!r}")
+                    if parent and not _SPAN_ID(parent):
+                        raise Invalid("invalid_span_id", f"parentSpanId must be 16 hex digits, got {parent[:40]!r}")
+                    if not name:
+                        raise Invalid("missing_field", "span name is empty")
+                    exc = None
+                    if sp.events:
+                        for ev in sp.events:
+                            if ev.name == "exception":
+                                exc = _j_attrs(ev.attributes)
+                                break
                     raw = sp.attributes
                     wanted, web = _j_scan(raw)
-                    s = _span(tid, sid, parent, name, kind, start, end, wanted, resource, service, code or 0,
-                              (st.message or "") if st is not None else "", exc, web)
-                    s.defer_attributes(_j_attrs, raw)
+                    s = _span(tid, sid, parent, name, kind, _int(sp.start_time_unix_nano),
+                              _int(sp.end_time_unix_nano), wanted, resource, service, code or 0,
+                              (st.message or "") if st is not None else "", exc, web, result)
+                except Invalid as e:
+                    result.reject(index, e.reason, e.detail)
+                else:
+                    s.defer_attributes(lazy, raw)
                     append(s)
                 index += 1
     return result
