@@ -189,19 +189,20 @@ def clean_value(v: Any) -> tuple[Any, bool]:
     Flat dicts of short plain strings and small numbers, the common case, come back as they are.
     """
     if type(v) is dict:
-        for x in v.values():
+        for k, x in v.items():
             t = type(x)
             if t is str:
-                if len(x) > MAX_VALUE_CHARS or not x.isascii() or "\x00" in x:
+                if not (x.isascii() and len(x) <= MAX_VALUE_CHARS and "\x00" not in x):
                     break
             elif t is int:
                 if not MIN_INT <= x <= MAX_INT:
                     break
             elif not (t is float or t is bool or x is None):
                 break
+            if not (type(k) is str and k.isascii() and len(k) <= MAX_LABEL_CHARS and "\x00" not in k):
+                break
         else:
-            if all(type(k) is str and k.isascii() and len(k) <= MAX_LABEL_CHARS and "\x00" not in k for k in v):
-                return v, False
+            return v, False
     b = _Budget()
     out = _clean(v, 0, b)
     return out, b.cut
