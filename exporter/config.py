@@ -114,6 +114,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("loki_batch_lines", _pos_int, 1000, "Lines per Loki push."),
     Setting("loki_batch_wait_s", _pos_float, 1.0, "Longest wait before a partial batch is pushed."),
     Setting("loki_queue_lines", _pos_int, 100_000, "Queue bound; lines past it are dropped and counted."),
+    Setting("loki_queue_policy", _choice("drop_newest", "drop_oldest"), "drop_newest",
+            "On a full Loki queue, drop the lines offered (`drop_newest`) or the oldest queued (`drop_oldest`); "
+            "counted as `queue_full` either way."),
     Setting("loki_retry_deadline_s", _pos_float, 300.0, "How long one batch is retried before it is dropped."),
     Setting("sdk_mode", _choice("inprocess", "remote"), "inprocess",
             "SDK sends spans straight into this process's pipeline, or to a remote exporter."),
@@ -179,6 +182,7 @@ class Config:
     loki_batch_lines: int
     loki_batch_wait_s: float
     loki_queue_lines: int
+    loki_queue_policy: str
     loki_retry_deadline_s: float
     sdk_mode: str
     sdk_endpoint: str | None

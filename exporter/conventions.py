@@ -97,6 +97,8 @@ DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 #: Stream labels. Only bounded values may be stream labels.
 STREAM_LABELS = ("service", "workflow", "layer", "level")
 LOKI_PUSH_PATH = "/loki/api/v1/push"
+#: Loki's readiness endpoint: 200 once it accepts pushes; the pusher probes it to end a backoff early.
+LOKI_READY_PATH = "/ready"
 LOKI_TENANT_HEADER = "X-Scope-OrgID"
 #: Structured metadata keys attached to every line.
 LOKI_METADATA_KEYS = ("correlation_id", "trace_id", "span_id")

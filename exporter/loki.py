@@ -8,7 +8,13 @@
   errors are retried with jittered exponential backoff, honouring
   ``Retry-After``, up to one overall deadline per batch; any other 4xx is not
   retried. Every line ends up either sent or counted as dropped, by reason.
-- The queue is bounded; lines offered to a full queue are dropped and counted.
+- During a long backoff Loki's ``/ready`` is probed about once a second; once
+  Loki is back the backoff ends and the batch is pushed at once.
+- Poison costs only itself: an entry that cannot be encoded, or that Loki
+  refuses with 400/413, is found by splitting its batch; the rest is sent and
+  the refused entries are counted (``reason="poison"``) and logged once.
+- The queue is bounded; on a full queue the newest lines (those offered) or the
+  oldest queued ones are dropped (``queue_policy``), and counted.
   :meth:`LokiPusher.close` flushes what is queued before the process exits.
 
 Why not loki-logger-handler: it has no retries and an unbounded queue, so an
@@ -20,6 +26,7 @@ from __future__ import annotations
 import gzip
 import logging
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -37,6 +44,10 @@ from .model import ErrorRecord, Span
 from .retry import RetryPolicy
 
 log = logging.getLogger("flowscope.loki")
+
+#: :meth:`LokiPusher._push`'s answer when the pusher is stopping mid-retry
+_STOPPED = object()
+_DIGITS = re.compile(r"\d+")
 
 LEVELS = {"ok": c.LEVEL_INFO, "cancelled": c.LEVEL_WARN, "error": c.LEVEL_ERROR, "timeout": c.LEVEL_ERROR}
 
@@ -60,6 +71,10 @@ class LokiConfig:
     read_timeout_s: float = 10.0
     flush_timeout_s: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: on a full queue, drop the lines offered (``drop_newest``) or the oldest queued ones (``drop_oldest``)
+    queue_policy: str = "drop_newest"
+    #: how often ``/ready`` is probed during a backoff longer than this
+    probe_interval_s: float = 1.0
     #: scrubs secrets out of messages before they are pushed (``Redactor.text``)
     redact: Any = _same
 
@@ -67,6 +82,10 @@ class LokiConfig:
     def push_url(self) -> str:
         u = self.url.rstrip("/")
         return u if u.endswith(c.LOKI_PUSH_PATH) else u + c.LOKI_PUSH_PATH
+
+    @property
+    def ready_url(self) -> str:
+        return self.url.rstrip("/").removesuffix(c.LOKI_PUSH_PATH) + c.LOKI_READY_PATH
 
 
 # An entry: (stream label values in STREAM_LABELS order, time ns, line, structured metadata)
@@ -169,10 +188,11 @@ def parse_retry_after(value: str | None) -> float | None:
 class LokiPusher:
     """A bounded queue of entries and one thread that pushes them in batches.
 
-    ``enqueue`` never blocks and never raises: on a full queue the entry is
-    dropped and counted (``reason="queue_full"``). The queue holds Spans or
-    ready entries; a Span's line is built by the pusher thread when its batch is
-    taken, so the traced application never pays for JSON encoding.
+    ``enqueue`` never blocks and never raises: on a full queue the entry offered
+    (``drop_newest``) or the oldest queued one (``drop_oldest``) is dropped and
+    counted (``reason="queue_full"``). The queue holds Spans or ready entries; a
+    Span's line is built by the pusher thread when its batch is taken, so the
+    traced application never pays for JSON encoding.
     """
 
     def __init__(self, config: LokiConfig, store: MetricStore, session: requests.Session | None = None,
@@ -185,10 +205,15 @@ class LokiPusher:
         self._closing = False
         self._stop_now = threading.Event()
         self._busy = False
+        self._down = False  # Loki was seen unreachable or not ready during the current push's retries
+        self._poison_seen: dict[str, int] = {}  # kind of refusal -> lines dropped with it, so each is logged once
         self.failures = store.counter(c.LOKI_PUSH_FAILURES_TOTAL, "Failed push attempts to Loki (each retry counts).",
                                       (c.L_REASON,))
         self.sent = store.counter(c.LOKI_LINES_SENT_TOTAL, "Log lines Loki accepted.")
-        self.dropped = store.counter(c.LOKI_LINES_DROPPED_TOTAL, "Log lines given up on, by reason.", (c.L_REASON,))
+        self.dropped = store.counter(c.LOKI_LINES_DROPPED_TOTAL, "Log lines given up on, by reason: queue_full, "
+                                     "poison (an entry that cannot be encoded or that Loki refused; the rest of its "
+                                     "batch was sent), rejected, retries_exhausted, shutdown, internal_error.",
+                                     (c.L_REASON,))
         store.gauge(c.LOKI_QUEUE_LINES, "Log lines queued for Loki.").set_function((), lambda: len(self._queue))
         self._store = store
         self._thread = threading.Thread(target=self._run, name="flowscope-loki", daemon=True)
@@ -201,18 +226,29 @@ class LokiPusher:
         return self.enqueue_many([entry]) == 1
 
     def enqueue_many(self, entries: list[Entry | Span]) -> int:
+        """Queue entries or Spans; returns how many of them were queued. Under ``drop_oldest`` a full queue
+        makes room by dropping its oldest lines, so every entry offered is queued (the last
+        ``queue_lines`` of them, if more are offered at once)."""
+        q, cap = self._queue, self.config.queue_lines
         with self._cv:
-            room = self.config.queue_lines - len(self._queue)
             if self._closing:
-                room = 0
-            take = entries if room >= len(entries) else entries[:max(room, 0)]
-            self._queue.extend(take)
-            if len(self._queue) >= self.config.batch_lines:
+                taken, lost = 0, len(entries)
+            elif self.config.queue_policy == "drop_oldest":
+                before = len(q)
+                q.extend(entries)
+                lost = max(0, len(q) - cap)
+                for _ in range(lost):
+                    q.popleft()
+                taken = len(entries) - max(0, lost - before)
+            else:
+                taken = max(0, min(len(entries), cap - len(q)))
+                q.extend(entries if taken == len(entries) else entries[:taken])
+                lost = len(entries) - taken
+            if len(q) >= self.config.batch_lines:
                 self._cv.notify()
-        lost = len(entries) - len(take)
         if lost:
             self._count(self.dropped, ("queue_full",), lost)
-        return len(take)
+        return taken
 
     def queued(self) -> int:
         return len(self._queue)
@@ -248,8 +284,7 @@ class LokiPusher:
                 batch = [self._queue.popleft() for _ in range(n)]
                 self._busy = True
             try:
-                redact = cfg.redact
-                self._push([e if type(e) is tuple else span_entry(e, redact) for e in batch])
+                self._send(self._entries(batch))
             except Exception:  # never let the thread die: count and go on
                 log.exception("unexpected error pushing to Loki")
                 self._count(self.dropped, ("internal_error",), len(batch))
@@ -258,16 +293,62 @@ class LokiPusher:
                     self._busy = False
                     self._cv.notify_all()
 
-    def _push(self, batch: list[Entry]) -> None:
+    def _entries(self, batch: list) -> list[Entry]:
+        """The entries of a taken batch; a Span whose line cannot be built is dropped as poison."""
+        redact = self.config.redact
+        out = []
+        for e in batch:
+            if type(e) is tuple:
+                out.append(e)
+                continue
+            try:
+                out.append(span_entry(e, redact))
+            except Exception as err:  # noqa: BLE001 - one span's odd values must not cost its batch
+                self._poison(f"cannot encode a line: {type(err).__name__}: {err}")
+        return out
+
+    def _send(self, batch: list[Entry]) -> None:
+        """Push ``batch``; entries that cannot be encoded or that Loki refuses are isolated by splitting.
+
+        A chunk whose body cannot be encoded, or that Loki answers with one of the policy's
+        ``split_statuses``, is halved until the refused entries stand alone: those are dropped as
+        poison, the rest is sent. Loki keeps the valid entries of a push it answers 400 and
+        drops exact duplicates (same stream, time and line), so resending them is harmless.
+        """
+        started = time.monotonic()  # one retry deadline for the whole batch, however it is split
+        pending = [batch] if batch else []  # chunks still to send, the next one last
+        while pending:
+            chunk = pending.pop()
+            try:
+                body, headers = encode(chunk, self.config.encoding)
+                refused = None
+            except Exception as e:  # noqa: BLE001 - an entry no encoder takes: isolated below
+                refused = f"cannot encode: {type(e).__name__}: {e}"
+            else:
+                refused = self._push(chunk, body, headers, started)
+                if refused is _STOPPED:
+                    self._count(self.dropped, ("shutdown",), len(chunk) + sum(len(ch) for ch in pending))
+                    return
+            if refused is None:
+                continue
+            if len(chunk) > 1:
+                mid = len(chunk) // 2
+                pending += (chunk[mid:], chunk[:mid])
+            else:
+                self._poison(refused)
+
+    def _push(self, batch: list[Entry], body: bytes, headers: dict[str, str], started: float) -> str | object | None:
+        """Push one encoded chunk, retrying per the policy. None when it was sent or given up on (counted);
+        Loki's message when it refused the content (a split status), for :meth:`_send` to split on;
+        :data:`_STOPPED` when the pusher is stopping (not counted here)."""
         cfg, policy = self.config, self.config.retry
-        body, headers = encode(batch, cfg.encoding)
         if cfg.tenant:
             headers[c.LOKI_TENANT_HEADER] = cfg.tenant
         if cfg.bearer_token:
             headers["Authorization"] = f"Bearer {cfg.bearer_token}"
         auth = (cfg.username, cfg.password or "") if cfg.username else None
-        started = time.monotonic()
         attempt = 0
+        self._down = False
         while True:
             retry_after = None
             try:
@@ -275,19 +356,24 @@ class LokiPusher:
                                       timeout=(cfg.connect_timeout_s, cfg.read_timeout_s))
                 if 200 <= r.status_code < 300:
                     self._count(self.sent, (), len(batch))
-                    return
+                    return None
                 reason = f"http_{r.status_code}"
+                if r.status_code in policy.split_statuses:
+                    self._count(self.failures, (reason,))
+                    return f"HTTP {r.status_code}: {r.text[:300]}"
                 if r.status_code not in policy.retry_statuses:
                     self._count(self.failures, (reason,))
                     self._count(self.dropped, ("rejected",), len(batch))
                     log.error("Loki refused %d lines with HTTP %d (not retried): %s", len(batch), r.status_code,
                               r.text[:300])
-                    return
+                    return None
                 retry_after = parse_retry_after(r.headers.get("Retry-After"))
             except requests.Timeout:
                 reason = "timeout"
             except requests.RequestException:
                 reason = "connection"
+            if reason in ("timeout", "connection"):
+                self._down = True
             self._count(self.failures, (reason,))
             wait = policy.backoff(attempt, self.rng)
             if retry_after is not None:
@@ -295,16 +381,65 @@ class LokiPusher:
             attempt += 1
             elapsed = time.monotonic() - started
             if self._stop_now.is_set():
-                self._count(self.dropped, ("shutdown",), len(batch))
-                return
+                return _STOPPED
             if elapsed + wait > policy.deadline_s:
                 self._count(self.dropped, ("retries_exhausted",), len(batch))
                 log.error("giving up on %d Loki lines after %d attempts (%s)", len(batch), attempt, reason)
-                return
+                return None
             log.warning("Loki push failed (%s), retry %d in %.2fs", reason, attempt, wait)
-            if self._stop_now.wait(wait):
-                self._count(self.dropped, ("shutdown",), len(batch))
-                return
+            # a 429 says Loki is up and wants us to wait: its Retry-After is honoured in full, never probed away
+            if not self._wait_out(wait, probe=reason != "http_429"):
+                return _STOPPED
+
+    def _wait_out(self, wait: float, probe: bool) -> bool:
+        """Wait out one backoff; False if the pusher is stopping.
+
+        With ``probe``, a wait longer than ``probe_interval_s`` asks Loki's ``/ready`` every interval
+        and ends as soon as Loki, having been unreachable or not ready, answers 200: lines pushed the
+        moment it is back are lines a full queue does not drop. A Loki that is ready but still
+        failing pushes (a 5xx) keeps its full backoff.
+        """
+        end = time.monotonic() + wait
+        step = self.config.probe_interval_s
+        while (left := end - time.monotonic()) > 0:
+            if self._stop_now.wait(min(left, step) if probe else left):
+                return False
+            if probe and end - time.monotonic() > 0:
+                if self._ready():
+                    if self._down:
+                        log.info("Loki is ready again: pushing now")
+                        return True
+                else:
+                    self._down = True
+        return True
+
+    def _ready(self) -> bool:
+        """Whether Loki's ``/ready`` answers 200, within a short timeout."""
+        cfg = self.config
+        headers = {c.LOKI_TENANT_HEADER: cfg.tenant} if cfg.tenant else {}
+        if cfg.bearer_token:
+            headers["Authorization"] = f"Bearer {cfg.bearer_token}"
+        auth = (cfg.username, cfg.password or "") if cfg.username else None
+        limit = min(cfg.probe_interval_s, 1.0)
+        try:
+            r = self.session.get(cfg.ready_url, headers=headers, auth=auth,
+                                 timeout=(min(cfg.connect_timeout_s, limit), min(cfg.read_timeout_s, limit)))
+        except requests.RequestException:
+            return False
+        return r.status_code == 200
+
+    def _poison(self, why: str) -> None:
+        """Drop one line Loki will not take; log each kind of refusal once (then at 10, 100, ...)."""
+        self._count(self.dropped, ("poison",))
+        # Loki's messages carry timestamps and sizes: without digits, one kind of refusal is one key
+        kind = _DIGITS.sub("N", why)[:80]
+        seen = self._poison_seen
+        if kind not in seen and len(seen) >= 1000:  # bounded: past a thousand kinds, count without logging
+            return
+        n = seen[kind] = seen.get(kind, 0) + 1
+        if str(n).rstrip("0") == "1":
+            log.error("dropped a Loki line it cannot take (%d so far with this error; the rest of its batch was "
+                      "sent): %s", n, why[:500])
 
     # -- lifecycle ----------------------------------------------------------------------
 

@@ -12,10 +12,13 @@ class RetryPolicy:
 
     ``Retry-After`` is honoured (capped at ``max_retry_after_s``); any other 4xx
     is not retried. One batch is retried for at most ``deadline_s``, then it is
-    dropped *and counted*.
+    dropped *and counted*. A sender that can split its batch does so on
+    ``split_statuses`` (the receiver refused the content, not the moment), to
+    find the entries refused and send the rest.
     """
 
     retry_statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
+    split_statuses: frozenset[int] = frozenset({400, 413})
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     multiplier: float = 2.0

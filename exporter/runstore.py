@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, and_,
                         delete, func, select, update)
+from sqlalchemy import exc as sa_exc
 
 from . import conventions as c
 from .classify import classify_error
@@ -192,6 +193,29 @@ def cap_state(state: dict, max_bytes: int) -> tuple[str, bool]:
     return _json(kept), True
 
 
+#: Errors about the database's state, not the data (disconnects, locks, a full disk, a read-only
+#: standby): never poison, however often one item meets them; the writer keeps the batch and retries.
+_OUTAGE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.InternalError, sa_exc.TimeoutError,
+                  sa_exc.DisconnectionError)
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether a failed write says the database is unavailable (retry all) rather than refusing one item."""
+    return isinstance(error, _OUTAGE_ERRORS) or bool(getattr(error, "connection_invalidated", False))
+
+
+def _describe(item) -> str:
+    """Which item was dropped, for the log: its kind and ids, never its contents."""
+    try:
+        if type(item) is tuple:
+            return f"step of run {str(item[0].correlation_id)[:128]!r}"
+        if isinstance(item, Span):
+            return f"span {str(item.span_id)[:32]!r} of run {str(item.correlation_id)[:128]!r}"
+        return f"{type(item).__name__} of run {str(getattr(item, 'correlation_id', None))[:128]!r}"
+    except Exception:  # noqa: BLE001 - ids odd enough to fail here: the kind alone still helps
+        return type(item).__name__
+
+
 class RunStore:
     """The store client: writes from the recorder, reads for replay, the run page and error analysis."""
 
@@ -239,8 +263,14 @@ class RunStore:
         return (run.correlation_id, span_id, run.trace_id, parent, run.workflow, run.service or "", layer, component,
                 operation, start_ns, end_ns, "ok", None, None, None, None, None, True)
 
-    def write(self, items: list) -> dict[str, int]:
-        """Store one drained batch (Spans, fast-step tuples, ErrorRecords, Profiles) in one transaction."""
+    def write(self, items: list, poisoned: list | None = None) -> dict[str, int]:
+        """Store one drained batch (Spans, fast-step tuples, ErrorRecords, Profiles) in one transaction.
+
+        An item whose rows cannot even be built (orjson refusing its state or attributes, a message
+        that is not text) is left out and appended to ``poisoned`` as ``(item, error)``, so the
+        recorder drops it without a database round trip; without a ``poisoned`` list the error is
+        raised. What the database itself refuses raises, and nothing of the batch is written.
+        """
         span_rows: list[tuple] = []
         run_rows: list[dict] = []
         err_rows: list[dict] = []
@@ -249,36 +279,47 @@ class RunStore:
         red = self.redactor
         fast_row, span_row = self.fast_row, self.span_row
         for it in items:
-            if type(it) is tuple:
-                span_rows.append(fast_row(it))
-            elif isinstance(it, Span):
-                row, cut = span_row(it)
-                truncated += cut
-                span_rows.append(row)
-                if it.is_root:
-                    run_rows.append({
-                        "correlation_id": it.correlation_id, "workflow": row[4], "status": it.status,
-                        "start_ns": it.start_ns, "end_ns": it.end_ns,
-                        "duration_ms": (it.end_ns - it.start_ns) / 1e6, "trace_id": it.trace_id,
-                        "service": row[5], "user_hash": it.user, "error_type": it.error_type,
-                        "error_message": row[13]})
-                if it.is_step and it.status in c.FAILED_STATUSES:
+            try:
+                if type(it) is tuple:
+                    span_rows.append(fast_row(it))
+                elif isinstance(it, Span):
+                    row, cut = span_row(it)
+                    run_row = err_row = None
+                    if it.is_root:
+                        run_row = {
+                            "correlation_id": it.correlation_id, "workflow": row[4], "status": it.status,
+                            "start_ns": it.start_ns, "end_ns": it.end_ns,
+                            "duration_ms": (it.end_ns - it.start_ns) / 1e6, "trace_id": it.trace_id,
+                            "service": row[5], "user_hash": it.user, "error_type": it.error_type,
+                            "error_message": row[13]}
+                    if it.is_step and it.status in c.FAILED_STATUSES:
+                        err_row = {"correlation_id": it.correlation_id, "span_id": it.span_id,
+                                   "workflow": row[4], "service": row[5], "layer": it.layer,
+                                   "component": row[7], "error_type": it.error_type or it.status,
+                                   "message": row[13], "stack_trace": row[14], "time_ns": it.end_ns}
+                    # appended only once every row of the item is built: a poisoned item leaves no half behind
+                    span_rows.append(row)
+                    truncated += cut
+                    if run_row is not None:
+                        run_rows.append(run_row)
+                    if err_row is not None:
+                        err_rows.append(err_row)
+                elif isinstance(it, ErrorRecord):
                     err_rows.append({"correlation_id": it.correlation_id, "span_id": it.span_id,
-                                     "workflow": row[4], "service": row[5], "layer": it.layer,
-                                     "component": row[7], "error_type": it.error_type or it.status,
-                                     "message": row[13], "stack_trace": row[14], "time_ns": it.end_ns})
-            elif isinstance(it, ErrorRecord):
-                err_rows.append({"correlation_id": it.correlation_id, "span_id": it.span_id,
-                                 "workflow": it.workflow, "service": it.service or "", "layer": it.layer,
-                                 "component": it.component[:200], "error_type": it.error_type[:200],
-                                 "message": red.text(it.message), "stack_trace": red.text(it.stack_trace),
-                                 "time_ns": it.time_ns or time.time_ns()})
-            else:  # a Profile
-                stacks = it.stacks or {fn: secs for fn, secs in it.self_seconds.items()}
-                prof_rows.append({"workflow": it.workflow, "correlation_id": it.correlation_id,
-                                  "time_ns": it.time_ns or time.time_ns(),
-                                  "format": "folded" if it.stacks else "pstats",
-                                  "sample_rate_hz": it.sample_rate_hz, "stacks": _json(stacks)})
+                                     "workflow": it.workflow, "service": it.service or "", "layer": it.layer,
+                                     "component": it.component[:200], "error_type": it.error_type[:200],
+                                     "message": red.text(it.message), "stack_trace": red.text(it.stack_trace),
+                                     "time_ns": it.time_ns or time.time_ns()})
+                else:  # a Profile
+                    stacks = it.stacks or {fn: secs for fn, secs in it.self_seconds.items()}
+                    prof_rows.append({"workflow": it.workflow, "correlation_id": it.correlation_id,
+                                      "time_ns": it.time_ns or time.time_ns(),
+                                      "format": "folded" if it.stacks else "pstats",
+                                      "sample_rate_hz": it.sample_rate_hz, "stacks": _json(stacks)})
+            except Exception as e:  # whatever one item raises must not cost the batch
+                if poisoned is None:
+                    raise
+                poisoned.append((it, e))
         with self._lock, self.engine.begin() as conn:
             if span_rows:
                 if self._span_sql is not None:  # straight to the driver's executemany: no per-row compiling
@@ -322,6 +363,18 @@ class RunStore:
             if old.resolved_at_ns is not None and g["last"] > old.resolved_at_ns and old.regressed_at_ns is None:
                 values["regressed_at_ns"] = g["last"]
             conn.execute(update(error_groups).where(error_groups.c.fingerprint == fp).values(**values))
+
+    def probe(self) -> bool:
+        """True if the database answers ``SELECT 1``: the recorder asks when one item fails, to tell an
+        outage (keep everything, retry) from a poisoned item (drop it). The pool pings a connection
+        before lending it (``pool_pre_ping``), so a dead one is replaced and a refused one fails here."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except Exception as e:  # noqa: BLE001 - any failure means "not answering"
+            log.debug("run store probe failed: %s", e)
+            return False
 
     def sweep(self, older_than_ns: int) -> int:
         """Delete runs, spans, errors and profiles that ended before ``older_than_ns``; returns runs deleted."""
@@ -514,9 +567,12 @@ class RunRecorder:
 
     ``spans``, ``fast``, ``error`` and ``profile`` only append (deque appends are
     atomic), so the hot path pays a few tens of nanoseconds. If the database is
-    down, the writer keeps its batch and retries with backoff. Past half full, the
-    queue sheds whole runs (:meth:`_admit`); what it still cannot hold is dropped.
-    Both are counted by reason, never lost silently; metrics see every span.
+    down, the writer keeps its batch and retries with backoff. If the database
+    refuses a batch while it is up, the writer splits the batch to find the items
+    it refuses, drops only those (``reason="poison"``) and stores the rest
+    (:meth:`_write`). Past half full, the queue sheds whole runs (:meth:`_admit`);
+    what it still cannot hold is dropped. All are counted by reason, never lost
+    silently; metrics see every span.
     """
 
     def __init__(self, store: RunStore, metrics: MetricStore, queue_max: int = 200_000,
@@ -537,14 +593,17 @@ class RunRecorder:
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
-        self._stop = False
+        self._stopping = threading.Event()  # set by close(); also ends a backoff early
+        self._poison_seen: dict[str, int] = {}  # error kind -> items dropped with it, so each is logged once
         m = metrics
         self.m_runs = m.counter(c.RUNS_STORED_TOTAL, "Workflow runs written to the run store.")
         self.m_dropped = m.counter(c.RUN_STORE_DROPPED_TOTAL, "Spans and records the run store did not keep, by "
-                                   "reason: shed_runs (whole runs left out under load), queue_full, write_failed, "
-                                   "shutdown.",
+                                   "reason: shed_runs (whole runs left out under load), queue_full, poison (one item "
+                                   "the database refused while it was up; the rest of its batch was stored), "
+                                   "write_failed, shutdown.",
                                    (c.L_REASON,))
-        self.m_failures = m.counter(c.RUN_STORE_WRITE_FAILURES_TOTAL, "Failed run-store writes (retried).")
+        self.m_failures = m.counter(c.RUN_STORE_WRITE_FAILURES_TOTAL,
+                                    "Run-store writes that failed because the database was unavailable (retried).")
         self.m_swept = m.counter(c.RUN_STORE_SWEPT_TOTAL, "Runs deleted by the retention sweep.")
         self.m_truncated = m.counter(c.STATE_TRUNCATED_TOTAL, "State snapshots cut to the size cap, with a marker.")
         m.gauge(c.RUN_STORE_QUEUE_SPANS, "Items waiting for the run store's writer.").set_function(
@@ -649,36 +708,84 @@ class RunRecorder:
                     batch = self._drain()
                 if not batch:
                     break
-                try:
-                    counts = self.store.write(batch)
-                except Exception as e:  # database down or refusing: keep the batch, back off, retry
-                    with self._metrics.lock:
-                        self.m_failures.inc(())
-                    log.warning("run store write of %d items failed (retrying in %.1fs): %s", len(batch), backoff, e)
-                    if self._stop:
-                        log.error("run store closing: %d items not written", len(batch))
-                        with self._metrics.lock:
-                            self.m_dropped.inc(("write_failed",), len(batch) + len(self._q))
-                        self._q.clear()
-                        batch = []
-                        break
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 30.0)
+                batch, error = self._write(batch)
+                if not batch:
+                    backoff = 0.5
                     continue
-                backoff = 0.5
-                batch = []
+                # the database is unavailable: keep what is left, back off, retry
                 with self._metrics.lock:
-                    if counts["runs"]:
-                        self.m_runs.inc((), counts["runs"])
-                    if counts["truncated_states"]:
-                        self.m_truncated.inc((), counts["truncated_states"])
+                    self.m_failures.inc(())
+                log.warning("run store write of %d items failed (retrying in %.1fs): %s", len(batch), backoff, error)
+                if self._stopping.is_set():
+                    log.error("run store closing: %d items not written", len(batch))
+                    with self._metrics.lock:
+                        self.m_dropped.inc(("write_failed",), len(batch) + len(self._q))
+                    self._q.clear()
+                    batch = []
+                    break
+                self._stopping.wait(backoff)  # close() cuts the wait short
+                backoff = min(backoff * 2, 30.0)
             now = self.clock()
             if now - self._last_sweep >= self.sweep_interval_s:
                 self._last_sweep = now
                 self.sweep(now)
             self._idle.set()
-            if self._stop and not self._q:
+            if self._stopping.is_set() and not self._q:
                 return
+
+    def _write(self, batch: list) -> tuple[list, BaseException | None]:
+        """Write ``batch``, isolating what the database refuses: ``([], None)`` when every item was
+        stored or dropped as poison; ``(the items not yet written, the error)`` when the database is
+        unavailable, to be retried as they are.
+
+        A failed chunk is split in halves until the failing item stands alone (a failed transaction
+        writes nothing, so halves are never written twice). An error is an outage, not poison, when
+        its kind says so (:func:`is_outage`) or when :meth:`RunStore.probe` fails right after it; the
+        probe runs when the whole batch fails (no bisecting through an outage) and when a single
+        item fails (the database may have gone away mid-split).
+        """
+        pending = [batch]  # chunks still to write, the next one last
+        while pending:
+            chunk = pending.pop()
+            poisoned: list = []
+            try:
+                counts = self.store.write(chunk, poisoned)
+            except Exception as e:  # noqa: BLE001 - classified below: outage (kept) or poison (counted, logged)
+                if is_outage(e) or ((chunk is batch or len(chunk) == 1) and not self.store.probe()):
+                    pending.append(chunk)
+                    return [it for ch in reversed(pending) for it in ch], e
+                if len(chunk) > 1:
+                    mid = len(chunk) // 2
+                    pending += (chunk[mid:], chunk[:mid])
+                    continue
+                poisoned = [(chunk[0], e)]
+            else:
+                if counts["runs"] or counts["truncated_states"]:
+                    with self._metrics.lock:
+                        if counts["runs"]:
+                            self.m_runs.inc((), counts["runs"])
+                        if counts["truncated_states"]:
+                            self.m_truncated.inc((), counts["truncated_states"])
+            for item, error in poisoned:
+                self._poison(item, error)
+        return [], None
+
+    def _poison(self, item, error: BaseException) -> None:
+        """Drop one item the store refused, count it, and log its kind of error once (then at 10, 100, ...)."""
+        self._drop(1, "poison")
+        # the driver's own message: SQLAlchemy's wrapper would add the statement and every parameter
+        try:
+            msg = str(getattr(error, "orig", None) or error)
+        except Exception:  # noqa: BLE001 - an error whose message cannot be shown is still counted and logged
+            msg = "(no message)"
+        kind = f"{type(error).__name__}: {msg[:60]}"
+        seen = self._poison_seen
+        if kind not in seen and len(seen) >= 1000:  # bounded: past a thousand kinds, count without logging
+            return
+        n = seen[kind] = seen.get(kind, 0) + 1
+        if n == 1 or (n >= 10 and str(n).rstrip("0") == "1"):
+            log.error("run store dropped a %s it cannot store (%d so far with this error; the rest of its batch "
+                      "was stored): %s: %s", _describe(item), n, type(error).__name__, msg[:500])
 
     def sweep(self, now: float | None = None) -> int:
         """Delete what is older than the retention; the writer calls it every ``sweep_interval_s``."""
@@ -706,7 +813,7 @@ class RunRecorder:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued (bounded by ``timeout_s``), then stop; what is left is counted as dropped."""
-        self._stop = True
+        self._stopping.set()
         self._wake.set()
         self._thread.join(timeout_s)
         left = len(self._q)

@@ -41,7 +41,7 @@ class Exporter:
                 password=config.loki_password, bearer_token=config.loki_token, encoding=config.loki_encoding,
                 batch_lines=config.loki_batch_lines, batch_wait_s=config.loki_batch_wait_s,
                 queue_lines=config.loki_queue_lines, retry=RetryPolicy(deadline_s=config.loki_retry_deadline_s),
-                redact=self.redactor.text,
+                queue_policy=config.loki_queue_policy, redact=self.redactor.text,
             ), self.store)
             log.info("pushing log streams to %s", self.loki.config.push_url)
         else:

@@ -6,7 +6,10 @@ https://grafana.com/docs/loki/latest/reference/loki-http-api/#ingest-logs
 - protobuf: ``logproto.PushRequest``; decoded here by a small wire-format reader of
   its own, so the field numbers are checked independently of the exporter's descriptor.
 
-Responses can be scripted (status, headers, delay) to exercise the retry contract.
+Responses can be scripted (status, headers, delay) to exercise the retry contract. ``refuse`` names
+lines to refuse the way Loki's distributor does (``validateEntry``): the valid entries of the push are
+kept, and the answer is a 400 whose body names each entry refused. ``GET /ready`` answers 200 ("ready")
+as Loki's readiness endpoint does. A ``port`` lets a test bring the same Loki back after a stop.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cramjam
@@ -101,9 +105,13 @@ def validate_json(doc: dict) -> list[dict]:
 
 
 class FakeLoki:
-    def __init__(self, tenant: str | None = None, auth: str | None = None):
+    def __init__(self, tenant: str | None = None, auth: str | None = None, port: int = 0,
+                 refuse: Callable[[str], str | None] | None = None):
         self.tenant, self.auth = tenant, auth
         self.script: list[tuple[int, dict, float]] = []  # consumed per request; then 204
+        #: line -> Loki's reason for refusing it (e.g. "line too long"), or None to keep it
+        self.refuse = refuse
+        self.probes = 0  # GET /ready requests answered
         self.attempts: list[float] = []
         self.accepted: list[dict] = []  # one per entry: labels, ts, line, meta
         self.errors: list[str] = []
@@ -117,7 +125,16 @@ class FakeLoki:
             def do_POST(self):
                 fake._handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            def do_GET(self):
+                if self.path != "/ready":
+                    fake._reply(self, 404, b"404 page not found\n")
+                    return
+                with fake.lock:
+                    fake.probes += 1
+                fake._reply(self, 200, b"ready\n")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -161,12 +178,29 @@ class FakeLoki:
         if delay:
             time.sleep(delay)  # a hung Loki: the client times out before this ends
             return
+        refused: list[str] = []
         if 200 <= status < 300:
             with self.lock:
                 for st in streams:
                     for ts, line, meta in st["values"]:
+                        why = self.refuse(line) if self.refuse else None
+                        if why:
+                            refused.append(f"entry with timestamp {ts} ignored, reason: '{why}' for stream: "
+                                           f"{st['stream']}")
+                            continue
                         self.accepted.append({"labels": st["stream"], "ts": ts, "line": line, "meta": meta})
+        if refused:  # Loki's answer when some entries fail validation: the others are already stored
+            total = sum(len(st["values"]) for st in streams)
+            self._reply(h, 400, (",\n".join(refused) + f",\ntotal ignored: {len(refused)} out of {total}").encode())
+            return
         self._reply(h, status, b"" if status < 300 else b"scripted failure", headers)
+
+    def distinct(self) -> list[dict]:
+        """What a query would show: Loki drops exact duplicates (same stream, time and line)."""
+        seen: dict[tuple, dict] = {}
+        for e in list(self.accepted):
+            seen.setdefault((tuple(sorted(e["labels"].items())), e["ts"], e["line"]), e)
+        return list(seen.values())
 
     def wait_accepted(self, n: int, timeout: float = 10.0) -> list[dict]:
         deadline = time.monotonic() + timeout

@@ -1,3 +1,5 @@
+import time
+
 import orjson
 import pytest
 
@@ -83,7 +85,7 @@ def test_5xx_and_a_hung_connection_are_retried_without_loss_or_duplicates(loki):
 
 def test_other_4xx_is_not_retried_and_the_drop_is_counted(loki):
     store = MetricStore()
-    loki.script = [(400, {}, 0)]
+    loki.script = [(403, {}, 0)]  # a refusal of the sender, not of the lines: splitting would not help
     p = _pusher(loki.url, store)
     p.enqueue_many([span_entry(_span(i)) for i in range(4)])
     p.flush(5)
@@ -138,3 +140,114 @@ def test_retry_after_http_date_is_honoured():
     from email.utils import formatdate
     import time
     assert 8 < parse_retry_after(formatdate(time.time() + 10, usegmt=True)) <= 10
+
+
+# -- poison: one line Loki cannot take must not cost its batch ---------------------------------------------------
+
+def _lines(loki) -> set[str]:
+    return {orjson.loads(e["line"])["correlation_id"] for e in loki.distinct()}
+
+
+@pytest.mark.parametrize("encoding", ["json", "protobuf"])
+def test_entries_that_cannot_be_encoded_cost_only_themselves(loki, encoding):
+    store = MetricStore()
+    p = _pusher(loki.url, store, encoding=encoding)
+    odd_span = _span(3)
+    odd_span.operation = {"not", "text"}  # no JSON for a set: its line cannot be built
+    odd_entry = span_entry(_span(7))
+    if encoding == "json":
+        odd_entry = (*odd_entry[:3], {"span_id": {1, 2}})   # metadata no JSON encoder takes
+    else:
+        odd_entry = (odd_entry[0], 2**100, *odd_entry[2:])  # past protobuf's int64 Timestamp.seconds
+    p.enqueue_many([span_entry(_span(i)) for i in range(3)] + [odd_span]
+                   + [span_entry(_span(i)) for i in range(4, 7)] + [odd_entry]
+                   + [span_entry(_span(i)) for i in range(8, 10)])
+    p.close()
+    assert loki.errors == []
+    assert _lines(loki) == {f"corr-{i}" for i in range(10)} - {"corr-3", "corr-7"}
+    assert store.value(c.LOKI_LINES_DROPPED_TOTAL, {"reason": "poison"}) == 2
+    assert store.value(c.LOKI_LINES_SENT_TOTAL) == 8
+
+
+def test_lines_loki_refuses_with_400_cost_only_themselves_and_are_logged_once(caplog):
+    """Loki keeps a push's valid entries and names the others in its 400; the pusher drops only those."""
+    loki = FakeLoki(refuse=lambda line: "line too long" if len(line) > 400 else None)
+    try:
+        store = MetricStore()
+        p = _pusher(loki.url, store, batch_lines=100, batch_wait_s=30)
+        spans = [_span(i) for i in range(100)]
+        for i in (13, 50, 77):
+            spans[i].error_message = "x" * 500
+            spans[i].status = "error"
+        with caplog.at_level("ERROR", logger="flowscope.loki"):
+            p.enqueue_many(spans)
+            p.close()
+        assert _lines(loki) == {f"corr-{i}" for i in range(100)} - {"corr-13", "corr-50", "corr-77"}
+        assert store.value(c.LOKI_LINES_DROPPED_TOTAL, {"reason": "poison"}) == 3
+        assert store.value(c.LOKI_LINES_DROPPED_TOTAL, {"reason": "rejected"}) is None
+        logged = [r.getMessage() for r in caplog.records if "cannot take" in r.getMessage()]
+        assert len(logged) == 1 and "line too long" in logged[0]  # Loki's reason, once for the three lines
+    finally:
+        loki.stop()
+
+
+# -- recovery: once Loki is back, push at once --------------------------------------------------------------------
+
+def test_after_an_outage_lines_are_pushed_as_soon_as_loki_is_ready(loki):
+    """The backoff is 30 s, yet the lines arrive within a few seconds of Loki's return: /ready ended the wait."""
+    store = MetricStore()
+    port = loki.port
+    loki.stop()
+    p = _pusher(loki.url, store, retry=RetryPolicy(initial_backoff_s=30, max_backoff_s=30, deadline_s=300),
+                connect_timeout_s=0.5, probe_interval_s=0.2)
+    back = None
+    try:
+        p.enqueue_many([span_entry(_span(i)) for i in range(5)])
+        deadline = time.monotonic() + 10
+        while not store.value(c.LOKI_PUSH_FAILURES_TOTAL, {"reason": "connection"}) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert store.value(c.LOKI_PUSH_FAILURES_TOTAL, {"reason": "connection"}) == 1  # now in a 24-36 s backoff
+        back = FakeLoki(port=port)
+        assert len(back.wait_accepted(5, timeout=10)) == 5
+        assert back.probes >= 1 and store.value(c.LOKI_LINES_SENT_TOTAL) == 5
+    finally:
+        p.close(timeout_s=1)
+        if back is not None:
+            back.stop()
+
+
+def test_a_429_keeps_its_retry_after_even_when_loki_is_ready(loki):
+    store = MetricStore()
+    loki.script = [(429, {"Retry-After": "30"}, 0)]
+    p = _pusher(loki.url, store, probe_interval_s=0.05, retry=RetryPolicy(initial_backoff_s=0.05, deadline_s=300))
+    p.enqueue(span_entry(_span(0)))
+    deadline = time.monotonic() + 10
+    while not store.value(c.LOKI_PUSH_FAILURES_TOTAL, {"reason": "http_429"}) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not p.flush(0.5)          # still waiting out Loki's Retry-After, though /ready would say 200
+    assert loki.accepted == [] and loki.probes == 0
+    p.close(timeout_s=0.2)           # closing cuts the wait short and counts the line
+    assert store.value(c.LOKI_LINES_DROPPED_TOTAL, {"reason": "shutdown"}) == 1
+
+
+# -- a full queue: drop the newest or the oldest, by setting -----------------------------------------------------
+
+def test_a_full_queue_under_drop_oldest_keeps_the_newest_lines(loki):
+    store = MetricStore()
+    p = _pusher(loki.url, store, queue_lines=10, batch_lines=1000, batch_wait_s=30, queue_policy="drop_oldest")
+    assert p.enqueue_many([span_entry(_span(i)) for i in range(10)]) == 10
+    assert all(p.enqueue(span_entry(_span(i))) for i in range(10, 25))  # each one queued, an older one dropped
+    assert p.queued() == 10 and store.value(c.LOKI_LINES_DROPPED_TOTAL, {"reason": "queue_full"}) == 15
+    p.close()
+    assert _lines(loki) == {f"corr-{i}" for i in range(15, 25)}
+
+
+def test_the_queue_policy_is_a_setting(loki, make_exporter):
+    from exporter.config import load_config
+    from exporter.errors import ConfigError
+
+    assert load_config({}, environ={}).loki_queue_policy == "drop_newest"
+    with pytest.raises(ConfigError, match="loki_queue_policy"):
+        load_config({"loki_queue_policy": "drop_random"}, environ={})
+    ex = make_exporter(loki_url=loki.url, loki_queue_policy="drop_oldest")
+    assert ex.loki.config.queue_policy == "drop_oldest"

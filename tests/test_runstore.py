@@ -234,3 +234,129 @@ def test_under_load_the_store_sheds_whole_runs_not_random_spans(tmp_path):
     kept = store.list_runs(limit=1000)
     assert 25 <= len(kept) < 125 and len(kept) * 2 + shed == 250
     assert all(len(store.get_run(r["correlation_id"])["spans"]) == 2 for r in kept)  # every kept run is whole
+
+
+# -- poison: one item the database refuses must not stop the store ----------------------------------------------
+
+def _nested(depth: int) -> dict:
+    out = cur = {}
+    for _ in range(depth):
+        cur["a"] = {}
+        cur = cur["a"]
+    return out
+
+
+#: One span each store refuses (or cannot even serialise), by name; the decode-time validator refuses most of
+#: these at the door, and these tests hand them past it, straight to the sink, which must hold on its own.
+POISON = {
+    "start_ns_over_2_63": lambda s: setattr(s, "start_ns", 2**70),
+    "int_attribute_over_64_bits": lambda s: setattr(s, "attributes", {"retries": 2**65}),
+    "state_nested_300_deep": lambda s: setattr(s, "state", _nested(300)),
+    "error_message_not_a_string": lambda s: (setattr(s, "status", "error"), setattr(s, "error_type", "Boom"),
+                                             setattr(s, "error_message", {"not": "text"})),
+    "nul_byte_in_operation": lambda s: setattr(s, "operation", "SELECT\x00 1"),  # PostgreSQL text holds no NUL
+    "workflow_of_300_chars": lambda s: setattr(s, "workflow", "w" * 300),        # PostgreSQL enforces String(200)
+}
+POSTGRES_ONLY = {"nul_byte_in_operation", "workflow_of_300_chars"}  # SQLite stores these as they are
+
+
+def _recorder(request, tmp_path, backend, **kw):
+    from exporter.db import make_engine
+    from exporter.metrics import MetricStore
+    from exporter.runstore import RunRecorder, RunStore
+
+    url = (f"sqlite:///{tmp_path}/poison.db" if backend == "sqlite"
+           else request.getfixturevalue("postgres").fresh_database())
+    metrics = MetricStore()
+    store = RunStore(make_engine(url))
+    kw.setdefault("flush_interval_s", 3600)  # the writer waits for flush(): every item lands in one batch
+    rec = RunRecorder(store, metrics, **kw)
+    request.addfinalizer(lambda: (rec.close(), store.close()))
+    return rec, store, metrics
+
+
+def _count(store, table: str) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+@pytest.mark.parametrize("trigger,backend", [(t, b) for t in POISON for b in ("sqlite", "postgresql")
+                                             if b == "postgresql" or t not in POSTGRES_ONLY])
+def test_one_poisoned_span_is_dropped_and_counted_and_the_next_10000_are_stored(request, tmp_path, trigger, backend):
+    rec, store, metrics = _recorder(request, tmp_path, backend)
+    now = time.time_ns()
+    poison = _span("poison", "f" * 16, None, now)
+    POISON[trigger](poison)
+    rec.spans([poison])
+    rec.spans([_span(f"good-{i}", f"{i:016x}", None, now) for i in range(10_000)])
+    assert rec.flush(60)
+    assert _count(store, "spans") == 10_000 and _count(store, "runs") == 10_000
+    assert store.get_run("poison") is None and store.get_run("good-9999")["run"]["status"] == "ok"
+    assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "poison"}) == 1
+    assert metrics.value(c.RUNS_STORED_TOTAL) == 10_000
+    assert not metrics.value(c.RUN_STORE_WRITE_FAILURES_TOTAL)  # not taken for an outage: nothing retried
+    rec.spans([_span("later", "e" * 16, None, now)])                # and the writer is still writing
+    assert rec.flush(10) and store.get_run("later") is not None
+
+
+def test_poison_scattered_through_a_batch_of_every_kind_costs_only_itself(request, tmp_path, caplog):
+    """Spans, SDK fast-path steps, logged errors and profiles in one batch, with poisoned items among them."""
+    from types import SimpleNamespace
+
+    from exporter.model import ErrorRecord
+    from exporter.profiles import Profile
+
+    rec, store, metrics = _recorder(request, tmp_path, "sqlite")
+    now = time.time_ns()
+    items: list = []
+    for i in range(2_000):
+        root = _span(f"run-{i}", f"{i:016x}", None, now)
+        run = SimpleNamespace(correlation_id=root.correlation_id, trace_id=root.trace_id, workflow="checkout",
+                              service="svc")
+        step_start = 2**70 if i % 400 == 199 else now - 1000  # every 400th run has one poisoned step
+        items += [root, (run, "api", "orders", "create", step_start, now, f"{i:015x}a", root.span_id)]
+        if i % 100 == 0:
+            items.append(ErrorRecord("KeyError", f"user {i} not found", "api", "users", "checkout",
+                                     correlation_id=root.correlation_id, time_ns=now))
+            items.append(Profile("checkout", {"main": 0.5}, root.correlation_id, {"main;f": 10}, 100.0, now))
+    with caplog.at_level("ERROR", logger="flowscope.runstore"):
+        rec.spans(items)
+        assert rec.flush(60)
+    assert _count(store, "runs") == 2_000 and _count(store, "spans") == 4_000 - 5
+    assert _count(store, "errors") == 20 and _count(store, "profiles") == 20
+    assert len(store.get_run("run-199")["spans"]) == 1 and len(store.get_run("run-198")["spans"]) == 2
+    assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "poison"}) == 5
+    logged = [r.getMessage() for r in caplog.records if "cannot store" in r.getMessage()]
+    assert len(logged) == 1 and "OverflowError" in logged[0]  # once per kind of error, not once per item
+
+
+def test_an_outage_is_not_taken_for_poison_and_loses_nothing(tmp_path):
+    """The SQLite file's volume goes away with a poisoned span queued: nothing is dropped until it is back."""
+    from exporter.db import make_engine
+    from exporter.metrics import MetricStore
+    from exporter.runstore import RunRecorder, RunStore
+
+    (tmp_path / "vol").mkdir()
+    metrics = MetricStore()
+    store = RunStore(make_engine(f"sqlite:///{tmp_path}/vol/store.db"))
+    rec = RunRecorder(store, metrics, flush_interval_s=0.05)
+    try:
+        (tmp_path / "vol").rename(tmp_path / "gone")   # every new connection now fails: "unable to open"
+        store.engine.dispose()
+        now = time.time_ns()
+        poison = _span("poison", "f" * 16, None, now)
+        poison.start_ns = 2**70
+        rec.spans([_span("before", "1" * 16, None, now), poison, _span("after", "2" * 16, None, now)])
+        deadline = time.monotonic() + 20
+        while metrics.value(c.RUN_STORE_WRITE_FAILURES_TOTAL) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metrics.value(c.RUN_STORE_WRITE_FAILURES_TOTAL) >= 1
+        assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "poison"}) is None  # an outage drops nothing
+        (tmp_path / "gone").rename(tmp_path / "vol")
+        assert rec.flush(60)
+        assert {r["correlation_id"] for r in store.list_runs()} == {"before", "after"}
+        assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "poison"}) == 1
+        assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "write_failed"}) is None
+    finally:
+        rec.close()
+        store.close()
