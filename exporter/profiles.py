@@ -8,13 +8,14 @@ frames separated by ``;``, then a space and a sample count::
 
 The leaf frame's self time is ``count / sample_rate_hz`` seconds. A pstats
 dump (``cProfile ... -o out.pstats``, ``Profile.dump_stats``) carries each
-function's own time (``tt``) directly.
+function's own time (``tt``) directly; it is read by a bounded reader of its
+marshal subset, never by ``marshal.loads`` (unsafe on untrusted bytes).
 """
 
 from __future__ import annotations
 
-import marshal
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,15 +119,108 @@ def _pstats_entry(key, value) -> bool:
             and isinstance(tt, (int, float)) and not isinstance(tt, bool) and 0 <= tt < 1e9)
 
 
+class _Marshal:
+    """A bounded reader of the marshal subset a pstats dump uses (dicts, tuples, str, int, float, refs).
+
+    ``marshal.loads`` is documented as unsafe on untrusted bytes, and it is: a fuzzed 1 KiB dump
+    crashed the interpreter, and one flipped length bit made it allocate 6 GB. This reader checks
+    every length against the bytes that remain before it allocates, nests at most ``MAX_NEST`` deep,
+    and reads nothing else (no code objects, no sets of arbitrary types). Format: CPython's
+    ``Python/marshal.c`` (version 4; ``FLAG_REF`` = 0x80 marks objects later named by ``r``).
+    """
+
+    MAX_NEST = 8
+
+    def __init__(self, data: bytes):
+        self.data, self.pos, self.refs = memoryview(data), 0, []
+
+    def _take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ProfileError("not a cProfile pstats dump: truncated or bad marshal data")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def _i32(self) -> int:
+        return struct.unpack("<i", self._take(4))[0]
+
+    def _count(self, n: int) -> int:
+        if n < 0 or n > len(self.data) - self.pos:  # every item takes at least one byte
+            raise ProfileError("not a cProfile pstats dump: bad marshal length")
+        return n
+
+    def read(self, depth: int = 0):
+        if depth > self.MAX_NEST:
+            raise ProfileError("not a cProfile pstats dump: nested too deeply")
+        code = self._take(1)[0]
+        flag, t = code & 0x80, chr(code & 0x7F)
+        slot = None
+        if flag:
+            slot = len(self.refs)
+            self.refs.append(None)
+        if t == "r":
+            i = self._i32()
+            if not 0 <= i < len(self.refs) or self.refs[i] is None:
+                raise ProfileError("not a cProfile pstats dump: bad marshal reference")
+            return self.refs[i]
+        if t in "NTF":
+            v = {"N": None, "T": True, "F": False}[t]
+        elif t == "i":
+            v = self._i32()
+        elif t == "l":
+            n = self._i32()
+            digits = self._take(2 * self._count(min(abs(n), 64)))  # 64 x 15 bits: far past any real count
+            if abs(n) > 64:
+                raise ProfileError("not a cProfile pstats dump: integer too large")
+            v = sum(d << (15 * k) for k, d in enumerate(struct.unpack(f"<{abs(n)}H", digits)))
+            v = -v if n < 0 else v
+        elif t == "g":
+            v = struct.unpack("<d", self._take(8))[0]
+        elif t in "uatAszZ":
+            n = self._take(1)[0] if t in "zZ" else self._count(self._i32())
+            raw = bytes(self._take(n))
+            try:
+                v = raw.decode("utf-8", "surrogatepass") if t != "s" else raw.decode("latin-1")
+            except UnicodeDecodeError:
+                raise ProfileError("not a cProfile pstats dump: bad string") from None
+        elif t in "()":
+            n = self._take(1)[0] if t == ")" else self._count(self._i32())
+            v = tuple(self.read(depth + 1) for _ in range(n))
+        elif t == "{":
+            v = {}
+            if slot is not None:
+                self.refs[slot] = v
+            while self.data[self.pos:self.pos + 1] != b"0":
+                k = self.read(depth + 1)
+                try:
+                    hash(k)
+                except TypeError:
+                    raise ProfileError("not a cProfile pstats dump: unhashable key") from None
+                v[k] = self.read(depth + 1)
+            self._take(1)
+        else:
+            raise ProfileError(f"not a cProfile pstats dump: marshal type {t!r} is not part of one")
+        if slot is not None:
+            self.refs[slot] = v
+        return v
+
+
+def _loads_pstats(data: bytes):
+    m = _Marshal(data)
+    stats = m.read()
+    if m.pos != len(data):
+        raise ProfileError("not a cProfile pstats dump: trailing bytes after the stats")
+    return stats
+
+
 def parse_pstats(data: bytes) -> dict[str, float]:
     """Self seconds per function from a cProfile/pstats dump (a marshalled stats dict).
 
     Every entry is checked before any is used, so a bad dump is refused whole.
     """
-    try:
-        stats = marshal.loads(data)
-    except (EOFError, ValueError, TypeError, RecursionError):
-        raise ProfileError("not a cProfile pstats dump (marshal data expected)") from None
+    if not data:
+        raise ProfileError("not a cProfile pstats dump (marshal data expected)")
+    stats = _loads_pstats(data)
     if not isinstance(stats, dict) or not stats:
         raise ProfileError("not a cProfile pstats dump: expected a non-empty dict of function stats")
     out: dict[str, float] = {}
