@@ -186,10 +186,16 @@ L_KIND = "kind"
 QUERY_SLOW = "slow_query"
 QUERY_N_PLUS_ONE = "n_plus_one"
 
-#: What a secret value becomes, and the default key fragments that mark a key as secret.
+#: What a secret value becomes, and the default key fragments that mark a key as secret. A fragment
+#: matches anywhere in the lower-cased key: "secret" covers client_secret and aws_secret_access_key,
+#: "token" refresh_token, "api-key" x-api-key, "access_key" aws_access_key_id. Session ids are named
+#: exactly (session_id, sessionid, session.id, ...), not by "session": session.duration_ms and
+#: session_count are not secrets. "pwd" also hides a PWD (working directory) key: a harmless loss.
 REDACTED = "[REDACTED]"
-DEFAULT_SECRET_KEYS = ("password", "passwd", "secret", "token", "authorization", "cookie", "api_key", "apikey",
-                       "api-key", "private_key", "credential")
+DEFAULT_SECRET_KEYS = ("password", "passwd", "pwd", "passphrase", "secret", "token", "authorization", "cookie",
+                       "api_key", "apikey", "api-key", "private_key", "privatekey", "private-key", "credential",
+                       "access_key", "accesskey", "access-key", "session_id", "sessionid", "session-id",
+                       "session.id", "session_key", "jwt", "signature", "cvv")
 #: Key of the marker a state snapshot over the size cap carries instead of its dropped keys.
 TRUNCATED_KEY = "__flowscope_truncated__"
 

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import ConfigError
+from .redact import mask_url
 
 
 def normalize_url(url: str) -> str:
@@ -34,8 +35,8 @@ def make_engine(url: str) -> Engine:
             os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-    except Exception as e:  # unknown dialect, missing driver, malformed URL
-        raise ConfigError(f"database_url: {e}") from None
+    except Exception as e:  # noqa: BLE001 - unknown dialect, missing driver, malformed URL
+        raise ConfigError(f"database_url: {mask_url(str(e))}") from None  # the message may quote the URL
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _):

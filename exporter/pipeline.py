@@ -24,8 +24,12 @@ class Pipeline:
                  resolver: WorkflowResolver | None = None, clock: Callable[[], float] = time.time,
                  sinks: Iterable[Callable[[list[Span]], None]] = (), redactor: Redactor | None = None):
         self.store = store
+        redactor = redactor or Redactor()
         #: Scrubs secrets out of free text (error messages, stacks) before it leaves the process.
-        self.redact = (redactor or Redactor()).text
+        self.redact = redactor.text
+        #: Scrubs names (workflow, component, operation) before they become labels, lines or rows.
+        self.name = redactor.name
+        self._names = redactor.names  # its memo: one dict lookup per name on the hot paths
         self.loki = loki
         self.resolver = resolver or WorkflowResolver()
         self.clock = clock
@@ -104,7 +108,18 @@ class Pipeline:
         with self.store.lock:
             self.requests_rejected.inc((fmt, reason))
 
+    def _scrub(self, spans: Iterable[Span]) -> None:
+        """Redact the names of spans in place, before any metric, Loki line or row sees them."""
+        get, name = self._names.get, self.name
+        for s in spans:
+            s.workflow = get(s.workflow) or name(s.workflow)
+            s.component = get(s.component) or name(s.component)
+            s.operation = get(s.operation) or name(s.operation)
+            if s.error_type is not None:
+                s.error_type = name(s.error_type)
+
     def _apply(self, spans: list[Span]) -> None:
+        self._scrub(spans)
         step = self.step_duration.observe
         err = self.step_errors.inc
         for s in spans:
@@ -164,26 +179,43 @@ class Pipeline:
         ``run`` is the SDK's run (workflow, trace_id, correlation_id, service). The histogram
         update is inlined and the run store gets a tuple, not a Span: this is the hot path of
         every traced step.
+
+        Names are redacted for free: a series exists only under redacted names, so a known key is
+        clean; a new key is checked once (memoised) and, if a redaction changes it, the step takes
+        ``record_step``, which redacts.
         """
         h = self.step_duration
         trace_id = run.trace_id
         key = (run.workflow, layer, component, operation, "ok")
         value = (end_ns - start_ns) / 1e9
         with self.store.lock:
-            self._sdk_received += 1
             s = h.series.get(key)
             if s is None:
-                s = h._create(key)
-            i = bisect_left(h.bounds, value)
-            s.counts[i] += 1
-            s.sum += value
-            ex = s.exemplars
-            if ex is None:
-                ex = s.exemplars = [None] * len(s.counts)
-            ex[i] = (trace_id, span_id, value, end_ns / 1e9)
+                if self._renamed(key):
+                    s = False
+                else:
+                    s = h._create(key)
+            if s is not False:
+                self._sdk_received += 1
+                i = bisect_left(h.bounds, value)
+                s.counts[i] += 1
+                s.sum += value
+                ex = s.exemplars
+                if ex is None:
+                    ex = s.exemplars = [None] * len(s.counts)
+                ex[i] = (trace_id, span_id, value, end_ns / 1e9)
+        if s is False:  # a secret in a name
+            self.record_step(Span(trace_id, span_id, run.workflow, layer, component, operation, start_ns, end_ns,
+                                  "ok", parent_span_id, run.correlation_id, run.service))
+            return
         rec = self.recorder
         if rec is not None:
             rec.fast((run, layer, component, operation, start_ns, end_ns, span_id, parent_span_id))
+
+    def _renamed(self, key: tuple) -> bool:
+        """Whether redaction changes a step key's workflow, component or operation."""
+        name = self.name
+        return name(key[0]) != key[0] or name(key[2]) != key[2] or name(key[3]) != key[3]
 
     def record_profile(self, profile, fmt: str) -> None:
         """Add a profile's self time to the per-function counter.
@@ -193,6 +225,7 @@ class Pipeline:
         time goes to ``function="other"``. Cardinality stays bounded whatever the code.
         """
         other = 0.0
+        profile.workflow = self.name(profile.workflow)
         with self.store.lock:
             known = self._profile_functions.setdefault(profile.workflow, set())
             for fn, secs in sorted(profile.self_seconds.items(), key=lambda kv: -kv[1]):
@@ -209,6 +242,8 @@ class Pipeline:
             self.recorder.profile(profile)
 
     def record_error(self, e: ErrorRecord) -> None:
+        name = self.name
+        e.workflow, e.component, e.error_type = name(e.workflow), name(e.component), name(e.error_type)
         with self.store.lock:
             self.step_errors.inc((e.workflow, e.layer, e.component, e.error_type))
         if self.loki is not None:
@@ -217,10 +252,12 @@ class Pipeline:
             self.recorder.error(e)
 
     def workflow_started(self, workflow: str) -> None:
+        workflow = self.name(workflow)
         with self.store.lock:
             self.in_progress.inc((workflow,))
 
     def workflow_ended(self, workflow: str) -> None:
+        workflow = self.name(workflow)
         with self.store.lock:
             self.in_progress.dec((workflow,))
 

@@ -16,7 +16,7 @@ from .db import make_engine
 from .loki import LokiConfig, LokiPusher, RetryPolicy
 from .metrics import MetricStore
 from .pipeline import Pipeline
-from .redact import Redactor
+from .redact import Redactor, mask_url
 from .resolver import WorkflowResolver
 from .runstore import RunRecorder, RunStore
 
@@ -43,7 +43,7 @@ class Exporter:
                 queue_lines=config.loki_queue_lines, retry=RetryPolicy(deadline_s=config.loki_retry_deadline_s),
                 queue_policy=config.loki_queue_policy, redact=self.redactor.text,
             ), self.store)
-            log.info("pushing log streams to %s", self.loki.config.push_url)
+            log.info("pushing log streams to %s", mask_url(self.loki.config.push_url))
         else:
             log.info("FLOWSCOPE_LOKI_URL is not set: log streams are not pushed to Loki")
         self.pipeline = Pipeline(self.store, self.loki, WorkflowResolver(timeout_s=config.trace_timeout_s),
