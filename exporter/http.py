@@ -185,7 +185,7 @@ def create_blueprint() -> Blueprint:
         cid = clean_label(cid)[0] if cid is not None else None
         fmt = args.get("format") or ("pstats" if _media_type() == "application/octet-stream" else "folded")
         if fmt not in ("folded", "pstats"):
-            raise HttpError(400, "invalid_value", f"format must be folded or pstats, got {fmt!r}", "format")
+            raise HttpError(400, "invalid_value", f"format must be folded or pstats, got {fmt[:40]!r}", "format")
         body = _read_body(ex.config.max_body_bytes)
         try:
             if fmt == "folded":

@@ -61,7 +61,12 @@ def check_rate(sample_rate_hz: Any) -> float:
 
 
 def _frames(stack: str, n: int) -> list[str]:
-    frames = [clean_str(f.strip(), MAX_FRAME)[0] for f in stack.split(";")]
+    if stack.isascii() and "\x00" not in stack:
+        frames = [f.strip() for f in stack.split(";")]
+        if any(len(f) > MAX_FRAME for f in frames):
+            frames = [clean_str(f, MAX_FRAME)[0] for f in frames]
+    else:
+        frames = [clean_str(f.strip(), MAX_FRAME)[0] for f in stack.split(";")]
     if any(not f for f in frames):
         raise ProfileError(f"line {n}: empty frame in {stack[:80]!r}")
     if len(frames) > MAX_STACK_FRAMES:
@@ -80,6 +85,7 @@ def parse_folded(text: str, sample_rate_hz: float) -> tuple[dict[str, float], di
     rate = check_rate(sample_rate_hz)
     self_s: dict[str, float] = {}
     stacks: dict[str, int] = {}
+    seen: dict[str, tuple[str, str]] = {}  # stack text -> (key, leaf): a profile repeats its stacks
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -90,9 +96,12 @@ def parse_folded(text: str, sample_rate_hz: float) -> tuple[dict[str, float], di
         if not _COUNT(count) or not 0 < int(count) <= MAX_COUNT:
             raise ProfileError(f"line {n}: the sample count must be a positive whole number up to {MAX_COUNT}, "
                                f"got {count[:20]!r}")
-        frames = _frames(stack.strip(), n)
-        leaf = frames[-1]
-        key = ";".join(frames)
+        stack = stack.strip()
+        known = seen.get(stack)
+        if known is None:
+            frames = _frames(stack, n)
+            known = seen[stack] = (";".join(frames), frames[-1])
+        key, leaf = known
         samples = int(count)
         self_s[leaf] = self_s.get(leaf, 0.0) + samples / rate
         stacks[key] = stacks.get(key, 0) + samples

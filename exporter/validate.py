@@ -112,6 +112,18 @@ def _short_repr(v: Any) -> str:
         return f"<{type(v).__name__}>"
 
 
+def show(v: Any, n: int = 40) -> str:
+    """A value for an error message: a string's first ``n`` characters, a number, or a container's type
+    name (never a repr of user-shaped nesting, which can recurse past the interpreter's limit)."""
+    if isinstance(v, str):
+        return repr(v[:n])
+    if isinstance(v, (bool, float)) or v is None:
+        return repr(v)
+    if isinstance(v, int):
+        return _num(v)
+    return f"a{'n' if type(v).__name__[0] in 'aeiou' else ''} {type(v).__name__}"
+
+
 def time_ok(ns: Any) -> bool:
     return type(ns) is int and 0 < ns <= MAX_TIME_NS
 

@@ -124,6 +124,8 @@ TRIGGERS = [
     ("native-nul-in-names", _native({"operation": "a\x00b", "workflow_type": "w\x00"}), 200, "accepted"),
     ("native-time-past-2262", _native({"started_at": "9999-12-31T23:59:59-14:00"}), 400, "invalid_time"),
     ("native-layer-array", _native({"layer": ["database"]}), 400, "invalid_value"),
+    ("native-status-1000-deep", (c.NATIVE_SPANS_PATH, _native({"status": "DEEP"})[1].replace(
+        b'"DEEP"', b'{"a":' * 1000 + b"1" + b"}" * 1000), "application/json"), 400, "invalid_value"),
     ("folded-count-2^64", _profile(f"main;a {2**64}\n".encode(), "sample_rate=100"), 400, "malformed_profile"),
     ("folded-count-superscript", _profile("main;a \u00b2\n".encode(), "sample_rate=100"), 400,
      "malformed_profile"),

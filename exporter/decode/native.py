@@ -35,7 +35,8 @@ from .. import validate
 from ..classify import classify_error
 from ..errors import DecodeError
 from ..model import LAYERS, ErrorRecord, Span, hash_user, new_span_id
-from ..validate import MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_TIME_NS, Invalid, clean_str, clean_text, clean_value
+from ..validate import (MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_TEXT_CHARS, MAX_TIME_NS, Invalid, clean_str, clean_text,
+                        clean_value, show)
 from . import DecodeResult
 
 STATUS_ALIASES = {
@@ -134,7 +135,7 @@ def _status(rec: dict) -> str:
     v = rec.get("status", "ok")
     s = STATUS_ALIASES.get(v.lower()) if isinstance(v, str) else None
     if s is None:
-        raise _Bad("invalid_value", f"status must be one of {sorted(STATUS_ALIASES)}, got {v!r}")
+        raise _Bad("invalid_value", f"status must be one of {sorted(STATUS_ALIASES)}, got {show(v)}")
     return s
 
 
@@ -203,7 +204,7 @@ def _workflow(rec: dict, result: DecodeResult) -> Span:
 
 
 def _user(user: Any) -> str:
-    return user if isinstance(user, str) else clean_text(user)
+    return clean_str(user, MAX_TEXT_CHARS)[0] if isinstance(user, str) else clean_text(user)
 
 
 def _error(rec: dict, result: DecodeResult) -> ErrorRecord:
