@@ -116,6 +116,10 @@ class Span:
         a = self._attrs
         return a.get(key) if a is not None and self._raw_attrs is None else None
 
+    def loaded_attribute_dict(self) -> dict[str, Any] | None:
+        """The attributes if they are already decoded (never forces a deferred decode)."""
+        return self._attrs if self._raw_attrs is None else None
+
     def defer_attributes(self, decode, raw) -> None:
         """Keep ``raw`` and build ``attributes`` with ``decode(raw)`` on first read."""
         self._attrs, self._raw_attrs = None, (decode, raw)

@@ -17,6 +17,7 @@ from .metrics import MetricStore
 from .model import ErrorRecord, Span
 from .redact import Redactor
 from .resolver import WorkflowResolver
+from .validate import clean_text, clean_value
 
 
 class Pipeline:
@@ -152,7 +153,19 @@ class Pipeline:
             sink(spans)
 
     def record_step(self, s: Span) -> None:
-        """The SDK's fast path for one span (same effect as ``ingest([s], "sdk")``)."""
+        """The SDK's path for one span (same effect as ``ingest([s], "sdk")``).
+
+        The in-process SDK has no decoder, so its values pass the boundary check here: metadata and
+        state are cut to what the sinks hold (:func:`~exporter.validate.clean_value`), messages are
+        cleaned; names are capped by the redactor's :meth:`~exporter.redact.Redactor.name`.
+        """
+        if s.state is not None:
+            s.state = clean_value(s.state)[0]
+        attrs = s.loaded_attribute_dict()
+        if attrs is not None:
+            s.attributes = clean_value(attrs)[0]
+        if s.error_message is not None or s.stack_trace is not None:
+            s.error_message, s.stack_trace = clean_text(s.error_message), clean_text(s.stack_trace)
         with self.store.lock:
             self._sdk_received += 1
             self._apply((s,))

@@ -268,3 +268,28 @@ def _client(ex):
     from backend.app import create_app
 
     return create_app(ex).test_client()
+
+
+def test_the_in_process_sdk_passes_the_same_boundary(make_exporter):
+    """The SDK has no decoder: deep state, huge integers, NUL bytes and 1 KiB names from application code
+    are cut on the way in, so the run is stored whole and the scrape stays complete."""
+    from exporter.sdk import WorkflowTracer
+    from exporter.sdk.sinks import InProcessSink
+
+    ex = make_exporter()
+    tracer = WorkflowTracer(InProcessSink(ex.pipeline), service="shop")
+    cid = tracer.start_workflow("checkout")
+    sid = tracer.add_trace_step(cid, "database", "pg", "q" * 1024, metadata={"rows": 2**70, "sql": "a\x00b"},
+                                state=_nested(300))
+    tracer.complete_trace_step(sid, status="failed", error_type="DbError", error_message="bad\x00byte")
+    tracer.complete_workflow(cid)
+    assert _stored_spans(ex) == 2
+    with ex.db.connect() as conn:
+        op, msg, attrs, state = conn.execute(text(
+            "SELECT operation, error_message, attributes, state FROM spans WHERE layer = 'database'")).one()
+    assert len(op) == 200 and msg == "bad\ufffdbyte"
+    assert orjson.loads(attrs)["rows"] == str(2**70)
+    assert "nested deeper than 32 levels" in state
+    fams = _scrape(_client(ex))
+    ops = {s.labels["operation"] for s in fams[c.STEP_DURATION_SECONDS].samples if "operation" in s.labels}
+    assert max(len(o) for o in ops) == 200
