@@ -12,7 +12,6 @@ import gc
 import logging
 import signal
 import sys
-import threading
 import time
 
 import orjson
@@ -33,9 +32,9 @@ def _add_settings(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
                        help=f"{s.help} [env {s.env}]")
 
 
-SERVE_SETTINGS = ("host", "port", "service_name", "ingest_token", "max_body_bytes", "series_limit", "buckets",
-                  "trace_timeout_s", "loki_url", "loki_tenant", "loki_username", "loki_encoding", "demo_rate",
-                  "log_level")
+SERVE_SETTINGS = ("host", "port", "service_name", "ingest_token", "max_body_bytes", "threads", "connection_limit",
+                  "idle_timeout_s", "header_timeout_s", "series_limit", "buckets", "trace_timeout_s", "loki_url",
+                  "loki_tenant", "loki_username", "loki_encoding", "demo_rate", "log_level")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -137,26 +136,31 @@ def tune_gc() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from werkzeug.serving import make_server
-
     from backend.app import create_app
 
     from .demo import DemoTraffic
     from .runtime import build
+    from .redact import MaskUrlFilter
+    from .server import ServerLimits, make_server
 
     cfg = load_config({n: getattr(args, n) for n in SERVE_SETTINGS}, file=args.config)
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # werkzeug logs every request at INFO; an ingest endpoint takes hundreds a second.
-    logging.getLogger("werkzeug").setLevel(logging.DEBUG if cfg.log_level == "DEBUG" else logging.WARNING)
+    for handler in logging.getLogger().handlers:  # every log line masks URL passwords (database, Loki)
+        handler.addFilter(MaskUrlFilter())
+    # waitress warns "Task queue depth is N" on every request that waits for a thread: a log line per
+    # request under load. The pool's bound is the point; the queue is visible as request latency.
+    logging.getLogger("waitress.queue").setLevel(logging.DEBUG if cfg.log_level == "DEBUG" else logging.ERROR)
     ex = build(cfg)
     app = create_app(ex)
     try:
-        server = make_server(cfg.host, cfg.port, app, threaded=True)
-    except (OSError, SystemExit) as e:  # werkzeug reports a bind failure by exiting
+        server = make_server(cfg.host, cfg.port, app, ServerLimits.from_config(cfg))
+    except OSError as e:
         ex.close()
-        why = getattr(e, "strerror", None) or "address unavailable (in use, or not local)"
+        why = e.strerror or str(e) or "address unavailable (in use, or not local)"
         raise FlowscopeError(f"cannot listen on {cfg.host}:{cfg.port}: {why}") from None
-    host, port = server.server_address[:2]
+    host, port = server.server_address
+    log.info("HTTP server: %d threads, at most %d connections, header timeout %g s, idle timeout %g s",
+             cfg.threads, server.connection_limit, cfg.header_timeout_s, cfg.idle_timeout_s)
     tune_gc()
     demo = None
     if args.demo:
@@ -174,11 +178,8 @@ def _serve(args: argparse.Namespace) -> int:
 
         demo = DemoTraffic(deliver, rate=cfg.demo_rate, on_start=ex.pipeline.workflow_started,
                            on_end=ex.pipeline.workflow_ended, on_profile=profile).start()
-    stop = threading.Event()
-
     def _stop(signum, frame):
-        stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        server.shutdown()  # sets a flag and wakes the event loop; the loop drains and returns
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

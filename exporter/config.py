@@ -82,6 +82,10 @@ def _opt_str(v: Any) -> str | None:
     return None if v is None or str(v) == "" else str(v)
 
 
+def _opt_pos_int(v: Any) -> int | None:
+    return None if v is None or str(v).strip() in ("", "auto") else _pos_int(v)
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     name: str
@@ -101,6 +105,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("service_name", str, "flowscope", "Service name stamped on SDK spans and log streams."),
     Setting("ingest_token", _opt_str, None, "If set, ingest requires `Authorization: Bearer <token>`.", True),
     Setting("max_body_bytes", _pos_int, 8 * 1024 * 1024, "Largest accepted request body, after decompression."),
+    Setting("threads", _pos_int, 8, "Worker threads of the HTTP server: requests the application runs at once."),
+    Setting("connection_limit", _opt_pos_int, None,
+            "Most open client connections; at the limit a new one closes the longest-idle one. Unset: "
+            "1000, or fewer if the open-files limit (less a reserve) allows fewer."),
+    Setting("idle_timeout_s", _pos_float, 75.0,
+            "Seconds a connection stays open without a byte either way (idle, a stalled body, an unread response)."),
+    Setting("header_timeout_s", _pos_float, 10.0,
+            "Seconds a client has to send a complete request header (from connect, or from its first byte)."),
     Setting("series_limit", _pos_int, 10_000, "Series cap per metric; past it labels become `__overflow__`."),
     Setting("buckets", _buckets, DEFAULT_BUCKETS, "Latency histogram bucket bounds in seconds, comma-separated."),
     Setting("trace_timeout_s", _pos_float, 30.0,
@@ -170,6 +182,10 @@ class Config:
     service_name: str
     ingest_token: str | None
     max_body_bytes: int
+    threads: int
+    connection_limit: int | None
+    idle_timeout_s: float
+    header_timeout_s: float
     series_limit: int
     buckets: tuple[float, ...]
     trace_timeout_s: float
