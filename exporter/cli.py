@@ -360,11 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.markdown:
                 print(markdown_table())
             else:
-                from .redact import mask_url  # here: this command's only use
-
-                public = {k: mask_url(v) if isinstance(v, str) else v
-                          for k, v in load_config(file=args.config).public().items()}  # URL passwords too
-                print(orjson.dumps(public, option=orjson.OPT_INDENT_2).decode())
+                print(orjson.dumps(load_config(file=args.config).public(), option=orjson.OPT_INDENT_2).decode())
             return EXIT_OK
     except ConfigError as e:
         print(f"flowscope: configuration error: {e}", file=sys.stderr)

@@ -20,6 +20,7 @@ import yaml
 
 from .conventions import DEFAULT_BUCKETS, DEFAULT_SECRET_KEYS
 from .errors import ConfigError
+from .redact import mask_url
 
 ENV_PREFIX = "FLOWSCOPE_"
 
@@ -233,8 +234,12 @@ class Config:
         return load_config(changes, environ={}, base=self)
 
     def public(self) -> dict[str, Any]:
-        """Settings with secrets masked, for logs and the health endpoint."""
-        return {s.name: ("***" if s.secret and getattr(self, s.name) else getattr(self, s.name)) for s in SETTINGS}
+        """Settings with secrets masked (and URL passwords, ``mask_url``), for logs and the health endpoint."""
+        out = {}
+        for s in SETTINGS:
+            v = getattr(self, s.name)
+            out[s.name] = "***" if s.secret and v else mask_url(v) if isinstance(v, str) else v
+        return out
 
 
 assert [f.name for f in fields(Config)] == [s.name for s in SETTINGS]
