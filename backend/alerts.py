@@ -15,35 +15,42 @@ from __future__ import annotations
 import base64
 import hmac
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, request
 
 from exporter import conventions as c
-from exporter.http import HttpError, _read_body, bearer_ok
+from exporter.http import HttpError, bearer_ok
 
+from .query import check_text, number_arg, parse_datetime, parse_rfc3339, read_body
 from .store import AlertStore, IncomingAlert
 
 STATUSES = ("firing", "resolved")
-_FRACTION = re.compile(r"(\.\d{6})\d+")
+_ZONE = re.compile(r"([zZ]|[+-][0-9]{2}:?[0-9]{2})$")
 _FINGERPRINT = re.compile(r"^[0-9a-fA-F]{1,64}$")
 
 
 def parse_time(v: Any, field: str) -> datetime | None:
-    """RFC 3339 (Go's, with up to nanoseconds); Go's zero time means "not set"."""
+    """RFC 3339 (Go's, with up to nanoseconds); Go's zero time means "not set".
+
+    A valid time past what a datetime holds in UTC (``9999-12-31T23:59:59-14:00``) is clamped to
+    ``datetime.max``: Alertmanager does not retry a 4xx, so refusing it would lose the notification.
+    """
     if not isinstance(v, str):
         raise HttpError(400, "invalid_payload", f"{field} must be an RFC 3339 string", field)
     if v.startswith("0001-01-01"):
         return None
-    try:
-        dt = datetime.fromisoformat(_FRACTION.sub(r"\1", v))
-    except ValueError:
-        raise HttpError(400, "invalid_payload", f"{field} is not RFC 3339: {v[:40]!r}", field) from None
-    if dt.tzinfo is None:
+    dt = parse_rfc3339(v)
+    if dt is None:
+        raise HttpError(400, "invalid_payload", f"{field} is not RFC 3339: {v[:40]!r}", field)
+    if not _ZONE.search(v):
         raise HttpError(400, "invalid_payload", f"{field} needs a timezone", field)
-    return dt.astimezone(timezone.utc)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        return (datetime.max if dt.year > 1 else datetime.min).replace(tzinfo=UTC)
 
 
 def _str_map(v: Any, field: str) -> dict[str, str]:
@@ -117,7 +124,7 @@ def create_blueprint(store: AlertStore) -> Blueprint:
         if (request.mimetype or "") != "application/json":
             raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json", "Content-Type")
         try:
-            doc = orjson.loads(_read_body(cfg.max_body_bytes))
+            doc = orjson.loads(read_body(cfg.max_body_bytes))
         except orjson.JSONDecodeError as e:
             raise HttpError(400, "malformed_body", f"body is not valid JSON: {e}") from None
         receiver, incoming = validate(doc)
@@ -130,21 +137,10 @@ def create_blueprint(store: AlertStore) -> Blueprint:
         status = args.get("status")
         if status is not None and status not in STATUSES:
             raise HttpError(400, "invalid_query", "status must be firing or resolved", "status")
-        since = None
-        if args.get("since"):
-            s = args["since"]
-            try:
-                since = datetime.fromtimestamp(float(s), timezone.utc)
-            except ValueError:
-                since = parse_time(s, "since")
-        try:
-            limit = int(args.get("limit", 100))
-        except ValueError:
-            raise HttpError(400, "invalid_query", "limit must be a whole number", "limit") from None
-        if not 1 <= limit <= 1000:
-            raise HttpError(400, "invalid_query", "limit must be between 1 and 1000", "limit")
-        rows = store.list(status=status, severity=args.get("severity"), workflow=args.get("workflow"), since=since,
-                          limit=limit)
+        since = parse_datetime(args["since"], "since") if args.get("since") else None
+        limit = number_arg("limit", 100, 1, 1000)
+        severity, workflow = (check_text(args[k], k) if args.get(k) else None for k in ("severity", "workflow"))
+        rows = store.list(status=status, severity=severity, workflow=workflow, since=since, limit=limit)
         return Response(orjson.dumps({"alerts": rows}), mimetype="application/json")
 
     return bp

@@ -9,7 +9,7 @@ Example::
 from __future__ import annotations
 
 import orjson
-from flask import Flask, Response
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from exporter import conventions as c
@@ -25,9 +25,11 @@ from .provision_api import grafana_config
 from .regression.analyze import DEFAULT_QUERIES
 from .regression.api import create_blueprint as regressions_blueprint
 from .regression.service import RegressionService, grafana_annotator
-from .runs.api import create_blueprint as runs_blueprint
 from .regression.sources import PrometheusSource, load_queries
+from .runs.api import create_blueprint as runs_blueprint
 from .store import AlertStore
+
+BACKEND_BLUEPRINTS = ("alerts", "provision", "runs", "errors", "regressions")
 
 
 def _regression_service(ex: Exporter, store: AlertStore) -> RegressionService:
@@ -59,6 +61,15 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     app.register_blueprint(regressions_blueprint(regressions))
     if ex.config.detect_prometheus_url and not app.config.get("TESTING"):
         regressions.start(ex.config.detect_interval_s)
+
+    @app.before_request
+    def _no_nul_in_backend_parameters():
+        """PostgreSQL refuses NUL in text: a backend filter or path parameter holding one is a 400, not a 500."""
+        if request.blueprint not in BACKEND_BLUEPRINTS:
+            return
+        for name, value in (*request.args.items(multi=True), *(request.view_args or {}).items()):
+            if isinstance(value, str) and "\x00" in value:
+                raise HttpError(400, "invalid_query", f"{name} must not contain NUL", name)
 
     @app.errorhandler(HttpError)
     def _flowscope_http(e: HttpError):

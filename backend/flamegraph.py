@@ -15,15 +15,22 @@ Input is ``{folded stack: seconds}`` (``RunStore.profile_stacks``). Output:
     tree = build_tree({"main;handle;db_query": 0.42, "main;handle;render": 0.1})
     frame = dataframe(tree)              # JSON for the Flame Graph panel
     picture = svg(tree, "checkout")      # str, image/svg+xml
+
+Profiles are client data, so every walk here is iterative and bounded: a stack deeper than
+``MAX_FRAMES`` keeps its outermost frames and its leaf, with one ``… N more frames`` node between
+them, and a value that is not a finite, plausible number of seconds is left out.
 """
 
 from __future__ import annotations
 
 from html import escape
 
+MAX_FRAMES = 512
+MAX_SECONDS = 1e12  # per stack: ~31,700 years of CPU; anything above is a broken profile, and sums stay finite
+
 
 class Node:
-    __slots__ = ("label", "value", "self", "value_right", "self_right", "children")
+    __slots__ = ("children", "label", "self", "self_right", "value", "value_right")
 
     def __init__(self, label: str):
         self.label = label
@@ -36,15 +43,24 @@ def build_tree(stacks: dict[str, float], right: dict[str, float] | None = None) 
     root = Node("total")
     for side, data in ((0, stacks), (1, right or {})):
         for stack, v in data.items():
-            if v <= 0:
+            if not (isinstance(v, (int, float)) and 0 < v <= MAX_SECONDS):  # NaN fails this too
                 continue
             node = root
             _add(node, side, v, leaf=False)
-            for frame in stack.split(";"):
+            for frame in _frames(stack):
                 node = node.children.get(frame) or node.children.setdefault(frame, Node(frame))
                 _add(node, side, v, leaf=False)
             _add(node, side, v, leaf=True)
     return root
+
+
+def _frames(stack: str) -> list[str]:
+    """The frames of a folded stack, root first; past ``MAX_FRAMES`` the middle is one summary frame."""
+    frames = stack.split(";")
+    if len(frames) <= MAX_FRAMES:
+        return frames
+    keep = MAX_FRAMES - 2
+    return [*frames[:keep], f"… {len(frames) - keep - 1} more frames", frames[-1]]
 
 
 def _add(node: Node, side: int, v: float, leaf: bool) -> None:
@@ -59,10 +75,13 @@ def _add(node: Node, side: int, v: float, leaf: bool) -> None:
         node.value_right += v
 
 
-def _walk(node: Node, level: int = 0):
-    yield node, level
-    for label in sorted(node.children):  # deterministic: siblings by name, as Pyroscope orders them
-        yield from _walk(node.children[label], level + 1)
+def _walk(node: Node):
+    """(node, level) depth first, siblings by name (as Pyroscope orders them, so output is deterministic)."""
+    work = [(node, 0)]
+    while work:
+        n, level = work.pop()
+        yield n, level
+        work.extend((n.children[label], level + 1) for label in sorted(n.children, reverse=True))
 
 
 def dataframe(tree: Node, diff: bool = False, name: str = "profile") -> dict:
@@ -113,12 +132,12 @@ def svg(tree: Node, title: str, diff: bool = False, width: int = 1200) -> str:
     total = tree.value + tree.value_right
     rects: list[str] = []
     depth = 0
-
-    def draw(node: Node, x: float, level: int) -> None:
-        nonlocal depth
+    work = [(tree, 0.0, 0)]  # depth first, iteratively: stacks are client data
+    while work:
+        node, x, level = work.pop()
         w = (node.value + node.value_right) / total * width if total else 0
-        if w < 0.5:
-            return
+        if not w >= 0.5:  # too narrow to see (or not a number)
+            continue
         depth = max(depth, level)
         y = 24 + level * _ROW
         if diff:
@@ -133,13 +152,12 @@ def svg(tree: Node, title: str, diff: bool = False, width: int = 1200) -> str:
         rects.append(f'<g class="frame"><title>{escape(tip)}</title>'
                      f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{_ROW - 1}" fill="{fill}" rx="2"/>'
                      f'<text x="{x + 3:.1f}" y="{y + 13}">{label}</text></g>')
-        cx = x
+        cx, kids = x, []
         for lbl in sorted(node.children):
             child = node.children[lbl]
-            draw(child, cx, level + 1)
-            cx += (child.value + child.value_right) / total * width if total else 0
-
-    draw(tree, 0.0, 0)
+            kids.append((child, cx, level + 1))
+            cx += (child.value + child.value_right) / total * width
+        work.extend(reversed(kids))
     height = 24 + (depth + 1) * _ROW + 6
     head = escape(title) + (" — diff: red hotter, blue cooler (share of each window)" if diff else "")
     if not total:

@@ -21,8 +21,9 @@ _INGEST_ERRORS = {
     "415": _resp("Unsupported Content-Type or Content-Encoding.", _ERROR),
 }
 
-_TIME = {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
-         "description": "RFC 3339 or Unix seconds"}
+_TIME = {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0}],
+         "description": "RFC 3339 or Unix seconds, 1970 to 2262-04-11T23:47:16Z (nanoseconds in 64 bits); "
+                        "outside that range a 400 names the parameter"}
 
 
 def _q(name: str, schema: dict | None = None) -> dict:
@@ -125,7 +126,8 @@ def openapi_document() -> dict:
                 "responses": {"200": _resp("Recorded; counts of created/updated/unchanged alerts.",
                                            {"type": "object"}),
                               "400": _resp("Invalid payload; `error.field` names it. Nothing stored.", _ERROR),
-                              "401": _resp("Webhook auth configured and missing or wrong.", _ERROR)}}},
+                              "401": _resp("Webhook auth configured and missing or wrong.", _ERROR),
+                              "413": _resp("Body over FLOWSCOPE_MAX_BODY_BYTES.", _ERROR)}}},
             c.ALERTS_PATH: {"get": {
                 "summary": "Recorded alerts, newest first, with their firing/resolved history.",
                 "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}}
@@ -197,7 +199,8 @@ def openapi_document() -> dict:
                 "responses": {"200": _resp("The group, resolved", {"type": "object"}),
                               "400": _resp("Bad body", _ERROR), "401": _resp("Admin token wrong", _ERROR),
                               "403": _resp("No admin token and not loopback", _ERROR),
-                              "404": _resp("Unknown fingerprint", _ERROR)}}},
+                              "404": _resp("Unknown fingerprint", _ERROR),
+                              "413": _resp("Body over 64 KiB", _ERROR)}}},
             c.ATTRIBUTION_PATH: {"get": {
                 "summary": "BubbleUp-style attribution: values over-represented in failed or slow (> p90) runs.",
                 "parameters": [{**_q("workflow"), "required": True}, _q("by", {"enum": ["failed", "slow"]}),

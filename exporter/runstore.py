@@ -25,6 +25,7 @@ the keys that fit plus a :data:`~exporter.conventions.TRUNCATED_KEY` marker.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import zlib
@@ -465,7 +466,9 @@ class RunStore:
             for raw, rate in conn.execute(q):
                 scale = 1.0 / rate if rate else 1.0
                 for stack, n in orjson.loads(raw).items():
-                    out[stack] = out.get(stack, 0.0) + n * scale
+                    v = out.get(stack, 0.0) + n * scale
+                    if math.isfinite(v):  # rows stored before the input limits may hold a 1e-320 Hz rate
+                        out[stack] = v
         return out
 
     # -- error analysis --------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_list_filters(client):
     other = payload(workflow="login", severity="warning")
     other["alerts"][0]["fingerprint"] = "aa"
     client.post(WEBHOOK, json=other)
-    get = lambda **q: [a["workflow"] for a in client.get(c.ALERTS_PATH, query_string=q).json["alerts"]]  # noqa: E731
+    get = lambda **q: [a["workflow"] for a in client.get(c.ALERTS_PATH, query_string=q).json["alerts"]]
     assert sorted(get()) == ["checkout", "login"]
     assert get(severity="warning") == ["login"]
     assert get(workflow="checkout") == ["checkout"]
@@ -95,3 +95,75 @@ def test_webhook_auth_as_alertmanagers_http_config_sends_it(make_exporter, setti
     assert client.get(c.ALERTS_PATH).json["alerts"] == []
     r = client.post(WEBHOOK, json=payload(), headers={"Authorization": good})
     assert r.status_code == 200 and r.json["created"] == 1
+
+
+# -- issue 9: no webhook input or list filter is a 500 ---------------------------------------------------------------
+
+@pytest.fixture
+def db_client(make_exporter, database_url):
+    return create_app(make_exporter(database_url=database_url)).test_client()
+
+
+def test_a_valid_time_past_datetimes_range_is_clamped_not_refused(db_client):
+    p = payload(ends="9999-12-31T23:59:59-14:00")
+    p["alerts"][0]["startsAt"] = "9999-12-31T23:59:59.999999999-14:00"
+    r = db_client.post(WEBHOOK, json=p)
+    assert r.status_code == 200 and r.json["created"] == 1, r.data
+    (alert,) = db_client.get(c.ALERTS_PATH).json["alerts"]
+    assert alert["starts_at"] == alert["ends_at"] == "9999-12-31T23:59:59.999999Z"
+    assert db_client.post(WEBHOOK, json=p).json["unchanged"] == 1  # and it is still the same alert
+
+
+def test_label_values_longer_than_their_column_or_holding_nul_are_stored(db_client):
+    long = "w" * 5000
+    r = db_client.post(WEBHOOK, json=payload(workflow=long, severity="s" * 300, layer="l\x00" * 40,
+                                             alertname="A" * 201, instance="i\x00"))
+    assert r.status_code == 200 and r.json["created"] == 1, r.data
+    (alert,) = db_client.get(c.ALERTS_PATH).json["alerts"]
+    assert alert["labels"]["workflow"] == long and alert["labels"]["instance"] == "i\x00"  # labels kept whole
+    assert len(alert["workflow"]) == 200 and alert["workflow"].endswith("…") and len(alert["severity"]) == 50
+    assert len(alert["alertname"]) == 200 and "\x00" not in alert["layer"]
+
+
+def test_a_large_notification_is_a_fixed_handful_of_statements(ex, client):
+    from sqlalchemy import event
+
+    store = client.application.extensions["flowscope_alerts"]
+    statements = []
+    event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+
+    def notify(status: str, n: int):
+        p = payload(status)
+        first = p["alerts"][0]
+        p["alerts"] = [{**first, "status": status, "fingerprint": f"{i:016x}"} for i in range(n)]
+        statements.clear()
+        r = client.post(WEBHOOK, json=p)
+        assert r.status_code == 200, r.data
+        return r.json, len(statements)
+
+    body, n_sql = notify("firing", 2000)
+    assert body["created"] == 2000 and n_sql <= 12, statements   # was 2 per alert
+    body, n_sql = notify("resolved", 2000)
+    assert body["updated"] == 2000 and n_sql <= 12
+    alerts = client.get(c.ALERTS_PATH, query_string={"limit": 1000}).json["alerts"]
+    assert all([h["status"] for h in a["history"]] == ["firing", "resolved"] for a in alerts)
+
+
+def test_an_alert_repeated_within_one_notification_counts_as_if_sent_one_after_another(client):
+    p = payload()
+    resolved = {**p["alerts"][0], "status": "resolved", "endsAt": "2026-11-23T10:07:00Z"}
+    p["alerts"] += [dict(p["alerts"][0]), resolved, dict(resolved)]
+    assert client.post(WEBHOOK, json=p).json == {"received": 4, "created": 1, "updated": 1, "unchanged": 2}
+    (alert,) = client.get(c.ALERTS_PATH).json["alerts"]
+    assert alert["status"] == "resolved" and [h["status"] for h in alert["history"]] == ["firing", "resolved"]
+    assert alert["ends_at"] == "2026-11-23T10:07:00Z"
+
+
+@pytest.mark.parametrize("query, field", [("since=1e20", "since"), ("since=nan", "since"),
+                                          ("since=10000-01-01T00:00:00Z", "since"), ("limit=%C2%B2", "limit"),
+                                          ("limit=%D9%A1%D9%A2", "limit"), ("limit=1001", "limit"),
+                                          ("workflow=a%00", "workflow"), ("severity=" + "x" * 1001, "severity")])
+def test_alert_list_filters_out_of_range_get_400_naming_the_field(client, query, field):
+    r = client.get(c.ALERTS_PATH + "?" + query)
+    assert r.status_code == 400 and r.json["error"]["field"] == field, r.data
+    assert client.get(c.ALERTS_PATH + "?since=9999-12-31T23:59:59Z").json == {"alerts": []}

@@ -181,3 +181,37 @@ def test_attribution_ranks_the_values_that_fail_together(ex_db):
 def test_attribution_rejects_bad_queries(client, query, field):
     r = client.get("/api/v1/attribution?" + query)
     assert r.status_code == 400 and r.json["error"]["field"] == field
+
+
+def test_resolve_caps_its_body_like_ingest_does(ex, client):
+    import gzip
+
+    from backend.analysis.api import MAX_RESOLVE_BODY
+
+    ex.pipeline.ingest([_err("r", "1" * 16, time.time_ns(), "Boom", "boom")], "native")
+    assert ex.pipeline.recorder.flush()
+    fp = client.get("/api/v1/errors").json["groups"][0]["fingerprint"]
+    big = b'{"note": "' + b"x" * MAX_RESOLVE_BODY + b'"}'
+    for body, headers in ((big, {}), (gzip.compress(big), {"Content-Encoding": "gzip"})):
+        r = client.post(f"/api/v1/errors/{fp}/resolve", data=body, content_type="application/json", headers=headers)
+        assert r.status_code == 413 and r.json["error"]["code"] == "too_large", r.data
+    # the largest valid note, every character escaped, still fits
+    note = "\\u00e9" * 4000
+    r = client.post(f"/api/v1/errors/{fp}/resolve", data=f'{{"note": "{note}"}}', content_type="application/json")
+    assert r.status_code == 200 and r.json["status"] == "resolved"
+
+
+@pytest.mark.parametrize("addr, status", [("127.0.0.1", 404), ("127.0.0.2", 404), ("127.255.0.9", 404), ("::1", 404),
+                                          ("::ffff:127.0.0.3", 404), ("10.0.0.5", 403), ("::ffff:10.0.0.5", 403),
+                                          ("128.0.0.1", 403), ("", 403)])
+def test_admin_endpoints_take_every_loopback_address(client, addr, status):
+    r = client.post("/api/v1/errors/0123456789abcdef/resolve", json={"note": "x"}, environ_base={"REMOTE_ADDR": addr})
+    assert r.status_code == status and "error" in r.json
+
+
+@pytest.mark.parametrize("query, field", [("since=1e20", "since"), ("since=2263-01-01T00:00:00Z", "since"),
+                                          ("recent_s=%C2%B2", "recent_s"), ("limit=%D9%A1", "limit"),
+                                          ("workflow=a%00", "workflow")])
+def test_error_list_rejects_out_of_range_filters(client, query, field):
+    r = client.get("/api/v1/errors?" + query)
+    assert r.status_code == 400 and r.json["error"]["field"] == field, r.data

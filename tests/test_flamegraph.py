@@ -119,3 +119,35 @@ def test_flamegraph_and_diff_apis(ex, client):
     r = client.get("/api/v1/flamegraph/diff?workflow=checkout&since=2000&until=1000")
     assert r.status_code == 400 and r.json["error"]["field"] == "since"
 
+
+
+def test_a_3000_frame_stack_is_summarised_and_every_flame_graph_of_its_workflow_still_renders(ex, client):
+    t = WorkflowTracer(InProcessSink(ex.pipeline))
+    with t.workflow("deep") as run:
+        pass
+    assert ex.pipeline.recorder.flush()
+    deep = ";".join(f"mod:f{i}" for i in range(3000))
+    now = time.time_ns()
+    # stored as an older release (or another writer) left it: the decoder now caps stacks, this is the backstop
+    for stacks, when in (({deep: 50, "main;ok": 10}, now - 60 * 10**9), ({deep: 70}, now - 5400 * 10**9)):
+        ex.runs.write([Profile("deep", {"mod:f2999": 0.5}, run.correlation_id, stacks, 100.0, when)])
+    for url in ("/api/v1/flamegraph?workflow=deep", "/api/v1/flamegraph?workflow=deep&format=svg",
+                "/api/v1/flamegraph/diff?workflow=deep", "/api/v1/flamegraph/diff?workflow=deep&format=svg",
+                f"/runs/{run.correlation_id}/flamegraph.svg"):
+        r = client.get(url)
+        assert r.status_code == 200, (url, r.data[:200])
+    frame = client.get("/api/v1/flamegraph?workflow=deep").json
+    v = dict(zip([f["name"] for f in frame["schema"]["fields"]], frame["data"]["values"]))
+    assert max(v["level"]) == fg.MAX_FRAMES
+    assert f"… {3000 - fg.MAX_FRAMES + 1} more frames" in v["label"] and "mod:f2999" in v["label"]
+    assert v["value"][0] == pytest.approx(1.3)  # nothing lost: 130 samples at 100 Hz
+    _nested_set_ok(v)
+
+
+def test_values_that_are_not_finite_seconds_are_left_out():
+    tree = fg.build_tree({"a;b": float("inf"), "a;c": float("nan"), "a;d": 1e300, "a;e": -1.0, "a;f": 2.0})
+    frame = fg.dataframe(tree)
+    assert frame["data"]["values"][3] == ["total", "a", "f"] and frame["data"]["values"][1][0] == 2.0
+    assert "nan" not in fg.svg(tree, "t") and "inf" not in fg.svg(tree, "t")
+    empty = fg.svg(fg.build_tree({"a": float("inf")}), "t")
+    assert "no profile samples" in empty

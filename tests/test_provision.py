@@ -55,7 +55,7 @@ def test_a_changed_dashboard_is_updated_with_overwrite(grafana):
     report = provisioner(grafana).provision(changed)
     assert report["dashboards"]["flowscope-errors"] == "updated"
     assert list(report["dashboards"].values()).count("unchanged") == 4
-    method, path, body, _ = [r for r in grafana.requests if r[0] == "POST"][-1]
+    _method, path, body, _ = [r for r in grafana.requests if r[0] == "POST"][-1]
     assert path == "/api/dashboards/db" and body["overwrite"] is True and body["folderUid"] == FOLDER_UID
     assert grafana.dashboards["flowscope-errors"]["dashboard"]["version"] == 2
 
@@ -89,6 +89,7 @@ def test_a_version_conflict_names_the_dashboard(grafana):
 
 def test_cli_push_twice_reports_what_changed(grafana, monkeypatch, capsys):
     import json
+
     from exporter.cli import main
     monkeypatch.setenv("FLOWSCOPE_GRAFANA_TOKEN", grafana.token)  # from the environment, not argv
     assert main(["dashboards", "push", "--grafana-url", grafana.url]) == 0
@@ -116,6 +117,9 @@ def test_provision_endpoint(grafana, make_exporter):
     assert r.status_code == 409 and r.json["error"]["code"] == "grafana_not_configured"
     r = unconfigured.post("/api/v1/provision/dashboards", environ_base={"REMOTE_ADDR": "10.0.0.5"})
     assert r.status_code == 403
+    for loopback in ("127.0.0.2", "::ffff:127.0.0.1"):  # all of 127.0.0.0/8 is this host
+        r = unconfigured.post("/api/v1/provision/dashboards", environ_base={"REMOTE_ADDR": loopback})
+        assert r.status_code == 409
     broken = create_app(make_exporter(grafana_url=grafana.url, grafana_token="nope")).test_client()
     r = broken.post("/api/v1/provision/dashboards")
     assert r.status_code == 502 and "401" in r.json["error"]["message"]

@@ -181,7 +181,7 @@ def test_flowscope_replay_reads_a_running_backend_and_reports_unknown_runs(ex, s
     srv = serve(ex)
 
     def replay(*args, stdin=""):
-        return subprocess.run([sys.executable, "-m", "exporter.cli", "replay", *args], input=stdin,
+        return subprocess.run([sys.executable, "-m", "exporter.cli", "replay", *args], input=stdin, check=False,
                               capture_output=True, text=True, timeout=60)
 
     r = replay(cid, "--url", srv.url, stdin="n\nd\nq\n")
@@ -190,3 +190,86 @@ def test_flowscope_replay_reads_a_running_backend_and_reports_unknown_runs(ex, s
     assert r.returncode == 1 and "HTTP 404" in r.stderr
     r = replay("nope", "--database-url", ex.config.database_url)
     assert r.returncode == 1 and "no stored run with correlation_id or trace_id 'nope'" in r.stderr
+
+
+# -- client-shaped trees: cycles, deep chains, bad step numbers (issue 9) --------------------------------------------
+
+def test_two_spans_that_are_each_others_parent_are_both_shown_and_the_cycle_is_cut_at_the_earlier():
+    spans = [sp("a", "b", 10, 50), sp("b", "a", 0, 60), sp("c", "a", 20, 40)]
+    assert critical_path(spans) == ["b", "a", "c"]
+    (root,) = span_tree(spans)
+    assert root["span_id"] == "b" and [k["span_id"] for k in root["children"]] == ["a"]
+    assert [k["span_id"] for k in root["children"][0]["children"]] == ["c"]
+    # a longer cycle with no span outside it, and a self-parent: every span is still in the tree
+    ring = [sp("x", "z", 5, 9), sp("y", "x", 1, 9), sp("z", "y", 2, 9), sp("s", "s", 0, 3)]
+    tree = span_tree(ring)
+    assert [n["span_id"] for n in tree] == ["s", "y"] and set(critical_path(ring)) >= {"y"}
+
+
+def _chain(n: int) -> list[dict]:
+    return [sp(f"s{i}", f"s{i - 1}" if i else None, i, 2 * n - i) for i in range(n)]
+
+
+def test_a_deep_parent_chain_is_walked_without_recursion_and_nests_only_so_far():
+    from backend.runs.replay import MAX_TREE_NESTING
+
+    spans = _chain(5000)
+    assert critical_path(spans) == [s["span_id"] for s in spans]
+    tree = span_tree(spans)
+    node, levels = tree[0], 0
+    while node["children"] and node["depth"] < MAX_TREE_NESTING:
+        node, levels = node["children"][0], levels + 1
+    assert levels == MAX_TREE_NESTING
+    flat = node["children"]  # the rest, depth first, with their true depth
+    assert [n["depth"] for n in [node, *flat]] == list(range(MAX_TREE_NESTING, 5000))
+    orjson.dumps({"tree": tree})  # a JSON encoder takes it
+
+
+def _post_steps(client, cid: str, steps: list[dict]) -> None:
+    t0 = time.time() - 60
+    recs = [{"correlation_id": cid, "workflow_type": "deep", "layer": "api", "component": "svc",
+             "operation": f"op{i}", "status": "success", "started_at": t0 + s["start_ns"] / 1e6,
+             "duration_ms": (s["end_ns"] - s["start_ns"]) / 1e3, "span_id": f"{i + 1:016x}",
+             **({"parent_span_id": f"{s['parent'] + 1:016x}"} if s["parent"] is not None else {})}
+            for i, s in enumerate(steps)]
+    run = {"correlation_id": cid, "workflow_type": "deep", "status": "success", "started_at": t0,
+           "duration_ms": 10_000}
+    r = client.post("/api/v1/spans", data=orjson.dumps({"workflows": [run], "steps": recs}),
+                    content_type="application/json")
+    assert r.status_code == 200, r.data
+
+
+def test_runs_with_a_cycle_or_a_1500_deep_chain_are_served_by_the_api_and_the_page(ex, client):
+    n = 1500
+    _post_steps(client, "deep-chain", [{"parent": i - 1 if i else None, "start_ns": i, "end_ns": 2 * n - i}
+                                       for i in range(n)])
+    _post_steps(client, "cycle", [{"parent": 1, "start_ns": 10, "end_ns": 50}, {"parent": 0, "start_ns": 0,
+                                                                                "end_ns": 60}])
+    assert ex.pipeline.recorder.flush()
+    for cid, spans in (("deep-chain", n), ("cycle", 2)):
+        body = client.get(f"/api/v1/runs/{cid}")
+        assert body.status_code == 200, body.data[:300]
+        assert len(body.json["steps"]) == spans and len(body.json["critical_path"]) >= 1
+        page = client.get(f"/runs/{cid}")
+        assert page.status_code == 200 and page.data.count(b'class="row') >= spans
+        assert client.get(f"/api/v1/runs/{cid}/replay?step=1").status_code == 200
+
+
+@pytest.mark.parametrize("step", ["²", "١", "1_0", " 1", "+1", "0x1", "1e3", "-"])
+def test_replay_step_must_be_ascii_digits(stored_client, step):
+    client, docs = stored_client
+    cid = docs[0]["workflows"][0]["correlation_id"]
+    r = client.get(f"/api/v1/runs/{cid}/replay", query_string={"step": step})
+    assert r.status_code == 400 and r.json["error"]["field"] == "step", r.data
+
+
+@pytest.mark.parametrize("query, field", [("until=2263-01-01T00:00:00Z", "until"), ("since=9223372037", "since"),
+                                          ("since=9999-12-31T23:59:59-14:00", "since"), ("until=1e20", "until"),
+                                          ("since=%D9%A1", "since"), ("limit=%C2%B2", "limit"),
+                                          ("offset=1_000", "offset"), ("min_duration_ms=nan", "min_duration_ms"),
+                                          ("workflow=a%00b", "workflow")])
+def test_runs_list_rejects_out_of_range_times_and_non_ascii_numbers(client, query, field):
+    r = client.get("/api/v1/runs?" + query)
+    assert r.status_code == 400 and r.json["error"]["field"] == field, r.data
+    # the last nanosecond that 64 bits hold is still a valid bound
+    assert client.get("/api/v1/runs?until=2262-04-11T23:47:16Z").status_code == 200

@@ -22,12 +22,13 @@ from exporter import conventions as c
 from exporter.http import HttpError
 
 from ..admin import require_admin
-from ..query import json_response, number_arg, parse_time, run_store
+from ..query import check_text, json_response, number_arg, parse_time, read_body, run_store
 from .attribution import attribute
 from .groups import status_of, suggestions
 from .trend import trend
 
 MAX_NOTE = 4000
+MAX_RESOLVE_BODY = 64 * 1024  # a 4,000-character note, every character \u-escaped, fits with room to spare
 
 
 def create_blueprint() -> Blueprint:
@@ -43,7 +44,8 @@ def create_blueprint() -> Blueprint:
         recent_s = number_arg("recent_s", 3600, 60, 30 * 86400, float)
         limit = number_arg("limit", 100, 1, 1000)
         store = run_store()
-        groups = store.error_groups(since, a.get("workflow") or None, limit)
+        workflow = check_text(a["workflow"], "workflow") if a.get("workflow") else None
+        groups = store.error_groups(since, workflow, limit)
         out = []
         for g in groups:
             times = g.pop("times")
@@ -56,6 +58,7 @@ def create_blueprint() -> Blueprint:
 
     @bp.get(c.ERRORS_PATH + "/<fingerprint>")
     def get_group(fingerprint: str):
+        check_text(fingerprint, "fingerprint", 64)
         g = run_store().error_group(fingerprint)
         if g is None:
             raise HttpError(404, "fingerprint_not_found", f"no error group with fingerprint {fingerprint!r}",
@@ -67,8 +70,9 @@ def create_blueprint() -> Blueprint:
     @bp.post(c.ERRORS_PATH + "/<fingerprint>/resolve")
     def resolve(fingerprint: str):
         require_admin(current_app.extensions["flowscope"].config, "resolving an error group")
+        check_text(fingerprint, "fingerprint", 64)
         try:
-            body = orjson.loads(request.get_data(cache=False) or b"null")
+            body = orjson.loads(read_body(MAX_RESOLVE_BODY) or b"null")
         except orjson.JSONDecodeError as e:
             raise HttpError(400, "malformed_json", f"body is not JSON: {e}") from None
         if not isinstance(body, dict):
@@ -96,6 +100,7 @@ def create_blueprint() -> Blueprint:
         wf = a.get("workflow")
         if not wf:
             raise HttpError(400, "invalid_query", "workflow is required", "workflow")
+        check_text(wf, "workflow")
         by = a.get("by", "failed")
         if by not in ("failed", "slow"):
             raise HttpError(400, "invalid_query", "by must be failed or slow", "by")

@@ -9,6 +9,7 @@ from exporter import conventions as c
 from exporter.http import HttpError
 
 from ..admin import require_admin
+from ..query import check_text, number_arg
 
 
 def create_blueprint(service) -> Blueprint:
@@ -19,11 +20,9 @@ def create_blueprint(service) -> Blueprint:
         direction = request.args.get("direction")
         if direction not in (None, "regression", "improvement"):
             raise HttpError(400, "invalid_query", "direction must be regression or improvement", "direction")
-        try:
-            limit = int(request.args.get("limit", 100))
-        except ValueError:
-            raise HttpError(400, "invalid_query", "limit must be a whole number", "limit") from None
-        rows = service.list(direction=direction, workflow=request.args.get("workflow"), limit=max(1, min(limit, 1000)))
+        limit = number_arg("limit", 100, 1, 1000)
+        workflow = check_text(request.args["workflow"], "workflow") if request.args.get("workflow") else None
+        rows = service.list(direction=direction, workflow=workflow, limit=limit)
         return Response(orjson.dumps({"regressions": rows, "last_run": service.last_run}), mimetype="application/json")
 
     @bp.post(c.REGRESSIONS_PATH + "/detect")

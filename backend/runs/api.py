@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 from urllib.parse import quote, urlencode
 
 from flask import Blueprint, Response, current_app, render_template, request
@@ -25,18 +24,14 @@ from exporter.http import HttpError
 
 from .. import flamegraph as fg
 from ..analysis.groups import status_of, suggestions
-from ..query import json_response, number_arg, parse_time, run_store
 from ..dashboards.common import LOKI_DS_UID
+from ..query import check_text, is_int, iso_ns, json_response, number_arg, parse_time, run_store
 from .replay import StepOutOfRange, critical_path, replay, span_tree, steps_of, summary
 
 RUN_STATUSES = (*c.STATUSES, "in_progress")
 LAYER_COLORS = {"frontend": "#8e6fd8", "api": "#3d85c6", "database": "#e69138", "cache": "#6aa84f",
                 "queue": "#c27ba0", "external": "#45818e", "worker": "#a61c00", "system": "#999999",
                 "other": "#b7b7b7"}
-
-
-def _iso(ns: int) -> str:
-    return datetime.utcfromtimestamp(ns / 1e9).isoformat(timespec="milliseconds") + "Z"
 
 
 def logs_url(cfg, run: dict) -> str:
@@ -53,7 +48,7 @@ def logs_url(cfg, run: dict) -> str:
 
 def load_run(run_id: str) -> dict:
     """The run with what every view needs: steps, tree, critical path. 404 if unknown."""
-    if not run_id or len(run_id) > 128:
+    if not run_id or len(run_id) > 128 or "\x00" in run_id:
         raise HttpError(400, "invalid_id", "a correlation_id or trace_id of 1..128 characters is expected", "id")
     got = run_store().get_run(run_id)
     if got is None:
@@ -69,7 +64,7 @@ def load_run(run_id: str) -> dict:
 def runjson_response(got: dict, cfg) -> dict:
     run = dict(got["run"])
     cid = run["correlation_id"]
-    run["start"], run["end"] = _iso(run["start_ns"]), _iso(run["end_ns"])
+    run["start"], run["end"] = iso_ns(run["start_ns"]), iso_ns(run["end_ns"])
     public = cfg.public_url.rstrip("/")
     # state snapshots stay out of the tree (up to state_max_bytes each): /replay serves them step by step
     light = [{**{k: v for k, v in s.items() if k != "state"}, "has_state": s["state"] is not None}
@@ -92,11 +87,12 @@ def _windows() -> tuple[tuple[int, int], tuple[int, int]]:
     now = time.time_ns()
     w = number_arg("window_s", 3600, 1, 90 * 86400, float)
     until = parse_time(request.args["until"], "until") if request.args.get("until") else now
-    since = parse_time(request.args["since"], "since") if request.args.get("since") else until - int(w * 1e9)
+    since = (parse_time(request.args["since"], "since") if request.args.get("since")
+             else max(0, until - int(w * 1e9)))
     b_until = (parse_time(request.args["baseline_until"], "baseline_until") if request.args.get("baseline_until")
                else since)
     b_since = (parse_time(request.args["baseline_since"], "baseline_since") if request.args.get("baseline_since")
-               else b_until - (until - since))
+               else max(0, b_until - (until - since)))
     for lo, hi, f in ((since, until, "since"), (b_since, b_until, "baseline_since")):
         if lo >= hi:
             raise HttpError(400, "invalid_query", f"{f} must be before its window's end", f)
@@ -119,12 +115,13 @@ def create_blueprint() -> Blueprint:
             raise HttpError(400, "invalid_query", f"status must be one of {', '.join(c.STATUSES)}", "status")
         since = parse_time(a["since"], "since") if a.get("since") else None
         until = parse_time(a["until"], "until") if a.get("until") else None
-        rows = run_store().list_runs(workflow=a.get("workflow") or None, status=status, since_ns=since, until_ns=until,
+        workflow = check_text(a["workflow"], "workflow") if a.get("workflow") else None
+        rows = run_store().list_runs(workflow=workflow, status=status, since_ns=since, until_ns=until,
                                   min_duration_ms=number_arg("min_duration_ms", None, 0, 1e12, float),
                                   limit=number_arg("limit", 100, 1, 1000), offset=number_arg("offset", 0, 0, 10**9))
         public = current_app.extensions["flowscope"].config.public_url.rstrip("/")
         for r in rows:
-            r["start"], r["end"] = _iso(r["start_ns"]), _iso(r["end_ns"])
+            r["start"], r["end"] = iso_ns(r["start_ns"]), iso_ns(r["end_ns"])
             r["page"] = f"{public}{c.RUN_PAGE_PATH}/{quote(r['correlation_id'])}"
         return json_response({"runs": rows, "count": len(rows)})
 
@@ -132,7 +129,7 @@ def create_blueprint() -> Blueprint:
     def replay_step(run_id: str):
         got = load_run(run_id)
         raw = request.args.get("step")
-        if raw is None or not raw.lstrip("-").isdigit():
+        if raw is None or not is_int(raw):  # ASCII digits: "²".isdigit() is True, int("²") fails
             raise HttpError(400, "invalid_query", "step must be a whole number (0-based step index)", "step")
         try:
             body = replay(got["steps"], int(raw))
@@ -152,6 +149,8 @@ def create_blueprint() -> Blueprint:
         a = request.args
         if not (a.get("workflow") or a.get("correlation_id")):
             raise HttpError(400, "invalid_query", "workflow or correlation_id is required", "workflow")
+        for k in ("workflow", "correlation_id"):
+            check_text(a.get(k, ""), k)
         since = parse_time(a["since"], "since") if a.get("since") else None
         until = parse_time(a["until"], "until") if a.get("until") else None
         stacks = run_store().profile_stacks(_workflow(a.get("workflow")), a.get("correlation_id") or None, since,
@@ -167,6 +166,7 @@ def create_blueprint() -> Blueprint:
         wf = request.args.get("workflow")
         if not wf:
             raise HttpError(400, "invalid_query", "workflow is required", "workflow")
+        check_text(wf, "workflow")
         (bs, bu), (s, u) = _windows()
         store = run_store()
         tree = fg.build_tree(store.profile_stacks(_workflow(wf), None, bs, bu),
@@ -174,7 +174,7 @@ def create_blueprint() -> Blueprint:
         if request.args.get("format") == "svg":
             return Response(fg.svg(tree, f"CPU profile diff: {wf}", diff=True), mimetype="image/svg+xml")
         frame = fg.dataframe(tree, diff=True, name=wf)
-        frame["schema"]["meta"]["custom"] = {"baseline": [_iso(bs), _iso(bu)], "recent": [_iso(s), _iso(u)]}
+        frame["schema"]["meta"]["custom"] = {"baseline": [iso_ns(bs), iso_ns(bu)], "recent": [iso_ns(s), iso_ns(u)]}
         return json_response(frame)
 
     @bp.get(c.RUN_PAGE_PATH + "/<path:run_id>/flamegraph.svg")
@@ -198,12 +198,11 @@ def create_blueprint() -> Blueprint:
         t0, total = run["start_ns"], max(run["end_ns"] - run["start_ns"], 1)
         rows = []
 
-        def flatten(nodes):
-            for n in nodes:
-                rows.append(n)
-                flatten(n["children"])
-
-        flatten(body["tree"])
+        work = list(reversed(body["tree"]))  # depth first, iteratively: trees are client-shaped
+        while work:
+            n = work.pop()
+            rows.append(n)
+            work.extend(reversed(n["children"]))
         step_index = {s["span_id"]: i for i, s in enumerate(got["steps"])}
         for r in rows:
             r["left_pct"] = 100 * (r["start_ns"] - t0) / total

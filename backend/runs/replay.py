@@ -11,6 +11,11 @@ Input is the run store's span dicts (``RunStore.get_run(...)["spans"]``), in sta
   backwards from the end as in Jaeger's critical-path view: from a span's end,
   take the child that finished last before the cursor, descend into it, move
   the cursor to that child's start, and repeat.
+- **Untrusted shape.** Spans come from clients, so every walk here is iterative (a 10,000-deep parent
+  chain is fine) and cycle-safe: a parent link that closes a cycle is cut at the cycle's earliest span
+  (by start, end, span_id), which becomes a root, so every span is still shown. The nested tree stops
+  nesting at ``MAX_TREE_NESTING`` (JSON encoders refuse deep documents): a span at that depth lists
+  all its descendants, depth first with their true ``depth``, as its children.
 
     steps = steps_of(spans)
     replay(steps, 3)   # {"step": 3, "state": {...}, "diff": [...], ...}
@@ -19,10 +24,13 @@ Input is the run store's span dicts (``RunStore.get_run(...)["spans"]``), in sta
 
 from __future__ import annotations
 
-from collections import defaultdict
+import heapq
 from typing import Any
 
 from ..errors import BackendError
+
+MAX_TREE_NESTING = 64  # levels of nested "children"; each costs two of a JSON encoder's ~255
+MAX_VALUE_DEPTH = 200  # state values nest at most this deep in a replay response
 
 
 class StepOutOfRange(BackendError):
@@ -37,12 +45,17 @@ def steps_of(spans: list[dict]) -> list[dict]:
 
 
 def _merge(dst: dict, src: dict) -> dict:
-    for k, v in src.items():
-        old = dst.get(k)
-        if isinstance(v, dict) and isinstance(old, dict):
-            dst[k] = _merge(dict(old), v)
-        else:
-            dst[k] = v
+    """Merge ``src`` into ``dst`` (in place), dicts key by key, anything else replaced; nested dicts are copied."""
+    work = [(dst, src)]
+    while work:
+        d, s = work.pop()
+        for k, v in s.items():
+            old = d.get(k)
+            if isinstance(v, dict) and isinstance(old, dict):
+                d[k] = copy = dict(old)
+                work.append((copy, v))
+            else:
+                d[k] = v
     return dst
 
 
@@ -57,21 +70,54 @@ def state_at(steps: list[dict], n: int) -> dict:
 
 
 def diff(before: Any, after: Any, path: str = "") -> list[dict]:
-    """Changes from ``before`` to ``after``: ``{path, op: added|removed|changed, before, after}``."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        out: list[dict] = []
-        for k in list(before) + [k for k in after if k not in before]:
-            p = f"{path}.{k}" if path else str(k)
-            if k not in after:
-                out.append({"path": p, "op": "removed", "before": before[k], "after": None})
-            elif k not in before:
-                out.append({"path": p, "op": "added", "before": None, "after": after[k]})
-            else:
-                out.extend(diff(before[k], after[k], p))
-        return out
-    if before == after:
-        return []
-    return [{"path": path, "op": "changed", "before": before, "after": after}]
+    """Changes from ``before`` to ``after``: ``{path, op: added|removed|changed, before, after}``, depth first."""
+    out: list[dict] = []
+    work: list[tuple] = [("compare", before, after, path)]  # a stack: tasks pushed in reverse order
+    while work:
+        task = work.pop()
+        if task[0] == "emit":
+            out.append(task[1])
+            continue
+        _, b, a, p = task
+        if isinstance(b, dict) and isinstance(a, dict):
+            tasks = []
+            for k in list(b) + [k for k in a if k not in b]:
+                q = f"{p}.{k}" if p else str(k)
+                if k not in a:
+                    tasks.append(("emit", {"path": q, "op": "removed", "before": b[k], "after": None}))
+                elif k not in b:
+                    tasks.append(("emit", {"path": q, "op": "added", "before": None, "after": a[k]}))
+                else:
+                    tasks.append(("compare", b[k], a[k], q))
+            work.extend(reversed(tasks))
+        elif b != a:
+            out.append({"path": p, "op": "changed", "before": b, "after": a})
+    return out
+
+
+def clip(value: Any, max_depth: int = MAX_VALUE_DEPTH) -> Any:
+    """``value`` with containers nested deeper than ``max_depth`` replaced by a marker string (a copy).
+
+    State snapshots are client data; a response nests them a few levels further, and JSON encoders
+    refuse documents deeper than about 255.
+    """
+    if not isinstance(value, (dict, list)):
+        return value
+    root: list = [None]
+    work = [(root, 0, value, 1)]
+    while work:
+        holder, key, v, depth = work.pop()
+        if isinstance(v, (dict, list)) and depth > max_depth:
+            holder[key] = f"… nested deeper than {max_depth} levels"
+        elif isinstance(v, dict):
+            holder[key] = copy = dict(v)
+            work.extend((copy, k, x, depth + 1) for k, x in v.items())
+        elif isinstance(v, list):
+            holder[key] = copy = list(v)
+            work.extend((copy, i, x, depth + 1) for i, x in enumerate(v))
+        else:
+            holder[key] = v
+    return root[0]
 
 
 def replay(steps: list[dict], n: int) -> dict:
@@ -81,8 +127,8 @@ def replay(steps: list[dict], n: int) -> dict:
     before = state_at(steps, n - 1)
     snap = steps[n].get("state")
     after = _merge(dict(before), snap) if isinstance(snap, dict) else before
-    return {"step": n, "total_steps": len(steps), "span": summary(steps[n]), "state": after,
-            "diff": diff(before, after)}
+    changes = [{**d, "before": clip(d["before"]), "after": clip(d["after"])} for d in diff(before, after)]
+    return {"step": n, "total_steps": len(steps), "span": summary(steps[n]), "state": clip(after), "diff": changes}
 
 
 def summary(s: dict) -> dict:
@@ -93,62 +139,105 @@ def summary(s: dict) -> dict:
     return out
 
 
-def _children(spans: list[dict]) -> tuple[list[dict], dict[str, list[dict]]]:
-    ids = {s["span_id"] for s in spans}
-    kids: dict[str, list[dict]] = defaultdict(list)
-    roots = []
-    for s in spans:
-        p = s.get("parent_span_id")
-        if p and p in ids and p != s["span_id"]:
-            kids[p].append(s)
-        else:
-            roots.append(s)
+def _order(s: dict):
+    return (s["start_ns"], s["end_ns"], s["span_id"])
+
+
+def _links(spans: list[dict]) -> tuple[list[int], list[list[int]]]:
+    """(roots, children) as indexes into ``spans``, both in (start, end, span_id) order.
+
+    A span is a root when its parent is missing, itself, or on a cycle through it: each cycle is cut
+    once, at its earliest span. A duplicated span_id is a parent by its first occurrence only.
+    """
+    first: dict[str, int] = {}
+    for i, s in enumerate(spans):
+        first.setdefault(s["span_id"], i)
+    parent: list[int | None] = []
+    for i, s in enumerate(spans):
+        p = first.get(s.get("parent_span_id") or "")
+        parent.append(p if p is not None and p != i else None)
+    order = sorted(range(len(spans)), key=lambda i: _order(spans[i]))
+    state = [0] * len(spans)  # 0 unseen, 1 on the chain being followed, 2 settled
+    for i in order:
+        chain, cur = [], i
+        while cur is not None and state[cur] == 0:
+            state[cur] = 1
+            chain.append(cur)
+            cur = parent[cur]
+        if cur is not None and state[cur] == 1:  # the chain came back to itself
+            cycle = chain[chain.index(cur):]
+            parent[min(cycle, key=lambda j: _order(spans[j]))] = None
+        for j in chain:
+            state[j] = 2
+    roots: list[int] = []
+    kids: list[list[int]] = [[] for _ in spans]
+    for i in order:
+        (roots if parent[i] is None else kids[parent[i]]).append(i)
     return roots, kids
 
 
 def span_tree(spans: list[dict]) -> list[dict]:
-    """Nested ``{**span, "children": [...]}`` from parent links; spans whose parent is missing are roots."""
-    roots, kids = _children(spans)
+    """Nested ``{**span, "depth": d, "children": [...]}`` from parent links; spans whose parent is missing are roots.
 
-    def node(s: dict, depth: int) -> dict:
-        return {**s, "depth": depth, "children": [node(k, depth + 1) for k in
-                                                  sorted(kids.get(s["span_id"], ()), key=_order)]}
-
-    return [node(r, 0) for r in sorted(roots, key=_order)]
-
-
-def _order(s: dict):
-    return (s["start_ns"], s["end_ns"], s["span_id"])
+    A node at depth ``MAX_TREE_NESTING`` lists all its descendants, depth first with their true
+    ``depth`` (and ``parent_span_id``), as its ``children``; theirs are empty.
+    """
+    roots, kids = _links(spans)
+    out: list[dict] = []
+    work = [(i, 0, out) for i in reversed(roots)]
+    while work:
+        i, depth, siblings = work.pop()
+        node = {**spans[i], "depth": depth, "children": []}
+        siblings.append(node)
+        below = siblings if depth > MAX_TREE_NESTING else node["children"]
+        work.extend((k, depth + 1, below) for k in reversed(kids[i]))
+    return out
 
 
 def critical_path(spans: list[dict]) -> list[str]:
     """Span IDs on the critical path, in time order. Several roots hang under one virtual root."""
     if not spans:
         return []
-    roots, kids = _children(spans)
-    path: list[str] = []
-
-    def walk(span_id: str | None, end: int, children: list[dict]) -> None:
-        if span_id is not None:
-            path.append(span_id)
-        cursor = end
-        pending = sorted(children, key=lambda k: (k["end_ns"], k["start_ns"]), reverse=True)
-        while pending:
-            # the child that was still running latest before the cursor
-            nxt = next((k for k in pending if k["start_ns"] < cursor), None)
-            if nxt is None:
-                break
-            child_end = min(nxt["end_ns"], cursor)
-            walk(nxt["span_id"], child_end, kids.get(nxt["span_id"], []))
-            cursor = nxt["start_ns"]
-            pending = [k for k in pending if k is not nxt and k["start_ns"] < cursor]
-            pending.sort(key=lambda k: (min(k["end_ns"], cursor), k["start_ns"]), reverse=True)
-
+    roots, kids = _links(spans)
+    on_path: list[int] = []
     if len(roots) == 1:
-        r = roots[0]
-        walk(r["span_id"], r["end_ns"], kids.get(r["span_id"], []))
+        work = [(roots[0], spans[roots[0]]["end_ns"], kids[roots[0]])]
     else:
-        walk(None, max(s["end_ns"] for s in roots), roots)
-    by_id = {s["span_id"]: s for s in spans}
+        work = [(None, max(spans[r]["end_ns"] for r in roots), roots)]
+    while work:
+        i, end, children = work.pop()
+        if i is not None:
+            on_path.append(i)
+        for k, child_end in _blockers(spans, children, end):
+            work.append((k, child_end, kids[k]))
     # time order; a parent before a child that starts with it
-    return sorted(path, key=lambda i: (by_id[i]["start_ns"], -by_id[i]["end_ns"], i))
+    return [spans[i]["span_id"] for i in sorted(on_path, key=lambda i: (spans[i]["start_ns"], -spans[i]["end_ns"],
+                                                                        spans[i]["span_id"]))]
+
+
+def _blockers(spans: list[dict], children: list[int], end: int) -> list[tuple[int, int]]:
+    """The children on the critical path of a span ending at ``end``, each with its end clamped to the cursor.
+
+    Going back from ``end``: the child still running latest before the cursor, i.e. the greatest
+    ``(min(child end, cursor), child start)``; the cursor moves to its start. O(n log n): the children
+    ending at or after the cursor all tie on ``cursor``, so among them a heap picks the latest start.
+    """
+    by_end = sorted(children, key=lambda k: (spans[k]["end_ns"], spans[k]["start_ns"]), reverse=True)
+    out: list[tuple[int, int]] = []
+    cursor, at, running = end, 0, []  # running: (-start, position) of children ending at or after the cursor
+    while True:
+        while at < len(by_end) and spans[by_end[at]]["end_ns"] >= cursor:
+            heapq.heappush(running, (-spans[by_end[at]]["start_ns"], at))
+            at += 1
+        while running and -running[0][0] >= cursor:  # starts at or after the cursor: never eligible again
+            heapq.heappop(running)
+        if running:
+            nxt = by_end[heapq.heappop(running)[1]]
+        else:
+            while at < len(by_end) and spans[by_end[at]]["start_ns"] >= cursor:
+                at += 1
+            if at == len(by_end):
+                return out
+            nxt, at = by_end[at], at + 1
+        out.append((nxt, min(spans[nxt]["end_ns"], cursor)))
+        cursor = spans[nxt]["start_ns"]

@@ -40,6 +40,8 @@ ZERO_TRACE, ZERO_SPAN = bytes(16), bytes(8)
 ZERO_TRACE_HEX, ZERO_SPAN_HEX = "0" * 32, "0" * 16
 _TRACE_ID = re.compile(r"[0-9a-f]{32}").fullmatch
 _SPAN_ID = re.compile(r"[0-9a-f]{16}").fullmatch
+#: An OTLP/JSON int64 given as text: ASCII digits only (``"²".isdigit()`` is True).
+_INT64_TEXT = re.compile(r"-?[0-9]{1,19}").fullmatch
 
 
 #: The only attribute keys the metric mapping reads; the rest are decoded lazily.
@@ -338,7 +340,7 @@ def _jv(v: _AnyValue | None) -> Any:
         x = v.int_value
         if type(x) is int:
             return x
-        return int(x) if 0 < len(x) <= 20 and x.lstrip("-").isascii() and x.lstrip("-").isdigit() else None
+        return int(x) if _INT64_TEXT(x) else None
     if v.bool_value is not None:
         return v.bool_value
     if v.double_value is not None:
@@ -378,8 +380,7 @@ def _json_value(v: Any, depth: int = 0) -> Any:
         x = v["intValue"]
         if type(x) is int:
             return x
-        return int(x) if type(x) is str and 0 < len(x) <= 20 and x.lstrip("-").isascii() \
-            and x.lstrip("-").isdigit() else None
+        return int(x) if type(x) is str and _INT64_TEXT(x) else None
     if "boolValue" in v:
         return bool(v["boolValue"])
     if "doubleValue" in v:
