@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from flask import Response, current_app, request
 
-from exporter.http import HttpError, _read_body
+from exporter.http import HttpError, read_body  # noqa: F401 - re-exported: the capped, gzip-aware reader ingest uses
 from exporter.runstore import RunStore
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -114,13 +114,6 @@ def check_text(value: str, field: str, max_len: int = 1000) -> str:
         raise HttpError(400, "invalid_query", f"{field} must be at most {max_len} characters, without NUL", field)
     return value
 
-
-def read_body(limit: int) -> bytes:
-    """The request body, at most ``limit`` bytes (gunzipped if sent so): 413 with the JSON error shape over it.
-
-    The same reader ingest uses, so an admin or webhook endpoint never buffers more than it will accept.
-    """
-    return _read_body(limit)
 
 
 def run_store() -> RunStore:

@@ -58,7 +58,7 @@ def _check_auth(ex: Exporter) -> None:
                         headers={"WWW-Authenticate": 'Bearer realm="flowscope"'})
 
 
-def _read_body(limit: int) -> bytes:
+def read_body(limit: int) -> bytes:
     """The request body, gunzipped if needed, refusing anything over ``limit`` bytes."""
     length = request.content_length
     if length is not None and length > limit:
@@ -129,7 +129,7 @@ def create_blueprint() -> Blueprint:
         mt = _media_type()
         if mt in PROTOBUF_TYPES:
             fmt = c.FORMAT_OTLP_PROTOBUF
-            result = _accept(ex, fmt, lambda: otlp.decode_protobuf(_read_body(ex.config.max_body_bytes)))
+            result = _accept(ex, fmt, lambda: otlp.decode_protobuf(read_body(ex.config.max_body_bytes)))
             resp = ExportTraceServiceResponse()
             if result.rejected:
                 resp.partial_success.rejected_spans = len(result.rejected)
@@ -137,7 +137,7 @@ def create_blueprint() -> Blueprint:
             return Response(resp.SerializeToString(), status=200, mimetype="application/x-protobuf")
         if mt == "application/json":
             fmt = c.FORMAT_OTLP_JSON
-            result = _accept(ex, fmt, lambda: otlp.decode_json(_read_body(ex.config.max_body_bytes)))
+            result = _accept(ex, fmt, lambda: otlp.decode_json(read_body(ex.config.max_body_bytes)))
             body = {}
             if result.rejected:
                 body = {"partialSuccess": {"rejectedSpans": len(result.rejected), "errorMessage": result.summary()}}
@@ -154,7 +154,7 @@ def create_blueprint() -> Blueprint:
             ex.pipeline.reject_request(c.FORMAT_NATIVE, "unsupported_media_type")
             raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json",
                             field="Content-Type")
-        result = _accept(ex, c.FORMAT_NATIVE, lambda: native.decode(_json(_read_body(ex.config.max_body_bytes))))
+        result = _accept(ex, c.FORMAT_NATIVE, lambda: native.decode(_json(read_body(ex.config.max_body_bytes))))
         body = {"accepted": len(result.spans) + len(result.errors), "rejected": len(result.rejected),
                 "errors": [{"index": r.index, "reason": r.reason, "message": r.detail} for r in result.rejected[:20]]}
         status = 200
@@ -186,7 +186,7 @@ def create_blueprint() -> Blueprint:
         fmt = args.get("format") or ("pstats" if _media_type() == "application/octet-stream" else "folded")
         if fmt not in ("folded", "pstats"):
             raise HttpError(400, "invalid_value", f"format must be folded or pstats, got {fmt[:40]!r}", "format")
-        body = _read_body(ex.config.max_body_bytes)
+        body = read_body(ex.config.max_body_bytes)
         try:
             if fmt == "folded":
                 try:
