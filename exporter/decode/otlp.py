@@ -24,7 +24,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from .. import conventions as c
 from ..errors import DecodeError
 from ..model import LAYERS, Span
-from ..validate import MAX_DEPTH, MAX_ID_CHARS, TOO_DEEP, Invalid, check_interval, clean_label, clean_text, clean_value
+from ..validate import (MAX_DEPTH, MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_TIME_NS, TOO_DEEP, Invalid, check_interval,
+                        clean_label, clean_text, clean_value)
 from . import DecodeResult
 
 #: The one attribute a span keeps when its attributes could not be read at all.
@@ -110,6 +111,8 @@ _CID1, _CID2 = c.ATTR_CORRELATION_ID
 
 
 def _label(v: Any, field: str, result: DecodeResult) -> str:
+    if type(v) is str and len(v) <= MAX_LABEL_CHARS and v.isascii() and "\x00" not in v:
+        return v  # the common case, without a call
     try:
         out, cut = clean_label(v)
     except Invalid as e:
@@ -128,7 +131,8 @@ def _span(trace_id: str, span_id: str, parent: str, name: str, kind: int, start:
     any ``http.*``/``url.*``/``rpc.*`` key was present. Every name that becomes
     a label passes the boundary check (:mod:`exporter.validate`) here.
     """
-    check_interval(start, end)
+    if not (type(start) is int and type(end) is int and 0 < start <= end <= MAX_TIME_NS):
+        check_interval(start, end)  # raises, naming the times
     if code == 0 and "flowscope.status" not in attrs:
         status = etype = emsg = None
         status = "ok"
