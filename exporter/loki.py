@@ -47,6 +47,10 @@ log = logging.getLogger("flowscope.loki")
 
 #: :meth:`LokiPusher._push`'s answer when the pusher is stopping mid-retry
 _STOPPED = object()
+#: Splits one batch may take to isolate the lines Loki refuses: enough to find a few bad lines in a
+#: 1,000-line batch (about 2·log2(1000) requests each), few enough that a Loki refusing a whole batch
+#: (every line too old after an outage) costs tens of requests, not 2N-1.
+MAX_SPLITS = 64
 _DIGITS = re.compile(r"\d+")
 
 LEVELS = {"ok": c.LEVEL_INFO, "cancelled": c.LEVEL_WARN, "error": c.LEVEL_ERROR, "timeout": c.LEVEL_ERROR}
@@ -317,7 +321,11 @@ class LokiPusher:
         """
         started = time.monotonic()  # one retry deadline for the whole batch, however it is split
         pending = [batch] if batch else []  # chunks still to send, the next one last
+        splits = 0
         while pending:
+            if self._stop_now.is_set():  # closing: what is left of the batch is counted, not sent
+                self._count(self.dropped, ("shutdown",), sum(len(ch) for ch in pending))
+                return
             chunk = pending.pop()
             try:
                 body, headers = encode(chunk, self.config.encoding)
@@ -331,11 +339,12 @@ class LokiPusher:
                     return
             if refused is None:
                 continue
-            if len(chunk) > 1:
+            if len(chunk) > 1 and splits < MAX_SPLITS:
+                splits += 1
                 mid = len(chunk) // 2
                 pending += (chunk[mid:], chunk[:mid])
-            else:
-                self._poison(refused)
+            else:  # one line, or past the split budget (Loki refusing nearly everything): drop it whole
+                self._poison(refused, len(chunk))
 
     def _push(self, batch: list[Entry], body: bytes, headers: dict[str, str], started: float) -> str | object | None:
         """Push one encoded chunk, retrying per the policy. None when it was sent or given up on (counted);
@@ -428,9 +437,9 @@ class LokiPusher:
             return False
         return r.status_code == 200
 
-    def _poison(self, why: str) -> None:
-        """Drop one line Loki will not take; log each kind of refusal once (then at 10, 100, ...)."""
-        self._count(self.dropped, ("poison",))
+    def _poison(self, why: str, n_lines: int = 1) -> None:
+        """Drop lines Loki will not take; log each kind of refusal once (then at 10, 100, ...)."""
+        self._count(self.dropped, ("poison",), n_lines)
         # Loki's messages carry timestamps and sizes: without digits, one kind of refusal is one key
         kind = _DIGITS.sub("N", why)[:80]
         seen = self._poison_seen

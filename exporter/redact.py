@@ -135,6 +135,17 @@ def _hints(fragments: tuple[str, ...]) -> list[str]:
     return sorted(h for h in hints if not any(o != h and o in h for o in hints))
 
 
+#: A bind placeholder, not a value: ``?``, ``$1``, ``%s``, ``%(name)s`` (the forms drivers receive), so SQL in span
+#: names and messages (``UPDATE users SET password = $1``) keeps its shape. ``:name`` and ``@name`` are left out
+#: on purpose: a password may well start with ``@``.
+_PLACEHOLDER = re.compile(r"""["']?(?:\?|\$\d+|%s|%\(\w+\)s)["']?""").fullmatch
+
+
+def _redact_pair(m: re.Match) -> str:
+    value = m.group(2)
+    return m.group(0) if _PLACEHOLDER(value) else m.group(1) + c.REDACTED
+
+
 class Redactor:
     """Scrubs secrets out of values, free text and names; one per exporter, shared by every sink."""
 
@@ -216,7 +227,7 @@ class Redactor:
             low = s.lower()
             for h in self._hints:
                 if h in low:
-                    out = self._pair.sub(lambda m: m.group(1) + c.REDACTED, out)
+                    out = self._pair.sub(_redact_pair, out)
                     out = self._scheme.sub(lambda m: m.group(1) + " " + c.REDACTED, out)
                     break
             if "://" in out and "@" in out:

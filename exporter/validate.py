@@ -63,19 +63,16 @@ class Invalid(Exception):
 
 def clean_str(s: str, limit: int) -> tuple[str, bool]:
     """``s`` cut to ``limit`` characters, with NUL and lone surrogates replaced: (text, was_cut)."""
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates (JSON "\ud800"): not encodable, so not storable
+            s = s.encode("utf-8", "surrogatepass").decode("utf-8", "replace")  # before the cut: it lengthens
+    if "\x00" in s:
+        s = s.replace("\x00", "\ufffd")
     cut = len(s) > limit
     if cut:
         s = s[:limit - 1] + _ELLIPSIS
-    if s.isascii():
-        if "\x00" in s:
-            s = s.replace("\x00", "\ufffd")
-        return s, cut
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates (JSON "\ud800"): not encodable, so not storable
-        s = s.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    if "\x00" in s:
-        s = s.replace("\x00", "\ufffd")
     return s, cut
 
 

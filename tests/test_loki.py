@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from exporter import conventions as c
-from exporter.loki import LokiConfig, LokiPusher, parse_retry_after, span_entry
+from exporter.loki import MAX_SPLITS, LokiConfig, LokiPusher, parse_retry_after, span_entry
 from exporter.metrics import MetricStore
 from exporter.model import Span
 from exporter.retry import RetryPolicy
@@ -187,6 +187,21 @@ def test_lines_loki_refuses_with_400_cost_only_themselves_and_are_logged_once(ca
         assert store.value(c.LOKI_LINES_DROPPED_TOTAL, {"reason": "rejected"}) is None
         logged = [r.getMessage() for r in caplog.records if "cannot take" in r.getMessage()]
         assert len(logged) == 1 and "line too long" in logged[0]  # Loki's reason, once for the three lines
+    finally:
+        loki.stop()
+
+
+def test_a_batch_loki_refuses_whole_costs_tens_of_requests_not_one_per_line():
+    """Every line too old after an outage: the pusher gives up splitting after its budget, drops the batch as
+    poison (counted), and does not post 2N-1 times."""
+    loki = FakeLoki(refuse=lambda line: "entry too far behind")
+    try:
+        store = MetricStore()
+        p = _pusher(loki.url, store, batch_lines=1000, batch_wait_s=30)
+        p.enqueue_many([_span(i) for i in range(1000)])
+        p.close()
+        assert store.value(c.LOKI_LINES_DROPPED_TOTAL, {"reason": "poison"}) == 1000
+        assert len(loki.attempts) <= 2 * MAX_SPLITS + 1
     finally:
         loki.stop()
 

@@ -293,3 +293,17 @@ def test_the_in_process_sdk_passes_the_same_boundary(make_exporter):
     fams = _scrape(_client(ex))
     ops = {s.labels["operation"] for s in fams[c.STEP_DURATION_SECONDS].samples if "operation" in s.labels}
     assert max(len(o) for o in ops) == 200
+
+
+def test_a_refused_span_moves_no_cut_counter_either(make_exporter):
+    """A 300-character correlation_id is cut to the label cap, then refused as longer than an id may be:
+    the request changes nothing, the cut counter included."""
+    ex = make_exporter()
+    client = _client(ex)
+    _, body, ctype = _otlp_json({"attributes": [
+        {"key": "flowscope.correlation_id", "value": {"stringValue": "c" * 300}}]})
+    r = _post(client, c.OTLP_TRACES_PATH, body, ctype)
+    assert r.status_code == 200 and r.json["partialSuccess"]["rejectedSpans"] == 1
+    fams = _scrape(client)
+    cut = [s for s in fams[c.VALUES_TRUNCATED_TOTAL.removesuffix("_total")].samples if s.name.endswith("_total")]
+    assert cut == []

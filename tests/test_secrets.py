@@ -284,3 +284,13 @@ def test_flowscope_config_masks_url_passwords(monkeypatch, capsys):
     cfg = orjson.loads(printed)
     assert cfg["database_url"] == "postgresql://app:****@db/flowscope"
     assert cfg["loki_url"] == "https://tenant:****@loki.example"
+
+
+@pytest.mark.parametrize("sql", ["UPDATE users SET password = $1 WHERE id = $2",
+                                 "SELECT id FROM sessions WHERE session_id = %s",
+                                 "UPDATE t SET token = %(token)s", "UPDATE t SET api_key = ?"])
+def test_bind_placeholders_are_not_secrets_so_sql_keeps_its_shape(sql):
+    r = Redactor()
+    assert r.name(sql) == sql and r.text(sql) == sql
+    assert r.text(sql.replace("$1", "hunter2").replace("%s", "hunter2").replace("%(token)s", "hunter2")
+                  .replace("?", "hunter2")).count("hunter2") == 0

@@ -217,11 +217,10 @@ def _error(rec: dict, result: DecodeResult) -> ErrorRecord:
     message = clean_text(message)
     etype = _name(rec, "error_type")
     t = _time_ns(rec, "time")
+    # an error record's ids only link it to a trace: one that is not a W3C id is left out, not the record
     tid, sid = _name(rec, "trace_id", required=False), _name(rec, "span_id", required=False)
-    if tid is not None and not _TRACE_RE.match(tid):
-        raise _Bad("invalid_trace_id", "trace_id must be 32 lowercase hex digits")
-    if sid is not None and not _SPAN_RE.match(sid):
-        raise _Bad("invalid_span_id", "span_id must be 16 lowercase hex digits")
+    tid = tid.lower() if tid is not None and _TRACE_RE.match(tid.lower()) else None
+    sid = sid.lower() if sid is not None and _SPAN_RE.match(sid.lower()) else None
     return ErrorRecord(error_type=etype, message=message, layer=layer, component=_name(rec, "component"),
                        workflow=_name(rec, "workflow_type", required=False) or c.UNKNOWN_WORKFLOW,
                        correlation_id=_cid(rec, required=False), trace_id=tid, span_id=sid,
@@ -257,11 +256,13 @@ def decode(doc: Any) -> DecodeResult:
                                       ("workflow", workflows, _workflow, result.spans.append),
                                       ("error", errors, _error, result.errors.append)):
         for i, rec in enumerate(records):
+            cuts = result.truncated
             try:
                 if not isinstance(rec, dict):
                     raise _Bad("malformed_span", f"a {kind} must be an object")
                 keep(make(rec, result))
             except _Bad as b:
+                result.truncated = cuts  # a refused record's cuts are not counted: it changes nothing
                 result.reject(offset + i, b.reason, f"{kind}s[{i}]: {b.detail}")
         offset += len(records)
     return result

@@ -233,6 +233,7 @@ def decode_protobuf(body: bytes) -> DecodeResult:
         for ss in rs.scope_spans:
             for sp in ss.spans:
                 tid, sid, parent = sp.trace_id, sp.span_id, sp.parent_span_id
+                cuts = result.truncated
                 try:
                     if len(tid) != 16 or tid == ZERO_TRACE:
                         raise Invalid("invalid_trace_id", f"traceId must be 16 non-zero bytes, got {tid.hex()!r}")
@@ -255,6 +256,7 @@ def decode_protobuf(body: bytes) -> DecodeResult:
                               sp.end_time_unix_nano, wanted, resource, service, st.code, st.message, exc, web,
                               result)
                 except Invalid as e:
+                    result.truncated = cuts  # a refused span's cuts are not counted: it changes nothing
                     result.reject(index, e.reason, e.detail)
                 else:
                     s.defer_attributes(lazy, raw)
@@ -463,6 +465,7 @@ def decode_json(body: bytes) -> DecodeResult:
         service = _service(resource, result)
         for ss in rs.scope_spans or ():
             for sp in ss.spans or ():
+                cuts = result.truncated
                 try:
                     st = sp.status
                     code = st.code if st is not None else 0
@@ -495,6 +498,7 @@ def decode_json(body: bytes) -> DecodeResult:
                               _int(sp.end_time_unix_nano), wanted, resource, service, code or 0,
                               (st.message or "") if st is not None else "", exc, web, result)
                 except Invalid as e:
+                    result.truncated = cuts  # a refused span's cuts are not counted: it changes nothing
                     result.reject(index, e.reason, e.detail)
                 else:
                     s.defer_attributes(lazy, raw)
