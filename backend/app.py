@@ -27,9 +27,10 @@ from .regression.api import create_blueprint as regressions_blueprint
 from .regression.service import RegressionService, grafana_annotator
 from .regression.sources import PrometheusSource, load_queries
 from .runs.api import create_blueprint as runs_blueprint
+from .runs.pages import create_blueprint as pages_blueprint
 from .store import AlertStore
 
-BACKEND_BLUEPRINTS = ("alerts", "provision", "runs", "errors", "regressions")
+BACKEND_BLUEPRINTS = ("alerts", "provision", "runs", "errors", "regressions", "pages")
 
 
 def _regression_service(ex: Exporter, store: AlertStore) -> RegressionService:
@@ -55,6 +56,7 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     app.register_blueprint(alerts_blueprint(store))
     app.register_blueprint(provision_blueprint())
     app.register_blueprint(runs_blueprint())
+    app.register_blueprint(pages_blueprint())
     app.register_blueprint(errors_blueprint())
     regressions = _regression_service(ex, store)
     app.extensions["flowscope_regressions"] = regressions

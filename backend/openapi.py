@@ -158,6 +158,22 @@ def openapi_document() -> dict:
                 "responses": {"200": _resp("State and diff", {"type": "object"}),
                               "400": _resp("Step out of range (`error.valid_range`) or not a number", _ERROR),
                               "404": _resp("Unknown run", _ERROR)}}},
+            "/": {"get": {
+                "summary": "The overview page: workflows with rate, error ratio and p50/p95; failed, slowest runs; "
+                           "open error groups.",
+                "parameters": [_q("window", {"type": "string", "enum": ["15m", "1h", "6h", "24h", "7d", "all"]})],
+                "responses": {"200": _resp("HTML", {"type": "string"}, "text/html"),
+                              "400": _resp("A bad window (an HTML page naming it)", {"type": "string"}, "text/html")}}},
+            c.RUN_PAGE_PATH: {"get": {
+                "summary": "The runs list page: filters, 50 runs a page, newest first, each linking to its run page.",
+                "parameters": [_q("workflow"), _q("status", {"type": "string", "enum": [*c.STATUSES, "failed"]}),
+                               _q("window", {"type": "string", "enum": ["15m", "1h", "6h", "24h", "7d", "all"]}),
+                               _q("min_duration_ms", {"type": "number", "minimum": 0}), _q("q"),
+                               _q("attr", {"type": "string", "example": "http.route=/checkout"}),
+                               _q("page", {"type": "integer", "minimum": 1})],
+                "responses": {"200": _resp("HTML", {"type": "string"}, "text/html"),
+                              "400": _resp("A bad filter (an HTML page naming it)", {"type": "string"},
+                                           "text/html")}}},
             c.RUN_PAGE_PATH + "/{run_id}": {"get": {
                 "summary": "The run page: waterfall by layer, critical path, errors, step-by-step replay.",
                 "parameters": [_RUN_ID],

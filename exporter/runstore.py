@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, and_,
-                        delete, func, select, update)
+                        delete, func, or_, select, update)
 from sqlalchemy import exc as sa_exc
 
 from . import conventions as c
@@ -159,6 +159,11 @@ def _insert_ignore_sql(dialect, table: str, columns: tuple[str, ...]) -> str | N
 
 #: Attribute keys that identify a person: stored hashed, never raw.
 USER_KEYS = frozenset(("enduser.id", "user", "user.id", "user_id", "username", "user.name", "user.email", "email"))
+
+
+def _like_escape(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern (escape character ``\\``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _d(row) -> dict:
@@ -394,21 +399,58 @@ class RunStore:
 
     def list_runs(self, workflow: str | None = None, status: str | None = None, since_ns: int | None = None,
                   until_ns: int | None = None, min_duration_ms: float | None = None, limit: int = 100,
-                  offset: int = 0) -> list[dict]:
+                  offset: int = 0, error_text: str | None = None, attribute: tuple[str, str] | None = None,
+                  slowest_first: bool = False) -> list[dict]:
+        """Finished runs, newest (or slowest) first; ``status`` is one status or several. ``error_text`` matches the run's error type or message (case-insensitive
+        substring); ``attribute`` = (key, value) keeps runs with a span whose attribute ``key`` is ``value``."""
         q = select(runs)
+        if error_text:
+            pattern = "%" + _like_escape(error_text) + "%"
+            q = q.where(runs.c.error_message.ilike(pattern, escape="\\") |
+                        runs.c.error_type.ilike(pattern, escape="\\"))
+        if attribute is not None:
+            # attributes are stored as orjson text: "key":"value" for a string, "key":5, or "key":5} for a number
+            key, value = (_like_escape(_json(x)) for x in attribute)
+            number = _like_escape(attribute[1])
+            match = or_(*(spans.c.attributes.like(f"%{key}:{v}%", escape="\\")
+                          for v in (value, number + ",", number + "}")))
+            has = select(spans.c.correlation_id).where(spans.c.correlation_id == runs.c.correlation_id, match).exists()
+            q = q.where(has)
         if workflow:
             q = q.where(runs.c.workflow == workflow)
         if status:
-            q = q.where(runs.c.status == status)
+            q = q.where(runs.c.status.in_((status,) if isinstance(status, str) else tuple(status)))
         if since_ns is not None:
             q = q.where(runs.c.start_ns >= since_ns)
         if until_ns is not None:
             q = q.where(runs.c.start_ns <= until_ns)
         if min_duration_ms is not None:
             q = q.where(runs.c.duration_ms >= min_duration_ms)
-        q = q.order_by(runs.c.start_ns.desc(), runs.c.correlation_id).limit(limit).offset(offset)
+        order = (runs.c.duration_ms.desc(),) if slowest_first else (runs.c.start_ns.desc(),)
+        q = q.order_by(*order, runs.c.correlation_id).limit(limit).offset(offset)
         with self.engine.connect() as conn:
             return [_d(r) for r in conn.execute(q).mappings()]
+
+    def workflow_summary(self, since_ns: int, max_runs: int = 200_000) -> list[dict]:
+        """Per workflow, the runs that started since ``since_ns``: count, failed, error ratio, p50 and p95
+        duration (ms, nearest rank), newest first by traffic. Reads at most ``max_runs`` runs (newest)."""
+        q = (select(runs.c.workflow, runs.c.status, runs.c.duration_ms).where(runs.c.start_ns >= since_ns)
+             .order_by(runs.c.start_ns.desc()).limit(max_runs))
+        per: dict[str, list] = {}
+        with self.engine.connect() as conn:
+            for wf, status, dur in conn.execute(q):
+                g = per.setdefault(wf, [0, []])
+                g[0] += status in c.FAILED_STATUSES
+                g[1].append(dur)
+        out = []
+        for wf, (failed, durs) in per.items():
+            durs.sort()
+            n = len(durs)
+            out.append({"workflow": wf, "runs": n, "failed": failed, "error_ratio": failed / n,
+                        "p50_ms": durs[max(0, math.ceil(0.5 * n) - 1)],
+                        "p95_ms": durs[max(0, math.ceil(0.95 * n) - 1)]})
+        out.sort(key=lambda r: (-r["runs"], r["workflow"]))
+        return out
 
     def get_run(self, correlation_id: str) -> dict | None:
         """The run with all its spans (start order), errors and profile count; None if unknown.

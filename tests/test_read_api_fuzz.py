@@ -27,7 +27,9 @@ from exporter.profiles import Profile
 from exporter.runtime import build
 
 ROUTES = [(path, op) for path, item in openapi_document()["paths"].items() for method, op in item.items()
-          if method == "get" and path.startswith(("/api/v1/", c.RUN_PAGE_PATH + "/"))]
+          if method == "get" and (path.startswith(("/api/v1/", c.RUN_PAGE_PATH)) or path == "/")]
+#: Pages answer a bad filter with a page naming it (400, HTML), as documented.
+HTML_PAGES = ("/", c.RUN_PAGE_PATH)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +93,9 @@ def _check(r, path: str) -> None:
     if r.status_code >= 400:
         if path.startswith(c.RUN_PAGE_PATH + "/{run_id}") and r.status_code == 404 and r.mimetype == "text/html":
             return  # the run page's "not found" is a page, as documented
+        if path in HTML_PAGES and r.status_code == 400 and r.mimetype == "text/html":
+            assert b'id="filter-error"' in r.data, (path, r.data[:300])
+            return
         assert r.mimetype == "application/json", (path, r.status_code, r.data[:300])
         err = orjson.loads(r.data)["error"]
         assert isinstance(err["code"], str) and isinstance(err["message"], str), err
@@ -120,4 +125,4 @@ def test_every_documented_read_route_is_fuzzed():
     paths = {p for p, _ in ROUTES}
     assert {c.RUNS_PATH, c.RUNS_PATH + "/{run_id}/replay", c.FLAMEGRAPH_PATH + "/diff", c.ALERTS_PATH,
             c.ERRORS_PATH + "/{fingerprint}", c.ATTRIBUTION_PATH, c.REGRESSIONS_PATH,
-            c.RUN_PAGE_PATH + "/{run_id}", c.RUN_PAGE_PATH + "/{run_id}/flamegraph.svg"} <= paths
+            c.RUN_PAGE_PATH + "/{run_id}", c.RUN_PAGE_PATH + "/{run_id}/flamegraph.svg", "/", c.RUN_PAGE_PATH} <= paths
