@@ -174,6 +174,12 @@ def openapi_document() -> dict:
                 "responses": {"200": _resp("HTML", {"type": "string"}, "text/html"),
                               "400": _resp("A bad filter (an HTML page naming it)", {"type": "string"},
                                            "text/html")}}},
+            "/errors/{fingerprint}": {"get": {
+                "summary": "An error group's page: template, 24-hour trend, runs it hit, what failing runs share, "
+                           "what fixed it before.",
+                "parameters": [_FP],
+                "responses": {"200": _resp("HTML", {"type": "string"}, "text/html"),
+                              "404": _resp("Unknown group (an HTML page)", {"type": "string"}, "text/html")}}},
             c.RUN_PAGE_PATH + "/{run_id}": {"get": {
                 "summary": "The run page: waterfall by layer, critical path, errors, step-by-step replay.",
                 "parameters": [_RUN_ID],

@@ -431,6 +431,14 @@ class RunStore:
         with self.engine.connect() as conn:
             return [_d(r) for r in conn.execute(q).mappings()]
 
+    def runs_by_id(self, correlation_ids: list[str]) -> list[dict]:
+        """The finished runs among ``correlation_ids`` (at most a few hundred: one IN list)."""
+        if not correlation_ids:
+            return []
+        with self.engine.connect() as conn:
+            return [_d(r) for r in conn.execute(select(runs).where(runs.c.correlation_id.in_(correlation_ids)))
+                    .mappings()]
+
     def workflow_summary(self, since_ns: int, max_runs: int = 200_000) -> list[dict]:
         """Per workflow, the runs that started since ``since_ns``: count, failed, error ratio, p50 and p95
         duration (ms, nearest rank), newest first by traffic. Reads at most ``max_runs`` runs (newest)."""
@@ -562,6 +570,14 @@ class RunStore:
                                   .order_by(errors.c.time_ns.desc()).limit(20)).mappings().all()
             hist = self._resolutions(conn, fingerprint)
         return {**_d(row), "recent": [_d(r) for r in recent], "resolutions": hist}
+
+    def error_occurrences(self, fingerprint: str, since_ns: int, limit: int = 100_000) -> list[tuple[int, str | None]]:
+        """(time_ns, correlation_id) of one group's occurrences since ``since_ns``, newest first."""
+        q = (select(errors.c.time_ns, errors.c.correlation_id)
+             .where(errors.c.fingerprint == fingerprint, errors.c.time_ns >= since_ns)
+             .order_by(errors.c.time_ns.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [(t, cid) for t, cid in conn.execute(q)]
 
     def resolutions(self, fingerprint: str) -> list[dict]:
         """A group's resolution notes, newest first."""

@@ -82,3 +82,13 @@ def test_from_the_home_page_to_a_failed_run_in_a_browser(ex, serve, browser):  #
     failed.first.locator("a").click()
     page.wait_for_selector("body[data-step]")
     assert "TimeoutError" in page.content()
+
+
+def test_an_error_group_page_shows_its_trend_the_runs_it_hit_and_what_to_try(ex, client):
+    _traffic(ex)
+    link = re.search(r'href="(/errors/[0-9a-f]+)"', client.get("/").get_data(as_text=True)).group(1)
+    html = client.get(link).get_data(as_text=True)
+    assert re.search(r'id="total">5<', html)  # i = 0, 7, 14, 21, 28
+    assert len(_cids(html)) == 5 and "db timed out after &lt;NUM&gt;" in html
+    assert 'id="suggestions"' in html and "too slowly" in html  # the knowledge base's advice for timeouts
+    assert client.get("/errors/0000000000000000").status_code == 404

@@ -27,7 +27,7 @@ from exporter.profiles import Profile
 from exporter.runtime import build
 
 ROUTES = [(path, op) for path, item in openapi_document()["paths"].items() for method, op in item.items()
-          if method == "get" and (path.startswith(("/api/v1/", c.RUN_PAGE_PATH)) or path == "/")]
+          if method == "get" and (path.startswith(("/api/v1/", c.RUN_PAGE_PATH, "/errors/")) or path == "/")]
 #: Pages answer a bad filter with a page naming it (400, HTML), as documented.
 HTML_PAGES = ("/", c.RUN_PAGE_PATH)
 
@@ -91,7 +91,8 @@ def _values(name: str, schema: dict, known: dict) -> st.SearchStrategy[str]:
 def _check(r, path: str) -> None:
     assert r.status_code < 500, (path, r.status_code, r.data[:300])
     if r.status_code >= 400:
-        if path.startswith(c.RUN_PAGE_PATH + "/{run_id}") and r.status_code == 404 and r.mimetype == "text/html":
+        if path.startswith((c.RUN_PAGE_PATH + "/{run_id}", "/errors/")) and r.status_code == 404 \
+                and r.mimetype == "text/html":
             return  # the run page's "not found" is a page, as documented
         if path in HTML_PAGES and r.status_code == 400 and r.mimetype == "text/html":
             assert b'id="filter-error"' in r.data, (path, r.data[:300])

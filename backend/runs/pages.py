@@ -18,12 +18,15 @@ from flask import Blueprint, render_template, request
 from exporter import conventions as c
 from exporter.http import HttpError
 
-from ..analysis.groups import status_of
+from ..analysis.attribution import attribute
+from ..analysis.groups import status_of, suggestions
+from ..analysis.trend import trend
 from ..query import check_text, iso_ns, number_arg, run_store
 
 #: The windows a person picks from, in seconds ("all" is no lower bound).
 WINDOWS = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "all": None}
 PAGE_SIZE = 50
+ERROR_PAGE_PATH = "/errors"
 RUN_STATUSES = (*c.STATUSES, "failed")  # "failed" = error or timeout
 
 
@@ -72,7 +75,7 @@ def create_blueprint() -> Blueprint:
             if g["status"] != "resolved":
                 g["occurrences"] = len(g["times"])
                 g["last_seen"] = iso_ns(g["last_seen_ns"])[:19].replace("T", " ")
-                g["link"] = f"{c.ERRORS_PATH}/{quote(g['fingerprint'], safe='')}"
+                g["link"] = f"{ERROR_PAGE_PATH}/{quote(g['fingerprint'], safe='')}"
                 groups.append(g)
         return render_template("home.html", error=None, windows=WINDOWS, window=window, workflows=workflows,
                                failed=failed, slowest=slowest, groups=groups[:10],
@@ -111,5 +114,45 @@ def create_blueprint() -> Blueprint:
             rows=[_row(r) for r in rows[:PAGE_SIZE]], page=page,
             prev_link=_runs_link(**keep, page=page - 1) if page > 1 else None,
             next_link=_runs_link(**keep, page=page + 1) if more else None)
+
+    @bp.get(ERROR_PAGE_PATH + "/<fingerprint>")
+    def error_group(fingerprint: str):
+        """One error group: what it says, its trend over 24 h, the runs it hit, what those runs share
+        (attribution over the workflow it hits most) and what fixed it before."""
+        check_text(fingerprint, "fingerprint", 64)
+        store = run_store()
+        g = store.error_group(fingerprint)
+        if g is None:
+            return render_template("not_found.html", run_id=fingerprint,
+                                   message=f"No error group with fingerprint {fingerprint!r}."), 404
+        now = time.time_ns()
+        day = now - 86400 * 10**9
+        occ = store.error_occurrences(fingerprint, day)
+        times = [t for t, _ in occ]
+        g["status"] = status_of(g)
+        g.update(trend(times, g["first_seen_ns"], now))
+        hours = [0] * 24
+        for t in times:
+            hours[min(23, max(0, (t - day) * 24 // (86400 * 10**9)))] += 1
+        peak = max(hours) or 1
+        bars = [{"x": i * 12, "h": round(40 * n / peak, 1), "n": n} for i, n in enumerate(hours)]
+        seen: dict[str, None] = {}
+        for _, cid in occ:
+            if cid and cid not in seen and len(seen) < 20:
+                seen[cid] = None
+        affected = {r["correlation_id"]: _row(r) for r in store.runs_by_id(list(seen))}
+        runs = [affected[cid] for cid in seen if cid in affected]
+        workflows = [r["workflow"] for r in g["recent"]]
+        findings, attribution_wf = [], None
+        if workflows:
+            attribution_wf = max(set(workflows), key=workflows.count)
+            rows, spans = store.attribution_rows(attribution_wf, day, now, 5000)
+            findings = attribute(rows, spans, by="failed", top=8)["findings"]
+        for key in ("first_seen_ns", "last_seen_ns"):
+            g[key.removesuffix("_ns")] = iso_ns(g[key])[:19].replace("T", " ")
+        return render_template("error_group.html", error=None, g=g, bars=bars, total=len(times), runs=runs,
+                               findings=findings, attribution_wf=attribution_wf,
+                               suggestions=suggestions(g, g["resolutions"]),
+                               api_link=f"{c.ERRORS_PATH}/{quote(fingerprint, safe='')}")
 
     return bp
