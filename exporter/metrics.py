@@ -83,7 +83,7 @@ class _Family:
 
 
 class _Scalar:
-    __slots__ = ("value", "labels")
+    __slots__ = ("labels", "value")
 
     def __init__(self, labels: str):
         self.value = 0.0
@@ -148,12 +148,12 @@ class Gauge(Counter):
         for key, fn in self._functions.items():
             try:
                 self.series[key].value = float(fn())
-            except Exception:  # a broken callback must not break the scrape
+            except Exception:  # noqa: BLE001, S110 - a broken callback must not break the scrape
                 pass
 
 
 class _HSeries:
-    __slots__ = ("counts", "sum", "exemplars", "labels")
+    __slots__ = ("counts", "exemplars", "labels", "sum")
 
     def __init__(self, nbuckets: int, labels: str):
         self.counts = [0] * nbuckets
@@ -165,8 +165,37 @@ class _HSeries:
 class Histogram(_Family):
     """Cumulative histogram (rendered cumulative; stored per bucket) with exemplars.
 
-    The latest exemplar per bucket is kept, as prometheus_client and the Go
-    client do. Exemplars are only rendered in OpenMetrics.
+    Each bucket keeps the exemplar of its *newest* span, by timestamp, not of
+    the last span observed. Prometheus's exemplar storage keeps one ordered list
+    per series (each ``_bucket`` line with its ``le``) and refuses an exemplar
+    whose millisecond timestamp is not after the newest it holds (``ts <=
+    newest``, unless it is the same exemplar), logging "Error on ingesting
+    out-of-order exemplars". Spans arrive out of order (batches from many
+    services, OTLP retries), so "last observed wins", as prometheus_client and
+    the Go client do, sends timestamps backwards. The rule:
+
+    * a timestamp is kept rounded to the millisecond, as it is rendered and
+      as Prometheus stores it, so what is compared is what Prometheus sees;
+    * a new exemplar replaces the bucket's only if its millisecond is strictly
+      later; an older span, or one of the same millisecond, leaves the newer
+      exemplar in place.
+
+    Why not stamp the exemplar ``max(previous, span end)`` instead: the
+    exemplar would claim a time its trace did not end at, and a late span would
+    get exactly the previous timestamp with other labels, which Prometheus
+    still refuses. Keeping the newest span keeps every exemplar a real trace at
+    its real time. The cost: a late span is not shown as an exemplar when its
+    bucket has a newer one (exemplars are samples), and a span stamped in the
+    future by a skewed clock holds its bucket until that time passes.
+
+    An exemplar without a timestamp (Prometheus stamps it with the scrape
+    time) only replaces another one without; don't mix the two in one family
+    (``Pipeline.fast_step`` inlines this rule for the step histogram, whose
+    exemplars always carry one).
+    Exemplars are only rendered in OpenMetrics.
+
+    Example: ``observe(k, 0.2, t1, s1, 100.0)`` then ``observe(k, 0.2, t2, s2,
+    99.0)`` leaves bucket ``le="0.25"`` with ``(t1, s1, 0.2, 100.0)``.
     """
 
     kind = "histogram"
@@ -194,7 +223,14 @@ class Histogram(_Family):
             ex = s.exemplars
             if ex is None:
                 ex = s.exemplars = [None] * self._n
-            ex[i] = (trace_id, span_id, value, timestamp)
+            old = ex[i]
+            if timestamp is None:
+                if old is None or old[3] is None:
+                    ex[i] = (trace_id, span_id, value, None)
+            else:
+                timestamp = round(timestamp * 1e3) / 1e3  # whole ms: what is rendered, and compared
+                if old is None or (old[3] is not None and timestamp > old[3]):
+                    ex[i] = (trace_id, span_id, value, timestamp)
 
     def _create(self, key: tuple) -> _HSeries:
         key = self._admit(key)

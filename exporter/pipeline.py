@@ -216,7 +216,10 @@ class Pipeline:
                 ex = s.exemplars
                 if ex is None:
                     ex = s.exemplars = [None] * len(s.counts)
-                ex[i] = (trace_id, span_id, value, end_ns / 1e9)
+                ts = (end_ns + 500_000) // 1_000_000 / 1e3  # whole ms; only a later one replaces (Histogram)
+                old = ex[i]
+                if old is None or ts > old[3]:
+                    ex[i] = (trace_id, span_id, value, ts)
         if s is False:  # a secret in a name
             self.record_step(Span(trace_id, span_id, run.workflow, layer, component, operation, start_ns, end_ns,
                                   "ok", parent_span_id, run.correlation_id, run.service))
