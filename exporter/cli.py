@@ -135,15 +135,25 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 50)
 
 
+def _duration(seconds: float) -> str:
+    """3600 → "1 h", 90 → "90 s", 2592000 → "30 d": retention as a person reads it."""
+    for unit, n in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= n and seconds % n == 0:
+            return f"{seconds / n:g} {unit}"
+    return f"{seconds:g} s"
+
+
 def _serve(args: argparse.Namespace) -> int:
     from backend.app import create_app
 
-    from .demo import DemoTraffic
-    from .runtime import build
+    from .demo import DEMO_RULES_DIR, DEMO_SPEC, DemoTraffic, demo_defaults
     from .redact import MaskUrlFilter
+    from .runtime import build
     from .server import ServerLimits, make_server
 
-    cfg = load_config({n: getattr(args, n) for n in SERVE_SETTINGS}, file=args.config)
+    # --demo starts from its own defaults (a 1 h run retention); the file, environment and arguments still win.
+    cfg = load_config({n: getattr(args, n) for n in SERVE_SETTINGS}, file=args.config,
+                      base=demo_defaults() if args.demo else None)
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # every log line masks URL passwords (database, Loki)
         handler.addFilter(MaskUrlFilter())
@@ -178,13 +188,15 @@ def _serve(args: argparse.Namespace) -> int:
 
         demo = DemoTraffic(deliver, rate=cfg.demo_rate, on_start=ex.pipeline.workflow_started,
                            on_end=ex.pipeline.workflow_ended, on_profile=profile).start()
+        log.info("demo traffic: %g runs/s; runs are kept %s (FLOWSCOPE_RUN_RETENTION_S); the demo's SLOs are in "
+                 "%s, its rules in %s/", cfg.demo_rate, _duration(cfg.run_retention_s), DEMO_SPEC, DEMO_RULES_DIR)
     def _stop(signum, frame):
         server.shutdown()  # sets a flag and wakes the event loop; the loop drains and returns
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     print(f"flowscope serving on http://{host}:{port}  (metrics: http://{host}:{port}/metrics"
-          f"{', demo traffic on' if demo else ''})", flush=True)
+          f"{f', demo traffic on, runs kept {_duration(cfg.run_retention_s)}' if demo else ''})", flush=True)
     try:
         server.serve_forever()
     finally:

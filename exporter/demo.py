@@ -7,6 +7,12 @@ injected slow steps (a slow full-text query, a slow payment gateway) and errors
 failures). Runs start in real time and are emitted when they end, so
 ``flowscope_workflows_in_progress`` moves as it would in production.
 
+The demo brings its own alert spec, :data:`DEMO_SPEC`, whose SLOs name these
+workflows (the shipped ``alert_rules/spec/flowscope.yaml`` names none), and
+keeps its runs for :data:`DEMO_RUN_RETENTION_S` unless told otherwise::
+
+    flowscope rules build --spec alert_rules/spec/demo.yaml --out alert_rules/demo
+
 :func:`generate_run` is pure given its RNG: tests and benchmarks use it.
 """
 
@@ -22,9 +28,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import conventions as c
+from .config import Config, load_config
 from .model import new_span_id
 
 log = logging.getLogger("flowscope.demo")
+
+#: The demo's alert spec and where ``flowscope rules build`` writes its rules (Prometheus loads them from there).
+DEMO_SPEC = "alert_rules/spec/demo.yaml"
+DEMO_RULES_DIR = "alert_rules/demo"
+#: Run retention of ``serve --demo`` when none is configured: at 20 runs/s the store grows ~290 MB an hour,
+#: and a demo needs the last hour, not the default 30 days.
+DEMO_RUN_RETENTION_S = 3600.0
+
+
+def demo_defaults() -> Config:
+    """The settings ``serve --demo`` starts from, before the YAML file, the environment and the arguments.
+
+    Pass it as ``load_config(..., base=demo_defaults())``: anything the user sets still wins.
+    """
+    return load_config({"run_retention_s": DEMO_RUN_RETENTION_S}, environ={})
 
 
 @dataclass(frozen=True)
@@ -231,7 +253,7 @@ class DemoTraffic:
                 for wf in WORKFLOWS:
                     try:
                         self.on_profile(wf, generate_profile(self.rng, wf), recent.get(wf))
-                    except Exception as e:
+                    except Exception as e:  # noqa: BLE001 - a failed delivery must not stop the demo
                         log.warning("demo profile delivery failed: %s", e)
             ready = {"workflows": [], "steps": []}
             while pending and pending[0][0] <= now:
@@ -242,7 +264,7 @@ class DemoTraffic:
                 try:
                     self.deliver(ready)
                     self.runs += len(ready["workflows"])
-                except Exception as e:  # a failed delivery must not stop the demo
+                except Exception as e:  # noqa: BLE001 - a failed delivery must not stop the demo
                     log.warning("demo delivery failed: %s", e)
                 if self.on_end:
                     for r in ready["workflows"]:

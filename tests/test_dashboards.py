@@ -95,6 +95,19 @@ def test_every_promql_expression_parses(uid, title, expr):
     promql_parser.parse(concrete(expr))
 
 
+def test_burn_panel_follows_the_spec_default_or_named():
+    """The shipped spec's default objective gives one burn series per workflow; the demo's names its own."""
+    def burn(spec):
+        panel = next(p for p in panels(dashboards(spec)[c.DASHBOARD_OVERVIEW]) if p.get("title") == "SLO burn rate")
+        return [t["expr"] for t in panel["targets"]]
+    shipped = burn(SPEC)
+    assert shipped[0] == 'flowscope:slo_errors:ratio_rate5m{slo="default:availability",workflow=~"$workflow"} / 0.01'
+    demo = burn(load_spec(str(ROOT / "alert_rules/spec/demo.yaml")))
+    assert 'slo="checkout-latency"' in demo[0] and "default" not in demo[0]
+    for expr in shipped + demo:
+        promql_parser.parse(concrete(expr))
+
+
 def test_promql_parser_rejects_a_broken_expression():
     with pytest.raises(ValueError):
         promql_parser.parse(concrete("sum by (workflow (rate(x[$__rate_interval]))"))

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
@@ -30,7 +31,8 @@ def dashboards(spec: Spec) -> dict[str, dict[str, Any]]:
 
 
 def render_all(spec: Spec) -> dict[str, str]:
-    return {f"{uid}.json": json.dumps(d, sort_keys=True, indent=2) + "\n" for uid, d in sorted(dashboards(spec).items())}
+    return {f"{uid}.json": json.dumps(d, sort_keys=True, indent=2) + "\n"
+            for uid, d in sorted(dashboards(spec).items())}
 
 
 DATASOURCES_FILE = "datasources/flowscope.yml"

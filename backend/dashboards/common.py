@@ -9,9 +9,15 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import common as common_builder
 from grafana_foundation_sdk.builders import dashboard, loki, prometheus, timeseries
 from grafana_foundation_sdk.models import common
-from grafana_foundation_sdk.models.dashboard import (DashboardLinkType, DataSourceRef, DynamicConfigValue, Threshold,
-                                                     ThresholdsMode,
-                                                     VariableRefresh, VariableSort)
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardLinkType,
+    DataSourceRef,
+    DynamicConfigValue,
+    Threshold,
+    ThresholdsMode,
+    VariableRefresh,
+    VariableSort,
+)
 
 from exporter import conventions as c
 

@@ -10,8 +10,9 @@ from grafana_foundation_sdk.builders import dashboard, heatmap, logs, stat, tabl
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from exporter import conventions as c
+from backend.rules.generate import L_SLO_TYPE, quote
 from backend.rules.spec import Spec
+from exporter import conventions as c
 
 from .common import LAYER, LOKI, PROM, RATE, WF, base, logql, prom, run_link, threshold_lines, ts
 
@@ -34,11 +35,12 @@ def overview(spec: Spec) -> dashboard.Dashboard:
     burn_windows = ("5m", "1h", "6h")
     burn = ts("SLO burn rate", "Bad-event ratio divided by the error budget (1 = spending the budget exactly "
               "over 30 days). Pages at 14.4 over 1h, tickets at 3 over 1d.", "short")
+    # One series per workflow and SLO type, whether its SLO names it or is the spec's default objective.
     budgets = {s.name: s.error_budget for s in spec.slos}
     for w in burn_windows:
         rec = c.REC_SLO_ERROR_RATIO.format(window=w)
-        expr = " or ".join(f'{rec}{{{c.L_SLO}="{name}",{WF}}} / {b:.6g}' for name, b in sorted(budgets.items()))
-        burn = burn.with_target(prom(expr or f"{rec}{{{WF}}}", f"{{{{{c.L_SLO}}}}} {w}"))
+        expr = " or ".join(f"{rec}{{{c.L_SLO}={quote(name)},{WF}}} / {b:.6g}" for name, b in sorted(budgets.items()))
+        burn = burn.with_target(prom(expr or f"{rec}{{{WF}}}", f"{{{{{c.L_WORKFLOW}}}}} {{{{{L_SLO_TYPE}}}}} {w}"))
     return (
         d.with_row(dashboard.Row("Throughput and errors"))
         .with_panel(ts("Runs per second", "Finished workflow runs per second, by workflow.", "ops").span(8).height(8)
@@ -77,7 +79,8 @@ def layers(spec: Spec) -> dashboard.Dashboard:
                     .datasource(PROM).span(24).height(9).unit("s")
                     .with_target(prom(
                         f"topk(10, histogram_quantile(0.95, sum by ({c.L_LAYER}, {c.L_COMPONENT}, {c.L_OPERATION}, le)"
-                        f" (rate({STEP}_bucket{{{WF},{LAYER}}}[{RATE}]))))", instant=True).format(PromQueryFormat.TABLE)))
+                        f" (rate({STEP}_bucket{{{WF},{LAYER}}}[{RATE}]))))", instant=True)
+                        .format(PromQueryFormat.TABLE)))
         .with_row(dashboard.Row("Database queries"))
         .with_panel(ts("Slow queries and N+1 patterns", "Database steps the SDK's SQL instrumentation flagged: "
                        "slower than the database warning threshold, or one statement repeated in a run.", "ops")
@@ -146,8 +149,8 @@ def alerts(spec: Spec) -> dashboard.Dashboard:
     return (
         d.with_panel(table.Panel().title("Firing alerts").description("Alerts Prometheus is firing now.")
                      .datasource(PROM).span(24).height(8)
-                     .with_target(prom('sum by (alertname, severity, workflow, layer, slo) (ALERTS{alertstate="firing"})',
-                                       instant=True).format(PromQueryFormat.TABLE)))
+                     .with_target(prom('sum by (alertname, severity, workflow, layer, slo) '
+                                       '(ALERTS{alertstate="firing"})', instant=True).format(PromQueryFormat.TABLE)))
         .with_panel(ts("Active regressions", "flowscope_regression_active: 1 while a detector reports a regression.",
                        "short").span(24).height(8)
                     .with_target(prom(f"{c.REGRESSION_ACTIVE}{{{WF}}}", "{{detector}} {{workflow}}")))

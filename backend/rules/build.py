@@ -63,7 +63,7 @@ def check_all(out_dir: str) -> list[tuple[str, int, str]]:
     ]
     out = []
     for cmd in runs:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
         out.append((" ".join(Path(cmd[0]).name if i == 0 else a for i, a in enumerate(cmd)), r.returncode,
                     (r.stdout + r.stderr).strip()))
     return out

@@ -7,10 +7,16 @@ short window, or 6x over 6h/30m; ticket at 3x over 1d/2h, or 1x over 3d/6h.
 Recording rules hold the bad-event ratio per window, and each condition is
 guarded by a minimum number of events in its long window, so a workflow with
 three runs an hour never pages on two failures.
+
+A default SLO names no workflow: its rules aggregate ``sum by (workflow)`` over
+every workflow that reports runs (less those with their own SLO of its type),
+so the shipped rules fit any deployment. Its absent-data alert covers only the
+workflows seen in the last :data:`SEEN_WINDOW`; a named SLO's covers its workflow.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -27,6 +33,11 @@ BURN_ALERTS = (
     (c.SEVERITY_WARNING, "ticket", ((3.0, "1d", "2h"), (1.0, "3d", "6h"))),
 )
 ABSENT_FOR = "10m"
+#: How long a workflow counts as seen after its last series: a default-SLO workflow whose data stops is
+#: reported for this long, then forgotten (a workflow renamed or retired stops alerting by itself).
+SEEN_WINDOW = "6h"
+#: The label that tells availability from latency SLOs on recording rules and alerts.
+L_SLO_TYPE = "slo_type"
 FAILED = "|".join(c.FAILED_STATUSES)
 
 DASHBOARD_FOR_METRIC = {"response_time": c.DASHBOARD_LAYERS, "error_rate": c.DASHBOARD_ERRORS,
@@ -93,32 +104,50 @@ def _threshold_alert(spec: Spec, t: Threshold, severity: str) -> dict:
 # --- SLOs -------------------------------------------------------------------------------------------
 
 
-def _slo_selector(s: SLO) -> str:
-    return f'{c.L_WORKFLOW}="{s.workflow}"'
+def quote(value: str) -> str:
+    """A PromQL string literal: workflow names come from instrumentation and may hold quotes or backslashes."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _not_any_of(workflows: tuple[str, ...]) -> str:
+    """``workflow!~"a|b"`` (Prometheus anchors the regex), or nothing when there is nothing to leave out."""
+    if not workflows:
+        return ""
+    return f"{c.L_WORKFLOW}!~{quote('|'.join(re.escape(w) for w in workflows))}"
+
+
+def _selector(*matchers: str) -> str:
+    m = [x for x in matchers if x]
+    return "{" + ",".join(m) + "}" if m else ""
+
+
+def _slo_matcher(s: SLO) -> str:
+    """A named SLO selects its workflow; a default selects every workflow but those with their own SLO."""
+    return _not_any_of(s.except_workflows) if s.is_default else f"{c.L_WORKFLOW}={quote(s.workflow)}"
 
 
 def slo_error_ratio_expr(s: SLO, window: str) -> str:
-    """The bad-event ratio of one SLO over ``window``."""
+    """The bad-event ratio of one SLO over ``window``, per workflow."""
     by = f"sum by ({c.L_WORKFLOW})"
-    sel = _slo_selector(s)
+    wf = _slo_matcher(s)
     if s.type == "availability":
-        total = f"{by} (rate({c.WORKFLOW_RUNS_TOTAL}{{{sel}}}[{window}]))"
-        bad = f"{by} (rate({c.WORKFLOW_RUNS_TOTAL}{{{sel},status=~\"{FAILED}\"}}[{window}]))"
+        total = f"{by} (rate({c.WORKFLOW_RUNS_TOTAL}{_selector(wf)}[{window}]))"
+        bad = f"{by} (rate({c.WORKFLOW_RUNS_TOTAL}{_selector(wf, f'status=~{quote(FAILED)}')}[{window}]))"
         # `or 0 * total` makes the ratio 0, not empty, while every run succeeds.
         return f"({bad} or 0 * {total}) / {total}"
     le = float_to_go_string(s.threshold_s)
-    fast = f"{by} (rate({c.WORKFLOW_DURATION_SECONDS}_bucket{{{sel},le=\"{le}\"}}[{window}]))"
-    total = f"{by} (rate({c.WORKFLOW_DURATION_SECONDS}_count{{{sel}}}[{window}]))"
+    fast = f"{by} (rate({c.WORKFLOW_DURATION_SECONDS}_bucket{_selector(wf, f'le={quote(le)}')}[{window}]))"
+    total = f"{by} (rate({c.WORKFLOW_DURATION_SECONDS}_count{_selector(wf)}[{window}]))"
     return f"1 - ({fast} / {total})"
 
 
 def slo_events_expr(s: SLO, window: str) -> str:
     metric = c.WORKFLOW_RUNS_TOTAL if s.type == "availability" else f"{c.WORKFLOW_DURATION_SECONDS}_count"
-    return f"sum by ({c.L_WORKFLOW}) (increase({metric}{{{_slo_selector(s)}}}[{window}]))"
+    return f"sum by ({c.L_WORKFLOW}) (increase({metric}{_selector(_slo_matcher(s))}[{window}]))"
 
 
 def _slo_recording(s: SLO) -> list[dict]:
-    labels = {c.L_SLO: s.name}
+    labels = {c.L_SLO: s.name, L_SLO_TYPE: s.type}
     rules = [{"record": c.REC_SLO_ERROR_RATIO.format(window=w), "expr": slo_error_ratio_expr(s, w), "labels": labels}
              for w in WINDOWS]
     long_windows = sorted({lw for _, _, pairs in BURN_ALERTS for _, lw, _ in pairs}, key=WINDOWS.index)
@@ -129,7 +158,13 @@ def _slo_recording(s: SLO) -> list[dict]:
 
 def _slo_alerts(spec: Spec, s: SLO) -> list[dict]:
     out = []
-    sel = f'{{{c.L_SLO}="{s.name}"}}'
+    sel = f"{{{c.L_SLO}={quote(s.name)}}}"
+    who = "{{ $labels.workflow }}" if s.is_default else s.workflow
+    objective = f"{s.objective * 100:g}%"
+    if s.is_default:
+        objective = f"default objective {objective}, for every workflow without its own {s.type} SLO"
+    else:
+        objective = f"objective {objective}"
     for severity, kind, pairs in BURN_ALERTS:
         clauses = []
         for factor, long_w, short_w in pairs:
@@ -139,27 +174,27 @@ def _slo_alerts(spec: Spec, s: SLO) -> list[dict]:
                 f" and {c.REC_SLO_ERROR_RATIO.format(window=short_w)}{sel} > {limit}"
                 f" and {c.REC_SLO_EVENTS.format(window=long_w)}{sel} >= {s.min_events})")
         what = "success ratio" if s.type == "availability" else f"share of runs under {s.threshold_s:g}s"
-        objective = f"{s.objective * 100:g}%"
         out.append({
             "alert": c.ALERT_SLO_BURN_RATE,
             "expr": "\n or ".join(clauses),
-            "labels": {c.L_SEVERITY: severity, c.L_SLO: s.name, "slo_type": s.type, "burn": kind},
+            "labels": {c.L_SEVERITY: severity, c.L_SLO: s.name, L_SLO_TYPE: s.type, "burn": kind},
             "annotations": {
-                "summary": f"{s.workflow}: {s.type} SLO error budget burning fast ({kind})",
-                "description": (f"The {what} of {s.workflow} is spending its 30-day error budget "
-                                f"(objective {objective}) at "
+                "summary": f"{who}: {s.type} SLO error budget burning fast ({kind})",
+                "description": (f"The {what} of {who} is spending its 30-day error budget "
+                                f"({objective}) at "
                                 + " or ".join(f"{f:g}x over {lw}/{sw}" for f, lw, sw in pairs)
                                 + f", with at least {s.min_events} runs in the long window."),
-                "dashboard_url": f"{spec.grafana_url}/d/{c.DASHBOARD_OVERVIEW}?var-workflow={s.workflow}",
+                "dashboard_url": f"{spec.grafana_url}/d/{c.DASHBOARD_OVERVIEW}?var-workflow={who}",
             },
         })
     return out
 
 
 def _absent_alert(spec: Spec, workflow: str) -> dict:
+    """A workflow the spec names: no series for ABSENT_FOR fires, even if it never ran (it was declared)."""
     return {
         "alert": c.ALERT_WORKFLOW_DATA_ABSENT,
-        "expr": f'absent({c.WORKFLOW_RUNS_TOTAL}{{{c.L_WORKFLOW}="{workflow}"}})',
+        "expr": f"absent({c.WORKFLOW_RUNS_TOTAL}{{{c.L_WORKFLOW}={quote(workflow)}}})",
         "for": ABSENT_FOR,
         "labels": {c.L_SEVERITY: c.SEVERITY_WARNING, c.L_WORKFLOW: workflow},
         "annotations": {
@@ -168,6 +203,35 @@ def _absent_alert(spec: Spec, workflow: str) -> dict:
                             "the exporter is down, not scraped, or the workflow stopped running. "
                             "Its SLO alerts cannot fire without data."),
             "dashboard_url": f"{spec.grafana_url}/d/{c.DASHBOARD_OVERVIEW}?var-workflow={workflow}",
+        },
+    }
+
+
+def seen_absent_expr(spec: Spec) -> str:
+    """Workflows with a series some time in the last SEEN_WINDOW and none now; never one that never ran.
+
+    The named workflows are left out: their own ``absent()`` alert covers them.
+    """
+    seen = _selector(_not_any_of(spec.named_workflows))
+    by = f"group by ({c.L_WORKFLOW})"
+    return (f"{by} (max_over_time({c.WORKFLOW_RUNS_TOTAL}{seen}[{SEEN_WINDOW}]))"
+            f"\n unless {by} ({c.WORKFLOW_RUNS_TOTAL})")
+
+
+def _seen_absent_alert(spec: Spec) -> dict:
+    wf = "{{ $labels.workflow }}"
+    return {
+        "alert": c.ALERT_WORKFLOW_DATA_ABSENT,
+        "expr": seen_absent_expr(spec),
+        "for": ABSENT_FOR,
+        "labels": {c.L_SEVERITY: c.SEVERITY_WARNING},
+        "annotations": {
+            "summary": f"No data for workflow {wf}",
+            "description": (f"{c.WORKFLOW_RUNS_TOTAL} had series for workflow {wf} in the last {SEEN_WINDOW} "
+                            f"and has had none for {ABSENT_FOR}: the exporter is down, not scraped, or restarted "
+                            f"and the workflow has not run since. Its default SLO alerts cannot fire without data; "
+                            f"the alert ends by itself {SEEN_WINDOW} after the last data."),
+            "dashboard_url": f"{spec.grafana_url}/d/{c.DASHBOARD_OVERVIEW}?var-workflow={wf}",
         },
     }
 
@@ -199,9 +263,11 @@ def rule_groups(spec: Spec) -> dict[str, Any]:
                                                                                 c.SEVERITY_CRITICAL)]})
     if spec.slos:
         groups.append({"name": c.RULE_GROUP_SLO_RECORDING, "rules": [r for s in spec.slos for r in _slo_recording(s)]})
-        workflows = sorted({s.workflow for s in spec.slos})
-        groups.append({"name": c.RULE_GROUP_SLO_ALERTS, "rules": [a for s in spec.slos for a in _slo_alerts(spec, s)]
-                       + [_absent_alert(spec, w) for w in workflows]})
+        absent = [_absent_alert(spec, w) for w in spec.named_workflows]
+        if spec.has_defaults:
+            absent.append(_seen_absent_alert(spec))
+        groups.append({"name": c.RULE_GROUP_SLO_ALERTS,
+                       "rules": [a for s in spec.slos for a in _slo_alerts(spec, s)] + absent})
     groups.append({"name": c.RULE_GROUP_REGRESSIONS, "rules": [regression_alert(spec)]})
     return {"groups": groups}
 

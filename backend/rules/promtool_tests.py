@@ -14,7 +14,7 @@ from exporter import conventions as c
 from exporter.metrics import float_to_go_string
 
 from ..errors import SpecError
-from .generate import _absent_alert, _slo_alerts, _threshold_alert, regression_alert
+from .generate import _absent_alert, _seen_absent_alert, _slo_alerts, _threshold_alert, quote, regression_alert
 from .spec import SLO, Spec, Threshold
 
 WF, COMP, OP = "checkout", "svc", "op"
@@ -44,7 +44,7 @@ def _constant(v: float, minutes: int) -> str:
 
 
 def _series(name: str, labels: dict[str, str]) -> str:
-    return name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    return name + "{" + ",".join(f"{k}={quote(v)}" for k, v in labels.items()) + "}"
 
 
 # --- thresholds ------------------------------------------------------------------------------------
@@ -110,15 +110,30 @@ def _threshold_cases(spec: Spec, t: Threshold) -> list[dict]:
 # --- SLOs ------------------------------------------------------------------------------------------
 
 
-def _slo_inputs(s: SLO, bad_ratio: float, runs_per_min: float, minutes: int) -> list[dict]:
+def _unnamed(spec: Spec, stem: str, n: int = 1) -> list[str]:
+    """``n`` workflow names the spec does not name: what a default SLO covers without being told."""
+    taken = set(spec.named_workflows)
+    out, i = [], 0
+    while len(out) < n:
+        i += 1
+        if f"{stem}_{i}" not in taken:
+            out.append(f"{stem}_{i}")
+    return out
+
+
+def _workflow(spec: Spec, s: SLO) -> str:
+    return _unnamed(spec, "any_workflow")[0] if s.is_default else s.workflow
+
+
+def _slo_inputs(s: SLO, bad_ratio: float, runs_per_min: float, minutes: int, workflow: str) -> list[dict]:
     if s.type == "availability":
         return [
-            {"series": _series(c.WORKFLOW_RUNS_TOTAL, {c.L_WORKFLOW: s.workflow, c.L_STATUS: "ok"}),
+            {"series": _series(c.WORKFLOW_RUNS_TOTAL, {c.L_WORKFLOW: workflow, c.L_STATUS: "ok"}),
              "values": _counter(round(runs_per_min * (1 - bad_ratio), 6), minutes)},
-            {"series": _series(c.WORKFLOW_RUNS_TOTAL, {c.L_WORKFLOW: s.workflow, c.L_STATUS: "error"}),
+            {"series": _series(c.WORKFLOW_RUNS_TOTAL, {c.L_WORKFLOW: workflow, c.L_STATUS: "error"}),
              "values": _counter(round(runs_per_min * bad_ratio, 6), minutes)},
         ]
-    labels = {c.L_WORKFLOW: s.workflow, c.L_STATUS: "ok"}
+    labels = {c.L_WORKFLOW: workflow, c.L_STATUS: "ok"}
     le = float_to_go_string(s.threshold_s)
     return [
         {"series": _series(f"{c.WORKFLOW_DURATION_SECONDS}_bucket", {**labels, "le": le}),
@@ -130,25 +145,63 @@ def _slo_inputs(s: SLO, bad_ratio: float, runs_per_min: float, minutes: int) -> 
 
 def _slo_cases(spec: Spec, s: SLO) -> list[dict]:
     page, ticket = _slo_alerts(spec, s)
-    labels = {c.L_WORKFLOW: s.workflow}
+    wf = _workflow(spec, s)
+    labels = {c.L_WORKFLOW: wf}
     b = s.error_budget
     hours3 = 180
     cases = [
         # a hard outage: both page and ticket conditions hold
-        (_slo_inputs(s, min(0.5, 30 * b), 60, hours3), [page, ticket]),
+        (_slo_inputs(s, min(0.5, 30 * b), 60, hours3, wf), [page, ticket]),
         # a slow burn between 3x and 6x the budget: a ticket, no page
-        (_slo_inputs(s, 4.5 * b, 60, hours3), [ticket]),
+        (_slo_inputs(s, 4.5 * b, 60, hours3, wf), [ticket]),
         # within budget: nothing
-        (_slo_inputs(s, 0.5 * b, 60, hours3), []),
+        (_slo_inputs(s, 0.5 * b, 60, hours3, wf), []),
     ]
     if s.min_events > 1:
         # low traffic, mostly failing: fewer runs in every window than min_events, so nothing fires
         total = (s.min_events - 1) * 0.9
-        cases.append((_slo_inputs(s, 2 / 3, total / hours3, hours3), []))
-    return [{"interval": "1m", "input_series": series,
-             "alert_rule_test": [{"eval_time": f"{hours3}m", "alertname": c.ALERT_SLO_BURN_RATE,
-                                  "exp_alerts": [_expected(r, labels) for r in firing]}]}
-            for series, firing in cases]
+        cases.append((_slo_inputs(s, 2 / 3, total / hours3, hours3, wf), []))
+    out = [{"interval": "1m", "input_series": series,
+            "alert_rule_test": [{"eval_time": f"{hours3}m", "alertname": c.ALERT_SLO_BURN_RATE,
+                                 "exp_alerts": [_expected(r, labels) for r in firing]}]}
+           for series, firing in cases]
+    if s.is_default:
+        out.append(_default_coverage_case(spec, s, hours3))
+    return out
+
+
+def _default_coverage_case(spec: Spec, s: SLO, minutes: int) -> dict:
+    """A default SLO records every unnamed workflow, and none that has its own SLO of the same type."""
+    unnamed = _unnamed(spec, "any_workflow", 2)
+    series = [x for w in (*unnamed, *s.except_workflows) for x in _slo_inputs(s, 0.01, 60, minutes, w)]
+    rec = c.REC_SLO_ERROR_RATIO.format(window="1h")
+    return {"interval": "1m", "input_series": series, "promql_expr_test": [{
+        "expr": f"count by ({c.L_WORKFLOW}) ({rec}{{{c.L_SLO}={quote(s.name)}}})",
+        "eval_time": f"{minutes}m",
+        "exp_samples": [{"labels": _series("", {c.L_WORKFLOW: w}), "value": 1} for w in sorted(unnamed)]}]}
+
+
+def _seen_absent_cases(spec: Spec) -> list[dict]:
+    """A default SLO's absent-data alert: a workflow that ran and stopped fires, one never seen does not, and a
+    named workflow that stopped fires its own alert only (not a second one)."""
+    rule = _seen_absent_alert(spec)
+    named = list(spec.named_workflows)
+    steady, stopped = _unnamed(spec, "seen_workflow", 2)
+
+    def series(w, minutes):
+        return {"series": _series(c.WORKFLOW_RUNS_TOTAL, {c.L_WORKFLOW: w, c.L_STATUS: "ok"}),
+                "values": _counter(1, minutes)}
+
+    # every series until 10m; then only `steady` (and the named ones, whose absent() would fire otherwise)
+    stops = [series(steady, 40), series(stopped, 10)] + [series(w, 10) for w in named[:1]] + \
+        [series(w, 40) for w in named[1:]]
+    expected = [_expected(rule, {c.L_WORKFLOW: stopped})] + [_expected(_absent_alert(spec, w), {})
+                                                             for w in named[:1]]
+    runs = [series(steady, 40), series(stopped, 40)] + [series(w, 40) for w in named]
+    return [{"interval": "1m", "input_series": inputs,
+             "alert_rule_test": [{"eval_time": "35m", "alertname": c.ALERT_WORKFLOW_DATA_ABSENT,
+                                  "exp_alerts": exp}]}
+            for inputs, exp in ((stops, expected), (runs, []))]
 
 
 def _absent_cases(spec: Spec, workflow: str, all_workflows: list[str]) -> list[dict]:
@@ -184,8 +237,10 @@ def _regression_cases(spec: Spec) -> list[dict]:
 def promtool_tests(spec: Spec, rule_file: str) -> dict[str, Any]:
     """Threshold, absent-data and regression cases, evaluated every minute (``for:`` needs it)."""
     tests = [case for t in spec.thresholds for case in _threshold_cases(spec, t)] + _regression_cases(spec)
-    workflows = sorted({s.workflow for s in spec.slos})
+    workflows = list(spec.named_workflows)
     tests += [case for w in workflows for case in _absent_cases(spec, w, workflows)]
+    if spec.has_defaults:
+        tests += _seen_absent_cases(spec)
     return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": tests}
 
 

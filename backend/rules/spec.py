@@ -14,15 +14,20 @@ Example spec::
     thresholds:
       - {layer: api, metric: response_time, warning: 500ms, critical: 2000ms}
       - {layer: cache, metric: hit_rate, warning: 80%, critical: 60%}   # lower is worse
-    slos:
+    default_slos:   # applied to every workflow that reports runs, without naming any
+      - {type: availability, objective: 99%, min_events: 20}
+    slos:           # opt-in, per named workflow; replaces the default of the same type for it
       - {workflow: checkout, type: availability, objective: 99.5%, min_events: 20}
       - {workflow: checkout, type: latency, objective: 99%, threshold: 2.5s}
+
+A spec of the first releases (``slos:`` only, every workflow named) reads the same
+as before: without ``default_slos`` no objective applies to unnamed workflows.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -67,15 +72,28 @@ class Threshold:
 
 @dataclass(frozen=True)
 class SLO:
-    workflow: str
+    """One objective: for a named ``workflow``, or (``workflow=None``) the default for every workflow seen.
+
+    A default never names a workflow: its rules aggregate ``by (workflow)`` over
+    whatever reports runs, less ``except_workflows`` (those with their own SLO of
+    this type).
+    """
+
+    workflow: str | None
     type: str  # availability | latency
     objective: float  # ratio, e.g. 0.995
     threshold_s: float | None  # latency SLOs: a run slower than this is a bad event
     min_events: int
+    except_workflows: tuple[str, ...] = ()
+
+    @property
+    def is_default(self) -> bool:
+        return self.workflow is None
 
     @property
     def name(self) -> str:
-        return f"{self.workflow}-{self.type}"
+        # "default:" cannot collide with a named SLO's "<workflow>-<type>", whatever the workflow is called.
+        return f"default:{self.type}" if self.workflow is None else f"{self.workflow}-{self.type}"
 
     @property
     def error_budget(self) -> float:
@@ -101,12 +119,21 @@ class Routing:
 @dataclass(frozen=True)
 class Spec:
     thresholds: tuple[Threshold, ...]
-    slos: tuple[SLO, ...]
+    slos: tuple[SLO, ...]  # the defaults (sorted by type) first, then the named ones in spec order
     grafana_url: str
     for_: str
     rate_window: str
     buckets: tuple[float, ...] = field(default=c.DEFAULT_BUCKETS)
     routing: Routing = field(default_factory=Routing)
+
+    @property
+    def named_workflows(self) -> tuple[str, ...]:
+        """Workflows the spec declares by name (their absent-data alert fires even before any run)."""
+        return tuple(sorted({s.workflow for s in self.slos if s.workflow is not None}))
+
+    @property
+    def has_defaults(self) -> bool:
+        return any(s.is_default for s in self.slos)
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -187,10 +214,17 @@ def _threshold(r: _Reader, raw: Any, path: str, default_for: str) -> Threshold:
     return Threshold(layer, metric, warning, critical, for_)
 
 
-def _slo(r: _Reader, raw: Any, path: str, buckets: tuple[float, ...]) -> SLO:
-    d = r.mapping(raw, path, {"workflow", "type", "objective", "threshold", "min_events"},
-                  {"workflow", "type", "objective"})
-    wf = r.string(d["workflow"], f"{path}.workflow")
+def _slo(r: _Reader, raw: Any, path: str, buckets: tuple[float, ...], named: bool = True) -> SLO:
+    fields = {"type", "objective", "threshold", "min_events"}
+    if named:
+        d = r.mapping(raw, path, fields | {"workflow"}, {"workflow", "type", "objective"})
+        wf = r.string(d["workflow"], f"{path}.workflow")
+    else:
+        if isinstance(raw, dict) and "workflow" in raw:
+            r.fail(f"{path}.workflow", "a default objective applies to every workflow; "
+                                       "name a workflow under slos: instead")
+        d = r.mapping(raw, path, fields, {"type", "objective"})
+        wf = None
     kind = d["type"]
     if kind not in SLO_TYPES:
         r.fail(f"{path}.type", f"must be one of {list(SLO_TYPES)}, got {kind!r}")
@@ -263,8 +297,8 @@ def _routing(r: _Reader, raw: Any) -> Routing:
 def parse_spec(doc: Any, source: str | None = None) -> Spec:
     """Check and map an already-parsed spec document."""
     r = _Reader(source)
-    d = r.mapping(doc, "", {"apiVersion", "kind", "grafana_url", "defaults", "buckets", "thresholds", "slos",
-                            "routing"}, {"apiVersion", "kind"})
+    d = r.mapping(doc, "", {"apiVersion", "kind", "grafana_url", "defaults", "buckets", "thresholds",
+                            "default_slos", "slos", "routing"}, {"apiVersion", "kind"})
     if d["apiVersion"] != API_VERSION:
         r.fail("apiVersion", f"unsupported version {d['apiVersion']!r}; this Flowscope reads {API_VERSION!r}")
     if d["kind"] != KIND:
@@ -290,6 +324,17 @@ def parse_spec(doc: Any, source: str | None = None) -> Spec:
         if s.name in names:
             r.fail(f"slos[{i}]", f"duplicates slos[{names[s.name]}] ({s.name})")
         names[s.name] = i
+    defaults_raw = r.seq(d.get("default_slos"), "default_slos")
+    default_slos = [_slo(r, s, f"default_slos[{i}]", buckets, named=False) for i, s in enumerate(defaults_raw)]
+    types: dict[str, int] = {}
+    for i, s in enumerate(default_slos):
+        if s.type in types:
+            r.fail(f"default_slos[{i}]", f"duplicates default_slos[{types[s.type]}] (one default per type: {s.type})")
+        types[s.type] = i
+    # A named SLO replaces the default of its type for that workflow, so no workflow has two objectives.
+    default_slos = [replace(s, except_workflows=tuple(sorted({n.workflow for n in slos if n.type == s.type})))
+                    for s in sorted(default_slos, key=lambda s: SLO_TYPES.index(s.type))]
+    slos = (*default_slos, *slos)
     grafana = d.get("grafana_url", "http://localhost:3000")
     grafana = r.string(grafana, "grafana_url").rstrip("/")
     return Spec(thresholds, slos, grafana, for_, rate_window, buckets, _routing(r, d.get("routing")))
