@@ -859,7 +859,7 @@ class RunRecorder:
         if n:
             with self._metrics.lock:
                 self.m_swept.inc((), n)
-            log.info("retention sweep deleted %d runs older than %.0f days", n, self.retention_s / 86400)
+            log.info("retention sweep deleted %d runs older than %g h", n, self.retention_s / 3600)
         return n
 
     def flush(self, timeout_s: float = 10.0) -> bool:
