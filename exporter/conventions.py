@@ -76,6 +76,8 @@ REQUESTS_REJECTED_TOTAL = "flowscope_ingest_requests_rejected_total"
 #: Accepted values cut to the boundary's caps (names to the label length, nesting to the depth/size caps).
 VALUES_TRUNCATED_TOTAL = "flowscope_values_truncated_total"
 TRACES_PENDING = "flowscope_traces_pending_spans"
+#: OTLP traces whose workflow was guessed (no root span and no ``flowscope.workflow`` in time), by reason.
+WORKFLOW_NAMES_GUESSED_TOTAL = "flowscope_workflow_names_guessed_total"
 PROFILES_RECEIVED_TOTAL = "flowscope_profiles_received_total"
 PROFILES_PATH = "/api/v1/profiles"
 

@@ -16,7 +16,7 @@ from .loki import LokiPusher, error_entry
 from .metrics import MetricStore
 from .model import ErrorRecord, Span
 from .redact import Redactor
-from .resolver import WorkflowResolver
+from .resolver import PENDING_LIMIT, SHUTDOWN, TIMEOUT, WorkflowResolver
 from .validate import clean_text, clean_value
 
 
@@ -77,6 +77,13 @@ class Pipeline:
                                            (c.L_FORMAT,))
         pending = s.gauge(c.TRACES_PENDING, "OTLP spans waiting for their trace's root span to name the workflow.")
         pending.set_function((), lambda: self.resolver.pending_spans)
+        self.names_guessed = s.counter(c.WORKFLOW_NAMES_GUESSED_TOTAL,
+                                       "OTLP traces named after their earliest local span because neither their root "
+                                       "span nor a span with flowscope.workflow arrived in time, by reason.",
+                                       (c.L_REASON,))
+        for reason in (TIMEOUT, PENDING_LIMIT, SHUTDOWN):
+            self.names_guessed.inc((reason,), 0)
+        s.collect_hooks.append(self._fold_guesses)
 
     # -- input ----------------------------------------------------------------------------
 
@@ -95,8 +102,9 @@ class Pipeline:
                 self.rejected.inc((fmt, reason), n)
                 rej += n
             self.received.inc((fmt,), len(spans) + rej)
-            if any(s.workflow is None for s in spans):
-                spans = self.resolver.resolve(spans, self.clock())
+            # Every batch: a named span (or a root) names the spans of its trace that wait and those still
+            # to come, whichever request they arrive in; a batch that is all named costs the resolver one pass.
+            spans = self.resolver.resolve(spans, self.clock())
             self._apply(spans)
         self._fan_out(spans)
 
@@ -104,6 +112,13 @@ class Pipeline:
         n, self._sdk_received = self._sdk_received, 0
         if n:
             self.received.inc((c.FORMAT_SDK,), n)
+
+    def _fold_guesses(self) -> None:
+        guessed = self.resolver.guessed
+        if guessed:
+            for reason, n in guessed.items():
+                self.names_guessed.inc((reason,), n)
+            guessed.clear()
 
     def reject_request(self, fmt: str, reason: str) -> None:
         with self.store.lock:

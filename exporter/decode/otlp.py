@@ -1,8 +1,9 @@
 """OTLP/HTTP trace requests (protobuf or JSON) → spans.
 
-The layer comes from OpenTelemetry semantic conventions (``derive_layer``); an
-explicit ``flowscope.layer`` attribute wins. The workflow comes from the
-``flowscope.workflow`` / ``workflow.type`` attribute; when a span has neither,
+The layer, the component and the span name come from OpenTelemetry semantic
+conventions, one table in :mod:`exporter.semconv`; an explicit ``flowscope.layer``
+attribute wins. The workflow comes from the ``flowscope.workflow`` /
+``workflow.type`` attribute; when a span has neither,
 ``Span.workflow`` is left ``None`` and :class:`exporter.resolver.WorkflowResolver`
 names it after the trace's root span, which may arrive in a later request.
 
@@ -22,8 +23,10 @@ from google.protobuf.message import DecodeError as PbDecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .. import conventions as c
+from .. import semconv
 from ..errors import DecodeError
-from ..model import LAYERS, Span
+from ..model import Span
+from ..semconv import WANTED_KEYS, WEB_PREFIXES, derive_component, derive_layer  # noqa: F401 - re-exported
 from ..validate import (MAX_DEPTH, MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_TIME_NS, TOO_DEEP, Invalid, check_interval,
                         clean_label, clean_text, clean_value)
 from . import DecodeResult
@@ -31,12 +34,8 @@ from . import DecodeResult
 #: The one attribute a span keeps when its attributes could not be read at all.
 INVALID_ATTRIBUTES = "flowscope.invalid_attributes"
 
-# Span.kind values (opentelemetry.proto.trace.v1.Span.SpanKind)
-KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = 1, 2, 3, 4, 5
 STATUS_CODE_ERROR = 2
 
-CACHE_SYSTEMS = frozenset({"redis", "memcached", "hazelcast", "coherence", "valkey"})
-FRONTEND_SDKS = frozenset({"webjs", "browser", "javascript-browser"})
 ZERO_TRACE, ZERO_SPAN = bytes(16), bytes(8)
 ZERO_TRACE_HEX, ZERO_SPAN_HEX = "0" * 32, "0" * 16
 _TRACE_ID = re.compile(r"[0-9a-f]{32}").fullmatch
@@ -45,47 +44,9 @@ _SPAN_ID = re.compile(r"[0-9a-f]{16}").fullmatch
 _INT64_TEXT = re.compile(r"-?[0-9]{1,19}").fullmatch
 
 
-#: The only attribute keys the metric mapping reads; the rest are decoded lazily.
-WANTED_KEYS = frozenset({
-    *c.ATTR_WORKFLOW, *c.ATTR_CORRELATION_ID, c.ATTR_LAYER, c.ATTR_COMPONENT, "flowscope.status",
-    "db.system", "db.system.name", "messaging.system", "rpc.service", "peer.service", "server.address",
-    "net.peer.name", "error.type",
-})
-WEB_PREFIXES = ("http.", "url.", "rpc.")
-
-
-def derive_layer(attrs: dict[str, Any], kind: int, resource: dict[str, Any], web: bool | None = None) -> str:
-    """The layer of one span, from semantic conventions.
-
-    ``flowscope.layer`` wins; then ``db.system`` (a cache system such as redis
-    → cache, else database); ``messaging.system`` or a PRODUCER/CONSUMER span →
-    queue; a browser SDK → frontend; a SERVER span with ``http.*``/``url.*``
-    or ``rpc.*`` → api; a CLIENT span with those → external; else other.
-    """
-    explicit = attrs.get(c.ATTR_LAYER)
-    if explicit is not None:
-        return explicit if explicit in LAYERS else "other"
-    db = attrs.get("db.system") or attrs.get("db.system.name")
-    if db is not None:
-        return "cache" if str(db).lower() in CACHE_SYSTEMS else "database"
-    if "messaging.system" in attrs or kind in (KIND_PRODUCER, KIND_CONSUMER):
-        return "queue"
-    if str(resource.get("telemetry.sdk.language", "")).lower() in FRONTEND_SDKS:
-        return "frontend"
-    if kind == KIND_SERVER or kind == KIND_CLIENT:
-        if web is None:
-            web = any(k.startswith(WEB_PREFIXES) for k in attrs)
-        if web:
-            return "api" if kind == KIND_SERVER else "external"
-    return "other"
-
-
-def derive_component(attrs: dict[str, Any], kind: int, service: str) -> str:
-    v = (attrs.get(c.ATTR_COMPONENT) or attrs.get("db.system") or attrs.get("db.system.name")
-         or attrs.get("messaging.system") or attrs.get("rpc.service"))
-    if v is None and kind == KIND_CLIENT:
-        v = attrs.get("peer.service") or attrs.get("server.address") or attrs.get("net.peer.name")
-    return str(v) if v is not None else service
+# The semantic-conventions mapping (layer, component, span name) and the attribute keys it reads
+# eagerly live in one table, exporter/semconv.py; the names stay importable from here.
+_classify, _span_name, _HTTP_SPAN_NAMES = semconv.classify, semconv.span_name, semconv.HTTP_SPAN_NAMES
 
 
 def _status(code: int, message: str, attrs: dict[str, Any], exc: dict[str, Any] | None):
@@ -147,9 +108,11 @@ def _span(trace_id: str, span_id: str, parent: str, name: str, kind: int, start:
         corr = _label(corr, "correlation_id", result)
         if len(corr) > MAX_ID_CHARS:
             raise Invalid("invalid_value", f"correlation_id is longer than {MAX_ID_CHARS} characters")
-    return Span(trace_id, span_id, _label(wf, "workflow", result) if wf else None,
-                derive_layer(attrs, kind, resource, web),
-                _label(derive_component(attrs, kind, service), "component", result), _label(name, "name", result),
+    layer, component = _classify(attrs, kind, resource, service, web)
+    if (name in _HTTP_SPAN_NAMES or name.isupper()) and ("http.route" in attrs or "url.template" in attrs):
+        name = _span_name(name, attrs)  # named by its HTTP method alone: "GET" → "GET /users/{id}"
+    return Span(trace_id, span_id, _label(wf, "workflow", result) if wf else None, layer,
+                _label(component, "component", result), _label(name, "name", result),
                 start, end, status, parent or None, corr or None, service,
                 _label(etype, "error.type", result) if etype else None, clean_text(emsg) if emsg else None,
                 attrs, None, True, None, clean_text(exc.get("exception.stacktrace")) if exc else None)
