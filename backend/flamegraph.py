@@ -128,7 +128,11 @@ def _diff_color(n: Node, total_l: float, total_r: float) -> str:
 
 
 def svg(tree: Node, title: str, diff: bool = False, width: int = 1200) -> str:
-    """An icicle SVG: one row per stack depth, frame width by (left + right) total; tooltips carry the numbers."""
+    """An icicle SVG: one row per stack depth, frame width by (left + right) total; tooltips carry the numbers.
+
+    ``width`` is the viewBox's width (the unit labels are cut to); the picture itself is 100% of its
+    container's width, its height following from the viewBox.
+    """
     total = tree.value + tree.value_right
     rects: list[str] = []
     depth = 0
@@ -162,8 +166,9 @@ def svg(tree: Node, title: str, diff: bool = False, width: int = 1200) -> str:
     head = escape(title) + (" — diff: red hotter, blue cooler (share of each window)" if diff else "")
     if not total:
         head = escape(title) + " — no profile samples"
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" font-family="monospace" font-size="11">'
+    # width 100% and no height: the picture scales with its container, the viewBox keeping its proportions
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}" '
+            f'preserveAspectRatio="xMinYMin meet" font-family="monospace" font-size="11">'
             f'<text x="0" y="14" font-size="13">{head}</text>' + "".join(rects) + "</svg>")
 
 

@@ -52,6 +52,7 @@ class Span:
         "trace_id", "span_id", "parent_span_id", "correlation_id", "workflow", "service",
         "layer", "component", "operation", "start_ns", "end_ns", "status", "error_type",
         "error_message", "_attrs", "_raw_attrs", "state", "is_step", "user", "stack_trace",
+        "kind", "resource", "_details",
     )
 
     def __init__(
@@ -75,6 +76,10 @@ class Span:
         is_step: bool = True,
         user: str | None = None,
         stack_trace: str | None = None,
+        kind: str | None = None,
+        resource: dict[str, Any] | None = None,
+        events: list[dict[str, Any]] | None = None,
+        links: list[dict[str, Any]] | None = None,
     ):
         self.trace_id = trace_id
         self.span_id = span_id
@@ -96,6 +101,10 @@ class Span:
         self.is_step = is_step
         self.user = user
         self.stack_trace = stack_trace
+        self.kind = kind
+        self.resource = resource
+        # (events, links) once decoded; [decode, raw] while deferred (one slot: this runs per span)
+        self._details = None if events is None and links is None else (events, links)
 
     @property
     def attributes(self) -> dict[str, Any] | None:
@@ -124,6 +133,36 @@ class Span:
         """Keep ``raw`` and build ``attributes`` with ``decode(raw)`` on first read."""
         self._attrs, self._raw_attrs = None, (decode, raw)
 
+    def _loaded_details(self) -> tuple[list | None, list | None]:
+        d = self._details
+        if d is None:
+            return None, None
+        if type(d) is list:  # deferred: [decode, raw]
+            d = self._details = d[0](d[1])
+        return d
+
+    @property
+    def events(self) -> list[dict[str, Any]] | None:
+        """Span events, ``[{"name", "time_ns", "attributes"}]``; decoders may defer them like attributes."""
+        return self._loaded_details()[0]
+
+    @events.setter
+    def events(self, value: list[dict[str, Any]] | None) -> None:
+        self._details = (value, self._loaded_details()[1])
+
+    @property
+    def links(self) -> list[dict[str, Any]] | None:
+        """Links to spans of other traces, ``[{"trace_id", "span_id", "attributes"}]``; deferred like events."""
+        return self._loaded_details()[1]
+
+    @links.setter
+    def links(self, value: list[dict[str, Any]] | None) -> None:
+        self._details = (self._loaded_details()[0], value)
+
+    def defer_details(self, decode, raw) -> None:
+        """Keep ``raw`` and build ``(events, links)`` with ``decode(raw)`` on first read of either."""
+        self._details = [decode, raw]
+
     @property
     def duration_s(self) -> float:
         return (self.end_ns - self.start_ns) / 1e9
@@ -139,6 +178,7 @@ class Span:
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__slots__ if not k.startswith("_")}
         d["attributes"] = self.attributes
+        d["events"], d["links"] = self.events, self.links
         return d
 
     def __repr__(self) -> str:

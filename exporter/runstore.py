@@ -90,6 +90,32 @@ spans = Table(
     Index("ix_spans_end", "end_ns"),
 )
 
+#: Span details beyond the spans table (a new table: existing ones are never altered, there are no
+#: migrations): kind, resource attributes, events and links, as redacted JSON. One row per span that has any.
+span_details = Table(
+    "span_details", metadata,
+    Column("correlation_id", String(128), primary_key=True),
+    Column("span_id", String(16), primary_key=True),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=True),
+    Column("resource", Text, nullable=True),
+    Column("events", Text, nullable=True),
+    Column("links", Text, nullable=True),
+    Index("ix_span_details_end", "end_ns"),
+)
+
+#: One row per span link, indexed by the linked trace: "which runs link to this one" without scanning JSON.
+span_links = Table(
+    "span_links", metadata,
+    Column("correlation_id", String(128), primary_key=True),
+    Column("span_id", String(16), primary_key=True),
+    Column("link_trace_id", String(32), primary_key=True),
+    Column("link_span_id", String(16), primary_key=True),
+    Column("end_ns", BigInteger, nullable=False),
+    Index("ix_span_links_trace", "link_trace_id"),
+    Index("ix_span_links_end", "end_ns"),
+)
+
 errors = Table(
     "errors", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -146,6 +172,10 @@ profiles = Table(
 )
 
 SPAN_COLUMNS = tuple(col.name for col in spans.columns)
+DETAIL_COLUMNS = tuple(col.name for col in span_details.columns)
+LINK_COLUMNS = tuple(col.name for col in span_links.columns)
+#: At most this many linked runs per direction are returned with a run.
+MAX_LINKED_RUNS = 100
 
 
 def _insert_ignore_sql(dialect, table: str, columns: tuple[str, ...]) -> str | None:
@@ -237,18 +267,52 @@ class RunStore:
         self._insert_span = insert_ignore(engine, spans)
         self._span_sql = _insert_ignore_sql(engine.dialect, "spans", SPAN_COLUMNS)
         self._insert_run = insert_ignore(engine, runs)
+        self._insert_detail = insert_ignore(engine, span_details)
+        self._detail_sql = _insert_ignore_sql(engine.dialect, "span_details", DETAIL_COLUMNS)
+        self._insert_link = insert_ignore(engine, span_links)
+        self._link_sql = _insert_ignore_sql(engine.dialect, "span_links", LINK_COLUMNS)
         self._lock = threading.Lock()  # one writer at a time owns the miner
 
     # -- writing ------------------------------------------------------------------------------
 
-    def _attrs(self, attrs: dict | None) -> str | None:
-        if not attrs:
-            return None
+    def _redact(self, attrs: dict) -> dict:
+        """Attributes as stored: secret keys redacted, user identifiers hashed."""
         out = self.redactor.value(attrs)
         for k in USER_KEYS.intersection(out):
             if out[k] is not None:
                 out[k] = hash_user(str(out[k]))
-        return _json(out)
+        return out
+
+    def _attrs(self, attrs: dict | None) -> str | None:
+        if not attrs:
+            return None
+        return _json(self._redact(attrs))
+
+    def detail_rows(self, s: Span, resources: dict[int, tuple]) -> tuple[tuple | None, list[tuple]]:
+        """The span's :data:`DETAIL_COLUMNS` row (None when it has no details) and its :data:`LINK_COLUMNS` rows,
+        redacted like attributes. ``resources`` caches each resource's JSON by identity for one batch
+        (decoders share one dict per resource)."""
+        events, links = s.events, s.links
+        res = s.resource
+        if not (s.kind or res or events or links):
+            return None, []
+        res_json = None
+        if res:
+            got = resources.get(id(res))
+            if got is None or got[0] is not res:
+                got = resources[id(res)] = (res, self._attrs(res))  # holding res keeps its id from being reused
+            res_json = got[1]
+        text = self.redactor.text
+        ev_json = _json([{"name": text(e.get("name")), "time_ns": e.get("time_ns"),
+                          "attributes": self._redact(e.get("attributes") or {})} for e in events]) if events else None
+        link_rows = []
+        ln_json = None
+        if links:
+            ln_json = _json([{"trace_id": ln["trace_id"], "span_id": ln["span_id"],
+                              "attributes": self._redact(ln.get("attributes") or {})} for ln in links])
+            link_rows = [(s.correlation_id, s.span_id, ln["trace_id"], ln["span_id"], s.end_ns) for ln in links]
+        kind = s.kind[:16] if s.kind else None
+        return (s.correlation_id, s.span_id, s.end_ns, kind, res_json, ev_json, ln_json), link_rows
 
     def span_row(self, s: Span) -> tuple[tuple, bool]:
         """The span as a row in :data:`SPAN_COLUMNS` order, redacted and capped; and whether its state was cut."""
@@ -278,18 +342,22 @@ class RunStore:
         raised. What the database itself refuses raises, and nothing of the batch is written.
         """
         span_rows: list[tuple] = []
+        detail_rows: list[tuple] = []
+        link_rows: list[tuple] = []
+        resources: dict[int, tuple] = {}
         run_rows: list[dict] = []
         err_rows: list[dict] = []
         prof_rows: list[dict] = []
         truncated = 0
         red = self.redactor
-        fast_row, span_row = self.fast_row, self.span_row
+        fast_row, span_row, details_of = self.fast_row, self.span_row, self.detail_rows
         for it in items:
             try:
                 if type(it) is tuple:
                     span_rows.append(fast_row(it))
                 elif isinstance(it, Span):
                     row, cut = span_row(it)
+                    detail, links = details_of(it, resources)
                     run_row = err_row = None
                     if it.is_root:
                         run_row = {
@@ -306,6 +374,9 @@ class RunStore:
                     # appended only once every row of the item is built: a poisoned item leaves no half behind
                     span_rows.append(row)
                     truncated += cut
+                    if detail is not None:
+                        detail_rows.append(detail)
+                        link_rows += links
                     if run_row is not None:
                         run_rows.append(run_row)
                     if err_row is not None:
@@ -332,6 +403,13 @@ class RunStore:
                     conn.exec_driver_sql(self._span_sql, span_rows)
                 else:
                     conn.execute(self._insert_span, [dict(zip(SPAN_COLUMNS, r)) for r in span_rows])
+            for rows, sql, stmt, cols in ((detail_rows, self._detail_sql, self._insert_detail, DETAIL_COLUMNS),
+                                          (link_rows, self._link_sql, self._insert_link, LINK_COLUMNS)):
+                if rows:
+                    if sql is not None:
+                        conn.exec_driver_sql(sql, rows)
+                    else:
+                        conn.execute(stmt, [dict(zip(cols, r)) for r in rows])
             if run_rows:
                 conn.execute(self._insert_run, run_rows)
             if err_rows:
@@ -387,6 +465,8 @@ class RunStore:
         with self.engine.begin() as conn:
             n = conn.execute(delete(runs).where(runs.c.end_ns < older_than_ns)).rowcount
             conn.execute(delete(spans).where(spans.c.end_ns < older_than_ns))
+            conn.execute(delete(span_details).where(span_details.c.end_ns < older_than_ns))
+            conn.execute(delete(span_links).where(span_links.c.end_ns < older_than_ns))
             conn.execute(delete(errors).where(errors.c.time_ns < older_than_ns))
             conn.execute(delete(profiles).where(profiles.c.time_ns < older_than_ns))
             # groups with no error left, and never resolved, go too; resolved ones keep their notes
@@ -461,9 +541,11 @@ class RunStore:
         return out
 
     def get_run(self, correlation_id: str) -> dict | None:
-        """The run with all its spans (start order), errors and profile count; None if unknown.
+        """The run with all its spans (start order), errors, profile count and linked runs; None if unknown.
 
-        A trace_id (as exemplars and log lines carry) finds its run too.
+        A trace_id (as exemplars and log lines carry) finds its run too. Each span carries ``kind``,
+        ``resource``, ``events`` and ``links`` (None / [] when it has none); ``linked_runs`` lists the
+        runs this run's spans link to and the runs whose spans link to it (:meth:`linked_runs`).
 
         A run whose root has not arrived (or never will) is still returned when it has
         spans: its status is ``in_progress`` and its bounds are its spans'.
@@ -484,11 +566,21 @@ class RunStore:
                                 .order_by(errors.c.time_ns, errors.c.id)).mappings().all()
             nprof = conn.execute(select(func.count()).select_from(profiles)
                                  .where(profiles.c.correlation_id == correlation_id)).scalar_one()
+            details = {r.span_id: r for r in conn.execute(
+                select(span_details.c.span_id, span_details.c.kind, span_details.c.resource, span_details.c.events,
+                       span_details.c.links).where(span_details.c.correlation_id == correlation_id))}
+            trace_ids = {r["trace_id"] for r in rows} | ({run["trace_id"]} if run is not None else set())
+            linked = self._linked_runs(conn, correlation_id, trace_ids)
         span_list = []
         for r in rows:
             d = _d(r)
             d["attributes"] = orjson.loads(d["attributes"]) if d["attributes"] else {}
             d["state"] = orjson.loads(d["state"]) if d["state"] is not None else None
+            x = details.get(d["span_id"])
+            d["kind"] = x.kind if x is not None else None
+            d["resource"] = orjson.loads(x.resource) if x is not None and x.resource else None
+            d["events"] = orjson.loads(x.events) if x is not None and x.events else []
+            d["links"] = orjson.loads(x.links) if x is not None and x.links else []
             span_list.append(d)
         if run is None:
             first = span_list[0]
@@ -497,7 +589,54 @@ class RunStore:
                    "trace_id": first["trace_id"], "service": first["service"], "user_hash": None,
                    "error_type": None, "error_message": None}
             run["duration_ms"] = (run["end_ns"] - run["start_ns"]) / 1e6
-        return {"run": _d(run), "spans": span_list, "errors": [_d(e) for e in errs], "profiles": nprof}
+        return {"run": _d(run), "spans": span_list, "errors": [_d(e) for e in errs], "profiles": nprof,
+                "linked_runs": linked}
+
+    def linked_runs(self, correlation_id: str) -> list[dict]:
+        """The runs linked with this one: ``[{correlation_id, workflow, trace_id, direction}]``.
+
+        ``direction`` is ``links_to`` for a run one of this run's spans links to (a consumer's producer)
+        and ``linked_from`` for a run with a span linking to this run's trace (the producer's consumers).
+        Links resolve to runs through the runs table's trace index; a link to a trace with no stored run
+        stays on its span only. At most :data:`MAX_LINKED_RUNS` per direction.
+        """
+        with self.engine.connect() as conn:
+            tids = set(conn.execute(select(spans.c.trace_id).where(spans.c.correlation_id == correlation_id)
+                                    .distinct()).scalars())
+            tids.update(conn.execute(select(runs.c.trace_id).where(runs.c.correlation_id == correlation_id))
+                        .scalars())
+            return self._linked_runs(conn, correlation_id, tids)
+
+    @staticmethod
+    def _linked_runs(conn, correlation_id: str, trace_ids: set[str]) -> list[dict]:
+        out: list[dict] = []
+        targets = sorted(set(conn.execute(select(span_links.c.link_trace_id)
+                                          .where(span_links.c.correlation_id == correlation_id)
+                                          .distinct().limit(1000)).scalars()) - trace_ids)
+        seen: set[tuple[str, str]] = set()
+        if targets:
+            q = (select(runs.c.correlation_id, runs.c.workflow, runs.c.trace_id)
+                 .where(runs.c.trace_id.in_(targets[:500]), runs.c.correlation_id != correlation_id)
+                 .order_by(runs.c.start_ns, runs.c.correlation_id).limit(MAX_LINKED_RUNS))
+            for r in conn.execute(q):
+                if (r.correlation_id, "links_to") not in seen:
+                    seen.add((r.correlation_id, "links_to"))
+                    out.append({"correlation_id": r.correlation_id, "workflow": r.workflow, "trace_id": r.trace_id,
+                                "direction": "links_to"})
+        if trace_ids:
+            src = (select(span_links.c.correlation_id)
+                   .where(span_links.c.link_trace_id.in_(sorted(trace_ids)[:500]),
+                          span_links.c.correlation_id != correlation_id)
+                   .distinct().limit(MAX_LINKED_RUNS).subquery())
+            q = (select(src.c.correlation_id, runs.c.workflow, runs.c.trace_id)
+                 .select_from(src.outerjoin(runs, runs.c.correlation_id == src.c.correlation_id))
+                 .order_by(runs.c.start_ns, src.c.correlation_id))
+            for r in conn.execute(q):
+                if (r.correlation_id, "linked_from") not in seen:
+                    seen.add((r.correlation_id, "linked_from"))
+                    out.append({"correlation_id": r.correlation_id, "workflow": r.workflow, "trace_id": r.trace_id,
+                                "direction": "linked_from"})
+        return out
 
     def profile_stacks(self, workflow: str | None = None, correlation_id: str | None = None,
                        since_ns: int | None = None, until_ns: int | None = None) -> dict[str, float]:

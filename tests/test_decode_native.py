@@ -77,3 +77,29 @@ def test_errors_records_decode_and_bad_ones_are_refused_with_reasons():
     assert (e.error_type, e.category, e.workflow, e.correlation_id) == ("PaymentTimeout", "timeout", "checkout", "c-1")
     assert [(r.index, r.reason) for r in res.rejected] == [(1, "invalid_value"), (2, "missing_field"),
                                                            (3, "malformed_span")]
+
+
+def test_kind_events_and_links_are_checked_and_kept():
+    step = {**STEP, "kind": "Consumer",
+            "events": [{"name": "retry", "time": 1795000000.5, "attributes": {"attempt": 2}},
+                       {"name": "odd time", "time": "yesterday"}],
+            "links": [{"trace_id": "A" * 32, "span_id": "b" * 16, "attributes": {"x": 1}},
+                      {"trace_id": "nothex", "span_id": "b" * 16}, {"trace_id": "0" * 32, "span_id": "b" * 16}]}
+    res = native.decode({"steps": [step], "workflows": [{**RUN, "kind": "quantum"}]})
+    assert not res.rejected
+    s, run = res.spans
+    assert (s.kind, run.kind) == ("consumer", "quantum")  # an unknown kind is kept as given
+    assert s.events == [{"name": "retry", "time_ns": 1795000000500000000, "attributes": {"attempt": 2}},
+                        {"name": "odd time", "time_ns": None, "attributes": {}}]
+    assert s.links == [{"trace_id": "a" * 32, "span_id": "b" * 16, "attributes": {"x": 1}}]
+    assert res.truncated == 3  # the bad time and the two bad links, each left out and counted
+    assert run.events is None and run.links is None
+
+
+@pytest.mark.parametrize("field,value", [("kind", 5), ("events", {}), ("events", [{"time": 1}]),
+                                         ("events", ["x"]), ("links", [3]), ("links", [{"trace_id": "a" * 32,
+                                                                                         "span_id": "b" * 16,
+                                                                                         "attributes": []}])])
+def test_malformed_details_refuse_the_record_with_a_reason(field, value):
+    res = native.decode({"steps": [{**STEP, field: value}]})
+    assert not res.spans and res.rejected[0].reason in ("invalid_value", "missing_field")

@@ -117,3 +117,80 @@ def test_unknown_fields_are_ignored_and_enum_names_accepted():
     (s,) = otlp.decode_json(orjson.dumps(doc)).spans
     assert (s.layer, s.status) == ("api", "error")
     assert s.attributes == {"http.route": "/", "retries": 3, "tags": ["a"]}
+
+
+# --- span details (issue 10): kind, resource, events, links, users, state ---------------------------------------
+
+
+def _both(req):
+    """The request decoded through both encodings (OTLP/JSON link ids are hex too, which to_json leaves base64)."""
+    import base64
+
+    doc = to_json(req)
+    for sp in doc["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        for ln in sp.get("links", ()):
+            for k in ("traceId", "spanId"):
+                ln[k] = base64.b64decode(ln[k]).hex()
+    return otlp.decode_protobuf(req.SerializeToString()), otlp.decode_json(orjson.dumps(doc))
+
+
+def test_kind_resource_events_and_links_are_kept_in_both_encodings():
+    prod = span("publish", kind=PRODUCER)
+    cons = span("process", kind=5, events=[("retry", {"attempt": 2}), ("exception", {"exception.type": "E"})])
+    req = request([prod, cons], resource={"service.version": "1.2", "deployment.environment": "prod"})
+    ln = req.resource_spans[0].scope_spans[0].spans[1].links
+    ln.add(trace_id=bytes.fromhex(prod["trace_id"]), span_id=bytes.fromhex(prod["span_id"])).attributes.add(
+        key="messaging.operation").value.string_value = "publish"
+    ln.add(trace_id=b"\x01" * 3, span_id=b"\x02" * 8)  # a malformed link id: the link goes, not the span
+    for res in _both(req):
+        assert not res.rejected
+        p, s = res.spans
+        assert (p.kind, s.kind) == ("producer", "consumer")
+        assert s.resource == {"service.name": "shop", "service.version": "1.2", "deployment.environment": "prod"}
+        assert p.resource is s.resource  # decoded once per ResourceSpans, shared
+        assert [(e["name"], e["attributes"]) for e in s.events] == [("retry", {"attempt": 2}),
+                                                                    ("exception", {"exception.type": "E"})]
+        assert s.events[0]["time_ns"] == cons["end"]
+        assert s.links == [{"trace_id": prod["trace_id"], "span_id": prod["span_id"],
+                            "attributes": {"messaging.operation": "publish"}}]
+        assert p.events is None and p.links is None
+
+
+def test_unknown_kinds_are_kept_as_given_and_unspecified_is_none():
+    req = request([span("a", kind=0), span("b", kind=9)])
+    assert [s.kind for s in otlp.decode_protobuf(req.SerializeToString()).spans] == [None, "9"]
+    doc = to_json(request([span("c")]))
+    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["kind"] = "SPAN_KIND_TELEPATHY"
+    (s,) = otlp.decode_json(orjson.dumps(doc)).spans
+    assert s.kind == "SPAN_KIND_TELEPATHY"[:15] + "…"  # cut to the 16-character column, as names are cut
+
+
+def test_semantic_convention_user_ids_on_a_root_are_hashed_like_the_native_user():
+    from exporter.model import hash_user
+
+    root = span("checkout", kind=SERVER, attrs={"enduser.id": "alice"})
+    kid = span("q", trace_id=root["trace_id"], parent=root["span_id"], attrs={"user.id": "bob"})
+    other = span("login", kind=SERVER, attrs={"user.id": 42})
+    for res in _both(request([root, kid, other])):
+        assert [s.user for s in res.spans] == [hash_user("alice"), None, hash_user("42")]
+
+
+@pytest.mark.parametrize("attrs,events,state,cut", [
+    ({"flowscope.state": '{"cart": 3}'}, (), {"cart": 3}, 0),
+    ({}, [("flowscope.state", {"state": '{"cart": 4}'})], {"cart": 4}, 0),
+    ({"flowscope.state": '{"cart": 3}'}, [("flowscope.state", {"state": '{"cart": 4}'})], {"cart": 4}, 0),
+    ({"flowscope.state": "{nope"}, (), {"value": "{nope"}, 1),
+    ({"flowscope.state": "7"}, (), {"value": 7}, 0),
+])
+def test_flowscope_state_becomes_span_state(attrs, events, state, cut):
+    for res in _both(request([span("s", attrs=attrs, events=events)])):
+        (s,) = res.spans
+        assert s.state == state and res.truncated == cut
+
+
+def test_state_text_past_the_parse_limit_is_the_cap_marker_alone():
+    from exporter import conventions as c
+
+    text = '{"k": "' + "x" * otlp.MAX_STATE_CHARS + '"}'
+    (s,) = otlp.decode_protobuf(request([span("s", attrs={"flowscope.state": text})]).SerializeToString()).spans
+    assert list(s.state) == [c.TRUNCATED_KEY] and s.state[c.TRUNCATED_KEY]["original_bytes"] == len(text)

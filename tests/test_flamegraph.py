@@ -151,3 +151,9 @@ def test_values_that_are_not_finite_seconds_are_left_out():
     assert "nan" not in fg.svg(tree, "t") and "inf" not in fg.svg(tree, "t")
     empty = fg.svg(fg.build_tree({"a": float("inf")}), "t")
     assert "no profile samples" in empty
+
+
+def test_svg_scales_with_its_container():
+    picture = fg.svg(fg.build_tree({"main;a": 1.0, "main;b": 2.0}), "t", width=1000)
+    head = picture[:picture.index(">")]
+    assert 'width="100%"' in head and 'viewBox="0 0 1000 ' in head and "height=" not in head

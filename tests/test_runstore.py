@@ -254,10 +254,13 @@ POISON = {
     "state_nested_300_deep": lambda s: setattr(s, "state", _nested(300)),
     "error_message_not_a_string": lambda s: (setattr(s, "status", "error"), setattr(s, "error_type", "Boom"),
                                              setattr(s, "error_message", {"not": "text"})),
+    "events_not_a_list": lambda s: setattr(s, "events", 5),  # its span_details row cannot be built
+    "kind_nul_and_too_long": lambda s: setattr(s, "kind", "\x00" * 40),  # PostgreSQL text holds no NUL
     "nul_byte_in_operation": lambda s: setattr(s, "operation", "SELECT\x00 1"),  # PostgreSQL text holds no NUL
     "workflow_of_300_chars": lambda s: setattr(s, "workflow", "w" * 300),        # PostgreSQL enforces String(200)
 }
-POSTGRES_ONLY = {"nul_byte_in_operation", "workflow_of_300_chars"}  # SQLite stores these as they are
+#: SQLite stores these as they are
+POSTGRES_ONLY = {"nul_byte_in_operation", "workflow_of_300_chars", "kind_nul_and_too_long"}
 
 
 def _recorder(request, tmp_path, backend, **kw):

@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from urllib.parse import quote, urlencode
 
 from flask import Blueprint, Response, current_app, render_template, request
+from markupsafe import Markup
 
 from exporter import conventions as c
 from exporter.http import HttpError
@@ -76,6 +78,9 @@ def runjson_response(got: dict, cfg) -> dict:
         "critical_path": got["critical_path"],
         "errors": got["errors"],
         "profiles": got["profiles"],
+        # runs linked by span links (a queue consumer and its producer), each with its page
+        "linked_runs": [{**r, "page": f"{public}{c.RUN_PAGE_PATH}/{quote(r['correlation_id'])}"}
+                        for r in got.get("linked_runs") or ()],
         "links": {"page": f"{public}{c.RUN_PAGE_PATH}/{quote(cid)}", "logs": logs_url(cfg, run),
                   "flamegraph": f"{public}{c.FLAMEGRAPH_PATH}?correlation_id={quote(cid)}",
                   "replay": f"{public}{c.RUNS_PATH}/{quote(cid)}/replay?step=0"},
@@ -102,6 +107,115 @@ def _windows() -> tuple[tuple[int, int], tuple[int, int]]:
 def _workflow(value: str | None) -> str | None:
     """A workflow filter; Grafana's "All" (``.*``, as the dashboards' variable sends it) means no filter."""
     return None if not value or value in (".*", "$__all", "All") else value
+
+
+def time_axis(total_ms: float, target: int = 8) -> dict:
+    """Ticks for the waterfall's time axis: a round step (1, 2 or 5 × 10ⁿ) giving about ``target`` ticks.
+
+    ``{"step_pct": ..., "ticks": [{"pct": 0.0, "label": "0 ms", "align": "start"}, ...]}``; ``pct`` is
+    the tick's position across the track, as the bars' ``left`` is, so ticks and bars line up.
+
+        time_axis(730)["ticks"][1]["label"]   # "100 ms"
+    """
+    total_ms = total_ms if total_ms > 0 and math.isfinite(total_ms) else 1e-6
+    raw = total_ms / target
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    if total_ms >= 1000:  # the unit of the largest label, so labels read 0.2 s … 1.2 s, not 1200 ms
+        unit, scale = "s", 1000.0
+    elif total_ms >= 1:
+        unit, scale = "ms", 1.0
+    elif total_ms >= 1e-3:
+        unit, scale = "µs", 1e-3
+    else:
+        unit, scale = "ns", 1e-6
+    decimals = max(0, -math.floor(math.log10(step / scale) + 1e-9))
+    ticks = []
+    for i in range(int(total_ms / step * (1 + 1e-9)) + 1):
+        pct = 100 * i * step / total_ms
+        ticks.append({"pct": pct, "label": f"{i * step / scale:.{decimals}f} {unit}" if i else f"0 {unit}",
+                      "align": "start" if i == 0 else "end" if pct > 94 else "middle"})
+    return {"step_pct": 100 * step / total_ms, "ticks": ticks}
+
+
+def failure_chains(errors: list[dict], spans: dict[str, dict], parent: dict[str, str]) -> list[dict]:
+    """One entry per failure: ``{"origin": error, "also": [callers it failed through, deepest first], "again": [...]}``.
+
+    An exception deep down fails every caller above it, and a caller often names it its own way (the root's
+    error_type is its wrapper, a client span and its server disagree), so errors merge into one entry when
+    their spans lie on one ancestor chain, or when they share a fingerprint. The deepest span is the origin.
+    ``again`` holds same-fingerprint errors off the chain (a retry, a sibling). Errors without a span of this
+    run (logged errors) merge by fingerprint only. Entries are in time order.
+    """
+    def depth(e: dict) -> int:
+        s = spans.get(e["span_id"])
+        return s["depth"] if s else -1
+
+    entries: list[dict] = []
+    by_fp: dict[str, dict] = {}
+    for e in sorted(errors, key=lambda e: (-depth(e), e["time_ns"], e["id"])):
+        entry = by_fp.get(e["fingerprint"])
+        if entry is None and e["span_id"] in spans:
+            entry = next((x for x in entries if e["span_id"] in x["chain"]), None)
+        if entry is None:
+            chain, sid = set(), e["span_id"]
+            while sid in spans and sid not in chain:  # the tree's parents: acyclic, but stay safe
+                chain.add(sid)
+                sid = parent.get(sid)
+            entry = {"origin": e, "also": [], "again": [], "chain": chain}
+            entries.append(entry)
+        else:  # a caller it failed through, or the same error again elsewhere (a retry, a sibling)
+            entry["also" if e["span_id"] in entry["chain"] else "again"].append(e)
+        by_fp.setdefault(e["fingerprint"], entry)
+    entries.sort(key=lambda x: (x["origin"]["time_ns"], x["origin"]["id"]))
+    return entries
+
+
+def _json_text(v) -> str:
+    return json.dumps(v, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _details(rows: list[dict], errors: list[dict], t0: int) -> dict[str, dict]:
+    """What the details pane shows per span, by span_id: names in full, attributes sorted and JSON-formatted,
+    and kind, resource, events and links when the store has them (older runs have none)."""
+    errs: dict[str, list] = {}
+    for e in errors:
+        errs.setdefault(e["span_id"], []).append({k: e[k] for k in ("error_type", "message", "fingerprint",
+                                                                    "stack_trace")})
+    out = {}
+    for r in rows:
+        d = {k: r.get(k) for k in ("span_id", "parent_span_id", "service", "layer", "component", "operation",
+                                   "status", "error_type", "error_message", "step_index", "on_critical_path")}
+        d["start_ms"], d["duration_ms"] = (r["start_ns"] - t0) / 1e6, r["duration_ms"]
+        d["attributes"] = [[k, _json_text(v)] for k, v in sorted((r.get("attributes") or {}).items())]
+        if r.get("kind") is not None:
+            d["kind"] = r["kind"]
+        if isinstance(r.get("resource"), dict) and r["resource"]:
+            d["resource"] = [[k, _json_text(v)] for k, v in sorted(r["resource"].items())]
+        events = []
+        for ev in r.get("events") or ():
+            if not isinstance(ev, dict):
+                continue
+            when = next((ev[k] for k in ("time_ns", "time_unix_nano", "timestamp_ns", "time") if
+                         isinstance(ev.get(k), int | float)), None)
+            events.append({"name": str(ev.get("name", "")),
+                           "offset_ms": None if when is None else (when - t0) / 1e6,
+                           "attributes": [[k, _json_text(v)] for k, v in
+                                          sorted((ev.get("attributes") or {}).items())]})
+        if events:
+            d["events"] = events
+        links = []
+        for ln in r.get("links") or ():
+            if isinstance(ln, dict) and ln.get("trace_id"):
+                links.append({"trace_id": str(ln["trace_id"]), "span_id": ln.get("span_id"),
+                              "href": f"{c.RUN_PAGE_PATH}/{quote(str(ln['trace_id']))}",
+                              "attributes": [[k, _json_text(v)] for k, v in
+                                             sorted((ln.get("attributes") or {}).items())]})
+        if links:
+            d["links"] = links
+        d["errors"] = errs.get(r["span_id"], [])
+        out[r["span_id"]] = d
+    return out
 
 
 def create_blueprint() -> Blueprint:
@@ -196,12 +310,13 @@ def create_blueprint() -> Blueprint:
         body = runjson_response(got, cfg)
         run = body["run"]
         t0, total = run["start_ns"], max(run["end_ns"] - run["start_ns"], 1)
-        rows = []
-
+        rows, parent = [], {}
         work = list(reversed(body["tree"]))  # depth first, iteratively: trees are client-shaped
         while work:
             n = work.pop()
             rows.append(n)
+            for child in n["children"]:
+                parent[child["span_id"]] = n["span_id"]
             work.extend(reversed(n["children"]))
         step_index = {s["span_id"]: i for i, s in enumerate(got["steps"])}
         for r in rows:
@@ -222,17 +337,16 @@ def create_blueprint() -> Blueprint:
                     g["status"] = status_of(g)
                     g["suggestion"] = next(iter(suggestions(g, g["resolutions"])), None)
                 groups[fp] = g
-        # one entry per fingerprint: the first occurrence is where it started; the rest are the same error
-        # propagating to the callers (a timeout deep down fails every step above it)
-        by_fp: dict[str, dict] = {}
-        for e in sorted(body["errors"], key=lambda e: (e["time_ns"], e["id"])):
-            entry = by_fp.setdefault(e["fingerprint"], {"origin": e, "also": []})
-            if entry["origin"] is not e:
-                entry["also"].append(e)
+        by_id = {r["span_id"]: r for r in rows}
+        flame = None
+        if body["profiles"]:
+            cid = run["correlation_id"]
+            flame = Markup(fg.svg(fg.build_tree(store.profile_stacks(correlation_id=cid)), f"CPU profile of run {cid}"))
         return render_template("run.html", run=run, rows=rows, body=body, layers=LAYER_COLORS,
-                               run_errors=list(by_fp.values()),
+                               run_errors=failure_chains(body["errors"], by_id, parent),
+                               axis=time_axis(total / 1e6), details=_details(rows, body["errors"], t0),
                                steps=len(got["steps"]), api=c.RUNS_PATH, page=c.RUN_PAGE_PATH,
                                db_findings=[r for r in rows if r["db_pattern"]], groups=groups,
-                               errors_path=c.ERRORS_PATH)
+                               errors_path=c.ERRORS_PATH, flamegraph_svg=flame, rows_by_id=by_id)
 
     return bp

@@ -21,6 +21,18 @@ seed vocabulary (success/completed/failed) as well as ok/error/timeout/cancelled
 Without ``trace_id``, all records of a correlation_id share one derived from it;
 a step without ``parent_span_id`` hangs off the run's envelope, whose span_id is
 derived from the correlation_id too. Only workflow records finish runs.
+
+Steps and workflows may carry the span details OTLP spans carry, in the shapes
+the runs API serves them::
+
+    "kind": "consumer",                      # internal/server/client/producer/consumer; another is kept as given
+    "events": [{"name": "retry", "time": "2026-11-23T10:00:00.5Z", "attributes": {"attempt": 2}}],
+    "links": [{"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
+               "attributes": {"messaging.operation": "publish"}}]
+
+An event's ``time`` is ISO 8601 or epoch seconds (optional; an invalid one is left
+out, not the event). A link whose ids are not W3C ids is left out, not the record;
+both are counted as cut values.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ MAX_EPOCH_S = validate.MAX_EPOCH_S  # int64 nanoseconds: 2262-04-11
 MAX_DURATION_MS = 30 * 86_400_000  # 30 days
 _TRACE_RE = re.compile(r"[0-9a-f]{32}\Z")
 _SPAN_RE = re.compile(r"[0-9a-f]{16}\Z")
+KINDS = frozenset(("internal", "server", "client", "producer", "consumer"))
 
 
 _Bad = Invalid
@@ -151,6 +164,67 @@ def _dict(rec: dict, key: str, result: DecodeResult) -> dict | None:
     return v
 
 
+MAX_KIND_CHARS = 16
+
+
+def _kind(rec: dict) -> str | None:
+    v = rec.get("kind")
+    if v is None or v == "":
+        return None
+    if not isinstance(v, str):
+        raise _Bad("invalid_value", f"kind must be a string, got {type(v).__name__}")
+    return clean_str(v.lower() if v.lower() in KINDS else v, MAX_KIND_CHARS)[0]
+
+
+def _list(rec: dict, key: str) -> list:
+    v = rec.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise _Bad("invalid_value", f"{key} must be an array")
+    return v
+
+
+def _attributes(item: dict, field: str) -> dict:
+    a = item.get("attributes")
+    if a is None:
+        return {}
+    if not isinstance(a, dict):
+        raise _Bad("invalid_value", f"{field}.attributes must be an object")
+    return a
+
+
+def _details(rec: dict, result: DecodeResult) -> tuple[list | None, list | None]:
+    """``events`` and ``links`` checked like OTLP's: a bad time or link id is left out (counted), not the record."""
+    events, links = [], []
+    for i, ev in enumerate(_list(rec, "events")):
+        if not isinstance(ev, dict):
+            raise _Bad("invalid_value", f"events[{i}] must be an object")
+        name = ev.get("name")
+        if not isinstance(name, str) or not name:
+            raise _Bad("missing_field", f"events[{i}].name is required")
+        try:
+            t = _time_ns(ev, "time")
+        except _Bad:
+            t = None
+            result.truncated += 1
+        events.append({"name": clean_str(name, MAX_NAME)[0], "time_ns": t,
+                       "attributes": _attributes(ev, f"events[{i}]")})
+    for i, ln in enumerate(_list(rec, "links")):
+        if not isinstance(ln, dict):
+            raise _Bad("invalid_value", f"links[{i}] must be an object")
+        tid, sid = ln.get("trace_id"), ln.get("span_id")
+        if not (isinstance(tid, str) and _TRACE_RE.match(tid.lower()) and isinstance(sid, str)
+                and _SPAN_RE.match(sid.lower())) or tid.strip("0") == "" or sid.strip("0") == "":
+            result.truncated += 1  # a link to no valid span: left out, not the record
+            continue
+        links.append({"trace_id": tid.lower(), "span_id": sid.lower(), "attributes": _attributes(ln, f"links[{i}]")})
+    ev_out, cut_e = clean_value(events) if events else (None, False)
+    ln_out, cut_l = clean_value(links) if links else (None, False)
+    result.truncated += cut_e + cut_l
+    return ev_out, ln_out
+
+
 def _text(rec: dict, key: str) -> str | None:
     v = rec.get(key)
     return clean_text(v) if isinstance(v, str) else None
@@ -180,10 +254,12 @@ def _step(rec: dict, result: DecodeResult) -> Span:
     etype = _name(rec, "error_type", required=False)
     if status in c.FAILED_STATUSES and not etype:
         etype = status
+    events, links = _details(rec, result)
     return Span(tid, sid, _name(rec, "workflow_type"), layer, _name(rec, "component"),
                 _name(rec, "operation"), start, end, status, parent, cid,
                 _name(rec, "service", required=False) or "", etype, _text(rec, "error_message"),
-                _dict(rec, "metadata", result), _dict(rec, "state", result), True, None, _text(rec, "stack_trace"))
+                _dict(rec, "metadata", result), _dict(rec, "state", result), True, None, _text(rec, "stack_trace"),
+                kind=_kind(rec), events=events, links=links)
 
 
 def _workflow(rec: dict, result: DecodeResult) -> Span:
@@ -198,9 +274,11 @@ def _workflow(rec: dict, result: DecodeResult) -> Span:
     etype = _name(rec, "error_type", required=False)
     if status in c.FAILED_STATUSES and not etype:
         etype = status
+    events, links = _details(rec, result)
     return Span(tid, root_span_id_for(cid), wf, "system", "workflow", wf, start, end, status, None, cid,
                 _name(rec, "service", required=False) or "", etype, _text(rec, "error_message"),
-                _dict(rec, "metadata", result), None, False, hash_user(_user(user)) if user is not None else None)
+                _dict(rec, "metadata", result), None, False, hash_user(_user(user)) if user is not None else None,
+                kind=_kind(rec), events=events, links=links)
 
 
 def _user(user: Any) -> str:

@@ -10,6 +10,23 @@ names it after the trace's root span, which may arrive in a later request.
 OTLP/JSON follows the protobuf JSON mapping with the OTLP exceptions: trace
 and span IDs are hex strings, enums are integers, and 64-bit integers may be
 strings. See https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding
+
+Every span detail is kept: ``Span.kind`` (internal/server/client/producer/consumer;
+an unknown kind as given), ``Span.resource`` (all resource attributes, one dict
+shared by the spans of a ResourceSpans), and ``Span.events`` /
+``Span.links``, decoded on first read like the attributes (the metrics path never
+reads them). A link whose ids are malformed is dropped, not its span.
+
+``enduser.id`` / ``user.id`` on a root span become ``Span.user``, hashed like the
+native ``user``. State for time travel: a span event named ``flowscope.state``
+with an attribute ``state`` holding JSON text, or a span attribute
+``flowscope.state`` holding JSON text (the event wins)::
+
+    span.add_event("flowscope.state", {"state": json.dumps({"cart": 3})})
+
+Text that is not JSON is kept as ``{"value": text}`` and counted as a cut value;
+a snapshot over the store's ``state_max_bytes`` is cut by
+:func:`exporter.runstore.cap_state`.
 """
 
 from __future__ import annotations
@@ -19,16 +36,17 @@ import re
 from typing import Any
 
 import msgspec
+import orjson
 from google.protobuf.message import DecodeError as PbDecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .. import conventions as c
 from .. import semconv
 from ..errors import DecodeError
-from ..model import Span
+from ..model import Span, hash_user
 from ..semconv import WANTED_KEYS, WEB_PREFIXES, derive_component, derive_layer  # noqa: F401 - re-exported
-from ..validate import (MAX_DEPTH, MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_TIME_NS, TOO_DEEP, Invalid, check_interval,
-                        clean_label, clean_text, clean_value)
+from ..validate import (MAX_DEPTH, MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_TIME_NS, MAX_VALUE_CHARS, TOO_DEEP, Invalid,
+                        check_interval, clean_label, clean_str, clean_text, clean_value)
 from . import DecodeResult
 
 #: The one attribute a span keeps when its attributes could not be read at all.
@@ -42,6 +60,22 @@ _TRACE_ID = re.compile(r"[0-9a-f]{32}").fullmatch
 _SPAN_ID = re.compile(r"[0-9a-f]{16}").fullmatch
 #: An OTLP/JSON int64 given as text: ASCII digits only (``"²".isdigit()`` is True).
 _INT64_TEXT = re.compile(r"-?[0-9]{1,19}").fullmatch
+
+#: The span event / attribute that carries state for time travel, and the event attribute holding its JSON.
+STATE_EVENT = STATE_ATTR = "flowscope.state"
+STATE_EVENT_KEY = "state"
+#: JSON state text longer than this is not parsed at all: it is stored as the cap marker alone.
+MAX_STATE_CHARS = 1 << 20
+#: Semantic-convention user ids, read (and hashed) on root spans.
+USER_ATTRS = ("enduser.id", "user.id")
+#: What the decoder reads eagerly: the semconv keys, the state attribute and the user ids.
+_WANTED = WANTED_KEYS | {STATE_ATTR, *USER_ATTRS}
+#: OTLP SpanKind numbers → names; 0 (unspecified) is no kind.
+KIND_NAMES = (None, "internal", "server", "client", "producer", "consumer")
+_KIND_JSON_NAMES = {f"SPAN_KIND_{n.upper()}": n for n in KIND_NAMES[1:]}
+_KIND_JSON_NAMES["SPAN_KIND_UNSPECIFIED"] = None
+#: Kinds are stored in a 16-character column; an unknown one is kept as given, cut to this.
+MAX_KIND_CHARS = 16
 
 
 # The semantic-conventions mapping (layer, component, span name) and the attribute keys it reads
@@ -85,7 +119,7 @@ def _label(v: Any, field: str, result: DecodeResult) -> str:
 
 def _span(trace_id: str, span_id: str, parent: str, name: str, kind: int, start: int, end: int, attrs: dict,
           resource: dict, service: str, code: int, message: str, exc: dict | None, web: bool | None,
-          result: DecodeResult) -> Span:
+          result: DecodeResult, kind_name: str | None = None, state_text: Any = None) -> Span:
     """Map one OTLP span to the model (shared by both encodings); :class:`Invalid` refuses it.
 
     ``attrs`` may hold only the :data:`WANTED_KEYS`; ``web`` then says whether
@@ -111,11 +145,80 @@ def _span(trace_id: str, span_id: str, parent: str, name: str, kind: int, start:
     layer, component = _classify(attrs, kind, resource, service, web)
     if (name in _HTTP_SPAN_NAMES or name.isupper()) and ("http.route" in attrs or "url.template" in attrs):
         name = _span_name(name, attrs)  # named by its HTTP method alone: "GET" → "GET /users/{id}"
-    return Span(trace_id, span_id, _label(wf, "workflow", result) if wf else None, layer,
-                _label(component, "component", result), _label(name, "name", result),
-                start, end, status, parent or None, corr or None, service,
-                _label(etype, "error.type", result) if etype else None, clean_text(emsg) if emsg else None,
-                attrs, None, True, None, clean_text(exc.get("exception.stacktrace")) if exc else None)
+    if state_text is None:
+        state_text = attrs.get(STATE_ATTR)
+    s = Span(trace_id, span_id, _label(wf, "workflow", result) if wf else None, layer,
+             _label(component, "component", result), _label(name, "name", result),
+             start, end, status, parent or None, corr or None, service,
+             _label(etype, "error.type", result) if etype else None, clean_text(emsg) if emsg else None,
+             attrs, None if state_text is None else _state(state_text, result), True, None,
+             clean_text(exc.get("exception.stacktrace")) if exc else None, kind_name, resource)
+    if not parent:
+        user = attrs.get(USER_ATTRS[0])
+        if user is None:
+            user = attrs.get(USER_ATTRS[1])
+        if user is not None and user != "" and not isinstance(user, (dict, list)):
+            s.user = hash_user(clean_text(user))
+    return s
+
+
+def _state(v: Any, result: DecodeResult) -> dict[str, Any]:
+    """A ``flowscope.state`` value as a state snapshot; never raises.
+
+    JSON object text becomes the snapshot (cut to the boundary's caps); other JSON becomes
+    ``{"value": ...}``, as the store keeps any non-object state. Text that is not JSON is kept
+    as ``{"value": text}``, and text over :data:`MAX_STATE_CHARS` as the cap marker alone; both
+    are counted as cut values.
+    """
+    if type(v) is str:
+        if len(v) > MAX_STATE_CHARS:
+            result.truncated += 1
+            return {c.TRUNCATED_KEY: {"original_bytes": len(v.encode("utf-8", "replace")),
+                                      "max_bytes": MAX_STATE_CHARS, "dropped_keys": [], "dropped_key_count": 0}}
+        try:
+            v = orjson.loads(v)
+        except orjson.JSONDecodeError:
+            result.truncated += 1
+            return {"value": clean_str(v, MAX_VALUE_CHARS)[0]}
+    try:
+        out, cut = clean_value(v if type(v) is dict else {"value": v})
+    except RecursionError:  # orjson parses deeper than clean_value recurses only past 1024 levels: never, but total
+        out, cut = {"value": TOO_DEEP}, True
+    result.truncated += cut
+    return out
+
+
+def _kind_name(kind: Any) -> str | None:
+    """A span kind as its name; an unknown one as given (cut to :data:`MAX_KIND_CHARS`)."""
+    if type(kind) is int:
+        return KIND_NAMES[kind] if 0 <= kind < 6 else str(kind)[:MAX_KIND_CHARS]
+    if type(kind) is str:
+        return _KIND_JSON_NAMES[kind] if kind in _KIND_JSON_NAMES else clean_str(kind, MAX_KIND_CHARS)[0] or None
+    return None
+
+
+def _clean_details(events: list, links: list) -> tuple[list | None, list | None]:
+    """Events and links through the boundary's sanitiser (one budget each)."""
+    for ev in events:
+        name = ev["name"]
+        if type(name) is not str or not (len(name) <= MAX_LABEL_CHARS and name.isascii() and "\x00" not in name):
+            ev["name"] = clean_label(name)[0] if name is not None else ""
+    return (clean_value(events)[0] if events else None), (clean_value(links)[0] if links else None)
+
+
+def _event_time(t: Any) -> int | None:
+    return t if type(t) is int and 0 < t <= MAX_TIME_NS else None
+
+
+def _lazy_details(decode):
+    """``(events, links)`` decoded on first read; never raises (an unreadable part becomes a marker event)."""
+    def details(raw) -> tuple[list | None, list | None]:
+        try:
+            return _clean_details(*decode(raw))
+        except (RecursionError, ValueError, TypeError, AttributeError, OverflowError, Invalid) as e:
+            return [{"name": INVALID_ATTRIBUTES, "time_ns": None,
+                     "attributes": {"error": f"{type(e).__name__}: {e}"[:200]}}], None
+    return details
 
 
 def _service(resource: dict, result: DecodeResult) -> str:
@@ -166,13 +269,25 @@ def _pb_attrs(kvs) -> dict[str, Any]:
     return out
 
 
+def _pb_details(sp) -> tuple[list, list]:
+    """A protobuf span's events and links, unsanitised (:func:`_clean_details` follows)."""
+    events = [{"name": ev.name, "time_ns": _event_time(ev.time_unix_nano), "attributes": _pb_attrs(ev.attributes)}
+              for ev in sp.events]
+    links = []
+    for ln in sp.links:
+        tid, sid = ln.trace_id, ln.span_id
+        if len(tid) == 16 and tid != ZERO_TRACE and len(sid) == 8 and sid != ZERO_SPAN:  # else dropped, not the span
+            links.append({"trace_id": tid.hex(), "span_id": sid.hex(), "attributes": _pb_attrs(ln.attributes)})
+    return events, links
+
+
 def _pb_scan(kvs) -> tuple[dict[str, Any], bool]:
     """The wanted attributes, and whether any key is http.*/url.*/rpc.*, in one pass."""
     out = {}
     web = False
     for kv in kvs:
         k = kv.key
-        if k in WANTED_KEYS:
+        if k in _WANTED:
             out[k] = _pb_value(kv.value)
         elif not web and k.startswith(WEB_PREFIXES):
             web = True
@@ -194,7 +309,11 @@ def decode_protobuf(body: bytes) -> DecodeResult:
         resource = clean_value(_pb_attrs(rs.resource.attributes))[0]
         service = _service(resource, result)
         for ss in rs.scope_spans:
-            for sp in ss.spans:
+            scope = ss.spans
+            details = _lazy_details(lambda k, scope=scope: _pb_details(scope[k]))
+            k = -1
+            for sp in scope:
+                k += 1
                 tid, sid, parent = sp.trace_id, sp.span_id, sp.parent_span_id
                 cuts = result.truncated
                 try:
@@ -206,23 +325,30 @@ def decode_protobuf(body: bytes) -> DecodeResult:
                         raise Invalid("invalid_span_id", f"parentSpanId must be 8 bytes, got {parent.hex()!r}")
                     if not sp.name:
                         raise Invalid("missing_field", "span name is empty")
-                    exc = None
-                    if sp.events:
-                        for ev in sp.events:
-                            if ev.name == "exception":
-                                exc = _pb_attrs(ev.attributes)
-                                break
+                    exc = state = None
+                    events = sp.events
+                    if events:
+                        for ev in events:
+                            n = ev.name
+                            if n == "exception":
+                                if exc is None:
+                                    exc = _pb_attrs(ev.attributes)
+                            elif n == STATE_EVENT:
+                                state = _pb_attrs(ev.attributes).get(STATE_EVENT_KEY, state)
                     st = sp.status
                     raw = sp.attributes
                     wanted, web = _pb_scan(raw)
-                    s = _span(tid.hex(), sid.hex(), parent.hex(), sp.name, sp.kind, sp.start_time_unix_nano,
+                    kind = sp.kind
+                    s = _span(tid.hex(), sid.hex(), parent.hex(), sp.name, kind, sp.start_time_unix_nano,
                               sp.end_time_unix_nano, wanted, resource, service, st.code, st.message, exc, web,
-                              result)
+                              result, KIND_NAMES[kind] if 0 <= kind < 6 else _kind_name(kind), state)
                 except Invalid as e:
                     result.truncated = cuts  # a refused span's cuts are not counted: it changes nothing
                     result.reject(index, e.reason, e.detail)
                 else:
                     s.defer_attributes(lazy, raw)
+                    # events and links on first read, found by index: keeping each span's message alive costs
+                    s._details = [details, k]
                     append(s)
                 index += 1
     return result
@@ -262,6 +388,13 @@ class _Status(msgspec.Struct, **_FROZEN):
 
 class _Event(msgspec.Struct, **_FROZEN):
     name: str | None = ""
+    time_unix_nano: int | str | None = 0
+    attributes: list[_KeyValue] | None = None
+
+
+class _Link(msgspec.Struct, **_FROZEN):
+    trace_id: str | None = ""
+    span_id: str | None = ""
     attributes: list[_KeyValue] | None = None
 
 
@@ -275,6 +408,7 @@ class _JSpan(msgspec.Struct, **_FROZEN):
     end_time_unix_nano: int | str | None = 0
     attributes: list[_KeyValue] | None = None
     events: list[_Event] | None = None
+    links: list[_Link] | None = None
     status: _Status | None = None
 
 
@@ -391,11 +525,23 @@ def _j_scan(kvs: list[_KeyValue] | None) -> tuple[dict[str, Any], bool]:
     if kvs:
         for kv in kvs:
             k = kv.key
-            if k in WANTED_KEYS:
+            if k in _WANTED:
                 out[k] = _jv(kv.value)
             elif not web and k.startswith(WEB_PREFIXES):
                 web = True
     return out, web
+
+
+def _j_details(sp: _JSpan) -> tuple[list, list]:
+    """An OTLP/JSON span's events and links, unsanitised (:func:`_clean_details` follows)."""
+    events = [{"name": ev.name or "", "time_ns": _event_time(_int(ev.time_unix_nano)),
+               "attributes": _j_attrs(ev.attributes)} for ev in sp.events or ()]
+    links = []
+    for ln in sp.links or ():
+        tid, sid = (ln.trace_id or "").lower(), (ln.span_id or "").lower()
+        if _TRACE_ID(tid) and tid != ZERO_TRACE_HEX and _SPAN_ID(sid) and sid != ZERO_SPAN_HEX:  # else dropped
+            links.append({"trace_id": tid, "span_id": sid, "attributes": _j_attrs(ln.attributes)})
+    return events, links
 
 
 def _int(v: Any) -> int:
@@ -422,6 +568,7 @@ def decode_json(body: bytes) -> DecodeResult:
     result = DecodeResult()
     append = result.spans.append
     lazy = _lazy(_j_attrs)
+    details = _lazy_details(_j_details)
     index = 0
     for rs in req.resource_spans or ():
         resource = clean_value(_j_attrs(rs.resource.attributes if rs.resource else None))[0]
@@ -435,6 +582,7 @@ def decode_json(body: bytes) -> DecodeResult:
                     if type(code) is str:  # tolerate the enum-name form
                         code = STATUS_CODE_ERROR if code.endswith("ERROR") else 0
                     kind = sp.kind
+                    kind_name = KIND_NAMES[kind] if type(kind) is int and 0 <= kind < 6 else _kind_name(kind)
                     if type(kind) is not int:
                         kind = _KINDS.get(kind, 1)
                     name = sp.name
@@ -449,22 +597,27 @@ def decode_json(body: bytes) -> DecodeResult:
                         raise Invalid("invalid_span_id", f"parentSpanId must be 16 hex digits, got {parent[:40]!r}")
                     if not name:
                         raise Invalid("missing_field", "span name is empty")
-                    exc = None
+                    exc = state = None
                     if sp.events:
                         for ev in sp.events:
-                            if ev.name == "exception":
-                                exc = _j_attrs(ev.attributes)
-                                break
+                            n = ev.name
+                            if n == "exception":
+                                if exc is None:
+                                    exc = _j_attrs(ev.attributes)
+                            elif n == STATE_EVENT:
+                                state = _j_attrs(ev.attributes).get(STATE_EVENT_KEY, state)
                     raw = sp.attributes
                     wanted, web = _j_scan(raw)
                     s = _span(tid, sid, parent, name, kind, _int(sp.start_time_unix_nano),
                               _int(sp.end_time_unix_nano), wanted, resource, service, code or 0,
-                              (st.message or "") if st is not None else "", exc, web, result)
+                              (st.message or "") if st is not None else "", exc, web, result, kind_name, state)
                 except Invalid as e:
                     result.truncated = cuts  # a refused span's cuts are not counted: it changes nothing
                     result.reject(index, e.reason, e.detail)
                 else:
                     s.defer_attributes(lazy, raw)
+                    if sp.events or sp.links:
+                        s.defer_details(details, sp)
                     append(s)
                 index += 1
     return result
