@@ -481,8 +481,9 @@ class RunStore:
                   until_ns: int | None = None, min_duration_ms: float | None = None, limit: int = 100,
                   offset: int = 0, error_text: str | None = None, attribute: tuple[str, str] | None = None,
                   slowest_first: bool = False) -> list[dict]:
-        """Finished runs, newest (or slowest) first; ``status`` is one status or several. ``error_text`` matches the run's error type or message (case-insensitive
-        substring); ``attribute`` = (key, value) keeps runs with a span whose attribute ``key`` is ``value``."""
+        """Finished runs, newest (or slowest) first; ``status`` is one status or several. ``error_text``
+        matches the run's error type or message (case-insensitive substring); ``attribute`` = (key, value)
+        keeps runs with a span whose attribute ``key`` is ``value``."""
         q = select(runs)
         if error_text:
             pattern = "%" + _like_escape(error_text) + "%"
