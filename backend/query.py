@@ -20,9 +20,9 @@ from flask import Response, current_app, request
 
 from exporter.http import HttpError, read_body  # noqa: F401 - re-exported: the capped, gzip-aware reader ingest uses
 from exporter.runstore import RunStore
+from exporter.validate import MAX_TIME_NS  # what a BIGINT of nanoseconds holds: the ingest limit too
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MAX_TIME_NS = 2**63 - 1  # what a BIGINT (SQLite INTEGER, PostgreSQL bigint) of nanoseconds holds
 MAX_TIME_S = MAX_TIME_NS // 10**9  # 2262-04-11T23:47:16Z
 MAX_DATETIME_S = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime holds
 # ASCII only: str.isdigit() accepts "²" (int() does not) and int()/float() accept "١٢" and "1_0"

@@ -80,8 +80,13 @@ def start_server(port: int, cpu: int = 0, env: dict | None = None) -> subprocess
     p = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-m", "exporter.cli", "serve", "--port",
                           str(port), "--series-limit", "100000"], cwd=ROOT, env=e,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return wait_healthy(p, port)
+
+
+def wait_healthy(p: subprocess.Popen, port: int, timeout_s: float = 30.0, what: str = "server") -> subprocess.Popen:
+    """``p`` once its /api/v1/health answers on ``port``; killed and RuntimeError after ``timeout_s``."""
     import requests
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).ok:
@@ -89,4 +94,4 @@ def start_server(port: int, cpu: int = 0, env: dict | None = None) -> subprocess
         except requests.RequestException:
             time.sleep(0.2)
     p.kill()
-    raise RuntimeError("server did not start")
+    raise RuntimeError(f"{what} did not start")

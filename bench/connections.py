@@ -27,7 +27,7 @@ import tempfile
 import time
 
 import requests
-from common import ROOT
+from common import ROOT, wait_healthy
 
 TARGET_MS = 100.0
 
@@ -67,15 +67,7 @@ def _start(kind: str, port: int, nofile: int, db_dir: str) -> subprocess.Popen:
     # util-linux's prlimit sets the soft open-files limit systemd gives a service by default (hard unchanged).
     p = subprocess.Popen(["prlimit", f"--nofile={nofile}:", *cmd], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).ok:
-                return p
-        except requests.RequestException:
-            time.sleep(0.2)
-    p.kill()
-    raise RuntimeError(f"{kind} server did not start")
+    return wait_healthy(p, port, 60, f"{kind} server")
 
 
 def server_side_established(port: int) -> int:

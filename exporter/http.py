@@ -177,7 +177,6 @@ def create_blueprint() -> Blueprint:
         if not workflow or len(workflow) > MAX_LABEL_CHARS:
             raise HttpError(400, "missing_field",
                             f"the workflow query parameter is required (1-{MAX_LABEL_CHARS} characters)", "workflow")
-        workflow = clean_label(workflow)[0]
         cid = args.get("correlation_id") or None
         if cid is not None and len(cid) > MAX_ID_CHARS:
             raise HttpError(400, "invalid_value", f"correlation_id is longer than {MAX_ID_CHARS} characters",

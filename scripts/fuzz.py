@@ -76,7 +76,8 @@ from exporter.model import ErrorRecord, Span
 from exporter.pipeline import Pipeline
 from exporter.profiles import Profile, ProfileError, parse_folded, parse_pstats
 from exporter.runstore import RunStore
-from tests.otlp_data import request, span, to_json
+from tests.otlp_data import deep_any_value_wire, request, span, to_json
+from tests.otlp_data import ld as _ld
 
 MAX_FINDINGS = 20  # distinct reproducers kept per finding class and decoder
 INLINE_BYTES = 4096  # bodies up to this size are inlined in the reproducer's Python call
@@ -314,31 +315,6 @@ def _pb_spans(req) -> list[tuple[int, int, int]]:
             for pi in range(len(ss.spans))]
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _ld(fieldno: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field."""
-    return _varint(fieldno << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _raw_deep(n: int, kind: str) -> bytes:
-    """An AnyValue nested ``n`` deep, on the wire (python-protobuf itself refuses to build past ~100)."""
-    v = _ld(1, b"leaf")  # string_value
-    for _ in range(n):
-        if kind == "array":
-            v = _ld(5, _ld(1, v))  # array_value { values: v }
-        else:
-            v = _ld(6, _ld(1, _ld(1, b"k") + _ld(2, v)))  # kvlist_value { values { key: "k" value: v } }
-    return v
-
-
 def pb_hostile_any(rng: random.Random) -> tuple[AnyValue | bytes, str]:
     """A hostile AnyValue: a message, or its wire bytes when it is nested too deep to build as one."""
     r = rng.randrange(12)
@@ -354,7 +330,7 @@ def pb_hostile_any(rng: random.Random) -> tuple[AnyValue | bytes, str]:
     if r in (3, 4):
         n = pick(rng, [1, 2, 10, 50, 90, *DEPTHS])
         kind = "array" if r == 3 else "kvlist"
-        return _raw_deep(n, kind), f"{kind}Value {n} deep"
+        return deep_any_value_wire(kind, n), f"{kind}Value {n} deep"
     if r == 5:
         v = AnyValue()
         for _ in range(3):
@@ -471,7 +447,7 @@ def pb_mutate(rng: random.Random, req: ExportTraceServiceRequest, extras: list[b
         return f"resource.attributes[{key}]={d}"
     if op == 10:
         key = pick(rng, [c.ATTR_LAYER, c.ATTR_WORKFLOW[0], "flowscope.status", "db.system", c.ATTR_CORRELATION_ID[0]])
-        value = pick(rng, [AnyValue.FromString(_raw_deep(1, "array")), AnyValue.FromString(_raw_deep(1, "kvlist")),
+        value = pick(rng, [AnyValue.FromString(deep_any_value_wire("array", 1)), AnyValue.FromString(deep_any_value_wire("kvlist", 1)),
                            AnyValue(int_value=2**63 - 1), AnyValue(double_value=NAN), AnyValue(bool_value=False)])
         _pb_set_attr(sp.attributes, key, value)
         return f"span.attributes[{key}]={value.WhichOneof('value')} (non-string)"

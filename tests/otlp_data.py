@@ -70,3 +70,29 @@ def to_json(req: ExportTraceServiceRequest) -> dict:
                 if "status" in sp and "code" in sp["status"]:
                     sp["status"]["code"] = 2 if sp["status"]["code"] == "STATUS_CODE_ERROR" else 1
     return doc
+
+
+# --- raw protobuf wire: for what python-protobuf refuses to build (AnyValues nested past ~100) ----------------
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def ld(fieldno: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field."""
+    return varint(fieldno << 3 | 2) + varint(len(payload)) + payload
+
+
+def deep_any_value_wire(kind: str, depth: int) -> bytes:
+    """An AnyValue nested ``depth`` deep on the wire: ``array`` (array_value { values: v }) or kvlist
+    (kvlist_value { values { key: "k" value: v } }), around a string leaf."""
+    v = ld(1, b"leaf")
+    for _ in range(depth):
+        v = ld(5, ld(1, v)) if kind == "array" else ld(6, ld(1, ld(1, b"k") + ld(2, v)))
+    return v

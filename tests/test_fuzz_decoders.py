@@ -47,6 +47,8 @@ from exporter.model import ErrorRecord, Span
 from exporter.pipeline import Pipeline
 from exporter.profiles import Profile, ProfileError, parse_folded, parse_pstats
 from exporter.runstore import RunStore
+from tests.otlp_data import deep_any_value_wire
+from tests.otlp_data import ld as _ld
 
 T0 = 1_795_000_000_000_000_000
 SETTINGS = {"deadline": None, "derandomize": True, "database": None, "print_blob": True,
@@ -259,27 +261,6 @@ def test_otlp_json_decodes_or_refuses_and_what_it_accepts_survives_every_sink(bo
 
 
 # --- OTLP protobuf --------------------------------------------------------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _ld(fieldno: int, payload: bytes) -> bytes:
-    return _varint(fieldno << 3 | 2) + _varint(len(payload)) + payload
-
-
-def deep_any_value_wire(kind: str, depth: int) -> bytes:
-    """An AnyValue nested ``depth`` deep on the wire (python-protobuf won't build one past ~100)."""
-    v = _ld(1, b"leaf")
-    for _ in range(depth):
-        v = _ld(5, _ld(1, v)) if kind == "array" else _ld(6, _ld(1, _ld(1, b"k") + _ld(2, v)))
-    return v
 
 
 pb_leaf = st.one_of(

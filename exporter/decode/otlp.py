@@ -294,6 +294,20 @@ def _pb_scan(kvs) -> tuple[dict[str, Any], bool]:
     return out, web
 
 
+def _special_events(events, attrs) -> tuple[dict | None, Any]:
+    """(the first ``exception`` event's attributes, the last ``flowscope.state`` event's state), either
+    encoding: ``attrs`` decodes an event's attributes."""
+    exc = state = None
+    for ev in events:
+        n = ev.name
+        if n == "exception":
+            if exc is None:
+                exc = attrs(ev.attributes)
+        elif n == STATE_EVENT:
+            state = attrs(ev.attributes).get(STATE_EVENT_KEY, state)
+    return exc, state
+
+
 def decode_protobuf(body: bytes) -> DecodeResult:
     """Decode an ``ExportTraceServiceRequest`` in protobuf binary."""
     req = ExportTraceServiceRequest()
@@ -325,16 +339,7 @@ def decode_protobuf(body: bytes) -> DecodeResult:
                         raise Invalid("invalid_span_id", f"parentSpanId must be 8 bytes, got {parent.hex()!r}")
                     if not sp.name:
                         raise Invalid("missing_field", "span name is empty")
-                    exc = state = None
-                    events = sp.events
-                    if events:
-                        for ev in events:
-                            n = ev.name
-                            if n == "exception":
-                                if exc is None:
-                                    exc = _pb_attrs(ev.attributes)
-                            elif n == STATE_EVENT:
-                                state = _pb_attrs(ev.attributes).get(STATE_EVENT_KEY, state)
+                    exc, state = _special_events(sp.events, _pb_attrs) if sp.events else (None, None)
                     st = sp.status
                     raw = sp.attributes
                     wanted, web = _pb_scan(raw)
@@ -597,15 +602,7 @@ def decode_json(body: bytes) -> DecodeResult:
                         raise Invalid("invalid_span_id", f"parentSpanId must be 16 hex digits, got {parent[:40]!r}")
                     if not name:
                         raise Invalid("missing_field", "span name is empty")
-                    exc = state = None
-                    if sp.events:
-                        for ev in sp.events:
-                            n = ev.name
-                            if n == "exception":
-                                if exc is None:
-                                    exc = _j_attrs(ev.attributes)
-                            elif n == STATE_EVENT:
-                                state = _j_attrs(ev.attributes).get(STATE_EVENT_KEY, state)
+                    exc, state = _special_events(sp.events, _j_attrs) if sp.events else (None, None)
                     raw = sp.attributes
                     wanted, web = _j_scan(raw)
                     s = _span(tid, sid, parent, name, kind, _int(sp.start_time_unix_nano),
