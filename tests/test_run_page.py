@@ -1,11 +1,13 @@
 """The run page in a real headless Chromium (Debian's package), driven by Playwright."""
 
+import json
 import re
 import time
 
 import pytest
 import requests
 
+from exporter import conventions as c
 from exporter.model import Span
 from exporter.profiles import Profile
 from exporter.sdk import ErrorLogger, WorkflowTracer
@@ -188,4 +190,169 @@ def test_run_page_is_a_debugger(ex, serve, browser):
         page.set_viewport_size({"width": vw, "height": 900})
         svg_w, box_w = page.evaluate(widths)
         assert svg_w == pytest.approx(box_w, abs=1) and box_w > vw / 2
+    page.close()
+
+
+def _provider(srv, **resource):
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create(resource))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=srv.url + c.OTLP_TRACES_PATH)))
+    return provider
+
+
+def test_an_otlp_consumer_shows_its_events_link_resource_and_linked_producer(ex, serve, browser):
+    """A queue consumer whose span starts a new trace linked to its producer, sent by the real OpenTelemetry SDK
+    over HTTP: its page shows the span's events, link and resource, and the producer as a linked run."""
+    from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
+
+    srv = serve(ex)
+    shop = _provider(srv, **{"service.name": "shop", "service.version": "1.4.2"})
+    worker = _provider(srv, **{"service.name": "worker", "service.version": "0.9.0", "k8s.pod.name": "worker-7d9"})
+    tracer = shop.get_tracer("t")
+    with (tracer.start_as_current_span("checkout", kind=SpanKind.SERVER,
+                                       attributes={"flowscope.workflow": "checkout"}) as root,
+          tracer.start_as_current_span("orders publish", kind=SpanKind.PRODUCER,
+                                       attributes={"messaging.system": "kafka"}) as pub):
+        produced = pub.get_span_context()
+    gone = SpanContext(int("ee" * 16, 16), int("ff" * 8, 16), is_remote=True, trace_flags=TraceFlags(1))
+    with worker.get_tracer("t").start_as_current_span(
+            "orders process", kind=SpanKind.CONSUMER, attributes={"flowscope.workflow": "fulfil"},
+            links=[Link(produced, {"messaging.operation": "publish"}), Link(gone)]) as cons:  # one never stored
+        cons.add_event("retry", {"attempt": 2, "reason": "broker busy"})
+    shop.shutdown()
+    worker.shutdown()
+    assert ex.pipeline.recorder.flush()
+    producer, consumer = f"{root.get_span_context().trace_id:032x}", f"{cons.get_span_context().trace_id:032x}"
+    cons_id = f"{cons.get_span_context().span_id:016x}"
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{srv.url}{c.RUN_PAGE_PATH}/{consumer}")
+    page.wait_for_selector("body[data-step='0']")
+    page.click(f".row[data-span-id='{cons_id}']")
+    page.wait_for_selector(f"#details[data-span-id='{cons_id}']")
+    assert page.inner_text("#details-name") == "queue / worker / orders process"
+    ids = page.inner_text("#details table.ids")
+    assert re.search(r"kind\s+consumer", ids) and re.search(r"service\s+worker", ids)
+    event = page.inner_text("#details .event")  # the event's name, its time and its attributes
+    assert event.startswith("retry") and re.search(r'attempt\s+2', event) and re.search(r'reason\s+"broker busy"',
+                                                                                         event)
+    resource = page.inner_text("#details table.resource")
+    assert re.search(r'service\.version\s+"0\.9\.0"', resource) and re.search(r'k8s\.pod\.name\s+"worker-7d9"',
+                                                                              resource)
+    links = page.locator("#details .link")
+    assert links.count() == 2
+    assert producer in links.nth(0).inner_text() and re.search(r'messaging\.operation\s+"publish"',
+                                                                links.nth(0).inner_text())
+    assert page.get_attribute("#details .link >> nth=0 >> a", "href") == f"{c.RUN_PAGE_PATH}/{producer}"
+
+    # the header names the producer's run (stored runs only), as a link to its page
+    header = page.locator("#linked-runs a")
+    assert header.count() == 1 and header.inner_text() == f"→ checkout · {producer}"
+    header.click()
+    page.wait_for_url(f"**{c.RUN_PAGE_PATH}/{producer}")
+    page.wait_for_selector("body[data-step]")
+    assert page.inner_text("#title") == "checkout"
+    assert page.inner_text("#linked-runs a") == f"← fulfil · {consumer}"  # and the producer points back
+
+    # the link to a trace never stored is kept as given; following it is the not-found page, not an error
+    page.go_back()
+    page.wait_for_selector("body[data-step]")
+    page.click(f".row[data-span-id='{cons_id}']")
+    with page.expect_navigation() as nav:
+        page.click("#details .link >> nth=1 >> a")
+    assert nav.value.status == 404 and "ee" * 16 in page.inner_text("#message")
+    page.close()
+
+
+def test_an_otlp_run_with_flowscope_state_events_travels_in_time(ex, serve, browser):
+    """``flowscope.state`` events sent by the OpenTelemetry SDK feed the time-travel panel like the SDK's state."""
+    srv = serve(ex)
+    provider = _provider(srv, **{"service.name": "importer"})
+    tracer = provider.get_tracer("t")
+    t0 = time.time_ns() - 10_000_000_000
+    ms = 1_000_000
+    root = tracer.start_span("import", attributes={"flowscope.workflow": "import"}, start_time=t0)
+    from opentelemetry import trace
+
+    ctx = trace.set_span_in_context(root)
+    steps = [("read csv", {"rows": 10, "stage": "read"}),
+             ("validate", {"stage": "validated", "rejected": ["row 7"]}),
+             ("write", {"stage": "written"})]
+    for i, (name, state) in enumerate(steps):
+        s = tracer.start_span(name, context=ctx, start_time=t0 + (1 + 10 * i) * ms)
+        s.add_event("flowscope.state", {"state": json.dumps(state)}, timestamp=t0 + (5 + 10 * i) * ms)
+        s.end(end_time=t0 + (9 + 10 * i) * ms)
+    root.end(end_time=t0 + 40 * ms)
+    provider.shutdown()
+    assert ex.pipeline.recorder.flush()
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{srv.url}{c.RUN_PAGE_PATH}/{root.get_span_context().trace_id:032x}")
+    page.wait_for_selector("body[data-step='0']")
+    assert page.inner_text("#state").strip() == "{}"  # step 0 is the root: no state yet
+    page.click("#next")
+    page.wait_for_selector("body[data-step='1']")
+    assert "read csv" in page.inner_text("#step-title")
+    assert json.loads(page.inner_text("#state")) == {"rows": 10, "stage": "read"}
+    page.click("#next")
+    page.wait_for_selector("body[data-step='2']")
+    assert json.loads(page.inner_text("#state")) == {"rows": 10, "stage": "validated", "rejected": ["row 7"]}
+    changes = {r.split("\t")[0]: r.split("\t")[1:] for r in page.inner_text("#diff").splitlines()[1:]}
+    assert changes == {"stage": ["changed", '"read"', '"validated"'], "rejected": ["added", "", '["row 7"]']}
+    page.close()
+
+
+def test_a_long_run_opens_folded_with_its_failure_open(ex, serve, browser):
+    """451 spans: the root, 150 batches of 2 queries, one query failed. The page opens on the root and its batches,
+    the failing batch open; a toggle, "Next failed span", the errors list and "Expand all" show the rest."""
+    trace, t0, ms = "cd" * 16, time.time_ns() - 5_000_000_000, 1_000_000
+    spans = [Span(trace, f"{1:016x}", "nightly", "worker", "ledger", "reconcile", t0, t0 + 1000 * ms,
+                  correlation_id="long-run")]
+    for b in range(150):
+        bid = f"{0x100 + b:016x}"
+        spans.append(Span(trace, bid, "nightly", "worker", "ledger", f"batch {b}", t0 + (1 + 6 * b) * ms,
+                          t0 + (6 + 6 * b) * ms, parent_span_id=f"{1:016x}", correlation_id="long-run"))
+        for q in range(2):
+            bad = b == 100 and q == 1
+            spans.append(Span(trace, f"{0x10000 + 2 * b + q:016x}", "nightly", "database", "postgres",
+                              f"query {b}.{q}", t0 + (2 + 6 * b + 2 * q) * ms, t0 + (3 + 6 * b + 2 * q) * ms,
+                              "error" if bad else "ok", bid, "long-run",
+                              error_type="DeadlockDetected" if bad else None,
+                              error_message="deadlock detected" if bad else None))
+    ex.runs.write(spans)
+    assert ex.pipeline.recorder.flush()
+    failing = f"{0x10000 + 201:016x}"
+    srv = serve(ex)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{srv.url}{c.RUN_PAGE_PATH}/long-run")
+    page.wait_for_selector("body[data-step='0']")
+    shown = ".row[data-span-id]:not(.hidden)"
+
+    assert page.locator(shown).count() == 1 + 150 + 2  # the root, its batches, and the failing batch's queries
+    assert page.inner_text("#fold-note").startswith("153 of 451 spans shown")
+    assert page.locator(f".row[data-span-id='{failing}']").is_visible()
+    assert page.locator(f".row[data-span-id='{0x100:016x}'] .hidden-count").inner_text() == "+2"
+    assert not page.locator(f".row[data-span-id='{0x10000:016x}']").is_visible()
+
+    page.click(f".row[data-span-id='{0x100:016x}'] .fold")  # unfold batch 0: its queries, and nothing selected
+    assert page.locator(f".row[data-span-id='{0x10000:016x}']").is_visible()
+    assert page.locator(shown).count() == 155 and page.inner_text("#fold-note") == "155 of 451 spans shown"
+    assert page.get_attribute("#details", "data-span-id") != f"{0x100:016x}"
+
+    page.click("#next-failure")
+    page.wait_for_selector(f"#details[data-span-id='{failing}']")
+    assert "DeadlockDetected" in page.inner_text("#details")
+
+    page.click("#collapse-all")
+    assert page.locator(shown).count() == 151 and not page.locator(f".row[data-span-id='{failing}']").is_visible()
+    page.click(f"#errors .span-link[data-span-id='{failing}']")  # the errors list opens the way to its span
+    page.wait_for_selector(f".row.selected[data-span-id='{failing}']", state="visible")
+    assert page.locator(shown).count() == 153
+
+    page.click("#expand-all")
+    assert page.locator(shown).count() == 451 and page.inner_text("#fold-note") == "all 451 spans shown"
     page.close()

@@ -138,6 +138,53 @@ def time_axis(total_ms: float, target: int = 8) -> dict:
     return {"step_pct": 100 * step / total_ms, "ticks": ticks}
 
 
+#: A waterfall longer than this opens folded (see :func:`fold`).
+FOLD_ABOVE = 150
+
+
+def fold(rows: list[dict], limit: int = FOLD_ABOVE) -> int | None:
+    """Fold a long waterfall so that it opens readable, with every failure on screen.
+
+    ``rows`` are the span tree depth first, each with its ``depth`` and ``failed``. Every row gets
+    ``descendants`` (the rows its toggle hides), ``folded`` and ``hidden``. A run of up to ``limit`` spans opens
+    whole. A longer one opens folded at the deepest level that keeps at most ``limit`` rows (but never above the
+    root's children), except along the way to a failed span, which stays open. Returns that level, or None.
+
+        fold(rows_of_a_1000_span_batch_job)   # 1: the root and one row per account, the failing account open
+    """
+    n = len(rows)
+    end, stack = [n] * n, []  # a subtree is contiguous: it ends at the next row no deeper than its root
+    for i, r in enumerate(rows):
+        while stack and rows[stack[-1]]["depth"] >= r["depth"]:
+            end[stack.pop()] = i
+        stack.append(i)
+    failed_before = [0]
+    for r in rows:
+        failed_before.append(failed_before[-1] + bool(r["failed"]))
+    level = None
+    if n > limit:
+        per_depth: dict[int, int] = {}
+        for r in rows:
+            per_depth[r["depth"]] = per_depth.get(r["depth"], 0) + 1
+        level, shown = 1, 0
+        for d in sorted(per_depth):
+            shown += per_depth[d]
+            if shown > limit:
+                break
+            level = max(level, d)
+    hide_below = None
+    for i, r in enumerate(rows):
+        r["descendants"] = end[i] - i - 1
+        r["hidden"] = hide_below is not None and r["depth"] > hide_below
+        if not r["hidden"]:
+            hide_below = None
+        failed_below = failed_before[end[i]] > failed_before[i + 1]
+        r["folded"] = level is not None and r["depth"] >= level and r["descendants"] > 0 and not failed_below
+        if r["folded"] and not r["hidden"]:
+            hide_below = r["depth"]
+    return level
+
+
 def failure_chains(errors: list[dict], spans: dict[str, dict], parent: dict[str, str]) -> list[dict]:
     """One entry per failure: ``{"origin": error, "also": [callers it failed through, deepest first], "again": [...]}``.
 
@@ -338,6 +385,7 @@ def create_blueprint() -> Blueprint:
                     g["suggestion"] = next(iter(suggestions(g, g["resolutions"])), None)
                 groups[fp] = g
         by_id = {r["span_id"]: r for r in rows}
+        fold(rows)
         flame = None
         if body["profiles"]:
             cid = run["correlation_id"]
