@@ -22,7 +22,7 @@ from .openapi import openapi_document
 from .provision import GrafanaProvisioner
 from .provision_api import create_blueprint as provision_blueprint
 from .provision_api import grafana_config
-from .regression.analyze import DEFAULT_QUERIES
+from .regression.analyze import DEFAULT_QUERIES, Settings
 from .regression.api import create_blueprint as regressions_blueprint
 from .regression.service import RegressionService, grafana_annotator
 from .regression.sources import PrometheusSource, load_queries
@@ -40,7 +40,10 @@ def _regression_service(ex: Exporter, store: AlertStore) -> RegressionService:
     source = PrometheusSource(cfg.detect_prometheus_url) if cfg.detect_prometheus_url else None
     queries = load_queries(cfg.detect_queries_file) if cfg.detect_queries_file else DEFAULT_QUERIES
     return RegressionService(store.engine, ex.store, source, since_s=cfg.detect_since_s, step_s=cfg.detect_step_s,
-                             annotate=annotate, season_s=cfg.detect_season_s, queries=queries)
+                             annotate=annotate, season_s=cfg.detect_season_s, queries=queries,
+                             settings=Settings(alpha=cfg.detect_alpha, min_effect=cfg.detect_min_effect,
+                                               min_segment=cfg.detect_min_segment,
+                                               max_changes=cfg.detect_max_changes).check())
 
 
 def create_app(exporter: Exporter | None = None, test_config: dict | None = None) -> Flask:

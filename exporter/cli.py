@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import replace
 
 import orjson
 
@@ -93,18 +94,33 @@ def _parser() -> argparse.ArgumentParser:
                                      "ratio per workflow, cache hit rate (add your own with --query).")
     src = det.add_mutually_exclusive_group(required=True)
     src.add_argument("--prometheus", metavar="URL", help="read series with query_range from this Prometheus")
-    src.add_argument("--csv", metavar="FILE", help="read series offline from a CSV: columns time, series, value")
+    src.add_argument("--csv", metavar="FILE",
+                     help="read series offline from a CSV: columns time, series, value (optional columns "
+                          "higher_is_better, min_effect per series)")
+    det.add_argument("--index", action="store_true",
+                     help="the CSV has no time column: each series' rows are its points in order")
     det.add_argument("--since", default="7d", help="how far back to look (e.g. 6h, 7d)")
     det.add_argument("--step", default=None, help="query_range step (default: since/1000, at least 15s)")
     det.add_argument("--query", action="append", default=[], metavar="NAME=PROMQL",
                      help="analyse this PromQL too (repeatable); prefix NAME with + when higher is better")
     det.add_argument("--queries", metavar="YAML",
-                     help="the series to analyse, replacing the defaults: a list of {name, promql, higher_is_better}")
-    det.add_argument("--q", type=float, default=0.05, help="false discovery rate across all series")
-    det.add_argument("--season", default=None,
-                     help="seasonal period to remove before detection (e.g. 1d for daily cycles)")
+                     help="the series to analyse, replacing the defaults: a list of {name, promql, higher_is_better, "
+                          "min_effect}")
+    det.add_argument("--q", type=float, default=0.05, help="false discovery rate across all series (default 0.05)")
+    det.add_argument("--alpha", type=float, default=0.01,
+                     help="significance level of one change, before the FDR (default 0.01)")
+    det.add_argument("--min-effect", type=float, default=0.05, dest="min_effect",
+                     help="smallest relative change reported, as a ratio (default 0.05 = 5 %%)")
+    det.add_argument("--min-segment", type=int, default=5, dest="min_segment",
+                     help="points on each side of a change, at least (default 5)")
+    det.add_argument("--max-changes", type=int, default=20, dest="max_changes",
+                     help="changes per series, at most (default 20)")
+    det.add_argument("--season", default="auto",
+                     help="seasonal period to remove: auto (default: found per series, tested), none, or a "
+                          "duration (1d; with --index, a number of points)")
     det.add_argument("--json", action="store_true", help="print JSON instead of a table")
     det.add_argument("--plot", metavar="PNG", help="write a figure per finding to this file")
+    det.add_argument("--verbose", action="store_true", help="list every series not analysed, with its reason")
 
     rep = sub.add_parser("replay", help="step through one stored run in the terminal (time travel)",
                          description="Step through a run: n(ext), p(rev), j(ump) N, s(tate), d(iff), l(ist), q(uit). "
@@ -282,15 +298,21 @@ def _dashboards(args: argparse.Namespace) -> int:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from backend.regression.analyze import DEFAULT_QUERIES, SeriesQuery, analyze, as_dicts, plot, table
+    from backend.regression.analyze import DEFAULT_QUERIES, SeriesQuery, Settings, analyze, as_dicts, plot, table
     from backend.regression.sources import PrometheusSource, SourceError, load_queries, parse_duration, read_csv
 
-    if not 0 < args.q < 1:
-        raise ConfigError(f"--q must be between 0 and 1, got {args.q}")
+    if args.index and not args.csv:
+        raise ConfigError("--index applies to --csv only")
+    try:
+        settings = Settings(q=args.q, alpha=args.alpha, min_effect=args.min_effect, min_segment=args.min_segment,
+                            max_changes=args.max_changes).check()
+    except ValueError as e:
+        name, rest = str(e).split(" ", 1)
+        raise ConfigError(f"--{name.replace('_', '-')} {rest}") from None
     try:
         if args.csv:
-            frame, better, labels, counters = read_csv(args.csv), {}, {}, set()
-            step = None
+            frame, better, effect = read_csv(args.csv, index=args.index)
+            labels, counters, step = {}, set(), None
         else:
             queries = list(load_queries(args.queries) if args.queries else DEFAULT_QUERIES)
             for spec in args.query:
@@ -300,22 +322,33 @@ def _detect(args: argparse.Namespace) -> int:
                 queries.append(SeriesQuery(name.lstrip("+"), promql, higher_is_better=name.startswith("+")))
             since = parse_duration(args.since)
             step = parse_duration(args.step) if args.step else max(15, since // 1000)
-            frame, better, labels, counters = PrometheusSource(args.prometheus).fetch(tuple(queries), since, step)
-        period = None
-        if args.season:
+            frame, better, labels, counters, effect = PrometheusSource(args.prometheus).fetch(tuple(queries), since,
+                                                                                              step)
+        season = args.season.strip().lower()
+        if season == "auto":
+            period = None
+        elif season in ("none", "0"):
+            period = 0
+        elif args.index:
+            if not season.isdigit():
+                raise ConfigError(f"--season with --index is a number of points, auto or none; got {args.season!r}")
+            period = int(season)
+        else:
             season_s = parse_duration(args.season)
             if step is None:  # CSV: infer the step from the median spacing of the first series
                 first = frame[frame["series"] == frame["series"].iloc[0]]["time"].sort_values()
                 step = max(1, int(first.diff().dt.total_seconds().median()))
             period = max(2, round(season_s / step))
-        findings, skipped = analyze(frame, better, q=args.q, labels=labels, period=period, counters=counters)
+        settings = replace(settings, period=period)
+        findings, skipped = analyze(frame, better, labels=labels, counters=counters, settings=settings,
+                                    min_effect=effect)
     except SourceError as e:
         print(f"flowscope: {e}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
         print(orjson.dumps(as_dicts(findings, skipped), option=orjson.OPT_INDENT_2).decode())
     else:
-        print(table(findings, skipped))
+        print(table(findings, skipped, verbose=args.verbose))
     if args.plot:
         plot(frame, findings, args.plot)
     return EXIT_OK

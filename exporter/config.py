@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .conventions import DEFAULT_BUCKETS, DEFAULT_SECRET_KEYS
+from .conventions import ATTRIBUTION_OUTCOME_KEYS, DEFAULT_BUCKETS, DEFAULT_SECRET_KEYS
 from .errors import ConfigError
 from .redact import mask_url
 
@@ -77,6 +77,22 @@ def _choice(*options: str) -> Callable[[Any], str]:
 def _words(v: Any) -> tuple[str, ...]:
     items = v if isinstance(v, (list, tuple)) else str(v).split(",")
     return tuple(w.strip() for w in items if str(w).strip())
+
+
+def _season(v: Any) -> int:
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return -1
+    n = int(v)
+    if n < -1:
+        raise ValueError("expected auto, 0 (none) or a period in seconds")
+    return n
+
+
+def _ratio(v: Any) -> float:
+    x = float(v)
+    if not 0 <= x < 1:
+        raise ValueError("expected a ratio between 0 and 1")
+    return x
 
 
 def _opt_str(v: Any) -> str | None:
@@ -149,6 +165,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("profile_hz", _pos_float, 100.0, "Sampling rate of the SDK's profiler."),
     Setting("n_plus_one_threshold", _pos_int, 10,
             "Runs of one normalised SQL statement in one run that count as an N+1 pattern."),
+    Setting("attribution_outcome_keys", _words, ATTRIBUTION_OUTCOME_KEYS,
+            "Attribute keys attribution never tests as causes (how a span ended, not why), comma-separated; "
+            "`prefix.*` matches a prefix. The API's `outcome_keys=` overrides it per query."),
     Setting("webhook_token", _opt_str, None, "If set, the alert webhook requires `Authorization: Bearer <token>`.",
             True),
     Setting("webhook_username", _opt_str, None, "If set, the alert webhook requires basic auth with this user."),
@@ -168,8 +187,14 @@ SETTINGS: tuple[Setting, ...] = (
             "YAML list of {name, promql, higher_is_better} for scheduled detection; unset: the default series."),
     Setting("detect_interval_s", _pos_float, 300.0, "Seconds between scheduled detection runs (never overlapping)."),
     Setting("detect_since_s", _pos_int, 7 * 86400, "How far back each detection run looks, in seconds."),
-    Setting("detect_season_s", int, 86400,
-            "Seasonal period removed before detection (0: none); needs two seasons of data to apply."),
+    Setting("detect_season_s", _season, -1,
+            "Seasonal period removed before detection, in seconds: `auto` (-1, the default) finds each series' own "
+            "(minutes to a week), 0 removes none; needs three cycles of data to apply."),
+    Setting("detect_min_effect", _ratio, 0.05,
+            "Smallest relative change detection reports (0.05 = 5 %); a query may set its own `min_effect`."),
+    Setting("detect_alpha", _ratio, 0.01, "Significance level of one change, before the FDR across series."),
+    Setting("detect_min_segment", _pos_int, 5, "Points on each side of a detected change, at least."),
+    Setting("detect_max_changes", _pos_int, 20, "Changes reported per series, at most."),
     Setting("detect_step_s", _pos_int, 300, "query_range step of detection runs, in seconds."),
     Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level of the process."),
 )
@@ -213,6 +238,7 @@ class Config:
     profile_workflows: tuple[str, ...]
     profile_hz: float
     n_plus_one_threshold: int
+    attribution_outcome_keys: tuple[str, ...]
     webhook_token: str | None
     webhook_username: str | None
     webhook_password: str | None
@@ -227,6 +253,10 @@ class Config:
     detect_interval_s: float
     detect_since_s: int
     detect_season_s: int
+    detect_min_effect: float
+    detect_alpha: float
+    detect_min_segment: int
+    detect_max_changes: int
     detect_step_s: int
     log_level: str
 

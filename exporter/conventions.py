@@ -172,8 +172,25 @@ ALERTS_PATH = "/api/v1/alerts"
 
 RUNS_PATH = "/api/v1/runs"
 RUN_PAGE_PATH = "/runs"
+ERROR_PAGE_PATH = "/errors"  # one error group's page: /errors/<fingerprint>
 ERRORS_PATH = "/api/v1/errors"
 ATTRIBUTION_PATH = "/api/v1/attribution"
+#: Attribution's dimension prefixes: a span attribute, a resource attribute (OTLP), run metadata (the native
+#: ``workflows[].metadata``, the SDK's ``workflow(..., metadata=)``). Built-in dimensions: layer, component,
+#: operation, service.
+DIM_ATTR = "attr."
+DIM_RESOURCE = "resource."
+DIM_METADATA = "metadata."
+#: Attribute keys that describe how a span or run ended, never why: attribution never tests them as causes
+#: (every failed span carries them), though ``where=`` may still select on them. A trailing ``*`` matches a
+#: prefix. Matched against the key without its dimension prefix. Settable: ``FLOWSCOPE_ATTRIBUTION_OUTCOME_KEYS``
+#: and the API's ``outcome_keys=``.
+ATTRIBUTION_OUTCOME_KEYS = (
+    "error", "error.*", "exception.*", "otel.status_code", "otel.status_description", "status", "status_code",
+    "flowscope.status", "http.response.status_code", "http.status_code", "rpc.grpc.status_code",
+    "rpc.connect_rpc.error_code", "rpc.jsonrpc.error_code", "rpc.jsonrpc.error_message", "db.response.status_code",
+    "graphql.errors", "exit.code", "process.exit.code", "error_type", "error_message", "stack_trace",
+)
 FLAMEGRAPH_PATH = "/api/v1/flamegraph"
 
 RUNS_STORED_TOTAL = "flowscope_runs_stored_total"

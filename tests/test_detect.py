@@ -53,7 +53,8 @@ def test_csv_report_finds_the_step_only_and_explains_what_it_skipped(tmp_path):
     assert "too short" in skipped["tiny"] and "constant" in skipped["flat"]
     assert (tmp_path / "out.png").stat().st_size > 10_000
     table = flowscope("detect", "--csv", str(path)).stdout
-    assert "regression" in table and "not analysed: tiny" in table
+    assert "regression" in table and "not analysed: 2 series (1 constant series, 1 too short)" in table
+    assert "not analysed: tiny: too short" in flowscope("detect", "--csv", str(path), "--verbose").stdout
 
 
 def test_a_counter_series_with_a_reset_is_explained_not_analysed():
@@ -120,10 +121,42 @@ def test_daily_cycles_are_silent_with_a_season_and_a_step_in_them_is_still_found
     rows += [(ts.isoformat(), "stepped p95", v) for ts, v in zip(t, stepped)]
     path = tmp_path / "daily.csv"
     pd.DataFrame(rows, columns=["time", "series", "value"]).to_csv(path, index=False)
-    r = flowscope("detect", "--csv", str(path), "--season", "1d", "--json")
+    for season in ("auto", "1d"):  # found by itself, or given
+        r = flowscope("detect", "--csv", str(path), "--season", season, "--json")
+        assert r.returncode == 0, r.stderr
+        (f,) = json.loads(r.stdout)["findings"]
+        assert f["series"] == "stepped p95" and f["kind"] == "step" and f["time"] == "2026-11-05T23:00:00Z"  # point 1428 of 1728
+
+
+def test_a_csv_without_time_with_per_series_direction_and_effect_floor(tmp_path):
+    rng = np.random.default_rng(8)
+    rows = [("throughput", v, "true", "") for v in np.r_[rng.normal(100, 1, 120), rng.normal(96, 1, 120)]]
+    rows += [("queue depth", v, "false", 0.5) for v in np.r_[rng.normal(100, 1, 120), rng.normal(130, 1, 120)]]
+    rows += [("cpu", v, "false", "") for v in 50 + 0.2 * np.arange(240) + rng.normal(0, 1, 240)]
+    path = tmp_path / "points.csv"
+    pd.DataFrame(rows, columns=["series", "value", "higher_is_better", "min_effect"]).to_csv(path, index=False)
+    r = flowscope("detect", "--csv", str(path), "--index", "--json", "--min-effect", "0.03")
     assert r.returncode == 0, r.stderr
-    found = {f["series"] for f in json.loads(r.stdout)["findings"]}
-    assert found == {"stepped p95"}
+    (f,) = json.loads(r.stdout)["findings"]  # queue depth's +30 % is under its own 50 % floor; cpu is a trend
+    assert (f["series"], f["direction"], f["time"], f["kind"]) == ("throughput", "regression", "120", "step")
+    r = flowscope("detect", "--csv", str(path), "--index", "--json")
+    assert json.loads(r.stdout)["findings"] == []  # -4 % is under the default 5 % floor
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--min-effect", "-1"], "--min-effect must be between 0 and 100"),
+    (["--alpha", "2"], "--alpha must be between 0 and 1"),
+    (["--min-segment", "1"], "--min-segment must be between 2 and 10000"),
+    (["--max-changes", "0"], "--max-changes must be between 1 and 1000"),
+    (["--season", "weekly"], "expected a duration like 30m, 6h or 7d"),
+    (["--index", "--season", "1d"], "--season with --index is a number of points"),
+])
+def test_bad_detection_settings_exit_non_zero_naming_the_flag(tmp_path, args, text):
+    path = make_csv(tmp_path / "series.csv") if "--index" not in args else tmp_path / "points.csv"
+    if "--index" in args:
+        path.write_text("series,value\n" + "".join(f"s,{i % 7}\n" for i in range(40)))
+    r = flowscope("detect", "--csv", str(path), *args)
+    assert r.returncode != 0 and text in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("text,error", [

@@ -1,9 +1,10 @@
-"""Detectors on small seeded series: a step, pure noise, one spike, a seasonal pattern, a counter reset."""
+"""Detectors on small seeded series: steps, trends and bends, noise (white and autocorrelated), spikes, cycles of
+unknown period, sparse data, counter resets."""
 
 import numpy as np
 import pytest
 
-from backend.regression.detectors import NotAnalysed, change_points, fdr, seasonal_anomaly, window_comparison
+from backend.regression.detectors import NotAnalysed, change_points, fdr, find_period
 
 RNG = np.random.default_rng(7)
 
@@ -55,20 +56,72 @@ def test_counter_resets_missing_points_and_short_series_are_explained():
     assert len(change_points(x)) == 1
 
 
-def test_window_comparison_has_an_effect_floor():
-    base = noise(300, 1)
-    assert window_comparison(np.concatenate([base, noise(50, 1, mean=108, seed=3)]), recent=50).p_value < 1e-6
-    assert window_comparison(np.concatenate([base, noise(50, 1, mean=100.5, seed=3)]), recent=50) is None
+def test_a_trend_is_one_segment_and_a_bend_in_it_is_one_drift_with_its_rate():
+    t = np.arange(400.0)
+    trend = 100 + 0.5 * t + noise(400, 2, mean=0)
+    assert change_points(trend) == []  # steady growth is not a staircase of steps
+    bend = 100 + np.where(t < 250, 0.5 * t, 125 + 1.5 * (t - 250)) + noise(400, 2, mean=0, seed=3)
+    (cp,) = change_points(bend)
+    assert cp.kind == "drift" and abs(cp.index - 250) <= 8 and cp.rate == pytest.approx(1.5, abs=0.1)
+    stepped = trend.copy()
+    stepped[300:] += 60
+    (cp,) = change_points(stepped)
+    assert cp.kind == "step" and abs(cp.index - 300) <= 2
 
 
-def test_daily_cycles_do_not_alert_but_a_break_in_them_does():
-    t = np.arange(24 * 14)
-    daily = 100 + 20 * np.sin(2 * np.pi * t / 24) + noise(t.size, 1, mean=0)
-    assert seasonal_anomaly(daily, period=24, recent=24) is None
-    broken = daily.copy()
-    broken[-12:] += 15
-    found = seasonal_anomaly(broken, period=24, recent=24)
-    assert found is not None and found.p_value < 1e-3
+def test_autocorrelated_noise_and_changes_below_the_practical_floor_give_nothing():
+    # a 5-minute rate queried every 15 s: each point shares 19/20 of its window with the next
+    e = np.random.default_rng(2).normal(0, 1, 2019)
+    smooth = 100 + np.convolve(e, np.ones(20) / 20, "valid")
+    assert change_points(smooth) == []
+    tiny = noise(600, 0.05)
+    tiny[300:] *= 1.002  # +0.2 %: certain with this little noise, and not worth anyone's time
+    assert change_points(tiny) == []
+    assert len(change_points(tiny, min_effect=0.001)) == 1  # unless the series asks for it
+
+
+def test_a_change_early_in_the_series_is_found_as_surely_as_a_late_one():
+    x = np.concatenate([noise(60, 1), noise(540, 1, mean=130, seed=5)])
+    (early,) = change_points(x)
+    (late,) = change_points(x[::-1])
+    assert early.index == 60 and late.index == 540
+
+
+def test_a_sparse_series_of_mostly_zeros_is_not_all_significant():
+    rng = np.random.default_rng(6)
+    errors = (rng.uniform(size=2000) < 0.02).astype(float)  # an error count: mostly 0, now and then 1
+    assert change_points(errors) == []
+    failing = errors.copy()
+    failing[500:700] = 1.0  # a sustained failure early on
+    found = change_points(failing)
+    assert [abs(c.index - i) <= 2 for c, i in zip(found, (500, 700))] == [True, True]
+
+
+@pytest.mark.parametrize("period", [12, 24, 96, 288])
+def test_the_period_of_a_cycle_is_found_and_a_cycle_alone_is_not_a_change(period):
+    t = np.arange(period * 6)
+    cyc = 100 + 20 * np.sin(2 * np.pi * t / period) + noise(t.size, 1, mean=0, seed=period)
+    assert find_period(cyc) == period
+    assert change_points(cyc) == []
+    stepped = cyc.copy()
+    stepped[period * 4 + 3:] += 15  # a step on top of the cycle: exactly one change, at the step
+    (cp,) = change_points(stepped)
+    assert abs(cp.index - (period * 4 + 3)) <= 2 and cp.kind == "step"
+    assert find_period(noise(period * 6, 1)) is None
+
+
+def test_an_evenly_spaced_staircase_is_steps_not_a_cycle():
+    x = np.repeat([100.0, 110.0, 120.0, 130.0], 125) + noise(500, 2, mean=0)
+    assert [round(c.index / 125) for c in change_points(x)] == [1, 2, 3]
+    assert all(abs(c.index - 125 * round(c.index / 125)) <= 2 for c in change_points(x))
+
+
+def test_a_given_season_overrides_the_search():
+    t = np.arange(24 * 8)
+    cyc = 100 + 20 * np.sin(2 * np.pi * t / 24) + noise(t.size, 1, mean=0)
+    cyc[100:] += 12
+    assert [c.index for c in change_points(cyc, period=24)] == [100]
+    assert [c.index for c in change_points(cyc, period=0)] != [100]  # the cycle left in blurs the step
 
 
 def test_benjamini_hochberg_controls_a_thousand_null_series():
@@ -77,3 +130,6 @@ def test_benjamini_hochberg_controls_a_thousand_null_series():
     assert sum(reject) <= 5  # ~0 expected; far below the 50 an uncorrected 5% would give
     reject, _ = fdr([1e-8, 0.2, 0.5])
     assert reject == [True, False, False]
+    reject, adjusted = fdr([0.01, 0.04, 0.03, 0.005])  # the step-up rule by hand: p·m/rank, monotone from the top
+    assert adjusted == pytest.approx([0.02, 0.04, 0.04, 0.02]) and reject == [True, True, True, True]
+    assert fdr([0.01, 0.04, 0.03, 0.005], q=0.03)[0] == [True, False, False, True]

@@ -37,7 +37,7 @@ def test_detection_run_exposes_gauges_stores_findings_and_annotates_once(make_ex
     assert r.status_code == 200 and r.json["new"] >= 1, r.json
     rows = client.get(c.REGRESSIONS_PATH, query_string={"direction": "regression"}).json["regressions"]
     hit = [x for x in rows if x["labels"].get("query") == "cache hit rate"]
-    assert hit and hit[0]["relative_change"] < -0.2 and hit[0]["p_adjusted"] < 0.05
+    assert hit and hit[0]["relative_change"] < -0.2 and hit[0]["p_adjusted"] < 0.05 and hit[0]["kind"] == "step"
     metrics = client.get(c.METRICS_PATH).data.decode()
     assert 'flowscope_regression_active{query="cache hit rate"' in metrics and 'direction="regression"} 1' in metrics
     assert len(grafana.annotations) == r.json["new"]
@@ -63,3 +63,22 @@ def test_runs_never_overlap_and_unconfigured_detection_is_a_clear_409(make_expor
     r = app.test_client().post(c.REGRESSIONS_PATH + "/detect")  # Prometheus unreachable: clear, counted
     assert r.status_code == 409 and "unreachable" in r.json["error"]["message"]
     assert ex.store.value(c.REGRESSION_RUNS_TOTAL, {"outcome": "source_error"}) == 1
+
+
+def test_a_store_from_before_drifts_gets_the_new_columns_and_keeps_its_findings(make_exporter, tmp_path):
+    import sqlalchemy as sa
+    url = f"sqlite:///{tmp_path}/old.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # the regressions table as the first release made it
+        conn.exec_driver_sql(
+            "CREATE TABLE regressions (id INTEGER PRIMARY KEY, series VARCHAR(500) NOT NULL, labels TEXT NOT NULL, "
+            "change_time VARCHAR(40) NOT NULL, detector VARCHAR(40) NOT NULL, direction VARCHAR(20) NOT NULL, "
+            "before FLOAT NOT NULL, after FLOAT NOT NULL, relative_change FLOAT NOT NULL, p_value FLOAT NOT NULL, "
+            "p_adjusted FLOAT NOT NULL, first_seen DATETIME NOT NULL, last_seen DATETIME NOT NULL)")
+        conn.exec_driver_sql(
+            "INSERT INTO regressions VALUES (1, 'p95', '{}', '2026-11-01T00:00:00Z', 'change_point', 'regression', "
+            "1.0, 1.5, 0.5, 1e-9, 1e-8, '2026-11-01 00:00:00', '2026-11-01 00:00:00')")
+    engine.dispose()
+    app = create_app(make_exporter(database_url=url), test_config={"TESTING": True})
+    (row,) = app.test_client().get(c.REGRESSIONS_PATH).json["regressions"]
+    assert (row["series"], row["kind"], row["rate_per_s"], row["relative_change"]) == ("p95", "step", 0.0, 0.5)

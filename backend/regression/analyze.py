@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -13,7 +13,7 @@ import pandas as pd
 
 from exporter import conventions as c
 
-from .detectors import Change, NotAnalysed, change_points, clean, decompose, fdr, seasonal_anomaly, window_comparison
+from .detectors import Change, NotAnalysed, change_points, fdr
 
 FAILED = "|".join(c.FAILED_STATUSES)
 
@@ -27,6 +27,7 @@ class SeriesQuery:
     higher_is_better: bool = False
     unit: str = ""
     counter: bool = False  # a raw counter: a decrease is a reset, reported as "not analysed"
+    min_effect: float | None = None  # smallest relative change worth reporting; None: the run's default
 
 
 DEFAULT_QUERIES = (
@@ -39,6 +40,30 @@ DEFAULT_QUERIES = (
     SeriesQuery("cache hit rate", f"avg by ({c.L_LAYER}, {c.L_COMPONENT}) ({c.CUSTOM_HIT_RATE})",
                 higher_is_better=True),
 )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What counts as a finding; the CLI flags and the ``FLOWSCOPE_DETECT_*`` settings set these."""
+
+    q: float = 0.05  # false discovery rate across all series of one run (Benjamini-Hochberg)
+    alpha: float = 0.01  # a change's own significance level, before FDR
+    min_effect: float = 0.05  # smallest relative change reported (per series: SeriesQuery.min_effect, CSV column)
+    min_segment: int = 5  # points on each side of a change
+    max_changes: int = 20  # per series
+    period: int | None = None  # points per seasonal cycle; None: found automatically; 0: no seasonal removal
+
+    def check(self) -> Settings:
+        for name, ok, want in (("q", 0 < self.q < 1, "between 0 and 1"),
+                               ("alpha", 0 < self.alpha < 1, "between 0 and 1"),
+                               ("min_effect", 0 <= self.min_effect < 100, "between 0 and 100 (a ratio: 0.05 = 5 %)"),
+                               ("min_segment", 2 <= self.min_segment <= 10_000, "between 2 and 10000"),
+                               ("max_changes", 1 <= self.max_changes <= 1000, "between 1 and 1000"),
+                               ("period", self.period is None or 0 <= self.period <= 1_000_000,
+                                "0 (none) or a number of points")):
+            if not ok:
+                raise ValueError(f"{name} must be {want}, got {getattr(self, name)!r}")
+        return self
 
 
 @dataclass
@@ -55,6 +80,9 @@ class Finding:
     detector: str
     direction: str  # regression | improvement
     labels: dict = field(default_factory=dict)
+    index: int = -1  # position in the series' finite points
+    kind: str = "step"  # step: the level moved; drift: the trend changed (rate_per_s is the new one)
+    rate_per_s: float = 0.0
 
 
 @dataclass
@@ -64,23 +92,36 @@ class Skipped:
 
 
 def _iso(t) -> str:
+    if isinstance(t, (int, float, np.integer, np.floating)):
+        return str(int(t)) if float(t).is_integer() else str(t)  # --index: a position, not a time
     ts = pd.Timestamp(t)
     if ts.tzinfo is None:
         ts = ts.tz_localize(timezone.utc)
     return ts.isoformat().replace("+00:00", "Z")
 
 
-def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None, q: float = 0.05,
-            recent_fraction: float = 0.1, labels: dict[str, dict] | None = None,
-            period: int | None = None, counters: set[str] | None = None) -> tuple[list[Finding], list[Skipped]]:
-    """Change points and a recent-window comparison per series; Benjamini–Hochberg over all candidates.
+def _per_second(rate_per_point: float, times: np.ndarray) -> float:
+    if times.size < 2 or not np.issubdtype(times.dtype, np.datetime64):
+        return rate_per_point
+    step = float(np.median(np.diff(times).astype("timedelta64[ns]").astype(np.int64))) / 1e9
+    return rate_per_point / step if step > 0 else rate_per_point
 
-    With ``period`` (points per season, e.g. one day), each series long enough for two
-    seasons is deseasonalized first, and an STL residual anomaly check runs on the
-    recent window too, so daily cycles are never reported as changes.
+
+def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None, q: float | None = None,
+            labels: dict[str, dict] | None = None, period: int | None = None, counters: set[str] | None = None,
+            settings: Settings | None = None, min_effect: dict[str, float] | None = None,
+            ) -> tuple[list[Finding], list[Skipped]]:
+    """Change points (steps and drifts) per series; Benjamini–Hochberg over all of them.
+
+    ``period`` (points per cycle; 0: none; None: each series' own, found automatically) and ``q``
+    override ``settings``; ``min_effect`` maps a series to its own smallest relative change.
     """
+    st = settings or Settings()
+    if q is not None or period is not None:
+        st = replace(st, q=st.q if q is None else q, period=st.period if period is None else period)
     higher_is_better = higher_is_better or {}
     labels = labels or {}
+    min_effect = min_effect or {}
     missing = {"time", "series", "value"} - set(frame.columns)
     if missing:
         raise ValueError(f"missing column(s) {sorted(missing)}; expected time, series, value")
@@ -92,26 +133,14 @@ def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None
         times = g["time"].to_numpy()
         finite = np.isfinite(values)
         try:
-            x = values
-            recent = max(10, int(finite.sum() * recent_fraction))
-            seasonal = None
-            if period and finite.sum() >= 2 * period + recent:
-                x = clean(values, min_points=2 * period + recent)
-                season, resid = decompose(x, period)  # one STL fit: the anomaly check and the cycle removal
-                seasonal = seasonal_anomaly(x, period=period, recent=recent, resid=resid)
-                x = x - season
-            found = change_points(x, counter=str(name) in (counters or ()))
-            w = window_comparison(x, recent=recent)
-            if w is not None and not found:  # the window catches drifts no change point explains
-                found.append(w)
-            if seasonal is not None and not found:
-                found.append(seasonal)
+            found = change_points(values, alpha=st.alpha, min_seg=st.min_segment, max_changes=st.max_changes,
+                                  counter=str(name) in (counters or ()), period=st.period,
+                                  min_effect=min_effect.get(str(name), st.min_effect))
         except NotAnalysed as e:
             skipped.append(Skipped(str(name), str(e)))
             continue
-        t_finite = times[finite]
-        candidates += [(str(name), ch, t_finite) for ch in found]
-    reject, adjusted = fdr([ch.p_value for _, ch, _ in candidates], q)
+        candidates += [(str(name), ch, times[finite]) for ch in found]
+    reject, adjusted = fdr([ch.p_value for _, ch, _ in candidates], st.q)
     findings = []
     for (name, ch, times), keep, p_adj in zip(candidates, reject, adjusted):
         if not keep:
@@ -122,7 +151,7 @@ def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None
             series=name, time=_iso(times[min(ch.index, len(times) - 1)]), before=ch.before, after=ch.after,
             ci_before=ch.ci_before, ci_after=ch.ci_after, relative_change=ch.relative_change, p_value=ch.p_value,
             p_adjusted=p_adj, detector=ch.detector, direction="improvement" if up == better else "regression",
-            labels=labels.get(name, {})))
+            labels=labels.get(name, {}), index=ch.index, kind=ch.kind, rate_per_s=_per_second(ch.rate, times)))
     findings.sort(key=lambda f: (f.direction != "regression", -abs(f.relative_change)))
     return findings, skipped
 
@@ -132,21 +161,29 @@ def as_dicts(findings: list[Finding], skipped: list[Skipped]) -> dict:
             "findings": [asdict(f) for f in findings], "not_analysed": [asdict(s) for s in skipped]}
 
 
-def table(findings: list[Finding], skipped: list[Skipped]) -> str:
-    """A readable terminal report."""
+def table(findings: list[Finding], skipped: list[Skipped], verbose: bool = False) -> str:
+    """A readable terminal report; the series not analysed in one line (each with its reason if ``verbose``)."""
     lines = []
     if findings:
         lines.append(f"{'direction':<12} {'change':>8} {'before → after (95% CI)':<44} {'p adj':>9} "
-                     f"{'detector':<13} {'time':<21} series")
+                     f"{'kind':<24} {'time':<21} series")
         for f in findings:
             ba = (f"{f.before:.4g} [{f.ci_before[0]:.3g}, {f.ci_before[1]:.3g}] → "
                   f"{f.after:.4g} [{f.ci_after[0]:.3g}, {f.ci_after[1]:.3g}]")
+            kind = f"drift {f.rate_per_s:+.3g}/s" if f.kind == "drift" else f.kind
             lines.append(f"{f.direction:<12} {f.relative_change:>+8.1%} {ba:<44} {f.p_adjusted:>9.2e} "
-                         f"{f.detector:<13} {f.time[:19]:<21} {f.series}")
+                         f"{kind:<24} {f.time[:19]:<21} {f.series}")
     else:
         lines.append("no regressions or improvements found")
-    for s in skipped:
-        lines.append(f"not analysed: {s.series}: {s.reason}")
+    if skipped and verbose:
+        lines += [f"not analysed: {s.series}: {s.reason}" for s in skipped]
+    elif skipped:
+        reasons: dict[str, int] = {}
+        for s in skipped:
+            key = s.reason.split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        summary = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        lines.append(f"not analysed: {len(skipped)} series ({summary}); --verbose lists them")
     return "\n".join(lines)
 
 

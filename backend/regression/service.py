@@ -10,13 +10,15 @@ import json
 import logging
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text, UniqueConstraint, select
 
 from exporter import conventions as c
+from exporter.db import add_missing_columns
 
-from .analyze import DEFAULT_QUERIES, Finding, analyze
+from .analyze import DEFAULT_QUERIES, Finding, Settings, analyze
 from .sources import PrometheusSource, SourceError
 
 log = logging.getLogger("flowscope.regression")
@@ -37,6 +39,8 @@ regressions = Table(
     Column("p_adjusted", Float, nullable=False),
     Column("first_seen", DateTime(timezone=True), nullable=False),
     Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("kind", String(10)),  # step | drift; added after the first release, so nullable (NULL: step)
+    Column("rate_per_s", Float),  # a drift's new rate
     UniqueConstraint("series", "change_time", "detector", name="uq_regression"),
 )
 
@@ -51,14 +55,18 @@ def _key(f: Finding) -> tuple:
 
 class RegressionService:
     def __init__(self, engine, store, source: PrometheusSource | None, since_s: int = 7 * 86400, step_s: int = 300,
-                 q: float = 0.05, annotate=None, season_s: int = 86400, queries=DEFAULT_QUERIES):
+                 q: float = 0.05, annotate=None, season_s: int = -1, queries=DEFAULT_QUERIES,
+                 settings: Settings | None = None):
         self.engine = engine
         self.queries = tuple(queries)
-        self.period = max(2, round(season_s / step_s)) if season_s > 0 else None
+        # season_s < 0: each series' period is found automatically; 0: no seasonal removal
+        period = None if season_s < 0 else max(2, round(season_s / step_s)) if season_s > 0 else 0
+        self.settings = replace(settings or Settings(), q=q, period=period)
         self.source = source
         self.since_s, self.step_s, self.q = since_s, step_s, q
         self.annotate = annotate  # callable(finding) -> None, or None when Grafana is not configured
         metadata.create_all(engine)
+        add_missing_columns(engine, regressions)
         self._run_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,8 +95,9 @@ class RegressionService:
                 with self._store.lock:
                     self.runs.inc(("source_error",))
                 raise RuntimeError(str(e)) from None
-            findings, skipped = analyze(fetched.frame, fetched.higher_is_better, q=self.q, labels=fetched.labels,
-                                        period=self.period, counters=fetched.counters)
+            findings, skipped = analyze(fetched.frame, fetched.higher_is_better, labels=fetched.labels,
+                                        counters=fetched.counters, settings=self.settings,
+                                        min_effect=fetched.min_effect)
             new = self._record(findings)
             self._expose(findings)
             for f in new:
@@ -128,7 +137,7 @@ class RegressionService:
                         series=f.series, labels=json.dumps(f.labels, sort_keys=True), change_time=f.time,
                         detector=f.detector, direction=f.direction, before=f.before, after=f.after,
                         relative_change=f.relative_change, p_value=f.p_value, p_adjusted=f.p_adjusted,
-                        first_seen=now, last_seen=now))
+                        first_seen=now, last_seen=now, kind=f.kind, rate_per_s=f.rate_per_s))
                     new.append(f)
                 else:
                     conn.execute(regressions.update().where(regressions.c.id == row.id).values(
@@ -160,7 +169,8 @@ class RegressionService:
             out.append({k: r[k] for k in ("series", "change_time", "detector", "direction", "before", "after",
                                           "relative_change", "p_value", "p_adjusted")}
                        | {"labels": labels, "first_seen": r["first_seen"].isoformat(),
-                          "last_seen": r["last_seen"].isoformat()})
+                          "last_seen": r["last_seen"].isoformat(), "kind": r["kind"] or "step",
+                          "rate_per_s": r["rate_per_s"] or 0.0})
         return out
 
     def start(self, interval_s: float) -> None:
