@@ -224,11 +224,37 @@ def openapi_document() -> dict:
                               "404": _resp("Unknown fingerprint", _ERROR),
                               "413": _resp("Body over 64 KiB", _ERROR)}}},
             c.ATTRIBUTION_PATH: {"get": {
-                "summary": "BubbleUp-style attribution: values over-represented in failed or slow (> p90) runs.",
-                "parameters": [{**_q("workflow"), "required": True}, _q("by", {"enum": ["failed", "slow"]}),
-                               _q("since", _TIME), _q("until", _TIME), _q("q", {"type": "number"}),
-                               _q("top", {"type": "integer"}), _q("max_runs", {"type": "integer"})],
-                "responses": {"200": _resp("Ranked findings", {"type": "object"}), "400": _resp("Bad query", _ERROR)}}},
+                "summary": "BubbleUp-style attribution: the values, numeric ranges and pairs that set a selection of "
+                           "runs (failed, slow, a time window, an error group, a filter) apart from its baseline, "
+                           "ranked by log p-value (Fisher, Benjamini-Hochberg), with each dimension's distribution "
+                           "in both. Outcome attributes (error.type, status codes, exception.*) are never causes.",
+                "parameters": [
+                    _q("workflow", {"type": "string", "description": "required, except with select=error"}),
+                    _q("select", {"enum": ["failed", "slow", "window", "error", "filter"]}),
+                    _q("by", {"enum": ["failed", "slow"], "description": "old name of select"}),
+                    _q("threshold_ms", {"type": "number", "minimum": 0, "description": "select=slow"}),
+                    _q("percentile", {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100,
+                                      "description": "select=slow (default 90)"}),
+                    _q("operation", {"type": "string", "description": "select=slow per step: operation or "
+                                                                      "component/operation"}),
+                    _q("from", {**_TIME, "description": "select=window: start of the selected window"}),
+                    _q("to", {**_TIME, "description": "select=window: end of the selected window (default until)"}),
+                    _q("fingerprint", {"type": "string", "description": "select=error: the error group"}),
+                    {**_q("where", {"type": "array", "items": {"type": "string"}}), "explode": True,
+                     "description": "dimension:value, dimension>number or dimension<number; repeatable"},
+                    _q("outcome_keys", {"type": "string", "description": "comma-separated keys (prefix.* allowed) "
+                                                                         "never tested as causes"}),
+                    _q("since", _TIME), _q("until", _TIME), _q("q", {"type": "number"}),
+                    _q("top", {"type": "integer", "minimum": 1, "maximum": 200}),
+                    _q("dimensions", {"type": "integer", "minimum": 0, "maximum": 500}),
+                    _q("max_values", {"type": "integer", "minimum": 2, "maximum": 10000}),
+                    _q("pairs", {"enum": ["true", "false"]}),
+                    _q("max_runs", {"type": "integer", "minimum": 10, "maximum": 1000000}),
+                    _q("sample", {"type": "integer", "minimum": 100, "maximum": 100000,
+                                  "description": "spans are read for at most this many runs a side"})],
+                "responses": {"200": _resp("Ranked findings and distributions", {"type": "object"}),
+                              "400": _resp("Bad query, or a selection that matches nothing (error.field names "
+                                           "the parameter)", _ERROR)}}},
             c.REGRESSIONS_PATH: {"get": {
                 "summary": "Regressions and improvements found by scheduled or on-demand detection.",
                 "parameters": [_q("direction", {"enum": ["regression", "improvement"]}), _q("workflow"),

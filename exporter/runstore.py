@@ -30,17 +30,18 @@ import threading
 import time
 import zlib
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from sqlalchemy import (BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, and_,
-                        delete, func, or_, select, update)
+                        bindparam, delete, func, or_, select, update)
 from sqlalchemy import exc as sa_exc
 
 from . import conventions as c
 from .classify import classify_error
-from .db import insert_ignore
-from .fingerprint import Miner
+from .db import add_missing_columns, insert_ignore
+from .fingerprint import Fingerprinter, failure_causes
 from .metrics import MetricStore
 from .model import ErrorRecord, Span, hash_user
 from .redact import Redactor
@@ -130,9 +131,13 @@ errors = Table(
     Column("message", Text, nullable=True),
     Column("stack_trace", Text, nullable=True),
     Column("time_ns", BigInteger, nullable=False),
+    #: the group of the error that started this one's failure chain (set on callers; NULL on an origin).
+    #: Added after the table: existing stores get it on start (:func:`~exporter.db.add_missing_columns`).
+    Column("cause_fingerprint", String(16), nullable=True),
     Index("ix_errors_fp_time", "fingerprint", "time_ns"),
     Index("ix_errors_time", "time_ns"),
     Index("ix_errors_cid", "correlation_id"),
+    Index("ix_errors_cause", "cause_fingerprint"),
 )
 
 error_groups = Table(
@@ -156,6 +161,14 @@ resolutions = Table(
     Column("note", Text, nullable=False),
     Column("resolved_by", String(200), nullable=True),
     Column("resolved_at_ns", BigInteger, nullable=False),
+)
+
+#: A new fingerprint that belongs to a group stored under an older one (a group the Drain-style
+#: miner made before fingerprints were type + masked template): the group keeps its notes.
+error_aliases = Table(
+    "error_group_aliases", metadata,
+    Column("fingerprint", String(16), primary_key=True),
+    Column("group_fingerprint", String(16), nullable=False),
 )
 
 profiles = Table(
@@ -252,6 +265,31 @@ def _describe(item) -> str:
         return type(item).__name__
 
 
+#: Run ids per IN list when attribution reads spans (well under SQLite's 32,766 bound parameters).
+ATTRIBUTION_CHUNK = 2000
+
+
+@dataclass(slots=True)
+class AttributionRows:
+    """Columns of :meth:`RunStore.attribution_runs` (one entry per run: ``run_ids`` .. ``start_ns``) and of
+    :meth:`RunStore.attribution_spans` (one per span: ``span_run``, the index of its run, .. ``attributes``,
+    its raw JSON or None; one per span with a resource: ``resource_run``, ``resource``)."""
+
+    run_ids: list[str] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+    duration_ms: list[float] = field(default_factory=list)
+    start_ns: list[int] = field(default_factory=list)
+    span_run: list[int] = field(default_factory=list)
+    layer: list[str] = field(default_factory=list)
+    component: list[str] = field(default_factory=list)
+    operation: list[str] = field(default_factory=list)
+    service: list[str] = field(default_factory=list)
+    span_ms: list[float] = field(default_factory=list)
+    attributes: list[str | None] = field(default_factory=list)
+    resource_run: list[int] = field(default_factory=list)
+    resource: list[str] = field(default_factory=list)
+
+
 class RunStore:
     """The store client: writes from the recorder, reads for replay, the run page and error analysis."""
 
@@ -260,10 +298,9 @@ class RunStore:
         self.redactor = redactor or Redactor()
         self.state_max_bytes = state_max_bytes
         metadata.create_all(engine)
-        self.miner = Miner()
-        with engine.connect() as conn:
-            self.miner.load(conn.execute(select(error_groups.c.fingerprint, error_groups.c.error_type,
-                                                error_groups.c.template)).all())
+        add_missing_columns(engine, errors)
+        self.fingerprints = Fingerprinter()
+        self._load_fingerprints()
         self._insert_span = insert_ignore(engine, spans)
         self._span_sql = _insert_ignore_sql(engine.dialect, "spans", SPAN_COLUMNS)
         self._insert_run = insert_ignore(engine, runs)
@@ -271,7 +308,39 @@ class RunStore:
         self._detail_sql = _insert_ignore_sql(engine.dialect, "span_details", DETAIL_COLUMNS)
         self._insert_link = insert_ignore(engine, span_links)
         self._link_sql = _insert_ignore_sql(engine.dialect, "span_links", LINK_COLUMNS)
-        self._lock = threading.Lock()  # one writer at a time owns the miner
+        self._lock = threading.Lock()  # one writer at a time owns the fingerprinter
+
+    #: At most this many stored messages of legacy groups are read on start to find their aliases.
+    MAX_ALIAS_SCAN = 50_000
+
+    def _load_fingerprints(self) -> None:
+        """Give the fingerprinter the stored groups and aliases; find aliases for groups stored by the old
+        miner from their template and their stored messages (once: a group with an alias is not scanned
+        again), and keep the aliases found."""
+        fpr = self.fingerprints
+        with self.engine.begin() as conn:
+            groups = [(r.fingerprint, r.error_type, r.template, (r.resolved_at_ns is not None, r.count))
+                      for r in conn.execute(select(error_groups.c.fingerprint, error_groups.c.error_type,
+                                                   error_groups.c.template, error_groups.c.resolved_at_ns,
+                                                   error_groups.c.count))]
+            aliases = conn.execute(select(error_aliases.c.group_fingerprint, error_aliases.c.fingerprint)).all()
+            aliased = {fp for fp, _ in aliases}
+            scan = [g[0] for g in groups if g[0] not in aliased and fpr.is_legacy(*g[:3])]
+            occurrences: list = []
+            for i in range(0, len(scan), 500):
+                left = self.MAX_ALIAS_SCAN - len(occurrences)
+                if left <= 0:
+                    break
+                occurrences += conn.execute(
+                    select(errors.c.fingerprint, errors.c.error_type, errors.c.message)
+                    .where(errors.c.fingerprint.in_(scan[i:i + 500])).distinct().limit(left)).all()
+            found = fpr.load(groups, aliases, occurrences)
+            if found:
+                conn.execute(insert_ignore(self.engine, error_aliases),
+                             [{"fingerprint": new, "group_fingerprint": fp} for fp, new in found])
+            if scan or found:
+                log.info("error groups from before type + template fingerprints: %d, aliases found: %d",
+                         len(fpr.legacy), len(found))
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -420,33 +489,112 @@ class RunStore:
                 "profiles": len(prof_rows), "truncated_states": truncated}
 
     def _write_errors(self, conn, rows: list[dict]) -> None:
-        groups: dict[str, dict] = {}
+        """Fingerprint the batch's errors, link each run's errors into failure chains, and count groups.
+
+        **Linking.** Errors of one run (one ``correlation_id``; errors without one stand alone) are
+        placed by their ``span_id`` on the run's span tree (the ``spans`` table: ``parent_span_id``,
+        this batch's spans included). An error whose span is a strict ancestor of another failing span
+        is a *caller*: its ``cause_fingerprint`` is the group of the deepest error below it (the
+        earliest of equals), which has no failing span below it, so it is the *origin* that started
+        the chain. A logged error (``ErrorRecord``) is placed at the step it was logged in; one without
+        a known span, and errors on the same span, are peers. When a deeper error arrives after its
+        callers, the callers stored earlier are relinked.
+
+        **Counting.** A group's ``count`` is the runs in which it was an origin (each error without a
+        run counts once): an exception that fails five callers counts once, for its own group, and
+        the callers' generic 502 counts for nothing. Only an origin arriving after a resolution flags
+        its group ``regressed``; ``first_seen``/``last_seen`` cover every occurrence.
+        """
+        fpr = self.fingerprints
+        new_aliases, templates = [], {}
         for r in rows:
-            fp, template = self.miner.add(r["error_type"], r["message"])
-            r["fingerprint"] = fp
-            g = groups.setdefault(fp, {"error_type": r["error_type"], "template": template, "count": 0,
-                                       "first": r["time_ns"], "last": r["time_ns"], "message": r["message"]})
-            g["template"] = template
-            g["count"] += 1
+            fp, template, alias = fpr.assign(r["error_type"], r["message"])
+            r["fingerprint"], r["cause_fingerprint"] = fp, None
+            templates.setdefault(fp, template)
+            if alias is not None:
+                new_aliases.append({"fingerprint": alias[1], "group_fingerprint": alias[0]})
+        delta = self._link_causes(conn, rows)
+        if new_aliases:
+            conn.execute(insert_ignore(self.engine, error_aliases), new_aliases)
+        conn.execute(errors.insert(), rows)
+        per: dict[str, dict] = {}
+        for r in rows:
+            g = per.setdefault(r["fingerprint"], {"row": r, "first": r["time_ns"], "last": r["time_ns"],
+                                                  "origin_last": None})
             g["first"] = min(g["first"], r["time_ns"])
             g["last"] = max(g["last"], r["time_ns"])
-        conn.execute(errors.insert(), rows)
-        existing = {r.fingerprint: r for r in conn.execute(
-            select(error_groups).where(error_groups.c.fingerprint.in_(list(groups))))}
-        for fp, g in groups.items():
-            old = existing.get(fp)
+            if r["cause_fingerprint"] is None:
+                g["origin_last"] = max(g["origin_last"] or r["time_ns"], r["time_ns"])
+        touched = list(set(per) | {fp for fp, d in delta.items() if d})
+        existing = {}
+        for i in range(0, len(touched), 500):
+            existing.update((r.fingerprint, r) for r in conn.execute(
+                select(error_groups).where(error_groups.c.fingerprint.in_(touched[i:i + 500]))))
+        for fp in touched:
+            old, g = existing.get(fp), per.get(fp)
             if old is None:
+                if g is None:  # an earlier occurrence was relinked, and its group is gone (swept)
+                    continue
+                r = g["row"]
                 conn.execute(error_groups.insert().values(
-                    fingerprint=fp, error_type=g["error_type"], template=g["template"],
-                    category=classify_error(g["error_type"], g["message"]), first_seen_ns=g["first"],
-                    last_seen_ns=g["last"], count=g["count"]))
+                    fingerprint=fp, error_type=r["error_type"], template=templates[fp],
+                    category=classify_error(r["error_type"], r["message"]), first_seen_ns=g["first"],
+                    last_seen_ns=g["last"], count=max(0, delta.get(fp, 0))))
                 continue
-            values: dict[str, Any] = {"template": g["template"], "count": old.count + g["count"],
-                                      "last_seen_ns": max(old.last_seen_ns, g["last"]),
-                                      "first_seen_ns": min(old.first_seen_ns, g["first"])}
-            if old.resolved_at_ns is not None and g["last"] > old.resolved_at_ns and old.regressed_at_ns is None:
-                values["regressed_at_ns"] = g["last"]
+            values: dict[str, Any] = {"count": max(0, old.count + delta.get(fp, 0))}
+            if g is not None:
+                values["last_seen_ns"] = max(old.last_seen_ns, g["last"])
+                values["first_seen_ns"] = min(old.first_seen_ns, g["first"])
+                if fpr.is_legacy(fp, old.error_type, old.template) and old.template != templates[fp]:
+                    values["template"] = templates[fp]  # an old group shows its error's words, not <*>
+                if (old.resolved_at_ns is not None and old.regressed_at_ns is None and g["origin_last"] is not None
+                        and g["origin_last"] > old.resolved_at_ns):
+                    values["regressed_at_ns"] = g["origin_last"]
             conn.execute(update(error_groups).where(error_groups.c.fingerprint == fp).values(**values))
+
+    def _link_causes(self, conn, rows: list[dict]) -> dict[str, int]:
+        """Set ``cause_fingerprint`` on the new rows (and relink stored ones of their runs); returns each
+        group's change in origin runs. See :meth:`_write_errors`."""
+        delta: dict[str, int] = {}
+        by_run: dict[str, list[dict]] = {}
+        for r in rows:
+            if r["correlation_id"]:
+                by_run.setdefault(r["correlation_id"], []).append(r)
+            else:
+                delta[r["fingerprint"]] = delta.get(r["fingerprint"], 0) + 1
+        if not by_run:
+            return delta
+        cids = list(by_run)
+        stored: dict[str, list[dict]] = {}
+        for i in range(0, len(cids), 500):
+            for e in conn.execute(select(errors.c.id, errors.c.correlation_id, errors.c.span_id, errors.c.fingerprint,
+                                         errors.c.cause_fingerprint, errors.c.time_ns)
+                                  .where(errors.c.correlation_id.in_(cids[i:i + 500]))).mappings():
+                stored.setdefault(e["correlation_id"], []).append(dict(e))
+        chained = [cid for cid in cids if len(by_run[cid]) + len(stored.get(cid, ())) > 1]
+        parents: dict[str, dict[str, str | None]] = {}
+        for i in range(0, len(chained), 500):
+            for cid, sid, parent in conn.execute(
+                    select(spans.c.correlation_id, spans.c.span_id, spans.c.parent_span_id)
+                    .where(spans.c.correlation_id.in_(chained[i:i + 500]))):
+                parents.setdefault(cid, {})[sid] = parent
+        relinked = []
+        for cid in cids:
+            old, new = stored.get(cid, []), by_run[cid]
+            before = {e["fingerprint"] for e in old if e["cause_fingerprint"] is None}
+            if len(old) + len(new) > 1:
+                everything = old + new
+                for e, cause in zip(everything, failure_causes(everything, parents.get(cid, {})), strict=True):
+                    if "id" in e and e["cause_fingerprint"] != cause:
+                        relinked.append({"eid": e["id"], "cause": cause})
+                    e["cause_fingerprint"] = cause
+            after = {e["fingerprint"] for e in old + new if e["cause_fingerprint"] is None}
+            for fp in before ^ after:
+                delta[fp] = delta.get(fp, 0) + (1 if fp in after else -1)
+        if relinked:
+            conn.execute(update(errors).where(errors.c.id == bindparam("eid"))
+                         .values(cause_fingerprint=bindparam("cause")), relinked)
+        return delta
 
     def probe(self) -> bool:
         """True if the database answers ``SELECT 1``: the recorder asks when one item fails, to tell an
@@ -664,60 +812,122 @@ class RunStore:
     # -- error analysis --------------------------------------------------------------------------
 
     def error_groups(self, since_ns: int, workflow: str | None = None, limit: int = 100) -> list[dict]:
-        """Groups with errors since ``since_ns``: per group, occurrence times, runs affected, layers,
-        workflows and sample correlation_ids for the window."""
+        """Groups that started failures since ``since_ns``, most often first: per group its origin
+        occurrences (``times``, one per run; errors without a run each), runs affected, layers,
+        workflows, components, sample correlation_ids, and ``propagated_to``: the callers' groups it
+        failed through (``[{fingerprint, error_type, template, count}]``, count in runs). A group seen
+        only as a caller is not listed on its own: it is listed under its origins."""
         q = (select(errors.c.fingerprint, errors.c.time_ns, errors.c.layer, errors.c.workflow,
-                    errors.c.correlation_id, errors.c.component)
+                    errors.c.correlation_id, errors.c.component, errors.c.cause_fingerprint)
              .where(errors.c.time_ns >= since_ns).order_by(errors.c.time_ns.desc()).limit(200_000))
         if workflow:
             q = q.where(errors.c.workflow == workflow)
         per: dict[str, dict] = {}
+        callers: dict[str, dict[str, set]] = {}
+        seen: set[tuple[str, str]] = set()
         with self.engine.connect() as conn:
-            for fp, t, layer, wf, cid, comp in conn.execute(q):
+            for fp, t, layer, wf, cid, comp, cause in conn.execute(q):
+                if cause is not None:
+                    if cause != fp:  # the same exception re-raised by its callers is not a symptom of itself
+                        callers.setdefault(cause, {}).setdefault(fp, set()).add(cid)
+                    continue
+                if cid:
+                    if (fp, cid) in seen:
+                        continue
+                    seen.add((fp, cid))
                 g = per.setdefault(fp, {"times": [], "layers": set(), "workflows": set(), "components": set(),
                                         "samples": [], "runs": set()})
                 g["times"].append(t)
                 if cid:
                     g["runs"].add(cid)
+                    if len(g["samples"]) < 5:
+                        g["samples"].append(cid)
                 g["layers"].add(layer)
                 g["workflows"].add(wf)
                 g["components"].add(comp)
-                if cid and cid not in g["samples"] and len(g["samples"]) < 5:
-                    g["samples"].append(cid)
             if not per:
                 return []
-            rows = {r["fingerprint"]: _d(r) for r in conn.execute(
-                select(error_groups).where(error_groups.c.fingerprint.in_(list(per)))).mappings()}
+            wanted = list(set(per) | {fp for fps in callers.values() for fp in fps})
+            rows: dict[str, dict] = {}
+            for i in range(0, len(wanted), 500):
+                rows.update((r["fingerprint"], _d(r)) for r in conn.execute(
+                    select(error_groups).where(error_groups.c.fingerprint.in_(wanted[i:i + 500]))).mappings())
         out = []
         for fp, g in per.items():
             row = rows.get(fp)
             if row is None:
                 continue
+            prop = sorted(((len(cids), cfp) for cfp, cids in callers.get(fp, {}).items() if cfp in rows),
+                          key=lambda x: (-x[0], x[1]))[:10]
             row.update(times=g["times"], runs=len(g["runs"]), layers=sorted(g["layers"]),
                        workflows=sorted(g["workflows"]), components=sorted(g["components"]),
-                       sample_correlation_ids=g["samples"])
+                       sample_correlation_ids=g["samples"],
+                       propagated_to=[{"fingerprint": cfp, "error_type": rows[cfp]["error_type"],
+                                       "template": rows[cfp]["template"], "count": n} for n, cfp in prop])
             out.append(row)
-        out.sort(key=lambda r: -len(r["times"]))
+        out.sort(key=lambda r: (-len(r["times"]), r["fingerprint"]))
         return out[:limit]
 
+    def _group_fingerprint(self, conn, fingerprint: str) -> str:
+        """The group a fingerprint stands for: itself, or the older group it is an alias of."""
+        target = conn.execute(select(error_aliases.c.group_fingerprint)
+                              .where(error_aliases.c.fingerprint == fingerprint)).scalar()
+        return target or fingerprint
+
     def error_group(self, fingerprint: str) -> dict | None:
-        """One group with its latest occurrences and its resolution history (newest first)."""
+        """One group with its latest occurrences (each with its ``cause_fingerprint``), its resolution history
+        (newest first), ``caused_by`` (the origins' groups behind its occurrences as a caller) and
+        ``propagated_to`` (the callers' groups it failed through), each ``[{fingerprint, error_type, template,
+        count}]`` with count in occurrences. An alias fingerprint answers with its group."""
         with self.engine.connect() as conn:
             row = conn.execute(select(error_groups).where(error_groups.c.fingerprint == fingerprint)).mappings().first()
             if row is None:
-                return None
-            recent = conn.execute(select(errors).where(errors.c.fingerprint == fingerprint)
-                                  .order_by(errors.c.time_ns.desc()).limit(20)).mappings().all()
-            hist = self._resolutions(conn, fingerprint)
-        return {**_d(row), "recent": [_d(r) for r in recent], "resolutions": hist}
+                target = self._group_fingerprint(conn, fingerprint)
+                if target == fingerprint:
+                    return None
+                row = conn.execute(select(error_groups).where(error_groups.c.fingerprint == target)).mappings().first()
+                if row is None:
+                    return None
+            fp = row["fingerprint"]
+            recent = conn.execute(select(errors).where(errors.c.fingerprint == fp)
+                                  .order_by(errors.c.time_ns.desc(), errors.c.id.desc()).limit(20)).mappings().all()
+            hist = self._resolutions(conn, fp)
+            n = func.count().label("n")
+            caused_by = conn.execute(
+                select(errors.c.cause_fingerprint, n)
+                .where(errors.c.fingerprint == fp, errors.c.cause_fingerprint.is_not(None),
+                       errors.c.cause_fingerprint != fp)
+                .group_by(errors.c.cause_fingerprint).order_by(n.desc()).limit(20)).all()
+            propagated = conn.execute(
+                select(errors.c.fingerprint, n).where(errors.c.cause_fingerprint == fp, errors.c.fingerprint != fp)
+                .group_by(errors.c.fingerprint).order_by(n.desc()).limit(20)).all()
+            names = {r.fingerprint: r for r in conn.execute(
+                select(error_groups.c.fingerprint, error_groups.c.error_type, error_groups.c.template)
+                .where(error_groups.c.fingerprint.in_([f for f, _ in caused_by] + [f for f, _ in propagated])))}
+
+        def related(pairs) -> list[dict]:
+            return [{"fingerprint": f, "error_type": names[f].error_type, "template": names[f].template, "count": k}
+                    for f, k in pairs if f in names]
+
+        return {**_d(row), "recent": [_d(r) for r in recent], "resolutions": hist, "caused_by": related(caused_by),
+                "propagated_to": related(propagated)}
 
     def error_occurrences(self, fingerprint: str, since_ns: int, limit: int = 100_000) -> list[tuple[int, str | None]]:
-        """(time_ns, correlation_id) of one group's occurrences since ``since_ns``, newest first."""
-        q = (select(errors.c.time_ns, errors.c.correlation_id)
+        """(time_ns, correlation_id) of one group's occurrences since ``since_ns``, newest first, once per run:
+        the runs it started a failure in; for a group seen only as a caller there, the runs it failed in."""
+        q = (select(errors.c.time_ns, errors.c.correlation_id, errors.c.cause_fingerprint)
              .where(errors.c.fingerprint == fingerprint, errors.c.time_ns >= since_ns)
              .order_by(errors.c.time_ns.desc()).limit(limit))
+        origins: list[tuple[int, str | None]] = []
+        others: list[tuple[int, str | None]] = []
+        seen: tuple[set, set] = (set(), set())
         with self.engine.connect() as conn:
-            return [(t, cid) for t, cid in conn.execute(q)]
+            for t, cid, cause in conn.execute(q):
+                out, runs = (origins, seen[0]) if cause is None else (others, seen[1])
+                if cid is None or cid not in runs:
+                    runs.add(cid)
+                    out.append((t, cid))
+        return origins or others
 
     def resolutions(self, fingerprint: str) -> list[dict]:
         """A group's resolution notes, newest first."""
@@ -731,8 +941,10 @@ class RunStore:
             .order_by(resolutions.c.resolved_at_ns.desc(), resolutions.c.id.desc())).mappings()]
 
     def resolve(self, fingerprint: str, note: str, resolved_by: str | None, now_ns: int) -> bool:
-        """Record a resolution; the group counts as resolved until an error of it comes back. False if unknown."""
+        """Record a resolution; the group counts as resolved until an error that starts a failure comes back
+        (:meth:`_write_errors`). An alias fingerprint resolves its group. False if unknown."""
         with self.engine.begin() as conn:
+            fingerprint = self._group_fingerprint(conn, fingerprint)
             n = conn.execute(update(error_groups).where(error_groups.c.fingerprint == fingerprint)
                              .values(resolved_at_ns=now_ns, regressed_at_ns=None)).rowcount
             if not n:
@@ -741,23 +953,90 @@ class RunStore:
                                                      resolved_by=resolved_by, resolved_at_ns=now_ns))
         return True
 
-    def attribution_rows(self, workflow: str, since_ns: int, until_ns: int, max_runs: int = 5000):
-        """(runs, spans) of one workflow's finished runs in the window, for root-cause attribution."""
+    def attribution_runs(self, workflow: str, since_ns: int, until_ns: int,
+                         max_runs: int = 100_000) -> AttributionRows:
+        """The first read of attribution: one workflow's finished runs that started in ``[since_ns, until_ns)``
+        (the newest ``max_runs``), runs only (id, status, duration, start); :meth:`attribution_spans` then
+        reads the spans of the runs attribution samples."""
+        q = (select(runs.c.correlation_id, runs.c.status, runs.c.duration_ms, runs.c.start_ns)
+             .where(runs.c.workflow == workflow, runs.c.start_ns >= since_ns, runs.c.start_ns < until_ns)
+             .order_by(runs.c.start_ns.desc()).limit(max_runs))
+        out = AttributionRows()
         with self.engine.connect() as conn:
-            rs = [_d(r) for r in conn.execute(
-                select(runs.c.correlation_id, runs.c.status, runs.c.duration_ms)
-                .where(runs.c.workflow == workflow, runs.c.start_ns >= since_ns, runs.c.start_ns < until_ns)
-                .order_by(runs.c.start_ns.desc()).limit(max_runs)).mappings()]
-            ids = [r["correlation_id"] for r in rs]
-            sp: list[dict] = []
-            for i in range(0, len(ids), 500):
-                sp.extend(_d(r) for r in conn.execute(
-                    select(spans.c.correlation_id, spans.c.layer, spans.c.component, spans.c.operation,
-                           spans.c.status, spans.c.error_type, spans.c.attributes, spans.c.service)
-                    .where(spans.c.correlation_id.in_(ids[i:i + 500]))).mappings())
-        for s in sp:
-            s["attributes"] = orjson.loads(s["attributes"]) if s["attributes"] else {}
-        return rs, sp
+            for cid, status, dur, start in conn.execute(q):
+                out.run_ids.append(cid)
+                out.status.append(status)
+                out.duration_ms.append(dur)
+                out.start_ns.append(start)
+        return out
+
+    def attribution_spans(self, rows: AttributionRows, which: list[int]) -> AttributionRows:
+        """Fill ``rows``' span and resource columns for the runs at the indices ``which``: every span's names,
+        duration and raw attribute JSON, and the raw resource JSON of each span that has one. JSON is left
+        unparsed: identical texts (a resource's, attributes without IDs) are parsed once by the caller.
+        IN lists of :data:`ATTRIBUTION_CHUNK` ids; two queries per chunk, no join."""
+        ids = [rows.run_ids[i] for i in which]
+        index = {cid: i for cid, i in zip(ids, which)}
+        get = index.get
+        span_cols = (spans.c.correlation_id, spans.c.layer, spans.c.component, spans.c.operation, spans.c.service,
+                     spans.c.start_ns, spans.c.end_ns, spans.c.attributes)
+        mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(self.engine.dialect.paramstyle)
+        with self.engine.connect() as conn:
+            for k in range(0, len(ids), ATTRIBUTION_CHUNK):
+                chunk = ids[k:k + ATTRIBUTION_CHUNK]
+                if mark is not None:  # plain SQL to the driver: compiling a 2,000-item IN list costs more than the read
+                    marks = ", ".join([mark] * len(chunk))
+                    span_rows = conn.exec_driver_sql(
+                        "SELECT correlation_id, layer, component, operation, service, start_ns, end_ns, attributes "
+                        f"FROM spans WHERE correlation_id IN ({marks})", tuple(chunk))
+                    res_rows = conn.exec_driver_sql(
+                        f"SELECT correlation_id, resource FROM span_details WHERE correlation_id IN ({marks}) "
+                        "AND resource IS NOT NULL", tuple(chunk))
+                else:
+                    span_rows = conn.execute(select(*span_cols).where(spans.c.correlation_id.in_(chunk)))
+                    res_rows = conn.execute(select(span_details.c.correlation_id, span_details.c.resource).where(
+                        span_details.c.correlation_id.in_(chunk), span_details.c.resource.is_not(None)))
+                for cid, layer, comp, op, service, start, end, attrs in span_rows:
+                    rows.span_run.append(get(cid))
+                    rows.layer.append(layer)
+                    rows.component.append(comp)
+                    rows.operation.append(op)
+                    rows.service.append(service)
+                    rows.span_ms.append((end - start) / 1e6)
+                    rows.attributes.append(attrs)
+                for cid, res in res_rows:
+                    rows.resource_run.append(get(cid))
+                    rows.resource.append(res)
+        return rows
+
+    def attribution_step_ms(self, run_ids: list[str], operation: str) -> dict[str, float]:
+        """Per run among ``run_ids``, the longest span named ``operation`` (or ``component/operation``), in ms:
+        the per-step durations of attribution's ``select=slow&operation=``. Runs without the step are absent."""
+        out: dict[str, float] = {}
+        comp, _, op = operation.partition("/")
+        match = spans.c.operation == operation
+        if op:
+            match = or_(match, and_(spans.c.component == comp, spans.c.operation == op))
+        dur = func.max(spans.c.end_ns - spans.c.start_ns)
+        with self.engine.connect() as conn:
+            for k in range(0, len(run_ids), ATTRIBUTION_CHUNK):
+                q = (select(spans.c.correlation_id, dur)
+                     .where(spans.c.correlation_id.in_(run_ids[k:k + ATTRIBUTION_CHUNK]), match)
+                     .group_by(spans.c.correlation_id))
+                for cid, ns in conn.execute(q):
+                    out[cid] = ns / 1e6
+        return out
+
+    def error_runs(self, fingerprint: str, since_ns: int, until_ns: int,
+                   limit: int = 200_000) -> list[tuple[str, str]]:
+        """(correlation_id, workflow) of the runs with an error of one group in ``[since_ns, until_ns)``:
+        the selection of "what do the runs this error hit share" (attribution's ``select=error``)."""
+        q = (select(errors.c.correlation_id, errors.c.workflow)
+             .where(errors.c.fingerprint == fingerprint, errors.c.time_ns >= since_ns, errors.c.time_ns < until_ns,
+                    errors.c.correlation_id.is_not(None))
+             .distinct().limit(limit))
+        with self.engine.connect() as conn:
+            return [(cid, wf) for cid, wf in conn.execute(q)]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,35 +1,85 @@
 """Error fingerprints, groups with trends, resolution memory, the knowledge base and attribution."""
 
+import hashlib
 import random
 import time
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import MetaData, Table, insert, inspect
 
 from backend.analysis.trend import trend
 from exporter.classify import KNOWLEDGE, classify_error
 from exporter.db import make_engine
-from exporter.fingerprint import Miner, mask
-from exporter.model import Span
-from exporter.runstore import RunStore
+from exporter.fingerprint import MAX_TEMPLATE, fingerprint, legacy_mask, mask, normalize_type
+from exporter.model import ErrorRecord, Span
+from exporter.runstore import RunStore, error_groups, errors, resolutions
 
 H = 3600 * 10**9
 
 
-def test_variable_parts_are_masked_and_mined_into_one_template():
-    m = Miner()
-    a = m.add("TimeoutError", "timeout after 5012 ms on 10.0.0.7")
-    b = m.add("TimeoutError", "timeout after 4988 ms on 10.0.0.9")
+def test_only_variable_parts_are_masked_and_a_different_word_is_a_different_error():
+    a = fingerprint("TimeoutError", "timeout after 5012 ms on 10.0.0.7")
+    b = fingerprint("TimeoutError", "timeout after 4988 ms on 10.0.0.9:5432")
     assert a[0] == b[0] and b[1] == "timeout after <NUM> ms on <IP>"
-    u1 = m.add("KeyError", "user alice not found")
-    u2 = m.add("KeyError", "user bob not found")
-    assert u1[0] == u2[0] and u2[1] == "user <*> not found"
-    assert m.add("KeyError", "cart 3f2a9c1b77 not found")[0] != u1[0]      # other words: another group
-    assert m.add("ValueError", "timeout after 5012 ms on 10.0.0.7")[0] != a[0]  # other type: another group
-    assert mask("order 7d444840-9dc0-11d1-b245-5ffdce74fad2 by a@b.io") == "order <UUID> by <EMAIL>"
-    # a restart restores the groups: the same fingerprint, even for the generalised template
-    m2 = Miner()
-    m2.load([(u2[0], "KeyError", u2[1])])
-    assert m2.add("KeyError", "user carol not found")[0] == u1[0]
+    u1, u2 = fingerprint("KeyError", "user alice not found"), fingerprint("KeyError", "user bob42 not found")
+    assert u1[0] == u2[0] and u1[1] == "user <NAME> not found"
+    inventory = fingerprint("OrderError", "failed to reserve inventory for order 123")
+    payment = fingerprint("OrderError", "failed to capture payment for order 654")
+    assert inventory[1] == "failed to reserve inventory for order <NUM>" and inventory[0] != payment[0]
+    assert fingerprint("OrderError", "failed to reserve inventory for order 77")[0] == inventory[0]
+    assert fingerprint("KeyError", "user not found")[0] != fingerprint("KeyError", "user account locked")[0]
+    assert fingerprint("ValueError", "timeout after 5012 ms on 10.0.0.7")[0] != a[0]  # other type: another group
+    for message, template in [
+            ("order 7d444840-9dc0-11d1-b245-5ffdce74fad2 by a@b.io", "order <UUID> by <EMAIL>"),
+            ("order ord_8f3k2 already shipped", "order <ID> already shipped"),
+            ("refund of ord_fkxqz failed, ref ord_abc12", "refund of ord_fkxqz failed, ref ord_<ID>"),
+            ("pod checkout-7d9f8b6c4-x2k9p OOMKilled on node7", "pod <NAME> OOMKilled on node<NUM>"),
+            ("open /var/lib/app/cache/x.db: permission denied", "open <PATH>: permission denied"),
+            ("GET https://api.example.com/v1/orders/12?x=1 returned 502", "GET <URL> returned <NUM>"),
+            ("value 'abc def' is not a valid sku", "value <STR> is not a valid sku"),
+            ("session 3f2a9c1b77 expired at 2024-05-01T10:22:33Z", "session <HEX> expired at <TIME>"),
+            ("connect to [2001:db8::1]:5432 refused, tenant=acme", "connect to [<IP>]:<NUM> refused, tenant=<NAME>"),
+            ("latency 1.5s over 250ms for 0x7f3a", "latency <NUM> over <NUM> for <HEX>"),
+            ("can't decode user's utf8 cart", "can't decode user's utf<NUM> cart")]:
+        assert mask(message) == template, message
+
+
+@pytest.mark.parametrize("names", [
+    ("__main__.PaymentDeclined", "app.errors.PaymentDeclined", "PaymentDeclined", "com.shop.PaymentDeclinedException",
+     "App\\Errors\\PaymentDeclined", "Shop::PaymentDeclined", "PaymentDeclinedError"),
+    ("builtins.ValueError", "ValueError"),
+    ("requests.exceptions.ConnectionError", "ConnectionError", "System.Net.ConnectionException"),
+])
+def test_one_exception_under_every_sdks_name_is_one_fingerprint(names):
+    assert len({fingerprint(n, "card declined for order 123")[0] for n in names}) == 1
+    assert len({normalize_type(n) for n in names}) == 1
+
+
+def test_exception_types_that_differ_stay_apart():
+    assert len({normalize_type(t) for t in ("ValueError", "TypeError", "KeyError", "HTTP 502", "Outer.Timeout")}) == 5
+    assert normalize_type("HTTP 502") == "http 502"      # not a dotted name: nothing stripped
+
+
+_VARIABLE = st.one_of(
+    st.integers(-10**12, 10**12).map(str), st.uuids().map(str), st.ip_addresses().map(str), st.emails(),
+    st.from_regex(r"\A(/[a-z0-9_.]{1,8}){1,4}\Z"), st.from_regex(r"\A[a-z]{2,4}_[a-z0-9]{3,8}\Z"),
+    st.text(max_size=20).map(lambda t: f"'{t}'"), st.text(max_size=20).map(lambda t: f'"{t}"'),
+    st.sampled_from(["user", "host", "tenant=", "@", "<NUM>", "<*>", "`", "::", "0x", "ms", "''", "\\"]),
+    st.text(max_size=12))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.text(max_size=3000), st.lists(_VARIABLE, max_size=40).map(" ".join)))
+@example("''a''")
+@example("x" * 5000)
+@example("1 " * 1500)
+def test_mask_is_idempotent_total_and_bounded(message):
+    once = mask(message)
+    assert isinstance(once, str) and len(once) <= MAX_TEMPLATE
+    assert mask(once) == once
+    assert fingerprint("E", message)[1] == once
 
 
 @pytest.mark.parametrize("etype, msg, category", [
@@ -126,12 +176,212 @@ def test_fingerprints_survive_a_restart(tmp_path):
     now = time.time_ns()
     s1.write([_err("a", "1" * 16, now, "KeyError", "user alice not found"),
               _err("b", "2" * 16, now, "KeyError", "user bob not found")])
+    [g1] = s1.error_groups(now - H)
     s1.close()
     s2 = RunStore(make_engine(url))
-    s2.write([_err("c", "3" * 16, now, "KeyError", "user carol not found")])
+    s2.write([_err("c", "3" * 16, now, "builtins.KeyError", "user carol not found")])
     [g] = s2.error_groups(now - H)
-    assert len(g["times"]) == 3 and g["template"] == "user <*> not found"
+    assert g["fingerprint"] == g1["fingerprint"] and len(g["times"]) == 3 and g["count"] == 3
+    assert g["template"] == "user <NAME> not found" and g["error_type"] == "KeyError"
     s2.close()
+
+
+def _chain(cid, i, t_ns, caller=("HTTPError", "upstream returned 502"),
+           origin=("PaymentDeclined", "card declined for order {i}")):
+    """One failed run: the root (a caller) fails because its child, the origin, failed."""
+    root, child = f"{i:015x}a", f"{i:015x}b"
+    return [Span("b" * 32, root, "checkout", "api", "orders", "POST /checkout", t_ns - 10**7, t_ns, "error",
+                 correlation_id=cid, error_type=caller[0], error_message=caller[1]),
+            Span("b" * 32, child, "checkout", "external", "payments", "charge", t_ns - 9 * 10**6, t_ns - 10**6,
+                 "error", root, cid, error_type=origin[0], error_message=origin[1].format(i=i))]
+
+
+def test_an_error_that_propagates_is_counted_once_under_the_error_that_started_it(ex_db):
+    ex, client = ex_db
+    now = time.time_ns()
+    for i in range(3):
+        ex.pipeline.ingest(_chain(f"p{i}", i, now - (10 - i) * 10**9), "native")
+    assert ex.pipeline.recorder.flush()
+    [g] = client.get("/api/v1/errors").json["groups"]        # the 502 is not a group of its own: a symptom
+    assert g["error_type"] == "PaymentDeclined" and g["count"] == 3 and g["runs"] == 3 and g["total_count"] == 3
+    [prop] = g["propagated_to"]
+    assert (prop["error_type"], prop["template"], prop["count"]) == ("HTTPError", "upstream returned <NUM>", 3)
+    caller = client.get(f"/api/v1/errors/{prop['fingerprint']}").json
+    assert caller["count"] == 0 and caller["status"] == "open"
+    assert [(c["fingerprint"], c["count"]) for c in caller["caused_by"]] == [(g["fingerprint"], 3)]
+    assert {r["cause_fingerprint"] for r in caller["recent"]} == {g["fingerprint"]}
+    origin = client.get(f"/api/v1/errors/{g['fingerprint']}").json
+    assert {r["cause_fingerprint"] for r in origin["recent"]} == {None} and origin["propagated_to"][0]["count"] == 3
+
+    # the caller arrives first (it is an origin until then), its cause later: the counts move to the cause
+    late = _chain("late", 7, now - 10**9)
+    ex.pipeline.ingest(late[:1], "native")
+    assert ex.pipeline.recorder.flush()
+    listed = {x["error_type"]: x for x in client.get("/api/v1/errors").json["groups"]}
+    assert listed["HTTPError"]["count"] == 1 and listed["PaymentDeclined"]["count"] == 3
+    ex.pipeline.ingest(late[1:], "native")
+    assert ex.pipeline.recorder.flush()
+    [g] = client.get("/api/v1/errors").json["groups"]
+    assert g["error_type"] == "PaymentDeclined" and g["count"] == 4 and g["propagated_to"][0]["count"] == 4
+    assert client.get(f"/api/v1/errors/{prop['fingerprint']}").json["count"] == 0
+
+    # the 502 resolved; a new exception fails through it: the new one is the news, the 502's note is not served
+    r = client.post(f"/api/v1/errors/{prop['fingerprint']}/resolve", json={"note": "restarted payments"})
+    assert r.status_code == 200
+    ex.pipeline.ingest(_chain("inv", 8, time.time_ns() + 10**6, origin=("InventoryError", "no stock for sku {i}")),
+                       "native")
+    assert ex.pipeline.recorder.flush()
+    assert client.get(f"/api/v1/errors/{prop['fingerprint']}").json["status"] == "resolved"
+    inv = {x["error_type"]: x for x in client.get("/api/v1/errors").json["groups"]}["InventoryError"]
+    assert inv["status"] == "open" and all(s["source"] != "resolution" for s in inv["suggestions"])
+    assert inv["propagated_to"][0]["fingerprint"] == prop["fingerprint"]
+
+
+def test_an_exception_raised_through_nested_steps_counts_once_per_run(ex, client):
+    from exporter.sdk import WorkflowTracer
+    from exporter.sdk.sinks import InProcessSink
+
+    class PaymentDeclined(Exception):
+        pass
+
+    t = WorkflowTracer(InProcessSink(ex.pipeline), service="shop")
+    for i in range(2):
+        with (pytest.raises(PaymentDeclined), t.workflow("checkout"), t.step("api", "orders", "create"),
+              t.step("external", "payments", "charge"), t.step("external", "gateway", "authorize")):
+            raise PaymentDeclined(f"card declined for order {i}")
+    assert ex.pipeline.recorder.flush()
+    [g] = client.get("/api/v1/errors").json["groups"]
+    assert g["count"] == 2 and g["runs"] == 2 and g["total_count"] == 2 and g["propagated_to"] == []
+    assert g["layers"] == ["external"] and g["components"] == ["gateway"]       # where it started
+
+
+def test_a_logged_error_is_the_cause_of_the_step_that_failed_after_it(ex, client):
+    now = time.time_ns()
+    root, child = "c" * 15 + "1", "c" * 15 + "2"
+    ex.pipeline.ingest([Span("c" * 32, root, "checkout", "api", "orders", "POST /checkout", now - 10**7, now, "error",
+                             correlation_id="logged", error_type="HTTPError", error_message="500 internal error"),
+                        Span("c" * 32, child, "checkout", "external", "payments", "charge", now - 9 * 10**6,
+                             now - 10**6, "ok", root, "logged")], "native")
+    ex.pipeline.record_error(ErrorRecord("app.errors.PaymentDeclined", "card declined for order 7", "external",
+                                         "payments", "checkout", correlation_id="logged", trace_id="c" * 32,
+                                         span_id=child, time_ns=now - 2 * 10**6))
+    assert ex.pipeline.recorder.flush()
+    [g] = client.get("/api/v1/errors").json["groups"]
+    assert g["error_type"] == "app.errors.PaymentDeclined" and g["count"] == 1
+    assert [p["error_type"] for p in g["propagated_to"]] == ["HTTPError"]
+
+
+def test_one_exception_from_two_sdks_is_one_group(ex, client):
+    now = time.time_ns()
+    names = ("__main__.PaymentDeclined", "PaymentDeclined", "com.shop.PaymentDeclinedException")
+    ex.pipeline.ingest([_err(f"s{i}", f"{i + 1:016x}", now - (2 - i) * 10**9, name, "card declined: do_not_honor")
+                        for i, name in enumerate(names)], "native")
+    assert ex.pipeline.recorder.flush()
+    [g] = client.get("/api/v1/errors").json["groups"]
+    assert g["count"] == 3 and g["error_type"] == "__main__.PaymentDeclined"   # the name it was first seen under
+
+
+def test_a_different_constant_word_is_a_new_group_not_a_regression(ex_db):
+    """The issue's case: the inventory fix must not be served for a payment failure."""
+    ex, client = ex_db
+    now = time.time_ns()
+    ex.pipeline.ingest([_err("inv", "1" * 16, now - 10**9, "OrderError", "failed to reserve inventory for order 123")],
+                       "native")
+    assert ex.pipeline.recorder.flush()
+    [inv] = client.get("/api/v1/errors").json["groups"]
+    assert client.post(f"/api/v1/errors/{inv['fingerprint']}/resolve",
+                       json={"note": "restocked the warehouse feed"}).status_code == 200
+    ex.pipeline.ingest([_err("pay", "2" * 16, time.time_ns() + 10**6, "OrderError",
+                             "failed to capture payment for order 654")], "native")
+    assert ex.pipeline.recorder.flush()
+    groups = {g["fingerprint"]: g for g in client.get("/api/v1/errors").json["groups"]}
+    assert len(groups) == 2 and groups[inv["fingerprint"]]["status"] == "resolved"
+    [pay] = [g for fp, g in groups.items() if fp != inv["fingerprint"]]
+    assert pay["template"] == "failed to capture payment for order <NUM>" and pay["status"] == "open"
+    assert not any("warehouse" in s["note"] for s in pay["suggestions"])
+
+
+def _old_fingerprint(error_type, message):
+    """What the Drain-style miner gave a group: sha1(raw type, old template of its first message)."""
+    return hashlib.sha1(f"{error_type}\x00{legacy_mask(message)}".encode()).hexdigest()[:16]
+
+
+def _old_store(url, now):
+    """A store as the code before type + template fingerprints wrote it: no cause_fingerprint column, groups
+    keyed by the old fingerprint, templates generalised with <*>, resolved with notes."""
+    engine = make_engine(url)
+    old = MetaData()
+    Table("errors", old, *[c._copy() for c in errors.columns if c.name != "cause_fingerprint"])
+    error_groups.to_metadata(old)
+    resolutions.to_metadata(old)
+    old.create_all(engine)
+    day = now - 24 * H
+    inv = _old_fingerprint("OrderError", "failed to reserve inventory for order 123")
+    tmo = _old_fingerprint("PaymentTimeout", "timeout after 5012 ms on 10.0.0.7")
+    usr = _old_fingerprint("KeyError", "user alice not found")
+    groups = [(inv, "OrderError", "failed to <*> <*> for order <NUM>", "restocked the warehouse feed"),
+              (tmo, "PaymentTimeout", "timeout after <NUM> ms on <IP>", "raised the gateway pool to 50"),
+              (usr, "KeyError", "user <*> not found", "reindexed the users table")]
+    with engine.begin() as conn:
+        for fp, etype, template, note in groups:
+            conn.execute(insert(error_groups).values(fingerprint=fp, error_type=etype, template=template,
+                                                     category="unknown", first_seen_ns=day, last_seen_ns=day + 10,
+                                                     count=2, resolved_at_ns=day + H))
+            conn.execute(insert(resolutions).values(fingerprint=fp, note=note, resolved_by="ana",
+                                                    resolved_at_ns=day + H))
+        # the merged group's occurrences are kept; the other two groups' were swept, their notes stay
+        for i, msg in enumerate(("failed to reserve inventory for order 123",
+                                 "failed to capture payment for order 654")):
+            conn.execute(insert(old.tables["errors"]).values(
+                fingerprint=inv, correlation_id=f"old{i}", span_id=None, workflow="checkout", service="",
+                layer="api", component="orders", error_type="OrderError", message=msg, time_ns=day + i))
+    engine.dispose()
+    return inv, tmo, usr
+
+
+def test_groups_stored_by_the_old_miner_keep_their_notes_after_the_upgrade(make_exporter, database_url):
+    now = time.time_ns()
+    inv, tmo, usr = _old_store(database_url, now)
+    from backend.app import create_app
+
+    ex = make_exporter(database_url=database_url)
+    client = create_app(ex).test_client()
+    assert "cause_fingerprint" in {c["name"] for c in inspect(ex.runs.engine).get_columns("errors")}
+    sent = [("OrderError", "failed to reserve inventory for order 999"),
+            ("OrderError", "failed to capture payment for order 777"),
+            ("PaymentTimeout", "timeout after 7001 ms on 10.0.0.3"),
+            ("KeyError", "user alice not found"), ("KeyError", "user bob not found")]
+    ex.pipeline.ingest([_err(f"new{i}", f"{i + 1:016x}", now + i * 10**6, t, m) for i, (t, m) in enumerate(sent)],
+                       "native")
+    assert ex.pipeline.recorder.flush()
+    groups = {g["fingerprint"]: g for g in client.get("/api/v1/errors").json["groups"]}
+    for fp, note in ((inv, "restocked the warehouse feed"), (tmo, "raised the gateway pool to 50"),
+                     (usr, "reindexed the users table")):
+        g = client.get(f"/api/v1/errors/{fp}").json
+        assert g["status"] == "regressed" and g["suggestions"][0]["note"] == note, g
+        assert groups[fp]["status"] == "regressed"
+    assert groups[usr]["count"] == 2                              # alice and bob: one error, as before
+    assert groups[inv]["template"] == "failed to reserve inventory for order <NUM>"   # <*> is gone
+    [pay] = [g for g in groups.values() if g["template"] == "failed to capture payment for order <NUM>"]
+    assert pay["fingerprint"] not in (inv, tmo, usr) and pay["status"] == "open"
+    assert not any(s["source"] == "resolution" for s in pay["suggestions"])
+    # and after one more restart, the same errors still find the same groups (the aliases are stored)
+    fps = set(groups)
+    ex.close()
+    ex2 = make_exporter(database_url=database_url)
+    ex2.pipeline.ingest([_err(f"again{i}", f"{i + 9:016x}", now + (10 + i) * 10**6, t, m)
+                         for i, (t, m) in enumerate(sent)], "native")
+    assert ex2.pipeline.recorder.flush()
+    again = {g["fingerprint"]: g for g in create_app(ex2).test_client().get("/api/v1/errors").json["groups"]}
+    assert set(again) == fps and again[usr]["count"] == 4
+
+
+def test_error_group_paths_reject_bad_fingerprints(client):
+    for path in ("/api/v1/errors/" + "a" * 65, "/api/v1/errors/a%00b"):
+        r = client.get(path)
+        assert r.status_code == 400 and r.json["error"]["field"] == "fingerprint", r.data
+    r = client.post("/api/v1/errors/" + "a" * 65 + "/resolve", json={"note": "x"})
+    assert r.status_code == 400 and r.json["error"]["field"] == "fingerprint"
 
 
 def _runs_for_attribution(ex, n=300, seed=5):
@@ -215,3 +465,21 @@ def test_admin_endpoints_take_every_loopback_address(client, addr, status):
 def test_error_list_rejects_out_of_range_filters(client, query, field):
     r = client.get("/api/v1/errors?" + query)
     assert r.status_code == 400 and r.json["error"]["field"] == field, r.data
+
+
+def test_failure_causes_name_the_deepest_error_below_and_survive_odd_trees():
+    from exporter.fingerprint import failure_causes
+
+    def e(sid, fp, t=0):
+        return {"span_id": sid, "fingerprint": fp, "time_ns": t}
+
+    tree = {"root": None, "a": "root", "b": "a", "c": "root", "log": "missing"}
+    errs = [e("root", "502"), e("a", "wrap"), e("b", "declined", 2), e("c", "other", 1), e(None, "logged"),
+            e("b", "declined-log", 3), e("missing", "in-missing-step")]
+    causes = failure_causes(errs, tree)
+    assert causes == ["declined", "declined", None, None, None, None, None]   # b is deepest; peers on b stand
+    # parent links that close a cycle: the walk ends, and neither is below the other (so each still counts)
+    assert failure_causes([e("x", "X"), e("y", "Y"), e("z", "Z")], {"x": "y", "y": "x", "z": "x"}) == [
+        "Z", "Z", None]
+    # a logged error names a step that has not arrived: the errors below that step are its cause
+    assert failure_causes([e("s1", "logged"), e("s2", "deep")], {"s2": "s1"}) == ["deep", None]

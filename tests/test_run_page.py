@@ -190,6 +190,10 @@ def test_run_page_is_a_debugger(ex, serve, browser):
         page.set_viewport_size({"width": vw, "height": 900})
         svg_w, box_w = page.evaluate(widths)
         assert svg_w == pytest.approx(box_w, abs=1) and box_w > vw / 2
+    href = page.get_attribute("#errors .attribution-link", "href")  # what the runs this error hit share
+    assert href.startswith(c.ERROR_PAGE_PATH + "/") and href.endswith("#what-they-share")
+    page.click("#errors .attribution-link")  # the error group's page, at its attribution
+    page.wait_for_selector("#what-they-share")
     page.close()
 
 

@@ -1,18 +1,43 @@
 """Error groups, resolutions and root-cause attribution over HTTP.
 
-- ``GET /api/v1/errors``: groups seen in ``since`` (default the last 24 h), optionally for one
-  ``workflow``: count, first/last seen, trend (new, spiking, steady), status (open, resolved,
-  regressed), layers, workflows, sample correlation_ids and suggestions.
-- ``GET /api/v1/errors/<fingerprint>``: one group, its latest occurrences and resolution history.
+- ``GET /api/v1/errors``: groups that started failures in ``since`` (default the last 24 h), optionally
+  for one ``workflow``: count (runs it started a failure in, in the window; ``total_count`` ever),
+  first/last seen, trend (new, spiking, steady), status (open, resolved, regressed), layers,
+  workflows, sample correlation_ids, ``propagated_to`` (the callers' groups it failed through) and
+  suggestions. A group seen only as a caller is listed under its origins, not on its own.
+- ``GET /api/v1/errors/<fingerprint>``: one group, its latest occurrences (each with its
+  ``cause_fingerprint``), resolution history, ``caused_by`` and ``propagated_to``.
 - ``POST /api/v1/errors/<fingerprint>/resolve`` ``{"note": "...", "resolved_by": "..."}``: remember
-  what fixed it. When the fingerprint comes back, the group is flagged ``regressed`` and this note is
-  the first suggestion.
-- ``GET /api/v1/attribution?workflow=W&by=failed|slow``: BubbleUp-style ranking of the values that
-  are over-represented among the bad runs.
+  what fixed it. When the error comes back and starts a failure again, the group is flagged
+  ``regressed`` and this note is the first suggestion.
+- ``GET /api/v1/attribution?workflow=W&select=...``: BubbleUp-style ranking of the values (single values,
+  numeric ranges, pairs) that set a selection of runs apart from its baseline, with each dimension's value
+  distribution in both (:mod:`backend.analysis.attribution` has the method). Parameters:
+
+  - ``select``: ``failed`` (default; error or timeout runs against the rest), ``slow`` (slower than
+    ``threshold_ms``, or than the population's ``percentile``, default 90; with ``operation=`` the
+    step's duration is compared, its name or ``component/operation``, and runs without it are left out),
+    ``window`` (runs that started in ``[from, to)`` against the rest of ``since .. until``), ``error``
+    (the runs error group ``fingerprint`` hit; ``workflow`` defaults to the one it hit most), ``filter``
+    (runs matching every ``where``). ``by=failed|slow`` is the old spelling of ``select``.
+  - ``where=dimension:value`` (repeatable; ``dimension>number``, ``dimension<number`` for numbers): the
+    selection of ``filter``, else narrows the population. Dimensions: ``layer``, ``component``,
+    ``operation``, ``service``, ``attr.<key>``, ``resource.<key>``, ``metadata.<key>``.
+  - ``since``/``until``: the runs read (default the 24 h before ``until``, default now); ``max_runs``
+    (default 20,000, at most 200,000): the newest runs of the window read.
+  - ``outcome_keys=k1,k2,prefix.*``: the attribute keys never tested as causes (default the
+    ``attribution_outcome_keys`` setting; empty: none). ``q`` (0.05), ``top`` (20), ``dimensions`` (20,
+    distributions returned), ``max_values`` (50, distinct values above which a text key is an ID),
+    ``pairs`` (``true``/``false``).
+
+  A selection that matches no run or every run, an unknown dimension, operation or fingerprint, a bad
+  threshold, percentile or time: 400 naming the parameter.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import time
 
 import orjson
@@ -23,7 +48,8 @@ from exporter.http import HttpError
 
 from ..admin import require_admin
 from ..query import check_text, json_response, number_arg, parse_time, read_body, run_store
-from .attribution import attribute
+from . import attribution as at
+from .attribution import Condition, Selection, SelectionError
 from .groups import status_of, suggestions
 from .trend import trend
 
@@ -96,26 +122,142 @@ def create_blueprint() -> Blueprint:
 
     @bp.get(c.ATTRIBUTION_PATH)
     def attribution():
-        a = request.args
-        wf = a.get("workflow")
-        if not wf:
-            raise HttpError(400, "invalid_query", "workflow is required", "workflow")
-        check_text(wf, "workflow")
-        by = a.get("by", "failed")
-        if by not in ("failed", "slow"):
-            raise HttpError(400, "invalid_query", "by must be failed or slow", "by")
-        now = time.time_ns()
-        until = parse_time(a["until"], "until") if a.get("until") else now
-        since = parse_time(a["since"], "since") if a.get("since") else until - 86400 * 10**9
-        if since >= until:
-            raise HttpError(400, "invalid_query", "since must be before until", "since")
-        runs, spans = run_store().attribution_rows(wf, since, until, number_arg("max_runs", 5000, 10, 50_000))
-        result = attribute(runs, spans, by=by, q=number_arg("q", 0.05, 1e-6, 0.5, float),
-                           top=number_arg("top", 20, 1, 200))
-        result["workflow"] = wf
-        public = current_app.extensions["flowscope"].config.public_url.rstrip("/")
-        for f in result["findings"]:
-            f["sample_pages"] = [f"{public}{c.RUN_PAGE_PATH}/{cid}" for cid in f["sample_runs"]]
-        return json_response(result)
+        return json_response(attribution_query(request.args))
 
     return bp
+
+
+_WHERE = re.compile(r"(?P<dim>[^:<>]{1,300}?)(?P<op>[:<>])(?P<value>.*)", re.DOTALL)
+_NUMBER = re.compile(r"[-+]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][-+]?[0-9]{1,3})?")
+#: Parameters that only mean something for one selection: given with another, they are refused.
+_ONLY_FOR = {"threshold_ms": "slow", "percentile": "slow", "operation": "slow", "from": "window", "to": "window",
+             "fingerprint": "error"}
+
+
+def _bad(field: str, message: str) -> HttpError:
+    return HttpError(400, "invalid_query", message, field)
+
+
+def parse_where(raw: str) -> Condition:
+    """``dimension:value``, ``dimension>number`` or ``dimension<number`` → a :class:`Condition`; 400 otherwise."""
+    check_text(raw, "where", 2000)
+    m = _WHERE.fullmatch(raw)
+    if m is None or not m["dim"].strip():
+        raise _bad("where", f"where must be dimension:value, dimension>number or dimension<number, got {raw[:60]!r}")
+    op = "=" if m["op"] == ":" else m["op"]
+    value: str | float = m["value"]
+    if op != "=":
+        if not _NUMBER.fullmatch(m["value"].strip()) or not math.isfinite(float(m["value"])):
+            raise _bad("where", f"{m['dim']}{op} needs a number, got {m['value'][:40]!r}")
+        value = float(m["value"])
+    assert op in at.OPS
+    return Condition(m["dim"].strip(), op, value)
+
+
+def attribution_query(args) -> dict:
+    """The attribution API on a query string (``request.args``): parse, read the store, select, rank."""
+    cfg = current_app.extensions["flowscope"].config
+    kind = args.get("select") or args.get("by") or "failed"
+    if args.get("select") and args.get("by") and args["select"] != args["by"]:
+        raise _bad("by", "by is the old name of select: give one of them")
+    if kind not in at.SELECTIONS:
+        raise _bad("select" if args.get("select") else "by", f"select must be one of {', '.join(at.SELECTIONS)}, "
+                   f"got {kind[:40]!r}")
+    for name, owner in _ONLY_FOR.items():
+        if args.get(name) and kind != owner:
+            raise _bad(name, f"{name} applies to select={owner}, not select={kind}")
+    now = time.time_ns()
+    until = parse_time(args["until"], "until") if args.get("until") else now
+    since = parse_time(args["since"], "since") if args.get("since") else max(0, until - 86400 * 10**9)
+    if since >= until:
+        raise _bad("since", "since must be before until")
+    store = run_store()
+    wf = args.get("workflow")
+    run_ids = None
+    fp = None
+    if kind == "error":
+        fp = args.get("fingerprint")
+        if not fp:
+            raise _bad("fingerprint", "select=error needs fingerprint=<error group>")
+        check_text(fp, "fingerprint", 64)
+        hits = store.error_runs(fp, since, until)
+        if not hits:
+            raise _bad("fingerprint", f"error group {fp!r} hit no run between since and until")
+        if not wf:
+            names = [w for _, w in hits]
+            wf = max(sorted(set(names)), key=names.count)
+        run_ids = frozenset(cid for cid, w in hits if w == wf)
+    if not wf:
+        raise _bad("workflow", "workflow is required")
+    check_text(wf, "workflow")
+    if args.get("operation"):
+        check_text(args["operation"], "operation", 1000)
+    threshold = number_arg("threshold_ms", None, 0.0, 1e12, float)
+    if args.get("percentile") and threshold is not None:
+        raise _bad("percentile", "give threshold_ms or percentile, not both")
+    percentile = number_arg("percentile", 90.0, 0.0, 100.0, float)
+    if not 0 < percentile < 100:
+        raise _bad("percentile", f"percentile must be above 0 and below 100, got {percentile}")
+    lo = hi = None
+    if kind == "window":
+        if not args.get("from"):
+            raise _bad("from", "select=window needs from= (and optionally to=)")
+        lo = parse_time(args["from"], "from")
+        hi = parse_time(args["to"], "to") if args.get("to") else until
+        if lo >= hi:
+            raise _bad("from", "from must be before to")
+    where = tuple(parse_where(w) for w in args.getlist("where")[:20]) if hasattr(args, "getlist") else ()
+    if "outcome_keys" in args:
+        outcome = tuple(k.strip() for k in check_text(args["outcome_keys"], "outcome_keys", 4000).split(",")
+                        if k.strip())
+    else:
+        outcome = tuple(getattr(cfg, "attribution_outcome_keys", c.ATTRIBUTION_OUTCOME_KEYS))
+    pairs = (args.get("pairs") or "true").lower()
+    if pairs not in ("true", "false", "1", "0"):
+        raise _bad("pairs", "pairs must be true or false")
+    opts = {"q": number_arg("q", 0.05, 1e-12, 0.5, float), "top": number_arg("top", 20, 1, 200),
+            "dimensions": number_arg("dimensions", 20, 0, 500), "max_values_per_key": number_arg("max_values", 50, 2,
+                                                                                               10_000),
+            "pairs": pairs in ("true", "1")}
+    selection = Selection(kind, threshold, percentile, args.get("operation") or None, lo, hi, run_ids, where)
+    result = run_attribution(store, wf, selection, since, until, number_arg("max_runs", 100_000, 10, 1_000_000),
+                             outcome, number_arg("sample", 5000, 100, 100_000), **opts)
+    result.update(workflow=wf, since_ns=since, until_ns=until)
+    if fp:
+        result["fingerprint"] = fp
+    public = cfg.public_url.rstrip("/")
+    for f in result["findings"]:
+        f["sample_pages"] = [f"{public}{c.RUN_PAGE_PATH}/{cid}" for cid in f["sample_runs"]]
+    return result
+
+
+def run_attribution(store, workflow: str, selection: Selection, since_ns: int, until_ns: int,
+                    max_runs: int = 100_000, outcome_keys: tuple[str, ...] = c.ATTRIBUTION_OUTCOME_KEYS,
+                    sample_runs: int = 5000, **opts) -> dict:
+    """Read, select, rank: the API's and the error page's one path. The runs table is read whole (the newest
+    ``max_runs``); spans only for every selected and every baseline run up to ``sample_runs`` a side (a fixed
+    pseudo-random sample past that). A selection the runs cannot answer raises :class:`HttpError` 400."""
+    rows = store.attribution_runs(workflow, since_ns, until_ns, max_runs)
+    try:
+        step = (store.attribution_step_ms(rows.run_ids, selection.operation)
+                if selection.kind == "slow" and selection.operation else None)
+        plan = at.preselect(rows, selection, step)
+        read = at.sample(rows.run_ids, plan, sample_runs)
+        feats = at.build(store.attribution_spans(rows, read), outcome_keys)
+        sel, pop = at.finish(feats, selection, plan, read)
+    except SelectionError as e:
+        raise _bad(e.field, str(e)) from None
+    exclude = {w.dimension for w in selection.where} if selection.kind == "filter" else set()
+    result = at.attribute(feats, sel, pop, exclude=exclude, **opts)
+    threshold = plan.threshold
+    step_desc = f"with a {selection.operation!r} step " if selection.operation else ""
+    desc = {"failed": "failed runs (error, timeout)", "window": "runs that started in [from, to)",
+            "error": "runs the error group hit", "filter": "runs matching every where",
+            "slow": f"runs {step_desc}slower than {threshold:.6g} ms" if threshold is not None else ""}
+    total_sel = int(plan.sel.sum()) if plan.sel is not None else None
+    result.update(select=selection.kind, selection=desc[selection.kind], threshold_ms=threshold,
+                  outcome_keys=list(outcome_keys),
+                  where=[f"{w.dimension}{':' if w.op == '=' else w.op}{w.value}" for w in selection.where],
+                  runs_in_window=len(rows.run_ids), runs_read=len(read), max_runs=max_runs,
+                  sampled=len(read) < len(rows.run_ids), selected_in_window=total_sel)
+    return result

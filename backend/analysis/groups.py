@@ -6,10 +6,15 @@ from exporter.classify import suggestion_for
 
 
 def status_of(g: dict) -> str:
-    """open, resolved (no error since the last resolution) or regressed (one came back after it)."""
+    """open, resolved (no error of it has started a failure since the last resolution) or regressed (one has).
+
+    Only an error that starts a failure (an origin) regresses its group: a caller's generic 502 that
+    failed because of some other, new exception is that exception's symptom, and the 502's old fix
+    would be the wrong advice. The run store sets ``regressed_at_ns`` (``RunStore._write_errors``).
+    """
     if g.get("regressed_at_ns"):
         return "regressed"
-    if g.get("resolved_at_ns") and g["last_seen_ns"] <= g["resolved_at_ns"]:
+    if g.get("resolved_at_ns"):
         return "resolved"
     return "open"
 

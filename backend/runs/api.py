@@ -395,6 +395,6 @@ def create_blueprint() -> Blueprint:
                                axis=time_axis(total / 1e6), details=_details(rows, body["errors"], t0),
                                steps=len(got["steps"]), api=c.RUNS_PATH, page=c.RUN_PAGE_PATH,
                                db_findings=[r for r in rows if r["db_pattern"]], groups=groups,
-                               errors_path=c.ERRORS_PATH, flamegraph_svg=flame, rows_by_id=by_id)
+                               errors_path=c.ERROR_PAGE_PATH, flamegraph_svg=flame, rows_by_id=by_id)
 
     return bp

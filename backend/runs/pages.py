@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 from urllib.parse import quote, urlencode
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, current_app, render_template, request
 
 from exporter import conventions as c
 from exporter.http import HttpError
 
-from ..analysis.attribution import attribute
+from ..analysis.api import run_attribution
+from ..analysis.attribution import Selection
 from ..analysis.groups import status_of, suggestions
 from ..analysis.trend import trend
 from ..query import check_text, iso_ns, number_arg, run_store
@@ -26,8 +27,12 @@ from ..query import check_text, iso_ns, number_arg, run_store
 #: The windows a person picks from, in seconds ("all" is no lower bound).
 WINDOWS = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "all": None}
 PAGE_SIZE = 50
-ERROR_PAGE_PATH = "/errors"
 RUN_STATUSES = (*c.STATUSES, "failed")  # "failed" = error or timeout
+
+
+def _outcome_keys() -> tuple[str, ...]:
+    cfg = current_app.extensions["flowscope"].config
+    return tuple(getattr(cfg, "attribution_outcome_keys", c.ATTRIBUTION_OUTCOME_KEYS))
 
 
 def _since(window: str, now_ns: int) -> int | None:
@@ -75,7 +80,7 @@ def create_blueprint() -> Blueprint:
             if g["status"] != "resolved":
                 g["occurrences"] = len(g["times"])
                 g["last_seen"] = iso_ns(g["last_seen_ns"])[:19].replace("T", " ")
-                g["link"] = f"{ERROR_PAGE_PATH}/{quote(g['fingerprint'], safe='')}"
+                g["link"] = f"{c.ERROR_PAGE_PATH}/{quote(g['fingerprint'], safe='')}"
                 groups.append(g)
         return render_template("home.html", error=None, windows=WINDOWS, window=window, workflows=workflows,
                                failed=failed, slowest=slowest, groups=groups[:10],
@@ -115,10 +120,11 @@ def create_blueprint() -> Blueprint:
             prev_link=_runs_link(**keep, page=page - 1) if page > 1 else None,
             next_link=_runs_link(**keep, page=page + 1) if more else None)
 
-    @bp.get(ERROR_PAGE_PATH + "/<fingerprint>")
+    @bp.get(c.ERROR_PAGE_PATH + "/<fingerprint>")
     def error_group(fingerprint: str):
-        """One error group: what it says, its trend over 24 h, the runs it hit, what those runs share
-        (attribution over the workflow it hits most) and what fixed it before."""
+        """One error group: what it says, its trend over 24 h, the runs it hit, what those runs share against
+        the other runs of the workflow it hits most (attribution, ``select=error``: findings and each
+        dimension's distribution in both) and what fixed it before."""
         check_text(fingerprint, "fingerprint", 64)
         store = run_store()
         g = store.error_group(fingerprint)
@@ -143,15 +149,23 @@ def create_blueprint() -> Blueprint:
         affected = {r["correlation_id"]: _row(r) for r in store.runs_by_id(list(seen))}
         runs = [affected[cid] for cid in seen if cid in affected]
         workflows = [r["workflow"] for r in g["recent"]]
-        findings, attribution_wf = [], None
+        attribution, attribution_wf, attribution_note = None, None, None
         if workflows:
-            attribution_wf = max(set(workflows), key=workflows.count)
-            rows, spans = store.attribution_rows(attribution_wf, day, now, 5000)
-            findings = attribute(rows, spans, by="failed", top=8)["findings"]
+            # the runs this error hit against the workflow's other runs of the day (select=error)
+            attribution_wf = max(sorted(set(workflows)), key=workflows.count)
+            hit = frozenset(cid for _, cid in occ if cid)
+            try:
+                attribution = run_attribution(store, attribution_wf, Selection("error", run_ids=hit), day, now,
+                                              outcome_keys=_outcome_keys(), top=8, dimensions=6)
+            except HttpError as e:
+                attribution_note = e.message
         for key in ("first_seen_ns", "last_seen_ns"):
             g[key.removesuffix("_ns")] = iso_ns(g[key])[:19].replace("T", " ")
         return render_template("error_group.html", error=None, g=g, bars=bars, total=len(times), runs=runs,
-                               findings=findings, attribution_wf=attribution_wf,
+                               attribution=attribution, attribution_wf=attribution_wf,
+                               attribution_note=attribution_note,
+                               attribution_link=f"{c.ATTRIBUTION_PATH}?select=error&fingerprint={quote(fingerprint)}"
+                                                f"&workflow={quote(attribution_wf or '')}",
                                suggestions=suggestions(g, g["resolutions"]),
                                api_link=f"{c.ERRORS_PATH}/{quote(fingerprint, safe='')}")
 
