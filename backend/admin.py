@@ -6,7 +6,7 @@ import ipaddress
 
 from flask import request
 
-from exporter.http import HttpError, bearer_ok
+from exporter.web import HttpError, bearer_ok
 
 
 def is_loopback(addr: str | None) -> bool:

@@ -22,7 +22,7 @@ import orjson
 from flask import Blueprint, Response, current_app, request
 
 from exporter import conventions as c
-from exporter.http import HttpError, bearer_ok
+from exporter.web import HttpError, bearer_ok
 
 from .query import check_text, number_arg, parse_datetime, parse_rfc3339, read_body
 from .store import AlertStore, IncomingAlert

@@ -13,8 +13,9 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from exporter import conventions as c
-from exporter.http import HttpError, create_blueprint, error_response
+from exporter.http import create_blueprint
 from exporter.runtime import Exporter, build
+from exporter.web import HttpError, error_response
 
 from .alerts import create_blueprint as alerts_blueprint
 from .analysis.api import create_blueprint as errors_blueprint

@@ -162,6 +162,10 @@ class GrafanaProvisioner:
         self._call(f"save dashboard {uid}", self.api.dashboard.update_dashboard, body)
         return "created" if have is None else "updated"
 
+    def annotate(self, time_ms: int, tags: list[str], text: str) -> None:
+        """One organisation-wide annotation at ``time_ms``, under the same retry and error rules."""
+        self._call("add annotation", self.api.annotations.add_annotation, None, None, None, time_ms, None, tags, text)
+
     def provision(self, dashboards: dict[str, dict]) -> dict[str, Any]:
         report: dict[str, Any] = {"grafana": self.cfg.url, "folder": self._folder(), "datasources": {},
                                   "dashboards": {}}

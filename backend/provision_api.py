@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from flask import Blueprint, Response, current_app
 
-from exporter.http import HttpError
+from exporter.web import HttpError
 
 from .admin import require_admin
 from .dashboards.build import dashboards

@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from flask import Response, current_app, request
 
-from exporter.http import HttpError, read_body  # noqa: F401 - re-exported: the capped, gzip-aware reader ingest uses
 from exporter.runstore import RunStore
 from exporter.validate import MAX_TIME_NS  # what a BIGINT of nanoseconds holds: the ingest limit too
+from exporter.web import HttpError, read_body  # noqa: F401 - re-exported: the capped, gzip-aware reader ingest uses
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME_S = MAX_TIME_NS // 10**9  # 2262-04-11T23:47:16Z

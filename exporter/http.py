@@ -6,9 +6,6 @@ refusal is JSON ``{"error": {"code", "message", "field"?}}`` with a 4xx.
 
 from __future__ import annotations
 
-import hmac
-import zlib
-
 import orjson
 from flask import Blueprint, Response, current_app, request
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
@@ -22,31 +19,13 @@ from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, finish, ren
 from .profiles import Profile, ProfileError, parse_folded, parse_pstats
 from .runtime import Exporter
 from .validate import MAX_ID_CHARS, MAX_LABEL_CHARS, clean_label
+from .web import HttpError, bearer_ok, error_response, read_body
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None, headers=None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
-
-
-def error_response(status: int, code: str, message: str, field: str | None = None, headers=None) -> Response:
-    err = {"code": code, "message": message}
-    if field:
-        err["field"] = field
-    return Response(orjson.dumps({"error": err}), status=status, mimetype="application/json", headers=headers)
-
-
 def _exporter() -> Exporter:
     return current_app.extensions["flowscope"]
-
-
-def bearer_ok(token: str) -> bool:
-    """Does this request carry ``Authorization: Bearer <token>``? (constant-time compare)"""
-    got = request.headers.get("Authorization", "")
-    return got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode())
 
 
 def _check_auth(ex: Exporter) -> None:
@@ -56,33 +35,6 @@ def _check_auth(ex: Exporter) -> None:
     if not bearer_ok(token):
         raise HttpError(401, "unauthorized", "ingest requires Authorization: Bearer <FLOWSCOPE_INGEST_TOKEN>",
                         headers={"WWW-Authenticate": 'Bearer realm="flowscope"'})
-
-
-def read_body(limit: int) -> bytes:
-    """The request body, gunzipped if needed, refusing anything over ``limit`` bytes."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise HttpError(413, "too_large", f"body of {length} bytes exceeds the limit of {limit} bytes")
-    # Read exactly Content-Length when it is known (no limit-sized buffer per request).
-    raw = request.stream.read(length if length is not None else limit + 1)
-    if len(raw) > limit:
-        raise HttpError(413, "too_large", f"body exceeds the limit of {limit} bytes")
-    enc = (request.headers.get("Content-Encoding") or "identity").lower().strip()
-    if enc == "gzip":
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            out = d.decompress(raw, limit + 1)
-        except zlib.error as e:
-            raise HttpError(400, "malformed_body", f"body is not valid gzip: {e}") from None
-        if len(out) > limit or d.unconsumed_tail:
-            raise HttpError(413, "too_large", f"decompressed body exceeds the limit of {limit} bytes")
-        if not d.eof:
-            raise HttpError(400, "malformed_body", "gzip body is truncated")
-        return out
-    if enc != "identity":
-        raise HttpError(415, "unsupported_encoding", f"Content-Encoding {enc!r} is not supported; use gzip",
-                        field="Content-Encoding")
-    return raw
 
 
 def _json(body: bytes):

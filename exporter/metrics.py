@@ -189,9 +189,7 @@ class Histogram(_Family):
     future by a skewed clock holds its bucket until that time passes.
 
     An exemplar without a timestamp (Prometheus stamps it with the scrape
-    time) only replaces another one without; don't mix the two in one family
-    (``Pipeline.fast_step`` inlines this rule for the step histogram, whose
-    exemplars always carry one).
+    time) only replaces another one without; don't mix the two in one family.
     Exemplars are only rendered in OpenMetrics.
 
     Example: ``observe(k, 0.2, t1, s1, 100.0)`` then ``observe(k, 0.2, t2, s2,

@@ -8,7 +8,6 @@ The Loki pusher is optional; without it spans only become metrics.
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 from . import conventions as c
@@ -204,9 +203,8 @@ class Pipeline:
                   span_id: str, parent_span_id: str) -> None:
         """A successful SDK step with no state or metadata. Same effect as ``record_step`` of the equivalent Span.
 
-        ``run`` is the SDK's run (workflow, trace_id, correlation_id, service). The histogram
-        update is inlined and the run store gets a tuple, not a Span: this is the hot path of
-        every traced step.
+        ``run`` is the SDK's run (workflow, trace_id, correlation_id, service). The run store gets
+        a tuple, not a Span: this is the hot path of every traced step.
 
         Names are redacted for free: a series exists only under redacted names, so a known key is
         clean; a new key is checked once (memoised) and, if a redaction changes it, the step takes
@@ -215,27 +213,12 @@ class Pipeline:
         h = self.step_duration
         trace_id = run.trace_id
         key = (run.workflow, layer, component, operation, "ok")
-        value = (end_ns - start_ns) / 1e9
         with self.store.lock:
-            s = h.series.get(key)
-            if s is None:
-                if self._renamed(key):
-                    s = False
-                else:
-                    s = h._create(key)
-            if s is not False:
+            clean = key in h.series or not self._renamed(key)
+            if clean:
                 self._sdk_received += 1
-                i = bisect_left(h.bounds, value)
-                s.counts[i] += 1
-                s.sum += value
-                ex = s.exemplars
-                if ex is None:
-                    ex = s.exemplars = [None] * len(s.counts)
-                ts = (end_ns + 500_000) // 1_000_000 / 1e3  # whole ms; only a later one replaces (Histogram)
-                old = ex[i]
-                if old is None or ts > old[3]:
-                    ex[i] = (trace_id, span_id, value, ts)
-        if s is False:  # a secret in a name
+                h.observe(key, (end_ns - start_ns) / 1e9, trace_id, span_id, end_ns / 1e9)
+        if not clean:  # a secret in a name
             self.record_step(Span(trace_id, span_id, run.workflow, layer, component, operation, start_ns, end_ns,
                                   "ok", parent_span_id, run.correlation_id, run.service))
             return

@@ -44,7 +44,7 @@ import orjson
 from flask import Blueprint, current_app, request
 
 from exporter import conventions as c
-from exporter.http import HttpError
+from exporter.web import HttpError
 
 from ..admin import require_admin
 from ..query import check_text, json_response, number_arg, parse_time, read_body, run_store

@@ -6,7 +6,7 @@ import orjson
 from flask import Blueprint, Response, current_app, request
 
 from exporter import conventions as c
-from exporter.http import HttpError
+from exporter.web import HttpError
 
 from ..admin import require_admin
 from ..query import check_text, number_arg

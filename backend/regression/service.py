@@ -199,6 +199,5 @@ def grafana_annotator(provisioner):
             tags.append(f"workflow:{f.labels[c.L_WORKFLOW]}")
         text = (f"{f.direction}: {f.series} {f.relative_change:+.1%} ({f.before:.4g} → {f.after:.4g}), "
                 f"p_adj {f.p_adjusted:.1e}")
-        provisioner._call("add annotation", provisioner.api.annotations.add_annotation, None, None, None, t_ms,
-                          None, tags, text)
+        provisioner.annotate(t_ms, tags, text)
     return annotate

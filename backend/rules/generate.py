@@ -76,7 +76,7 @@ def threshold_expr(t: Threshold, rate_window: str) -> str:
     return f"{agg} by ({c.L_LAYER}, {c.L_COMPONENT}) ({metric}{{{sel}}})"
 
 
-def _threshold_alert(spec: Spec, t: Threshold, severity: str) -> dict:
+def threshold_alert(spec: Spec, t: Threshold, severity: str) -> dict:
     value = t.warning if severity == c.SEVERITY_WARNING else t.critical
     op = ">" if t.metric.higher_is_worse else "<"
     per_workflow = t.metric.name in ("response_time", "error_rate")
@@ -156,7 +156,7 @@ def _slo_recording(s: SLO) -> list[dict]:
     return rules
 
 
-def _slo_alerts(spec: Spec, s: SLO) -> list[dict]:
+def slo_alerts(spec: Spec, s: SLO) -> list[dict]:
     out = []
     sel = f"{{{c.L_SLO}={quote(s.name)}}}"
     who = "{{ $labels.workflow }}" if s.is_default else s.workflow
@@ -190,7 +190,7 @@ def _slo_alerts(spec: Spec, s: SLO) -> list[dict]:
     return out
 
 
-def _absent_alert(spec: Spec, workflow: str) -> dict:
+def absent_alert(spec: Spec, workflow: str) -> dict:
     """A workflow the spec names: no series for ABSENT_FOR fires, even if it never ran (it was declared)."""
     return {
         "alert": c.ALERT_WORKFLOW_DATA_ABSENT,
@@ -218,7 +218,7 @@ def seen_absent_expr(spec: Spec) -> str:
             f"\n unless {by} ({c.WORKFLOW_RUNS_TOTAL})")
 
 
-def _seen_absent_alert(spec: Spec) -> dict:
+def seen_absent_alert(spec: Spec) -> dict:
     wf = "{{ $labels.workflow }}"
     return {
         "alert": c.ALERT_WORKFLOW_DATA_ABSENT,
@@ -259,15 +259,15 @@ def rule_groups(spec: Spec) -> dict[str, Any]:
     groups = []
     if spec.thresholds:
         groups.append({"name": c.RULE_GROUP_THRESHOLDS, "rules": [
-            _threshold_alert(spec, t, sev) for t in spec.thresholds for sev in (c.SEVERITY_WARNING,
+            threshold_alert(spec, t, sev) for t in spec.thresholds for sev in (c.SEVERITY_WARNING,
                                                                                 c.SEVERITY_CRITICAL)]})
     if spec.slos:
         groups.append({"name": c.RULE_GROUP_SLO_RECORDING, "rules": [r for s in spec.slos for r in _slo_recording(s)]})
-        absent = [_absent_alert(spec, w) for w in spec.named_workflows]
+        absent = [absent_alert(spec, w) for w in spec.named_workflows]
         if spec.has_defaults:
-            absent.append(_seen_absent_alert(spec))
+            absent.append(seen_absent_alert(spec))
         groups.append({"name": c.RULE_GROUP_SLO_ALERTS,
-                       "rules": [a for s in spec.slos for a in _slo_alerts(spec, s)] + absent})
+                       "rules": [a for s in spec.slos for a in slo_alerts(spec, s)] + absent})
     groups.append({"name": c.RULE_GROUP_REGRESSIONS, "rules": [regression_alert(spec)]})
     return {"groups": groups}
 

@@ -14,7 +14,7 @@ from exporter import conventions as c
 from exporter.metrics import float_to_go_string
 
 from ..errors import SpecError
-from .generate import _absent_alert, _seen_absent_alert, _slo_alerts, _threshold_alert, quote, regression_alert
+from .generate import absent_alert, quote, regression_alert, seen_absent_alert, slo_alerts, threshold_alert
 from .spec import SLO, Spec, Threshold
 
 WF, COMP, OP = "checkout", "svc", "op"
@@ -93,8 +93,8 @@ def _threshold_inputs(spec: Spec, t: Threshold, value_case: str, minutes: int) -
 def _threshold_cases(spec: Spec, t: Threshold) -> list[dict]:
     eval_min = int(_minutes(t.for_) + 15)
     minutes = eval_min + 5
-    warn_rule = _threshold_alert(spec, t, c.SEVERITY_WARNING)
-    crit_rule = _threshold_alert(spec, t, c.SEVERITY_CRITICAL)
+    warn_rule = threshold_alert(spec, t, c.SEVERITY_WARNING)
+    crit_rule = threshold_alert(spec, t, c.SEVERITY_CRITICAL)
     cases = []
     for value_case, firing in (("warning", [warn_rule]), ("critical", [warn_rule, crit_rule]), ("none", [])):
         series, labels = _threshold_inputs(spec, t, value_case, minutes)
@@ -144,7 +144,7 @@ def _slo_inputs(s: SLO, bad_ratio: float, runs_per_min: float, minutes: int, wor
 
 
 def _slo_cases(spec: Spec, s: SLO) -> list[dict]:
-    page, ticket = _slo_alerts(spec, s)
+    page, ticket = slo_alerts(spec, s)
     wf = _workflow(spec, s)
     labels = {c.L_WORKFLOW: wf}
     b = s.error_budget
@@ -184,7 +184,7 @@ def _default_coverage_case(spec: Spec, s: SLO, minutes: int) -> dict:
 def _seen_absent_cases(spec: Spec) -> list[dict]:
     """A default SLO's absent-data alert: a workflow that ran and stopped fires, one never seen does not, and a
     named workflow that stopped fires its own alert only (not a second one)."""
-    rule = _seen_absent_alert(spec)
+    rule = seen_absent_alert(spec)
     named = list(spec.named_workflows)
     steady, stopped = _unnamed(spec, "seen_workflow", 2)
 
@@ -195,7 +195,7 @@ def _seen_absent_cases(spec: Spec) -> list[dict]:
     # every series until 10m; then only `steady` (and the named ones, whose absent() would fire otherwise)
     stops = [series(steady, 40), series(stopped, 10)] + [series(w, 10) for w in named[:1]] + \
         [series(w, 40) for w in named[1:]]
-    expected = [_expected(rule, {c.L_WORKFLOW: stopped})] + [_expected(_absent_alert(spec, w), {})
+    expected = [_expected(rule, {c.L_WORKFLOW: stopped})] + [_expected(absent_alert(spec, w), {})
                                                              for w in named[:1]]
     runs = [series(steady, 40), series(stopped, 40)] + [series(w, 40) for w in named]
     return [{"interval": "1m", "input_series": inputs,
@@ -206,7 +206,7 @@ def _seen_absent_cases(spec: Spec) -> list[dict]:
 
 def _absent_cases(spec: Spec, workflow: str, all_workflows: list[str]) -> list[dict]:
     """Absent fires for the one workflow whose series is missing, and not while all are present."""
-    rule = _absent_alert(spec, workflow)
+    rule = absent_alert(spec, workflow)
 
     def series(workflows):
         return [{"series": _series(c.WORKFLOW_RUNS_TOTAL, {c.L_WORKFLOW: w, c.L_STATUS: "ok"}),

@@ -22,7 +22,7 @@ from flask import Blueprint, Response, current_app, render_template, request
 from markupsafe import Markup
 
 from exporter import conventions as c
-from exporter.http import HttpError
+from exporter.web import HttpError
 
 from .. import flamegraph as fg
 from ..analysis.groups import status_of, suggestions

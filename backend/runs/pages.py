@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode
 from flask import Blueprint, current_app, render_template, request
 
 from exporter import conventions as c
-from exporter.http import HttpError
+from exporter.web import HttpError
 
 from ..analysis.api import run_attribution
 from ..analysis.attribution import Selection
