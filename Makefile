@@ -1,11 +1,15 @@
-# The two commands: `make run` (serve the embedded default with demo traffic)
-# and `make test` (the whole suite, real Prometheus included).
-.PHONY: run test bench bootstrap
+# The two commands: `make run` (serve the embedded default with demo traffic; installs only
+# what running needs: a venv and the project, no apt, no sudo) and `make test` (the whole
+# suite, real Prometheus included: Debian packages and the test extras too).
+.PHONY: run test bench bootstrap bootstrap-run
 
 bootstrap:
 	@scripts/bootstrap
 
-run: bootstrap
+bootstrap-run:
+	@scripts/bootstrap-python
+
+run: bootstrap-run
 	.venv/bin/flowscope serve --demo
 
 test: bootstrap

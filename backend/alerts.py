@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import hmac
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -24,33 +23,11 @@ from flask import Blueprint, Response, current_app, request
 from exporter import conventions as c
 from exporter.web import HttpError, bearer_ok
 
-from .query import check_text, number_arg, parse_datetime, parse_rfc3339, read_body
+from .query import check_text, number_arg, parse_alert_time, parse_datetime, read_body
 from .store import AlertStore, IncomingAlert
 
 STATUSES = ("firing", "resolved")
-_ZONE = re.compile(r"([zZ]|[+-][0-9]{2}:?[0-9]{2})$")
 _FINGERPRINT = re.compile(r"^[0-9a-fA-F]{1,64}$")
-
-
-def parse_time(v: Any, field: str) -> datetime | None:
-    """RFC 3339 (Go's, with up to nanoseconds); Go's zero time means "not set".
-
-    A valid time past what a datetime holds in UTC (``9999-12-31T23:59:59-14:00``) is clamped to
-    ``datetime.max``: Alertmanager does not retry a 4xx, so refusing it would lose the notification.
-    """
-    if not isinstance(v, str):
-        raise HttpError(400, "invalid_payload", f"{field} must be an RFC 3339 string", field)
-    if v.startswith("0001-01-01"):
-        return None
-    dt = parse_rfc3339(v)
-    if dt is None:
-        raise HttpError(400, "invalid_payload", f"{field} is not RFC 3339: {v[:40]!r}", field)
-    if not _ZONE.search(v):
-        raise HttpError(400, "invalid_payload", f"{field} needs a timezone", field)
-    try:
-        return dt.astimezone(UTC)
-    except OverflowError:
-        return (datetime.max if dt.year > 1 else datetime.min).replace(tzinfo=UTC)
 
 
 def _str_map(v: Any, field: str) -> dict[str, str]:
@@ -87,10 +64,10 @@ def validate(doc: Any) -> tuple[str, list[IncomingAlert]]:
         fp = a.get("fingerprint")
         if not isinstance(fp, str) or not _FINGERPRINT.match(fp):
             raise HttpError(400, "invalid_payload", f"{f}.fingerprint must be a hex string", f"{f}.fingerprint")
-        starts = parse_time(a.get("startsAt"), f"{f}.startsAt")
+        starts = parse_alert_time(a.get("startsAt"), f"{f}.startsAt")
         if starts is None:
             raise HttpError(400, "invalid_payload", f"{f}.startsAt is required", f"{f}.startsAt")
-        ends = parse_time(a.get("endsAt", "0001-01-01T00:00:00Z"), f"{f}.endsAt")
+        ends = parse_alert_time(a.get("endsAt", "0001-01-01T00:00:00Z"), f"{f}.endsAt")
         gen = a.get("generatorURL", "")
         if not isinstance(gen, str):
             raise HttpError(400, "invalid_payload", f"{f}.generatorURL must be a string", f"{f}.generatorURL")

@@ -4,6 +4,9 @@ Example::
 
     app = create_app()                      # config from FLOWSCOPE_* / defaults
     app = create_app(exporter=my_exporter)  # tests: a fresh exporter each
+
+``create_app`` starts no thread: :func:`services` lists what the app needs running (the exporter it
+built, the detection schedule), for the process's owner to start and stop.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from exporter import conventions as c
+from exporter.config import load_config
 from exporter.http import create_blueprint
-from exporter.runtime import Exporter, build
+from exporter.runtime import Exporter, Service
 from exporter.web import HttpError, error_response
 
 from .alerts import create_blueprint as alerts_blueprint
@@ -47,12 +51,27 @@ def _regression_service(ex: Exporter, store: AlertStore) -> RegressionService:
                                                max_changes=cfg.detect_max_changes).check())
 
 
+def services(app: Flask) -> list[Service]:
+    """What ``app`` needs running beside it, in start order, for the owner of the process to start and
+    stop (:class:`~exporter.runtime.Lifecycle`): the exporter, when :func:`create_app` built it, and the
+    detection schedule, when a Prometheus is configured.
+
+    :func:`create_app` starts no thread, so tests that build the app leave none behind.
+    """
+    return list(app.extensions["flowscope_services"])
+
+
 def create_app(exporter: Exporter | None = None, test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(JSON_SORT_KEYS=False)
     if test_config:
         app.config.update(test_config)
-    ex = exporter or build()
+    owned: list[Service] = []
+    if exporter is None:  # built here, so started and stopped through services(app)
+        ex = Exporter(load_config())
+        owned.append(Service("exporter", ex.start, ex.close))
+    else:
+        ex = exporter
     app.extensions["flowscope"] = ex
     app.register_blueprint(create_blueprint())
     store = AlertStore(app.config.get("DATABASE_URL") or ex.db)
@@ -65,8 +84,10 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
     regressions = _regression_service(ex, store)
     app.extensions["flowscope_regressions"] = regressions
     app.register_blueprint(regressions_blueprint(regressions))
-    if ex.config.detect_prometheus_url and not app.config.get("TESTING"):
-        regressions.start(ex.config.detect_interval_s)
+    if ex.config.detect_prometheus_url:
+        interval = ex.config.detect_interval_s
+        owned.append(Service("detection", lambda: regressions.start(interval), regressions.stop))
+    app.extensions["flowscope_services"] = owned
 
     @app.before_request
     def _no_nul_in_backend_parameters():

@@ -23,7 +23,9 @@ them, and a value that is not a finite, plausible number of seconds is left out.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from html import escape
+from typing import Any, NotRequired, TypedDict
 
 MAX_FRAMES = 512
 MAX_SECONDS = 1e12  # per stack: ~31,700 years of CPU; anything above is a broken profile, and sums stay finite
@@ -75,7 +77,7 @@ def _add(node: Node, side: int, v: float, leaf: bool) -> None:
         node.value_right += v
 
 
-def _walk(node: Node):
+def _walk(node: Node) -> Iterator[tuple[Node, int]]:
     """(node, level) depth first, siblings by name (as Pyroscope orders them, so output is deterministic)."""
     work = [(node, 0)]
     while work:
@@ -84,10 +86,17 @@ def _walk(node: Node):
         work.extend((n.children[label], level + 1) for label in sorted(n.children, reverse=True))
 
 
-def dataframe(tree: Node, diff: bool = False, name: str = "profile") -> dict:
+class _Field(TypedDict):
+    name: str
+    type: str
+    values: list[int] | list[float] | list[str]
+    unit: NotRequired[str]
+
+
+def dataframe(tree: Node, diff: bool = False, name: str = "profile") -> dict[str, Any]:
     """Grafana DataFrameJSON for the Flame Graph panel, values in seconds."""
     rows = list(_walk(tree))
-    fields = [
+    fields: list[_Field] = [
         {"name": "level", "type": "number", "values": [lvl for _, lvl in rows]},
         {"name": "value", "type": "number", "unit": "s", "values": [round(n.value, 9) for n, _ in rows]},
         {"name": "self", "type": "number", "unit": "s", "values": [round(n.self, 9) for n, _ in rows]},

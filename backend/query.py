@@ -6,6 +6,7 @@ PostgreSQL refuses):
 
     since = parse_time(request.args["since"], "since")      # ns since the epoch, 1970 .. 2262-04-11
     since = parse_datetime(request.args["since"], "since")  # for a DateTime column: 1970 .. 9999
+    starts = parse_alert_time(alert["startsAt"], "startsAt")   # a webhook's time: aware datetime, or None
     limit = number_arg("limit", 100, 1, 1000)               # ASCII digits only
     body = read_body(64 * 1024)                             # 413 over the cap, as ingest does
 """
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from flask import Response, current_app, request
 
-from exporter.runstore import RunStore
+from exporter.store import RunStore
 from exporter.validate import MAX_TIME_NS  # what a BIGINT of nanoseconds holds: the ingest limit too
 from exporter.web import HttpError, read_body  # noqa: F401 - re-exported: the capped, gzip-aware reader ingest uses
 
@@ -29,6 +31,7 @@ MAX_DATETIME_S = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetim
 _INT = re.compile(r"-?[0-9]{1,30}")
 _FLOAT = re.compile(r"[-+]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][-+]?[0-9]{1,4})?")
 _FRACTION = re.compile(r"(\.[0-9]{6})[0-9]+")  # Go and Alertmanager send nanoseconds; datetime holds microseconds
+_ZONE = re.compile(r"([zZ]|[+-][0-9]{2}:?[0-9]{2})$")
 
 
 def is_int(raw: str) -> bool:
@@ -92,6 +95,29 @@ def parse_datetime(value: str, field: str) -> datetime:
     """RFC 3339 or Unix seconds → an aware UTC datetime, 1970 .. 9999; 400 naming the field otherwise."""
     seconds, dt = _instant(value, field, MAX_DATETIME_S)
     return EPOCH + timedelta(seconds=seconds) if dt is None else dt.astimezone(UTC)
+
+
+def parse_alert_time(value: Any, field: str) -> datetime | None:
+    """A time in an Alertmanager payload → an aware UTC datetime; Go's zero time (``0001-01-01...``) → None.
+
+    RFC 3339 as Go writes it (up to nanoseconds), with its zone; anything else is a 400 ``invalid_payload``
+    naming the field. A valid time past what a datetime holds in UTC (``9999-12-31T23:59:59-14:00``) is
+    clamped to ``datetime.max``: Alertmanager does not retry a 4xx, so refusing it would lose the notification.
+    (Query parameters use :func:`parse_time`, ns since the epoch, or :func:`parse_datetime`.)
+    """
+    if not isinstance(value, str):
+        raise HttpError(400, "invalid_payload", f"{field} must be an RFC 3339 string", field)
+    if value.startswith("0001-01-01"):
+        return None
+    dt = parse_rfc3339(value)
+    if dt is None:
+        raise HttpError(400, "invalid_payload", f"{field} is not RFC 3339: {value[:40]!r}", field)
+    if not _ZONE.search(value):
+        raise HttpError(400, "invalid_payload", f"{field} needs a timezone", field)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        return (datetime.max if dt.year > 1 else datetime.min).replace(tzinfo=UTC)
 
 
 def number_arg(name: str, default, lo, hi, kind=int):

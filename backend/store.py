@@ -17,55 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Engine,
-    ForeignKey,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    any_,
-    bindparam,
-    select,
-)
+from sqlalchemy import Column, Engine, String, any_, bindparam, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
 from exporter.db import make_engine
-
-metadata = MetaData()
-
-alerts = Table(
-    "alerts", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("fingerprint", String(64), nullable=False),
-    Column("starts_at", DateTime(timezone=True), nullable=False),
-    Column("ends_at", DateTime(timezone=True), nullable=True),
-    Column("status", String(16), nullable=False),
-    Column("alertname", String(200), nullable=False),
-    Column("severity", String(50), nullable=True),
-    Column("workflow", String(200), nullable=True),
-    Column("layer", String(50), nullable=True),
-    Column("labels", Text, nullable=False),
-    Column("annotations", Text, nullable=False),
-    Column("generator_url", Text, nullable=True),
-    Column("receiver", String(200), nullable=True),
-    Column("first_received_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("fingerprint", "starts_at", name="uq_alert_identity"),
-)
-
-alert_events = Table(
-    "alert_events", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("alert_id", Integer, ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False, index=True),
-    Column("status", String(16), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-)
+from exporter.store.migrate import ensure_schema
+from exporter.store.schema import alert_events, alerts
 
 
 @dataclass(frozen=True)
@@ -106,7 +64,7 @@ class AlertStore:
     def __init__(self, url_or_engine: str | Engine):
         """Share the exporter's engine (``ex.db``) where there is one: on SQLite one engine means one writer queue."""
         self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
-        metadata.create_all(self.engine)
+        ensure_schema(self.engine)
 
     def record(self, incoming: list[IncomingAlert], receiver: str, now: datetime | None = None) -> dict[str, int]:
         """Store a notification's alerts in one transaction; returns counts of what changed.

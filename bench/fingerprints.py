@@ -225,12 +225,15 @@ def store_write(runs: int, seed: int) -> None:
         for i, (_, etype, msg) in enumerate(data):
             cid, t = f"run-{i}", now - (runs - i) * 10**6
             ids = [f"{i:014x}{k:02x}" for k in range(3)]
-            items += [Span("a" * 32, ids[0], "checkout", "api", "orders", "POST /checkout", t - 3000, t, "error",
-                           None, cid, error_type="HTTPError", error_message="upstream returned 502"),
-                      Span("a" * 32, ids[1], "checkout", "api", "payments", "charge", t - 2000, t - 10, "error",
-                           ids[0], cid, error_type=etype, error_message=msg),
-                      Span("a" * 32, ids[2], "checkout", "external", "gateway", "authorize", t - 1000, t - 20,
-                           "error", ids[1], cid, error_type=etype, error_message=msg)]
+            items += [Span(trace_id="a" * 32, span_id=ids[0], workflow="checkout", layer="api", component="orders",
+                           operation="POST /checkout", start_ns=t - 3000, end_ns=t, status="error", parent_span_id=None,
+                           correlation_id=cid, error_type="HTTPError", error_message="upstream returned 502"),
+                      Span(trace_id="a" * 32, span_id=ids[1], workflow="checkout", layer="api", component="payments",
+                           operation="charge", start_ns=t - 2000, end_ns=t - 10, status="error", parent_span_id=ids[0],
+                           correlation_id=cid, error_type=etype, error_message=msg),
+                      Span(trace_id="a" * 32, span_id=ids[2], workflow="checkout", layer="external",
+                           component="gateway", operation="authorize", start_ns=t - 1000, end_ns=t - 20, status="error",
+                           parent_span_id=ids[1], correlation_id=cid, error_type=etype, error_message=msg)]
         t0 = time.perf_counter()
         for k in range(0, len(items), 3000):  # about what one recorder flush holds at this error rate
             store.write(items[k:k + 3000])

@@ -36,13 +36,15 @@ def fill(ex, n: int) -> None:
         failed = i % 20 == 0
         status = "error" if failed else "ok"
         wf = ("checkout", "login", "search", "browse")[i % 4]
-        batch.append(Span(tid, f"{i + 1:016x}", wf, "system", "workflow", wf, start, start + dur, status, None, cid,
-                          "shop", "PaymentDeclined" if failed else None, "card declined" if failed else None,
-                          None, None, False))
+        batch.append(Span(trace_id=tid, span_id=f"{i + 1:016x}", workflow=wf, layer="system", component="workflow",
+                          operation=wf, start_ns=start, end_ns=start + dur, status=status, parent_span_id=None,
+                          correlation_id=cid, service="shop", error_type="PaymentDeclined" if failed else None,
+                          error_message="card declined" if failed else None, is_step=False))
         for k, layer in enumerate(("api", "database")):
-            batch.append(Span(tid, f"{(i + 1) * 4 + k:016x}", wf, layer, "svc", f"op{k}", start, start + dur // 2,
-                              status if k else "ok", f"{i + 1:016x}", cid, "shop",
-                              attributes={"http.route": f"/{wf}", "n": i % 100}))
+            batch.append(Span(trace_id=tid, span_id=f"{(i + 1) * 4 + k:016x}", workflow=wf, layer=layer,
+                              component="svc", operation=f"op{k}", start_ns=start, end_ns=start + dur // 2,
+                              status=status if k else "ok", parent_span_id=f"{i + 1:016x}", correlation_id=cid,
+                              service="shop", attributes={"http.route": f"/{wf}", "n": i % 100}))
         if len(batch) >= 30_000:
             ex.runs.write(batch)
             batch = []

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import logging
+import os
 import signal
 import sys
-import time
+import threading
 from dataclasses import replace
 
 import orjson
@@ -134,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the effective settings",
                          description="Print the effective settings (secrets masked) as JSON.")
     cfg.add_argument("--markdown", action="store_true", help="print the table of every FLOWSCOPE_* variable")
+    _db_parser(sub)
     return p
 
 
@@ -159,12 +162,56 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+def _on_stop_signals(stop: threading.Event):
+    """SIGTERM and SIGINT set ``stop``; returns a function that puts the previous handlers back.
+
+    Off the main thread (``main()`` called from a test's thread) no handler can be installed, and none is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
+
+
+def _http_service(server, stopped: threading.Event):
+    """The HTTP server as a :class:`~exporter.runtime.Service`: its event loop on a ``flowscope-http`` thread.
+
+    Stopping it closes the listening socket and drains the requests already in the application. If
+    the loop ends by itself (it failed), ``stopped`` is set so the owner shuts the rest down too.
+    """
+    from .runtime import Service
+
+    thread = None
+
+    def run():
+        try:
+            server.serve_forever()
+        except Exception:
+            log.exception("the HTTP server failed")
+        finally:
+            stopped.set()
+
+    def start():
+        nonlocal thread
+        thread = threading.Thread(target=run, name="flowscope-http")
+        thread.start()
+
+    def stop(timeout_s: float) -> bool:
+        server.shutdown()
+        if thread is None:
+            return True
+        thread.join(timeout_s)
+        return not thread.is_alive()
+
+    return Service("http", start, stop)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from backend.app import create_app
+    from backend.app import create_app, services
 
     from .demo import DEMO_RULES_DIR, DEMO_SPEC, DemoTraffic, demo_defaults
     from .redact import MaskUrlFilter
-    from .runtime import build
+    from .runtime import STOP_TIMEOUT_S, Exporter, Lifecycle, Service
     from .server import ServerLimits, make_server
 
     # --demo starts from its own defaults (a 1 h run retention); the file, environment and arguments still win.
@@ -176,7 +223,9 @@ def _serve(args: argparse.Namespace) -> int:
     # waitress warns "Task queue depth is N" on every request that waits for a thread: a log line per
     # request under load. The pool's bound is the point; the queue is visible as request latency.
     logging.getLogger("waitress.queue").setLevel(logging.DEBUG if cfg.log_level == "DEBUG" else logging.ERROR)
-    ex = build(cfg)
+    # Everything this command runs has one owner, started in order (store and workers, detection, demo,
+    # HTTP) and stopped in reverse: the server stops taking requests before the queues it feeds are flushed.
+    ex = Exporter(cfg)  # opens the store; starts nothing
     app = create_app(ex)
     try:
         server = make_server(cfg.host, cfg.port, app, ServerLimits.from_config(cfg))
@@ -187,7 +236,10 @@ def _serve(args: argparse.Namespace) -> int:
     host, port = server.server_address
     log.info("HTTP server: %d threads, at most %d connections, header timeout %g s, idle timeout %g s",
              cfg.threads, server.connection_limit, cfg.header_timeout_s, cfg.idle_timeout_s)
-    tune_gc()
+    life = Lifecycle()
+    life.add(Service("exporter", ex.start, ex.close))
+    for svc in services(app):
+        life.add(svc)
     demo = None
     if args.demo:
         from .decode import native
@@ -203,23 +255,27 @@ def _serve(args: argparse.Namespace) -> int:
             ex.pipeline.record_profile(Profile(workflow, self_s, correlation_id, stacks, 100.0), "folded")
 
         demo = DemoTraffic(deliver, rate=cfg.demo_rate, on_start=ex.pipeline.workflow_started,
-                           on_end=ex.pipeline.workflow_ended, on_profile=profile).start()
-        log.info("demo traffic: %g runs/s; runs are kept %s (FLOWSCOPE_RUN_RETENTION_S); the demo's SLOs are in "
-                 "%s, its rules in %s/", cfg.demo_rate, _duration(cfg.run_retention_s), DEMO_SPEC, DEMO_RULES_DIR)
-    def _stop(signum, frame):
-        server.shutdown()  # sets a flag and wakes the event loop; the loop drains and returns
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    print(f"flowscope serving on http://{host}:{port}  (metrics: http://{host}:{port}/metrics"
-          f"{f', demo traffic on, runs kept {_duration(cfg.run_retention_s)}' if demo else ''})", flush=True)
+                           on_end=ex.pipeline.workflow_ended, on_profile=profile)
+        life.add(Service("demo traffic", demo.start, lambda timeout_s: demo.stop()))
+    stopped = threading.Event()
+    life.add(_http_service(server, stopped))
+    restore = _on_stop_signals(stopped)
     try:
-        server.serve_forever()
-    finally:
+        tune_gc()
+        life.start()
         if demo:
-            demo.stop()
-        ex.close()
-        log.info("stopped")
+            log.info("demo traffic: %g runs/s; runs are kept %s (FLOWSCOPE_RUN_RETENTION_S); the demo's SLOs are "
+                     "in %s, its rules in %s/", cfg.demo_rate, _duration(cfg.run_retention_s), DEMO_SPEC,
+                     DEMO_RULES_DIR)
+        print(f"flowscope serving on http://{host}:{port}  (metrics: http://{host}:{port}/metrics"
+              f"{f', demo traffic on, runs kept {_duration(cfg.run_retention_s)}' if demo else ''})", flush=True)
+        stopped.wait()
+        log.info("stopping")
+    finally:
+        clean = life.stop(STOP_TIMEOUT_S)
+        ex.close(0)  # a no-op once stopped; closes the store if the start failed before the exporter's turn
+        restore()
+        log.info("stopped" if clean else "stopped; some queues were not flushed in time (counted as dropped)")
     return EXIT_OK
 
 
@@ -227,6 +283,7 @@ def _demo(args: argparse.Namespace) -> int:
     import requests
 
     from .demo import DemoTraffic
+    from .runtime import Lifecycle, Service
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     session = requests.Session()
@@ -234,12 +291,10 @@ def _demo(args: argparse.Namespace) -> int:
     headers = {"Content-Type": "application/json"}
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
-    errors = []
 
     def deliver(batch: dict) -> None:
         r = session.post(url, data=orjson.dumps(batch), headers=headers, timeout=10)
         if r.status_code >= 300:
-            errors.append(r.status_code)
             raise FlowscopeError(f"{url} answered HTTP {r.status_code}: {r.text[:200]}")
 
     def profile(workflow: str, folded: str, correlation_id: str | None) -> None:
@@ -249,29 +304,44 @@ def _demo(args: argparse.Namespace) -> int:
         if r.status_code >= 300:
             raise FlowscopeError(f"profile refused: HTTP {r.status_code}: {r.text[:200]}")
 
-    demo = DemoTraffic(deliver, rate=args.rate, seed=args.seed, on_profile=profile).start()
+    if not args.rate > 0 or not args.duration >= 0:
+        raise ConfigError(f"--rate must be above 0 and --duration at least 0, got {args.rate:g} and {args.duration:g}")
+    # --duration D at --rate R: D x R runs (at least one), each delivered when it ends; then the command ends.
+    total = max(1, round(args.duration * args.rate)) if args.duration else None
+    stop = threading.Event()
+    demo = DemoTraffic(deliver, rate=args.rate, seed=args.seed, on_profile=profile, total=total, on_done=stop.set)
+    life = Lifecycle()
+    life.add(Service("demo traffic", demo.start, lambda timeout_s: demo.stop()))
+    restore = _on_stop_signals(stop)
     try:
-        end = time.monotonic() + args.duration if args.duration else None
-        while end is None or time.monotonic() < end:
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
+        life.start()
+        stop.wait()  # until every run is delivered (with --duration), or SIGTERM / SIGINT
     finally:
-        demo.stop()
-    print(f"sent {demo.runs} runs to {url}" + (f", {len(errors)} deliveries failed" if errors else ""))
-    return EXIT_ERROR if errors and not demo.runs else EXIT_OK
+        life.stop()
+        restore()
+        session.close()
+    if demo.runs == 0 and demo.failed:
+        raise FlowscopeError(f"no run was delivered to {url} ({demo.failed} tried): {demo.last_error}")
+    print(f"sent {demo.runs} runs to {url}" + (f", {demo.failed} not delivered ({demo.last_error})"
+                                               if demo.failed else ""))
+    return EXIT_OK
 
 
 def _write_or_check(files: dict[str, str], out: str, check: bool) -> int:
+    return _write_or_check_all([(files, out)], check)
+
+
+def _write_or_check_all(targets: list[tuple[dict[str, str], str]], check: bool) -> int:
+    """Write each ``(files, out directory)`` (or, with ``check``, name the stale files), then report once."""
     from pathlib import Path
     if check:
-        stale = [rel for rel, text in files.items()
+        stale = [Path(out) / rel for files, out in targets for rel, text in files.items()
                  if not (Path(out) / rel).exists() or (Path(out) / rel).read_text() != text]
-        for rel in stale:
-            print(f"stale: {Path(out) / rel}", file=sys.stderr)
+        for path in stale:
+            print(f"stale: {path}", file=sys.stderr)
         return EXIT_ERROR if stale else EXIT_OK
     from backend.rules.build import write_all
-    changed = write_all(files, out)
+    changed = [p for files, out in targets for p in write_all(files, out)]
     print("\n".join(f"wrote {p}" for p in changed) or "up to date")
     return EXIT_OK
 
@@ -281,9 +351,8 @@ def _dashboards(args: argparse.Namespace) -> int:
     from backend.rules.spec import load_spec
 
     if args.dashboards_command == "build":
-        a = _write_or_check(render_all(load_spec(args.spec)), args.out, args.check)
-        b = _write_or_check(provisioning_files(), args.provisioning_out, args.check)
-        return max(a, b)
+        return _write_or_check_all([(render_all(load_spec(args.spec)), args.out),
+                                    (provisioning_files(), args.provisioning_out)], args.check)
     from backend.provision import GrafanaProvisioner
     from backend.provision_api import grafana_config
 
@@ -370,14 +439,22 @@ def _rules(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from backend.runs.terminal import LocalSource, RemoteSource, Stepper
 
-    from .db import make_engine
-    from .runstore import RunStore
+    from .store import RunStore
 
     if args.url:
         source = RemoteSource(args.url, args.run_id)
     else:
+        from sqlalchemy.exc import OperationalError
+
         cfg = load_config({"database_url": args.database_url}, file=args.config)
-        store = RunStore(make_engine(cfg.database_url))
+        engine, where = _existing_store(cfg.database_url)
+        try:
+            store = RunStore(engine)
+        except OperationalError as e:
+            engine.dispose()
+            raise FlowscopeError(f"cannot read the run store at {where} read-only ({e.orig}); a store written "
+                                 "by an older release is upgraded by `flowscope serve` or `flowscope db upgrade`"
+                                 ) from None
         try:
             source = LocalSource(store, args.run_id)
         finally:
@@ -386,8 +463,113 @@ def _replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _existing_store(url: str):
+    """(engine, where) on the store at ``url``, never creating one: a SQLite file must exist, and is opened
+    read-only. ``replay`` from another directory than the server's would otherwise make an empty
+    ``./var/flowscope.db`` and report the run missing."""
+    import sqlite3
+    from urllib.parse import quote
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from .db import make_engine
+    from .redact import mask_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - malformed: make_engine names the problem
+        return make_engine(url), mask_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return make_engine(url), mask_url(url)
+    path = os.path.abspath(parsed.database) if parsed.database and parsed.database != ":memory:" else None
+    if path is None or not os.path.isfile(path):
+        raise FlowscopeError(
+            f"no run store at {path or url}: `flowscope serve` keeps its runs in var/flowscope.db under the "
+            "directory it runs in (FLOWSCOPE_DATABASE_URL). Pass --database-url sqlite:////path/to/flowscope.db, "
+            "or --url of a running backend")
+    uri = f"file:{quote(path)}?mode=ro"
+    engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=10,
+                                                                        check_same_thread=False))
+    return engine, path
+
+
+def _db_parser(sub) -> None:
+    """``flowscope db upgrade|current``: the store's schema revision (:mod:`exporter.store.migrate`)."""
+    db = sub.add_parser("db", help="upgrade the store's schema, or show its revision",
+                        description="The store's schema, under Alembic migrations shipped with Flowscope. serve "
+                                    "upgrades its database at start too (SQLite always; PostgreSQL under an "
+                                    "advisory lock, so replicas starting together take turns).")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    for name, text in (("upgrade", "bring the database to this release's schema (a no-op when it is there)"),
+                       ("current", "print the database's schema revision and this release's head")):
+        p = db_sub.add_parser(name, help=text, description=text)
+        p.add_argument("--database-url", dest="database_url", help="the store [env FLOWSCOPE_DATABASE_URL]")
+    db_sub.choices["current"].add_argument("--check", action="store_true",
+                                           help="exit 1 unless the database is at this release's head")
+
+
+def _db(args: argparse.Namespace) -> int:
+    import os
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .db import make_engine, normalize_url
+    from .redact import mask_url
+    from .store import migrate
+
+    url = load_config({"database_url": args.database_url}, file=args.config).database_url
+    try:
+        path = make_url(normalize_url(url)).database if url.startswith("sqlite") else None
+    except Exception:  # noqa: BLE001 - make_engine below names what is wrong with it
+        path = None
+    if args.db_command == "current" and path and path != ":memory:" and not os.path.exists(path):
+        print(f"flowscope: no database at {path} (nothing to report; `flowscope db upgrade` creates it)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    engine = make_engine(url)
+    try:
+        if args.db_command == "upgrade":
+            before, after = migrate.upgrade(engine)
+            was = before.revision or ("none (a store from before migrations)" if before.legacy else "empty")
+            print(f"{mask_url(url)}: at {after.revision} (head)" if before.at_head else
+                  f"{mask_url(url)}: upgraded from {was} to {after.revision} (head)")
+            return EXIT_OK
+        st = migrate.status(engine)
+        state = ("head" if st.at_head else "a store from before migrations" if st.legacy else "empty"
+                 if st.empty else f"behind head {st.head}" if st.known else f"unknown to this release (head {st.head})")
+        print(f"{st.revision or 'none'} ({state})")
+        return EXIT_ERROR if args.check and not st.at_head else EXIT_OK
+    except SQLAlchemyError as e:
+        print(f"flowscope: database {mask_url(url)}: {mask_url(str(getattr(e, 'orig', None) or e))}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        code = _dispatch(args)
+        sys.stdout.flush()  # a reader that left (`flowscope config | head`) shows here, not at exit
+    except BrokenPipeError:
+        return _stdout_gone()
+    return code
+
+
+def _stdout_gone() -> int:
+    """The reader of our output has gone: exit quietly, as Python's documentation advises (the note on
+    SIGPIPE in the ``signal`` module): stdout goes to devnull, so the interpreter's last flush cannot fail
+    and print a traceback."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # stdout is not a file (a test's)
+        pass
+    return EXIT_ERROR
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
@@ -401,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
             return _detect(args)
         if args.command == "replay":
             return _replay(args)
+        if args.command == "db":
+            return _db(args)
         if args.command == "config":
             if args.markdown:
                 print(markdown_table())

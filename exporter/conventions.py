@@ -17,6 +17,14 @@ LAYERS = ("frontend", "api", "database", "cache", "queue", "external", "worker",
 STATUSES = ("ok", "error", "timeout", "cancelled")
 #: Statuses that count as a failed run or step.
 FAILED_STATUSES = ("error", "timeout")
+#: Every status word accepted on input (native JSON ``status``, the SDK's ``status=``), lower-cased, and the
+#: status it means: the seed vocabulary (success/completed/failed) as well as :data:`STATUSES` themselves.
+STATUS_ALIASES = {
+    "ok": "ok", "success": "ok", "succeeded": "ok", "completed": "ok", "complete": "ok",
+    "error": "error", "failed": "error", "failure": "error",
+    "timeout": "timeout", "timed_out": "timeout",
+    "cancelled": "cancelled", "canceled": "cancelled",
+}
 
 #: The value a label takes once its metric has reached its series cap.
 OVERFLOW = "__overflow__"

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 
-from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import ConfigError
@@ -56,40 +55,3 @@ def insert_ignore(engine: Engine, table):
     if engine.dialect.name == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing()
     return table.insert()
-
-
-def add_missing_columns(engine: Engine, table) -> list[str]:
-    """Add the columns of ``table`` that an existing database lacks; returns their names.
-
-    There is no migration tool: a column added to a table after its first release must be nullable,
-    and a database made by an older version gets it here on start (``ALTER TABLE ... ADD COLUMN``).
-    Two processes starting together may race: PostgreSQL says ``IF NOT EXISTS``; on SQLite the loser's
-    error is ignored when the column is there after all. Indexes of the table that are missing are
-    created too (``create_all`` only makes them with a new table).
-
-        add_missing_columns(engine, errors)   # errors.cause_fingerprint on a store from before it
-    """
-    have = {col["name"] for col in inspect(engine).get_columns(table.name)}
-    added = []
-    for col in table.columns:
-        if col.name in have:
-            continue
-        if not col.nullable:
-            raise ConfigError(f"{table.name}.{col.name}: a column added to an existing table must be nullable")
-        pg = engine.dialect.name == "postgresql"
-        sql = (f"ALTER TABLE {table.name} ADD COLUMN {'IF NOT EXISTS ' if pg else ''}{col.name} "
-               f"{col.type.compile(dialect=engine.dialect)}")
-        try:
-            with engine.begin() as conn:
-                conn.exec_driver_sql(sql)
-        except sa_exc.DBAPIError:
-            if col.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
-                raise
-        added.append(col.name)
-    for ix in table.indexes:
-        try:
-            ix.create(engine, checkfirst=True)
-        except sa_exc.DBAPIError:  # made by another process between the check and the create
-            if ix.name not in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
-                raise
-    return added

@@ -209,20 +209,30 @@ class DemoTraffic:
     """A background thread that starts ``rate`` runs per second and delivers each when it ends.
 
     ``deliver(batch)`` gets native JSON batches; ``on_start(workflow)`` /
-    ``on_end(workflow)`` drive the in-progress gauge when in-process.
+    ``on_end(workflow)`` drive the in-progress gauge when in-process. With ``total``, it
+    starts that many runs, delivers each when it ends, then calls ``on_done()`` and stops;
+    :meth:`stop` delivers the runs still in flight, so none is lost either way.
+    :attr:`runs` counts the runs delivered, :attr:`failed` those whose delivery failed
+    (:attr:`last_error` says why).
     """
 
     def __init__(self, deliver: Callable[[dict], None], rate: float = 20.0, seed: int | None = None,
                  on_start: Callable[[str], None] | None = None, on_end: Callable[[str], None] | None = None,
-                 tick_s: float = 0.25, on_profile: Callable[[str, str], None] | None = None):
+                 tick_s: float = 0.25, on_profile: Callable[[str, str], None] | None = None,
+                 total: int | None = None, on_done: Callable[[], None] | None = None):
+        if not rate > 0:
+            raise ValueError(f"rate must be above 0 runs per second, got {rate!r}")
         self.deliver, self.rate, self.tick_s = deliver, rate, tick_s
         self.on_start, self.on_end = on_start, on_end
         #: (workflow, folded text, correlation_id of a recent run of it), about once a second per workflow
         self.on_profile = on_profile
+        self.total, self.on_done = total, on_done
         self.rng = random.Random(seed)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flowscope-demo", daemon=True)
         self.runs = 0
+        self.failed = 0
+        self.last_error: str | None = None
 
     def start(self) -> DemoTraffic:
         self._thread.start()
@@ -234,10 +244,13 @@ class DemoTraffic:
         carry = 0.0
         next_profile = 0.0
         recent: dict[str, str] = {}
+        total = self.total
         while not self._stop.wait(self.tick_s):
             now = time.time()
             carry += self.rate * self.tick_s
             n, carry = int(carry), carry - int(carry)
+            if total is not None:
+                n = min(n, total - seq)
             for _ in range(n):
                 start = now - self.rng.uniform(0, self.tick_s)
                 batch = generate_run(self.rng, start)
@@ -255,21 +268,35 @@ class DemoTraffic:
                         self.on_profile(wf, generate_profile(self.rng, wf), recent.get(wf))
                     except Exception as e:  # noqa: BLE001 - a failed delivery must not stop the demo
                         log.warning("demo profile delivery failed: %s", e)
-            ready = {"workflows": [], "steps": []}
-            while pending and pending[0][0] <= now:
-                _, _, b = heapq.heappop(pending)
-                ready["workflows"] += b["workflows"]
-                ready["steps"] += b["steps"]
-            if ready["workflows"]:
-                try:
-                    self.deliver(ready)
-                    self.runs += len(ready["workflows"])
-                except Exception as e:  # noqa: BLE001 - a failed delivery must not stop the demo
-                    log.warning("demo delivery failed: %s", e)
-                if self.on_end:
-                    for r in ready["workflows"]:
-                        self.on_end(r["workflow_type"])
+            self._deliver(pending, now)
+            if total is not None and seq >= total and not pending:
+                break
+        self._deliver(pending, float("inf"))  # stopped early: the runs in flight end now
+        if self.on_done is not None:
+            self.on_done()
+
+    def _deliver(self, pending: list[tuple[float, int, dict]], until: float) -> None:
+        """Deliver, in one batch, the pending runs that ended by ``until``."""
+        ready = {"workflows": [], "steps": []}
+        while pending and pending[0][0] <= until:
+            _, _, b = heapq.heappop(pending)
+            ready["workflows"] += b["workflows"]
+            ready["steps"] += b["steps"]
+        if not ready["workflows"]:
+            return
+        try:
+            self.deliver(ready)
+            self.runs += len(ready["workflows"])
+        except Exception as e:  # noqa: BLE001 - a failed delivery must not stop the demo
+            self.failed += len(ready["workflows"])
+            self.last_error = str(e) or type(e).__name__
+            log.warning("demo delivery failed: %s", e)
+        if self.on_end:
+            for r in ready["workflows"]:
+                self.on_end(r["workflow_type"])
 
     def stop(self) -> None:
+        """Stop starting runs and deliver those in flight (a delivery is bounded by its own timeout)."""
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(30)

@@ -13,11 +13,28 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from functools import partial
 from itertools import accumulate
+from typing import TypeVar
 
-from .metrics import Counter, Gauge, Histogram, MetricStore, escape_label_value, float_to_go_string
+from .metrics import (
+    Counter,
+    Exemplar,
+    Family,
+    Gauge,
+    Histogram,
+    HistogramSeries,
+    MetricStore,
+    ScalarSeries,
+    escape_label_value,
+    float_to_go_string,
+)
 
 log = logging.getLogger("flowscope.exposition")
+
+_T = TypeVar("_T", ScalarSeries, HistogramSeries)
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -25,7 +42,7 @@ OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset
 
 def wants_openmetrics(accept: str | None) -> bool:
     """True when a scraper's Accept header asks for OpenMetrics (as Prometheus does)."""
-    return bool(accept) and "application/openmetrics-text" in accept
+    return accept is not None and "application/openmetrics-text" in accept
 
 
 def _escape_help(s: str) -> str:
@@ -48,7 +65,7 @@ def _float(v: float) -> str:
     return repr(v) if v - v == 0 else float_to_go_string(v)  # x - x is 0 only for finite x
 
 
-def _exemplar(ex) -> str:
+def _exemplar(ex: Exemplar) -> str:
     trace_id, span_id, value, ts = ex
     lbl = f'trace_id="{escape_label_value(trace_id)}"'
     if span_id:
@@ -81,7 +98,7 @@ def _histogram_templates(fam: Histogram) -> tuple[str, str]:
 CHUNK_SERIES = 500
 
 
-def render_iter(store: MetricStore, openmetrics: bool = False):
+def render_iter(store: MetricStore, openmetrics: bool = False) -> Iterator[bytes]:
     """Yield the exposition as UTF-8 chunks (Prometheus text 0.0.4, or OpenMetrics 1.0).
 
     Series are formatted ``CHUNK_SERIES`` at a time under the store's lock, so
@@ -100,26 +117,34 @@ def render_iter(store: MetricStore, openmetrics: bool = False):
         is_counter = isinstance(fam, Counter) and not isinstance(fam, Gauge)
         family = name[:-6] if (is_counter and openmetrics) else name
         yield f"# HELP {family} {_escape_help(fam.documentation)}\n# TYPE {family} {fam.kind}\n".encode()
-        plain = with_ex = ""
-        with lock:
-            if isinstance(fam, Gauge):
-                fam.refresh()
-            series = list(fam.series.values())
-        histogram = isinstance(fam, Histogram)
-        if histogram:
+        if isinstance(fam, Histogram):
             plain, with_ex = _histogram_templates(fam)
-        for lo in range(0, len(series), CHUNK_SERIES):
-            chunk = series[lo:lo + CHUNK_SERIES]
             with lock:
-                try:
-                    text = _format(fam, chunk, openmetrics, plain, with_ex) if histogram else \
-                        _format_values(name, chunk)
-                except Exception as e:  # a value the boundary missed: skip its series, never cut the scrape
-                    text = _format_each(fam, chunk, openmetrics, plain, with_ex, histogram, e)
-            yield text.encode("utf-8", "replace")
+                histograms = list(fam.series.values())
+            fmt = partial(_format, openmetrics=openmetrics, plain=plain, with_ex=with_ex)
+            yield from _chunks(lock, fam, histograms, fmt)
+        else:
+            with lock:
+                if isinstance(fam, Gauge):
+                    fam.refresh()
+                scalars = list(fam.series.values())
+            yield from _chunks(lock, fam, scalars, partial(_format_values, name))
 
 
-def _format(fam, chunk, openmetrics: bool, plain: str, with_ex: str) -> str:
+def _chunks(lock: AbstractContextManager[object], fam: Family, series: list[_T],
+            fmt: Callable[[Sequence[_T]], str]) -> Iterator[bytes]:
+    """``series`` formatted by ``fmt``, ``CHUNK_SERIES`` at a time, each chunk under ``lock``."""
+    for lo in range(0, len(series), CHUNK_SERIES):
+        chunk = series[lo:lo + CHUNK_SERIES]
+        with lock:
+            try:
+                text = fmt(chunk)
+            except Exception as e:  # noqa: BLE001 - a value the boundary missed: skip its series, not the scrape
+                text = _format_each(fam, chunk, fmt, e)
+        yield text.encode("utf-8", "replace")
+
+
+def _format(chunk: Sequence[HistogramSeries], openmetrics: bool, plain: str, with_ex: str) -> str:
     out: list[str] = []
     append = out.append
     for s in chunk:
@@ -134,7 +159,7 @@ def _format(fam, chunk, openmetrics: bool, plain: str, with_ex: str) -> str:
     return "".join(out)
 
 
-def _format_values(name: str, chunk) -> str:
+def _format_values(name: str, chunk: Sequence[ScalarSeries]) -> str:
     out: list[str] = []
     append = out.append
     for s in chunk:
@@ -145,14 +170,13 @@ def _format_values(name: str, chunk) -> str:
     return "".join(out)
 
 
-def _format_each(fam, chunk, openmetrics, plain, with_ex, histogram: bool, first: Exception) -> str:
+def _format_each(fam: Family, chunk: Sequence[_T], fmt: Callable[[Sequence[_T]], str], first: Exception) -> str:
     """Format series one at a time, leaving out (and logging) those that cannot be written."""
     out, bad = [], 0
     for s in chunk:
         try:
-            out.append(_format(fam, [s], openmetrics, plain, with_ex) if histogram
-                       else _format_values(fam.name, [s]))
-        except Exception:
+            out.append(fmt([s]))
+        except Exception:  # noqa: BLE001 - the series is left out, counted and logged below
             bad += 1
     log.error("exposition: left out %d series of %s that could not be written (%s: %s)", bad, fam.name,
               type(first).__name__, first)

@@ -59,8 +59,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
+from typing import Any
 
 MAX_MESSAGE = 2000
 #: A template is at most this long (cut at a word): bounded rows and hashes whatever the input.
@@ -74,7 +75,7 @@ _URL_END = r"[^\s\"'<>`]*[^\s\"'<>`.,;:!?)\]}]"
 _DIGIT = re.compile(r"\d")
 #: (pattern, placeholder, what the text must contain for the pattern to match: substrings, or None for a digit),
 #: in order. The condition only spares a regex pass that cannot match.
-_STRUCTURED: tuple[tuple[re.Pattern, str, tuple[str, ...] | None], ...] = tuple(
+_STRUCTURED: tuple[tuple[re.Pattern[str], str, tuple[str, ...] | None], ...] = tuple(
     (re.compile(p), r, need) for p, r, need in (
         # quoted values: the quote must open after a non-word character (``can't``, ``user's`` are words)
         (r"(?<!\w)\"[^\"\n]{0,200}\"(?!\w)|(?<!\w)'[^'\n]{0,200}'(?!\w)|`[^`\n]{0,200}`", "<STR>",
@@ -134,7 +135,7 @@ def _name_like(word: str) -> bool:
             and not (w.isalpha() and low.endswith(_NOT_NAME_ENDINGS)))
 
 
-def _segment(m: re.Match) -> str:
+def _segment(m: re.Match[str]) -> str:
     s = m.group(0)
     if s.isdigit():
         return "<NUM>"
@@ -235,7 +236,7 @@ def fingerprint(error_type: str | None, message: str | None) -> tuple[str, str]:
 
 # -- the scheme before this one, to keep the groups it stored --------------------------------------------
 
-_LEGACY_MASKS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), r) for p, r in (
+_LEGACY_MASKS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), r) for p, r in (
     (r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b", "<UUID>"),
     (r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b", "<EMAIL>"),
     (r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b", "<IP>"),
@@ -261,6 +262,10 @@ def legacy_fingerprint(error_type: str, message: str | None) -> str:
     return hashlib.sha1(f"{error_type}\x00{legacy_mask(message)}".encode()).hexdigest()[:16]
 
 
+#: A stored group as :meth:`Fingerprinter.load` takes it: ``(fingerprint, error_type, template[, rank])``.
+GroupRow = tuple[str, str, str] | tuple[str, str, str, Iterable[int]]
+
+
 class Fingerprinter:
     """Fingerprints of arriving errors, mapped onto the groups a store already holds (one writer owns it).
 
@@ -274,11 +279,11 @@ class Fingerprinter:
         group_fp, template, new_alias = fpr.assign("KeyError", "user carol not found")
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         #: new fingerprint -> the stored group it belongs to
         self.aliases: dict[str, str] = {}
         #: groups stored by the old miner, with what decides between two that claim one alias
-        self.legacy: dict[str, tuple] = {}
+        self.legacy: dict[str, tuple[int, ...]] = {}
         #: groups whose fingerprint is the new one of their own type and template
         self.known: set[str] = set()
 
@@ -286,8 +291,8 @@ class Fingerprinter:
     def is_legacy(fp: str, error_type: str, template: str) -> bool:
         return fp != fingerprint_of(error_type, template)
 
-    def load(self, groups: Iterable[tuple], aliases: Iterable[tuple] = (),
-             occurrences: Iterable[tuple] = ()) -> list[tuple[str, str]]:
+    def load(self, groups: Iterable[GroupRow], aliases: Iterable[Sequence[str]] = (),
+             occurrences: Iterable[tuple[str, str, str | None]] = ()) -> list[tuple[str, str]]:
         """Restore what the store holds; returns the aliases found here that the store did not have.
 
         ``groups``: ``(fingerprint, error_type, template[, rank])`` where a higher ``rank`` wins when two
@@ -338,7 +343,7 @@ class Fingerprinter:
         return new, template, None
 
 
-def failure_causes(errs: list[dict], parent: dict[str, str | None]) -> list[str | None]:
+def failure_causes(errs: Sequence[Mapping[str, Any]], parent: Mapping[str, str | None]) -> list[str | None]:
     """Per error of one run, the fingerprint of the error that started its failure chain (None: it started one).
 
     ``errs`` are the run's errors (``span_id``, ``fingerprint``, ``time_ns``), ``parent`` maps the run's
@@ -362,7 +367,8 @@ def failure_causes(errs: list[dict], parent: dict[str, str | None]) -> list[str 
                 cur = parent.get(cur)
             chains[sid] = chain
     on_chain = {sid: set(chain) for sid, chain in chains.items()}
-    best: dict[str, tuple[tuple, str]] = {}  # span -> (depth, -time, -index) and fingerprint of the deepest below
+    # span -> (depth, -time, -index) and fingerprint of the deepest error below it
+    best: dict[str, tuple[tuple[int, int, int], str]] = {}
     for i, f in enumerate(errs):
         sid = f["span_id"]
         if not sid:

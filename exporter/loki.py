@@ -4,7 +4,7 @@
   correlation, trace and span IDs go in the line *and* in structured metadata.
 - Bodies are gzip JSON (default) or snappy protobuf, per Loki's push API
   (https://grafana.com/docs/loki/latest/reference/loki-http-api/#ingest-logs).
-- :data:`DEFAULT_RETRY` is the retry policy: 429/500/502/503/504 and transport
+- :class:`~exporter.retry.RetryPolicy` is the retry policy: 429/500/502/503/504 and transport
   errors are retried with jittered exponential backoff, honouring
   ``Retry-After``, up to one overall deadline per batch; any other 4xx is not
   retried. Every line ends up either sent or counted as dropped, by reason.
@@ -14,8 +14,10 @@
   refuses with 400/413, is found by splitting its batch; the rest is sent and
   the refused entries are counted (``reason="poison"``) and logged once.
 - The queue is bounded; on a full queue the newest lines (those offered) or the
-  oldest queued ones are dropped (``queue_policy``), and counted.
-  :meth:`LokiPusher.close` flushes what is queued before the process exits.
+  oldest queued ones are dropped (``queue_policy``), and counted. The queue and
+  its thread are a :class:`~exporter.worker.BatchWorker`: :meth:`LokiPusher.start`
+  starts it, :meth:`LokiPusher.close` flushes what is queued (with a deadline)
+  and stops it.
 
 Why not loki-logger-handler: it has no retries and an unbounded queue, so an
 outage either loses lines silently or grows memory without limit.
@@ -27,11 +29,8 @@ import gzip
 import logging
 import random
 import re
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import cramjam
@@ -41,7 +40,8 @@ import requests
 from . import conventions as c
 from .metrics import MetricStore
 from .model import ErrorRecord, Span
-from .retry import RetryPolicy
+from .retry import RetriesExhausted, RetryInterrupted, RetryPolicy, SendError, parse_retry_after
+from .worker import BatchWorker
 
 log = logging.getLogger("flowscope.loki")
 
@@ -176,39 +176,23 @@ def encode(entries: list[Entry], encoding: str) -> tuple[bytes, dict[str, str]]:
         "Content-Type": "application/json", "Content-Encoding": "gzip"}
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 class LokiPusher:
-    """A bounded queue of entries and one thread that pushes them in batches.
+    """A bounded queue of entries and one thread that pushes them in batches (a :class:`BatchWorker`).
 
     ``enqueue`` never blocks and never raises: on a full queue the entry offered
     (``drop_newest``) or the oldest queued one (``drop_oldest``) is dropped and
     counted (``reason="queue_full"``). The queue holds Spans or ready entries; a
     Span's line is built by the pusher thread when its batch is taken, so the
-    traced application never pays for JSON encoding.
+    traced application never pays for JSON encoding. Nothing is pushed until
+    :meth:`start`; :meth:`close` flushes and stops.
     """
 
     def __init__(self, config: LokiConfig, store: MetricStore, session: requests.Session | None = None,
                  rng: random.Random | None = None):
         self.config = config
+        self._own_session = session is None
         self.session = session or requests.Session()
         self.rng = rng or random.Random()
-        self._queue: deque[Entry] = deque()
-        self._cv = threading.Condition()
-        self._closing = False
-        self._stop_now = threading.Event()
-        self._busy = False
         self._down = False  # Loki was seen unreachable or not ready during the current push's retries
         self._poison_seen: dict[str, int] = {}  # kind of refusal -> lines dropped with it, so each is logged once
         self.failures = store.counter(c.LOKI_PUSH_FAILURES_TOTAL, "Failed push attempts to Loki (each retry counts).",
@@ -218,84 +202,36 @@ class LokiPusher:
                                      "poison (an entry that cannot be encoded or that Loki refused; the rest of its "
                                      "batch was sent), rejected, retries_exhausted, shutdown, internal_error.",
                                      (c.L_REASON,))
-        store.gauge(c.LOKI_QUEUE_LINES, "Log lines queued for Loki.").set_function((), lambda: len(self._queue))
         self._store = store
-        self._thread = threading.Thread(target=self._run, name="flowscope-loki", daemon=True)
-        self._thread.start()
+        self.worker: BatchWorker[Entry | Span] = BatchWorker(
+            "flowscope-loki", self._send_batch, on_drop=lambda reason, n: self._count(self.dropped, (reason,), n),
+            max_queue=config.queue_lines, max_batch=config.batch_lines, linger_s=config.batch_wait_s,
+            policy=config.retry, queue_policy=config.queue_policy)
+        store.gauge(c.LOKI_QUEUE_LINES, "Log lines queued for Loki.").set_function((), self.worker.queued)
 
     # -- producer side --------------------------------------------------------------------
 
     def enqueue(self, entry: Entry | Span) -> bool:
         """Queue one entry or Span; False if it was dropped because the queue is full."""
-        return self.enqueue_many([entry]) == 1
+        return self.worker.submit(entry)
 
     def enqueue_many(self, entries: list[Entry | Span]) -> int:
         """Queue entries or Spans; returns how many of them were queued. Under ``drop_oldest`` a full queue
         makes room by dropping its oldest lines, so every entry offered is queued (the last
         ``queue_lines`` of them, if more are offered at once)."""
-        q, cap = self._queue, self.config.queue_lines
-        with self._cv:
-            if self._closing:
-                taken, lost = 0, len(entries)
-            elif self.config.queue_policy == "drop_oldest":
-                before = len(q)
-                q.extend(entries)
-                lost = max(0, len(q) - cap)
-                for _ in range(lost):
-                    q.popleft()
-                taken = len(entries) - max(0, lost - before)
-            else:
-                taken = max(0, min(len(entries), cap - len(q)))
-                q.extend(entries if taken == len(entries) else entries[:taken])
-                lost = len(entries) - taken
-            if len(q) >= self.config.batch_lines:
-                self._cv.notify()
-        if lost:
-            self._count(self.dropped, ("queue_full",), lost)
-        return taken
+        return self.worker.submit_many(entries)
 
     def queued(self) -> int:
-        return len(self._queue)
+        return self.worker.queued()
 
     def _count(self, counter, key, n=1) -> None:
         with self._store.lock:
             counter.inc(key, n)
 
-    # -- consumer side --------------------------------------------------------------------
+    # -- consumer side (the worker's thread) ------------------------------------------------
 
-    def _run(self) -> None:
-        cfg = self.config
-        while True:
-            with self._cv:
-                deadline = time.monotonic() + cfg.batch_wait_s
-                while not self._closing and len(self._queue) < cfg.batch_lines:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cv.wait(left)
-                if not self._queue:
-                    if self._closing:
-                        return
-                    continue
-                if self._stop_now.is_set():  # closing past the flush deadline: count the rest once
-                    left = len(self._queue)
-                    self._queue.clear()
-                    self._cv.notify_all()
-                    self._count(self.dropped, ("shutdown",), left)
-                    log.error("shutting down: %d Loki lines not sent", left)
-                    return
-                n = min(cfg.batch_lines, len(self._queue))
-                batch = [self._queue.popleft() for _ in range(n)]
-                self._busy = True
-            try:
-                self._send(self._entries(batch))
-            except Exception:  # never let the thread die: count and go on
-                log.exception("unexpected error pushing to Loki")
-                self._count(self.dropped, ("internal_error",), len(batch))
-            finally:
-                with self._cv:
-                    self._busy = False
-                    self._cv.notify_all()
+    def _send_batch(self, batch: list) -> None:
+        self._send(self._entries(batch))
 
     def _entries(self, batch: list) -> list[Entry]:
         """The entries of a taken batch; a Span whose line cannot be built is dropped as poison."""
@@ -323,7 +259,7 @@ class LokiPusher:
         pending = [batch] if batch else []  # chunks still to send, the next one last
         splits = 0
         while pending:
-            if self._stop_now.is_set():  # closing: what is left of the batch is counted, not sent
+            if self.worker.stopping.is_set():  # past the close deadline: what is left is counted, not sent
                 self._count(self.dropped, ("shutdown",), sum(len(ch) for ch in pending))
                 return
             chunk = pending.pop()
@@ -346,59 +282,63 @@ class LokiPusher:
             else:  # one line, or past the split budget (Loki refusing nearly everything): drop it whole
                 self._poison(refused, len(chunk))
 
+    def _auth(self) -> tuple[dict[str, str], tuple[str, str] | None]:
+        cfg = self.config
+        headers = {c.LOKI_TENANT_HEADER: cfg.tenant} if cfg.tenant else {}
+        if cfg.bearer_token:
+            headers["Authorization"] = f"Bearer {cfg.bearer_token}"
+        return headers, ((cfg.username, cfg.password or "") if cfg.username else None)
+
     def _push(self, batch: list[Entry], body: bytes, headers: dict[str, str], started: float) -> str | object | None:
-        """Push one encoded chunk, retrying per the policy. None when it was sent or given up on (counted);
+        """Push one encoded chunk under the retry policy. None when it was sent or given up on (counted);
         Loki's message when it refused the content (a split status), for :meth:`_send` to split on;
         :data:`_STOPPED` when the pusher is stopping (not counted here)."""
         cfg, policy = self.config, self.config.retry
-        if cfg.tenant:
-            headers[c.LOKI_TENANT_HEADER] = cfg.tenant
-        if cfg.bearer_token:
-            headers["Authorization"] = f"Bearer {cfg.bearer_token}"
-        auth = (cfg.username, cfg.password or "") if cfg.username else None
-        attempt = 0
-        self._down = False
-        while True:
-            retry_after = None
+        extra, auth = self._auth()
+        headers.update(extra)
+
+        def attempt() -> str | None:
             try:
                 r = self.session.post(cfg.push_url, data=body, headers=headers, auth=auth,
                                       timeout=(cfg.connect_timeout_s, cfg.read_timeout_s))
-                if 200 <= r.status_code < 300:
-                    self._count(self.sent, (), len(batch))
-                    return None
-                reason = f"http_{r.status_code}"
-                if r.status_code in policy.split_statuses:
-                    self._count(self.failures, (reason,))
-                    return f"HTTP {r.status_code}: {r.text[:300]}"
-                if r.status_code not in policy.retry_statuses:
-                    self._count(self.failures, (reason,))
-                    self._count(self.dropped, ("rejected",), len(batch))
-                    log.error("Loki refused %d lines with HTTP %d (not retried): %s", len(batch), r.status_code,
-                              r.text[:300])
-                    return None
-                retry_after = parse_retry_after(r.headers.get("Retry-After"))
             except requests.Timeout:
-                reason = "timeout"
-            except requests.RequestException:
-                reason = "connection"
-            if reason in ("timeout", "connection"):
                 self._down = True
-            self._count(self.failures, (reason,))
-            wait = policy.backoff(attempt, self.rng)
-            if retry_after is not None:
-                wait = max(wait, min(retry_after, policy.max_retry_after_s))
-            attempt += 1
-            elapsed = time.monotonic() - started
-            if self._stop_now.is_set():
-                return _STOPPED
-            if elapsed + wait > policy.deadline_s:
-                self._count(self.dropped, ("retries_exhausted",), len(batch))
-                log.error("giving up on %d Loki lines after %d attempts (%s)", len(batch), attempt, reason)
+                self._count(self.failures, ("timeout",))
+                raise SendError("Loki timed out", reason="timeout") from None
+            except requests.RequestException as e:
+                self._down = True
+                self._count(self.failures, ("connection",))
+                raise SendError(f"Loki unreachable: {e}", reason="connection") from None
+            if 200 <= r.status_code < 300:
+                self._count(self.sent, (), len(batch))
                 return None
-            log.warning("Loki push failed (%s), retry %d in %.2fs", reason, attempt, wait)
+            self._count(self.failures, (f"http_{r.status_code}",))
+            if r.status_code in policy.split_statuses:
+                return f"HTTP {r.status_code}: {r.text[:300]}"
+            raise SendError(f"HTTP {r.status_code}: {r.text[:300]}", status=r.status_code,
+                            retry_after=parse_retry_after(r.headers.get("Retry-After")))
+
+        def on_retry(error: BaseException, n: int, wait: float) -> None:
+            log.warning("Loki push failed (%s), retry %d in %.2fs", getattr(error, "reason", error), n, wait)
+
+        def wait_out(wait: float, error: BaseException) -> bool:
             # a 429 says Loki is up and wants us to wait: its Retry-After is honoured in full, never probed away
-            if not self._wait_out(wait, probe=reason != "http_429"):
-                return _STOPPED
+            return self._wait_out(wait, probe=getattr(error, "status", None) != 429)
+
+        self._down = False
+        try:
+            return self.worker.retry(attempt, started=started, wait=wait_out, on_retry=on_retry)
+        except RetryInterrupted:
+            return _STOPPED
+        except RetriesExhausted as e:
+            self._count(self.dropped, ("retries_exhausted",), len(batch))
+            log.error("giving up on %d Loki lines after %d attempts (%s)", len(batch), e.attempts,
+                      getattr(e.last, "reason", e.last))
+            return None
+        except SendError as e:  # a status the policy does not retry (403, 404, ...): the sender's fault, not the lines'
+            self._count(self.dropped, ("rejected",), len(batch))
+            log.error("Loki refused %d lines with %s (not retried)", len(batch), e)
+            return None
 
     def _wait_out(self, wait: float, probe: bool) -> bool:
         """Wait out one backoff; False if the pusher is stopping.
@@ -410,8 +350,9 @@ class LokiPusher:
         """
         end = time.monotonic() + wait
         step = self.config.probe_interval_s
+        stopping = self.worker.stopping
         while (left := end - time.monotonic()) > 0:
-            if self._stop_now.wait(min(left, step) if probe else left):
+            if stopping.wait(min(left, step) if probe else left):
                 return False
             if probe and end - time.monotonic() > 0:
                 if self._ready():
@@ -420,15 +361,12 @@ class LokiPusher:
                         return True
                 else:
                     self._down = True
-        return True
+        return not stopping.is_set()
 
     def _ready(self) -> bool:
         """Whether Loki's ``/ready`` answers 200, within a short timeout."""
         cfg = self.config
-        headers = {c.LOKI_TENANT_HEADER: cfg.tenant} if cfg.tenant else {}
-        if cfg.bearer_token:
-            headers["Authorization"] = f"Bearer {cfg.bearer_token}"
-        auth = (cfg.username, cfg.password or "") if cfg.username else None
+        headers, auth = self._auth()
         limit = min(cfg.probe_interval_s, 1.0)
         try:
             r = self.session.get(cfg.ready_url, headers=headers, auth=auth,
@@ -452,31 +390,19 @@ class LokiPusher:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def flush(self, timeout_s: float | None = None) -> bool:
-        """Wait until the queue is empty and no push is in flight. True if it got there."""
-        end = time.monotonic() + (self.config.flush_timeout_s if timeout_s is None else timeout_s)
-        with self._cv:
-            self._cv.notify()
-            while self._queue or self._busy:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(min(left, 0.05))
-                self._cv.notify()
-        return True
+    def start(self) -> LokiPusher:
+        """Start the pushing thread; the owner that calls this calls :meth:`close`."""
+        self.worker.start()
+        return self
 
-    def close(self, timeout_s: float | None = None) -> None:
-        """Flush, then stop. Lines still queued at the deadline are counted as dropped (shutdown)."""
-        timeout = self.config.flush_timeout_s if timeout_s is None else timeout_s
-        with self._cv:
-            self._closing = True
-            self._cv.notify_all()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self._stop_now.set()
-            self._thread.join(5)
-        with self._cv:
-            left = len(self._queue)
-            self._queue.clear()
-        if left:
-            self._count(self.dropped, ("shutdown",), left)
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every line queued so far is pushed or counted. True if it got there in time."""
+        return self.worker.force_flush(self.config.flush_timeout_s if timeout_s is None else timeout_s)
+
+    def close(self, timeout_s: float | None = None, wait: bool = True) -> bool:
+        """Flush, then stop; lines still queued at the deadline are counted as dropped (shutdown).
+        True if every line was pushed before the deadline. ``wait=False``: start draining, return at once."""
+        done = self.worker.shutdown(self.config.flush_timeout_s if timeout_s is None else timeout_s, wait=wait)
+        if wait and self._own_session and not self.worker.alive():
+            self.session.close()  # its connection pools (and any keep-alive thread they run) go with it
+        return done

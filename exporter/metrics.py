@@ -25,8 +25,14 @@ import math
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, TypeVar
 
 from . import conventions as c
+
+#: A series' key: its label values, in the order of the family's label names.
+LabelValues = tuple[str, ...]
+#: One bucket's exemplar: ``(trace_id, span_id, value, timestamp in s rounded to the ms, or None)``.
+Exemplar = tuple[str, str | None, float, float | None]
 
 
 def float_to_go_string(d: float) -> str:
@@ -57,7 +63,32 @@ def label_string(names: Sequence[str], values: Sequence[str]) -> str:
     return "".join(f'{n}="{escape_label_value(v)}",' for n, v in zip(names, values))
 
 
-class _Family:
+class ScalarSeries:
+    """One counter or gauge series: its rendered labels (``a="x",`` with a trailing comma) and its value."""
+
+    __slots__ = ("labels", "value")
+
+    def __init__(self, labels: str):
+        self.value = 0.0
+        self.labels = labels
+
+
+class HistogramSeries:
+    """One histogram series: per-bucket (not cumulative) counts, sum, per-bucket exemplars (None until the first)."""
+
+    __slots__ = ("counts", "exemplars", "labels", "sum")
+
+    def __init__(self, nbuckets: int, labels: str):
+        self.counts = [0] * nbuckets
+        self.sum = 0.0
+        self.exemplars: list[Exemplar | None] | None = None
+        self.labels = labels
+
+
+_S = TypeVar("_S", ScalarSeries, HistogramSeries)
+
+
+class _Family(Generic[_S]):
     kind = ""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], limit: int,
@@ -68,9 +99,9 @@ class _Family:
         self.limit = limit
         self._on_overflow = on_overflow
         self._overflow_key = tuple(c.OVERFLOW for _ in self.labelnames)
-        self.series: dict[tuple, object] = {}
+        self.series: dict[LabelValues, _S] = {}
 
-    def _admit(self, key: tuple) -> tuple:
+    def _admit(self, key: LabelValues) -> LabelValues:
         """The key to record under: ``key`` itself, or the overflow key past the cap."""
         if len(self.series) < self.limit or key == self._overflow_key:
             return key
@@ -82,20 +113,12 @@ class _Family:
         return len(self.series)
 
 
-class _Scalar:
-    __slots__ = ("labels", "value")
-
-    def __init__(self, labels: str):
-        self.value = 0.0
-        self.labels = labels
-
-
-class Counter(_Family):
+class Counter(_Family[ScalarSeries]):
     """Monotonic counter. ``name`` ends in ``_total`` (OpenMetrics family drops it)."""
 
     kind = "counter"
 
-    def inc(self, key: tuple, amount: float = 1.0) -> None:
+    def inc(self, key: LabelValues, amount: float = 1.0) -> None:
         s = self.series.get(key)
         if s is None:
             s = self._create(key)
@@ -103,14 +126,14 @@ class Counter(_Family):
             raise ValueError("counters only go up")
         s.value += amount
 
-    def _create(self, key: tuple) -> _Scalar:
+    def _create(self, key: LabelValues) -> ScalarSeries:
         key = self._admit(key)
         s = self.series.get(key)
         if s is None:
-            s = self.series[key] = _Scalar(label_string(self.labelnames, key))
+            s = self.series[key] = ScalarSeries(label_string(self.labelnames, key))
         return s
 
-    def get(self, key: tuple) -> float | None:
+    def get(self, key: LabelValues) -> float | None:
         s = self.series.get(key)
         return None if s is None else s.value
 
@@ -120,26 +143,27 @@ class Gauge(Counter):
 
     kind = "gauge"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._functions: dict[tuple, Callable[[], float]] = {}
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], limit: int,
+                 on_overflow: Callable[[str], None] | None):
+        super().__init__(name, documentation, labelnames, limit, on_overflow)
+        self._functions: dict[LabelValues, Callable[[], float]] = {}
 
-    def inc(self, key: tuple, amount: float = 1.0) -> None:
+    def inc(self, key: LabelValues, amount: float = 1.0) -> None:
         s = self.series.get(key)
         if s is None:
             s = self._create(key)
         s.value += amount
 
-    def dec(self, key: tuple, amount: float = 1.0) -> None:
+    def dec(self, key: LabelValues, amount: float = 1.0) -> None:
         self.inc(key, -amount)
 
-    def set(self, key: tuple, value: float) -> None:
+    def set(self, key: LabelValues, value: float) -> None:
         s = self.series.get(key)
         if s is None:
             s = self._create(key)
         s.value = float(value)
 
-    def set_function(self, key: tuple, fn: Callable[[], float]) -> None:
+    def set_function(self, key: LabelValues, fn: Callable[[], float]) -> None:
         """Read this series from ``fn()`` at every scrape (e.g. a queue's length)."""
         self._create(key)
         self._functions[key] = fn
@@ -152,17 +176,7 @@ class Gauge(Counter):
                 pass
 
 
-class _HSeries:
-    __slots__ = ("counts", "exemplars", "labels", "sum")
-
-    def __init__(self, nbuckets: int, labels: str):
-        self.counts = [0] * nbuckets
-        self.sum = 0.0
-        self.exemplars: list | None = None
-        self.labels = labels
-
-
-class Histogram(_Family):
+class Histogram(_Family[HistogramSeries]):
     """Cumulative histogram (rendered cumulative; stored per bucket) with exemplars.
 
     Each bucket keeps the exemplar of its *newest* span, by timestamp, not of
@@ -198,7 +212,8 @@ class Histogram(_Family):
 
     kind = "histogram"
 
-    def __init__(self, name, documentation, labelnames, limit, on_overflow, buckets: Sequence[float]):
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], limit: int,
+                 on_overflow: Callable[[str], None] | None, buckets: Sequence[float]):
         super().__init__(name, documentation, labelnames, limit, on_overflow)
         bounds = sorted(float(b) for b in buckets)
         if not bounds or len(set(bounds)) != len(bounds) or any(math.isnan(b) or b <= 0 for b in bounds):
@@ -209,7 +224,7 @@ class Histogram(_Family):
         self.le_strings = tuple(float_to_go_string(b) for b in self.bounds) + ("+Inf",)
         self._n = len(self.bounds) + 1
 
-    def observe(self, key: tuple, value: float, trace_id: str | None = None,
+    def observe(self, key: LabelValues, value: float, trace_id: str | None = None,
                 span_id: str | None = None, timestamp: float | None = None) -> None:
         s = self.series.get(key)
         if s is None:
@@ -230,16 +245,21 @@ class Histogram(_Family):
                 if old is None or (old[3] is not None and timestamp > old[3]):
                     ex[i] = (trace_id, span_id, value, timestamp)
 
-    def _create(self, key: tuple) -> _HSeries:
+    def _create(self, key: LabelValues) -> HistogramSeries:
         key = self._admit(key)
         s = self.series.get(key)
         if s is None:
-            s = self.series[key] = _HSeries(self._n, label_string(self.labelnames, key))
+            s = self.series[key] = HistogramSeries(self._n, label_string(self.labelnames, key))
         return s
 
-    def count(self, key: tuple) -> int:
+    def count(self, key: LabelValues) -> int:
         s = self.series.get(key)
         return 0 if s is None else sum(s.counts)
+
+
+#: Any family a store holds (a :class:`Gauge` is a :class:`Counter`).
+Family = Counter | Histogram
+_F = TypeVar("_F", bound=Family)
 
 
 class MetricStore:
@@ -253,10 +273,10 @@ class MetricStore:
         self.lock = threading.Lock()
         self.series_limit = int(series_limit)
         self.buckets = tuple(buckets)
-        self.families: list[_Family] = []
+        self.families: list[Family] = []
         #: Called with the lock held before every render or read (fold hot-path tallies in).
         self.collect_hooks: list[Callable[[], None]] = []
-        self._by_name: dict[str, _Family] = {}
+        self._by_name: dict[str, Family] = {}
         self.overflow = self.counter(c.SERIES_OVERFLOW_TOTAL,
                                      "Label sets recorded as __overflow__ because a metric reached its series cap.",
                                      (c.L_METRIC,))
@@ -264,7 +284,7 @@ class MetricStore:
     def _count_overflow(self, metric: str) -> None:
         self.overflow.inc((metric,))
 
-    def _add(self, fam: _Family) -> _Family:
+    def _add(self, fam: _F) -> _F:
         if fam.name in self._by_name:
             raise ValueError(f"metric {fam.name} registered twice")
         self.families.append(fam)
@@ -287,7 +307,7 @@ class MetricStore:
         return self._add(Histogram(name, documentation, labelnames, limit or self.series_limit,
                                    self._count_overflow, tuple(self.buckets if buckets is None else buckets)))
 
-    def get(self, name: str) -> _Family:
+    def get(self, name: str) -> Family:
         return self._by_name[name]
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -309,9 +329,10 @@ class MetricStore:
                 hook()
             if isinstance(fam, Gauge):
                 fam.refresh()
-            s = fam.series.get(key)
-            if s is None:
-                return None
             if isinstance(fam, Histogram):
-                return float(sum(s.counts)) if suffix == "_count" else s.sum
-            return s.value
+                h = fam.series.get(key)
+                if h is None:
+                    return None
+                return float(sum(h.counts)) if suffix == "_count" else h.sum
+            s = fam.series.get(key)
+            return None if s is None else s.value

@@ -219,8 +219,10 @@ class Pipeline:
                 self._sdk_received += 1
                 h.observe(key, (end_ns - start_ns) / 1e9, trace_id, span_id, end_ns / 1e9)
         if not clean:  # a secret in a name
-            self.record_step(Span(trace_id, span_id, run.workflow, layer, component, operation, start_ns, end_ns,
-                                  "ok", parent_span_id, run.correlation_id, run.service))
+            self.record_step(Span(trace_id=trace_id, span_id=span_id, workflow=run.workflow, layer=layer,
+                                  component=component, operation=operation, start_ns=start_ns, end_ns=end_ns,
+                                  status="ok", parent_span_id=parent_span_id, correlation_id=run.correlation_id,
+                                  service=run.service))
             return
         rec = self.recorder
         if rec is not None:
@@ -284,13 +286,16 @@ class Pipeline:
             self._apply(spans)
         self._fan_out(spans)
 
-    def close(self) -> None:
-        """Release every waiting span, then flush Loki."""
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Release every waiting span, then flush Loki and the run store, side by side, within ``timeout_s``."""
+        end = time.monotonic() + timeout_s
         with self.store.lock:
             spans = self.resolver.expire(float("inf"))
             self._apply(spans)
         self._fan_out(spans)
         if self.loki is not None:
-            self.loki.close()
+            self.loki.close(wait=False)  # its thread drains while the run store's writer does
         if self.recorder is not None:
-            self.recorder.close()
+            self.recorder.close(max(0.0, end - time.monotonic()))
+        if self.loki is not None:
+            self.loki.close(max(0.0, end - time.monotonic()))

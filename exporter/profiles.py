@@ -17,12 +17,15 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from .errors import FlowscopeError
 from .validate import clean_str
 
 MAX_FRAME = 200
+
+#: A value of the marshal subset a pstats dump uses (see :class:`_Marshal`).
+Marshalled: TypeAlias = "None | bool | int | float | str | tuple[Marshalled, ...] | dict[Marshalled, Marshalled]"
 
 
 class ProfileError(FlowscopeError):
@@ -110,7 +113,7 @@ def parse_folded(text: str, sample_rate_hz: float) -> tuple[dict[str, float], di
     return self_s, stacks
 
 
-def _pstats_name(key) -> str:
+def _pstats_name(key: tuple[str, int, str]) -> str:
     filename, line, func = key
     if filename == "~":  # built-ins, as pstats prints them
         return clean_str(func, MAX_FRAME)[0]
@@ -118,14 +121,17 @@ def _pstats_name(key) -> str:
     return clean_str(f"{func} ({short}:{line})", MAX_FRAME)[0]
 
 
-def _pstats_entry(key, value) -> bool:
-    """Is this a (file: str, line: int, function: str) → (cc, nc, tt, ct, callers) entry with a sane time?"""
+def _pstats_entry(key: Marshalled, value: Marshalled) -> tuple[tuple[str, int, str], float] | None:
+    """(key, own time ``tt``) of a (file: str, line: int, function: str) → (cc, nc, tt, ct, callers) entry with a
+    sane time, else None."""
     if not (isinstance(key, tuple) and len(key) == 3 and isinstance(value, tuple) and len(value) == 5):
-        return False
+        return None
     filename, line, func = key
     tt = value[2]
-    return (isinstance(filename, str) and isinstance(func, str) and isinstance(line, int)
-            and isinstance(tt, (int, float)) and not isinstance(tt, bool) and 0 <= tt < 1e9)
+    if (isinstance(filename, str) and isinstance(func, str) and isinstance(line, int)
+            and isinstance(tt, (int, float)) and not isinstance(tt, bool) and 0 <= tt < 1e9):
+        return (filename, line, func), float(tt)
+    return None
 
 
 class _Marshal:
@@ -141,7 +147,8 @@ class _Marshal:
     MAX_NEST = 8
 
     def __init__(self, data: bytes):
-        self.data, self.pos, self.refs = memoryview(data), 0, []
+        self.data, self.pos = memoryview(data), 0
+        self.refs: list[Marshalled] = []
 
     def _take(self, n: int) -> memoryview:
         if n < 0 or self.pos + n > len(self.data):
@@ -151,19 +158,21 @@ class _Marshal:
         return out
 
     def _i32(self) -> int:
-        return struct.unpack("<i", self._take(4))[0]
+        i: int = struct.unpack("<i", self._take(4))[0]
+        return i
 
     def _count(self, n: int) -> int:
         if n < 0 or n > len(self.data) - self.pos:  # every item takes at least one byte
             raise ProfileError("not a cProfile pstats dump: bad marshal length")
         return n
 
-    def read(self, depth: int = 0):
+    def read(self, depth: int = 0) -> Marshalled:
         if depth > self.MAX_NEST:
             raise ProfileError("not a cProfile pstats dump: nested too deeply")
         code = self._take(1)[0]
         flag, t = code & 0x80, chr(code & 0x7F)
         slot = None
+        v: Marshalled
         if flag:
             slot = len(self.refs)
             self.refs.append(None)
@@ -181,8 +190,8 @@ class _Marshal:
             digits = self._take(2 * self._count(min(abs(n), 64)))  # 64 x 15 bits: far past any real count
             if abs(n) > 64:
                 raise ProfileError("not a cProfile pstats dump: integer too large")
-            v = sum(d << (15 * k) for k, d in enumerate(struct.unpack(f"<{abs(n)}H", digits)))
-            v = -v if n < 0 else v
+            big: int = sum(d << (15 * k) for k, d in enumerate(struct.unpack(f"<{abs(n)}H", digits)))
+            v = -big if n < 0 else big
         elif t == "g":
             v = struct.unpack("<d", self._take(8))[0]
         elif t in "uatAszZ":
@@ -196,17 +205,19 @@ class _Marshal:
             n = self._take(1)[0] if t == ")" else self._count(self._i32())
             v = tuple(self.read(depth + 1) for _ in range(n))
         elif t == "{":
-            v = {}
+            d: dict[Marshalled, Marshalled] = {}
             if slot is not None:
-                self.refs[slot] = v
-            while self.data[self.pos:self.pos + 1] != b"0":
+                self.refs[slot] = d
+            # a memoryview equals the bytes of the same content; mypy's strict equality doesn't know it
+            while self.data[self.pos:self.pos + 1] != b"0":  # type: ignore[comparison-overlap]
                 k = self.read(depth + 1)
                 try:
                     hash(k)
                 except TypeError:
                     raise ProfileError("not a cProfile pstats dump: unhashable key") from None
-                v[k] = self.read(depth + 1)
+                d[k] = self.read(depth + 1)
             self._take(1)
+            v = d
         else:
             raise ProfileError(f"not a cProfile pstats dump: marshal type {t!r} is not part of one")
         if slot is not None:
@@ -214,7 +225,7 @@ class _Marshal:
         return v
 
 
-def _loads_pstats(data: bytes):
+def _loads_pstats(data: bytes) -> Marshalled:
     m = _Marshal(data)
     stats = m.read()
     if m.pos != len(data):
@@ -234,9 +245,10 @@ def parse_pstats(data: bytes) -> dict[str, float]:
         raise ProfileError("not a cProfile pstats dump: expected a non-empty dict of function stats")
     out: dict[str, float] = {}
     for key, value in stats.items():
-        if not _pstats_entry(key, value):
+        entry = _pstats_entry(key, value)
+        if entry is None:
             raise ProfileError("not a cProfile pstats dump: entries must be (file, line, function) → "
                                "(cc, nc, tt, ct, callers) with 0 <= tt < 1e9 seconds")
-        name = _pstats_name(key)
-        out[name] = out.get(name, 0.0) + float(value[2])
+        name = _pstats_name(entry[0])
+        out[name] = out.get(name, 0.0) + entry[1]
     return out

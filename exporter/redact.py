@@ -143,7 +143,13 @@ _PLACEHOLDER = re.compile(r"""["']?(?:\?|\$\d+|%s|%\(\w+\)s)["']?""").fullmatch
 
 def _redact_pair(m: re.Match) -> str:
     value = m.group(2)
-    return m.group(0) if _PLACEHOLDER(value) else m.group(1) + c.REDACTED
+    # ``(token=abc)``: a closing parenthesis the value never opened belongs to the text around it
+    close = ""
+    while value.endswith(")") and value.count(")") > value.count("("):
+        value, close = value[:-1], close + ")"
+    if not value or _PLACEHOLDER(value):
+        return m.group(0)
+    return m.group(1) + c.REDACTED + close
 
 
 class Redactor:

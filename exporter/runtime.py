@@ -1,13 +1,19 @@
-"""One exporter instance: the store, the pipeline, the Loki pusher and the OTel bridge.
+"""One exporter instance (the store, the pipeline, the Loki pusher and the OTel bridge) and the
+:class:`Lifecycle` that starts and stops what a command owns.
 
-Use :func:`build` to make one from a :class:`~exporter.config.Config`; tests
-build as many as they like, each with its own registries.
+Use :func:`build` to make a started one from a :class:`~exporter.config.Config`, and
+:meth:`Exporter.close` to stop it; tests build as many as they like, each with its own registries.
+``Exporter(config)`` itself opens the store but starts no thread of its own: :meth:`Exporter.start`
+does (the Loki pusher, the tick).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
@@ -18,9 +24,13 @@ from .metrics import MetricStore
 from .pipeline import Pipeline
 from .redact import Redactor, mask_url
 from .resolver import WorkflowResolver
-from .runstore import RunRecorder, RunStore
+from .store import RunRecorder, RunStore
 
 log = logging.getLogger("flowscope")
+
+#: How long ``flowscope serve`` takes, at most, to stop everything it runs after SIGTERM: the HTTP
+#: server drains, then the Loki and run-store queues flush; what is still queued then is counted as dropped.
+STOP_TIMEOUT_S = 20.0
 
 
 class Exporter:
@@ -56,8 +66,16 @@ class Exporter:
                                                       sweep_interval_s=min(3600.0, config.run_retention_s / 10)))
         self._meter_provider = None
         self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._tick, name="flowscope-tick", daemon=True)
-        self._ticker.start()
+        self._ticker: threading.Thread | None = None
+
+    def start(self) -> Exporter:
+        """Start the Loki pusher and the tick (once). Whoever calls this calls :meth:`close`."""
+        if self._ticker is None and not self._stop.is_set():
+            if self.loki is not None:
+                self.loki.start()
+            self._ticker = threading.Thread(target=self._tick, name="flowscope-tick", daemon=True)
+            self._ticker.start()
+        return self
 
     def meter_provider(self):
         """An OpenTelemetry MeterProvider whose metrics appear on this exporter's /metrics."""
@@ -78,16 +96,81 @@ class Exporter:
             except Exception:
                 log.exception("periodic pipeline tick failed")
 
-    def close(self) -> None:
-        """Release waiting spans and flush Loki. Idempotent."""
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the tick, release waiting spans, flush Loki and the run store within ``timeout_s``, close
+        the database. What cannot be flushed in time is counted as dropped. Idempotent."""
         if self._stop.is_set():
             return
+        end = time.monotonic() + timeout_s
         self._stop.set()
-        self.pipeline.close()
+        if self._ticker is not None:
+            self._ticker.join(max(0.0, end - time.monotonic()))
+        self.pipeline.close(max(0.0, end - time.monotonic()))
         if self._meter_provider is not None:
             self._meter_provider.shutdown()
         self.db.dispose()
 
 
 def build(config: Config | None = None) -> Exporter:
-    return Exporter(config or load_config())
+    """An exporter, started; the caller closes it."""
+    return Exporter(config or load_config()).start()
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One thing a command owns: how to start it, and how to stop it within a number of seconds."""
+
+    name: str
+    start: Callable[[], object]
+    stop: Callable[[float], object]
+
+
+class Lifecycle:
+    """Starts services in order and stops them in reverse, each within what is left of one deadline.
+
+    The owner of a command (``flowscope serve``) adds what it runs, the store and workers first and
+    the HTTP server last, so the server stops taking requests before the queues it feeds are flushed::
+
+        life = Lifecycle()
+        life.add(Service("exporter", ex.start, ex.close))
+        life.add(Service("http", http.start, http.stop))
+        life.start()            # a failure stops what already started, in reverse, and re-raises
+        ...
+        life.stop(timeout_s=20)
+    """
+
+    def __init__(self) -> None:
+        self.services: list[Service] = []
+        self._started: list[Service] = []
+
+    def add(self, service: Service) -> Service:
+        self.services.append(service)
+        return service
+
+    def start(self) -> None:
+        for svc in self.services:
+            try:
+                svc.start()
+            except BaseException:
+                log.error("could not start %s; stopping what was started", svc.name)
+                self.stop()
+                raise
+            self._started.append(svc)
+            log.debug("started %s", svc.name)
+
+    def stop(self, timeout_s: float = 20.0) -> bool:
+        """Stop what was started, last first; True if each stopped within the deadline. Idempotent."""
+        end = time.monotonic() + timeout_s
+        ok = True
+        while self._started:
+            svc = self._started.pop()
+            try:
+                result = svc.stop(max(0.0, end - time.monotonic()))
+            except Exception:  # one service failing to stop must not keep the others running
+                log.exception("stopping %s failed", svc.name)
+                ok = False
+                continue
+            if result is False:
+                log.warning("%s did not stop cleanly within the deadline", svc.name)
+                ok = False
+        return ok and time.monotonic() <= end

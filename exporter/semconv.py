@@ -22,8 +22,9 @@ https://opentelemetry.io/docs/specs/semconv/http/http-spans/#name. Pure: no I/O,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from . import conventions as c
 
@@ -113,20 +114,29 @@ WANTED_KEYS = frozenset({
 })
 
 
-def _compile(layer_rules: tuple[LayerRule, ...], component_rules: tuple[ComponentRule, ...]):
+class Classify(Protocol):
+    """The generated :func:`classify`: ``(layer, component)`` of one span, and its source in ``source``."""
+
+    source: str
+
+    def __call__(self, attrs: Mapping[str, Any], kind: int, resource: Mapping[str, Any], service: str,
+                 web: bool | None = None) -> tuple[str, str]: ...
+
+
+def _compile(layer_rules: tuple[LayerRule, ...], component_rules: tuple[ComponentRule, ...]) -> Classify:
     """The two tables as one straight-line function, built once at import (as :mod:`dataclasses`
     builds ``__init__``): a loop over rows costs about twice the mapping it performs, and OTLP
     ingest runs this for every span. The generated source is kept in ``classify.source``."""
     env: dict[str, Any] = {"_LAYERS": frozenset(c.LAYERS)}
     out = ["def classify(attrs, kind, resource, service, web=None):", "    get = attrs.get"]
     groups: list[tuple[frozenset[int] | None, list[str]]] = []
-    for r in component_rules:  # consecutive rows for the same kinds become one `or` chain
-        if groups and groups[-1][0] == r.kinds:
-            groups[-1][1].extend(r.attrs)
+    for cr in component_rules:  # consecutive rows for the same kinds become one `or` chain
+        if groups and groups[-1][0] == cr.kinds:
+            groups[-1][1].extend(cr.attrs)
         else:
-            groups.append((r.kinds, list(r.attrs)))
-    for i, (kinds, keys) in enumerate(groups):
-        chain = " or ".join(f"get({k!r})" for k in keys)
+            groups.append((cr.kinds, list(cr.attrs)))
+    for i, (kinds, names) in enumerate(groups):
+        chain = " or ".join(f"get({k!r})" for k in names)
         if i == 0 and kinds is None:
             out.append(f"    v = {chain}")
             continue
@@ -142,7 +152,7 @@ def _compile(layer_rules: tuple[LayerRule, ...], component_rules: tuple[Componen
     out.append(f"    v = get({c.ATTR_LAYER!r})")
     out.append("    if v is not None:")
     out.append("        return (v if v in _LAYERS else 'other'), comp")
-    prev = None
+    prev: LayerRule | None = None
     for i, r in enumerate(layer_rules):
         if r.attrs and r.resource:
             raise ValueError(f"layer rule {r.name}: give span or resource attributes, not both")
@@ -180,7 +190,7 @@ def _compile(layer_rules: tuple[LayerRule, ...], component_rules: tuple[Componen
     out.append("    return 'other', comp")
     source = "\n".join(out) + "\n"
     exec(compile(source, "<semconv tables>", "exec"), env)  # noqa: S102 - our own tables, at import
-    fn = env["classify"]
+    fn: Classify = env["classify"]
     fn.source = source
     fn.__doc__ = ("``(layer, component)`` of one span from :data:`LAYER_RULES` and :data:`COMPONENT_RULES`: "
                   "what :func:`derive_layer` and :func:`derive_component` return, in one call (the decoder's).")

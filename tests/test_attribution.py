@@ -472,12 +472,16 @@ def test_store_reads_for_attribution_on_sqlite_and_postgresql(database_url):
         batch = []
         for i in range(5):
             cid, root = f"r{i}", f"{i + 1:016x}"
-            batch += [Span("a" * 31 + str(i), root, "checkout", "api", "shop", "POST /checkout", now - 10**9, now,
-                           "error" if i == 0 else "ok", None, cid, "shop", "Boom" if i == 0 else None, "boom",
-                           {"k": i}, resource=res, kind="server"),
-                      Span("a" * 31 + str(i), f"{i + 11:016x}", "checkout", "database", "pg", "SELECT", now - 10**9,
-                           now - 10**9 + (i + 1) * 10**6, "error" if i == 0 else "ok", root, cid, "shop",
-                           "Boom" if i == 0 else None, "boom", {"db": "x"})]
+            batch += [Span(trace_id="a" * 31 + str(i), span_id=root, workflow="checkout", layer="api", component="shop",
+                           operation="POST /checkout", start_ns=now - 10**9, end_ns=now,
+                           status="error" if i == 0 else "ok", parent_span_id=None, correlation_id=cid, service="shop",
+                           error_type="Boom" if i == 0 else None, error_message="boom", attributes={"k": i},
+                           resource=res, kind="server"),
+                      Span(trace_id="a" * 31 + str(i), span_id=f"{i + 11:016x}", workflow="checkout", layer="database",
+                           component="pg", operation="SELECT", start_ns=now - 10**9,
+                           end_ns=now - 10**9 + (i + 1) * 10**6, status="error" if i == 0 else "ok",
+                           parent_span_id=root, correlation_id=cid, service="shop",
+                           error_type="Boom" if i == 0 else None, error_message="boom", attributes={"db": "x"})]
         store.write(batch)
         rows = store.attribution_runs("checkout", now - 3600 * 10**9, now + 1)
         assert sorted(rows.run_ids) == [f"r{i}" for i in range(5)] and rows.status.count("error") == 1

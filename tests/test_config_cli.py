@@ -49,7 +49,8 @@ def test_markdown_table_lists_every_variable():
                                   ["dashboards", "push", "--help"], ["detect", "--help"],
                                   ["replay", "--help"]])
 def test_every_command_has_help(args):
-    r = subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=60,
+                       check=False)
     assert r.returncode == 0 and "usage: flowscope" in r.stdout
 
 
@@ -74,3 +75,17 @@ def test_readme_configuration_table_is_current():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = readme.split("<!-- config-table:start -->\n")[1].split("\n<!-- config-table:end -->")[0]
     assert block.strip() == markdown_table().strip(), "README config table is stale: run `flowscope config --markdown`"
+
+
+@pytest.mark.parametrize("args", [["config"], ["config", "--markdown"]])
+def test_a_reader_that_leaves_early_gets_no_traceback(args):
+    """`flowscope config | head`: the pipe's reader is gone before we write (its end is closed here first)."""
+    import os
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "exporter.cli", *args], stdout=w, stderr=subprocess.PIPE,
+                           text=True, timeout=60, check=False)
+    finally:
+        os.close(w)
+    assert p.stderr == "" and p.returncode == 1

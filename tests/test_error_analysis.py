@@ -103,8 +103,9 @@ def test_trend_labels():
 
 
 def _err(cid, sid, t_ns, etype, msg, layer="external", workflow="checkout"):
-    return Span("a" * 32, sid, workflow, layer, "payments", "charge", t_ns - 10**6, t_ns, "error",
-                parent_span_id="f" * 16, correlation_id=cid, error_type=etype, error_message=msg)
+    return Span(trace_id="a" * 32, span_id=sid, workflow=workflow, layer=layer, component="payments",
+                operation="charge", start_ns=t_ns - 10**6, end_ns=t_ns, status="error", parent_span_id="f" * 16,
+                correlation_id=cid, error_type=etype, error_message=msg)
 
 
 @pytest.fixture
@@ -190,10 +191,12 @@ def _chain(cid, i, t_ns, caller=("HTTPError", "upstream returned 502"),
            origin=("PaymentDeclined", "card declined for order {i}")):
     """One failed run: the root (a caller) fails because its child, the origin, failed."""
     root, child = f"{i:015x}a", f"{i:015x}b"
-    return [Span("b" * 32, root, "checkout", "api", "orders", "POST /checkout", t_ns - 10**7, t_ns, "error",
-                 correlation_id=cid, error_type=caller[0], error_message=caller[1]),
-            Span("b" * 32, child, "checkout", "external", "payments", "charge", t_ns - 9 * 10**6, t_ns - 10**6,
-                 "error", root, cid, error_type=origin[0], error_message=origin[1].format(i=i))]
+    return [Span(trace_id="b" * 32, span_id=root, workflow="checkout", layer="api", component="orders",
+                 operation="POST /checkout", start_ns=t_ns - 10**7, end_ns=t_ns, status="error", correlation_id=cid,
+                 error_type=caller[0], error_message=caller[1]),
+            Span(trace_id="b" * 32, span_id=child, workflow="checkout", layer="external", component="payments",
+                 operation="charge", start_ns=t_ns - 9 * 10**6, end_ns=t_ns - 10**6, status="error",
+                 parent_span_id=root, correlation_id=cid, error_type=origin[0], error_message=origin[1].format(i=i))]
 
 
 def test_an_error_that_propagates_is_counted_once_under_the_error_that_started_it(ex_db):
@@ -258,10 +261,12 @@ def test_an_exception_raised_through_nested_steps_counts_once_per_run(ex, client
 def test_a_logged_error_is_the_cause_of_the_step_that_failed_after_it(ex, client):
     now = time.time_ns()
     root, child = "c" * 15 + "1", "c" * 15 + "2"
-    ex.pipeline.ingest([Span("c" * 32, root, "checkout", "api", "orders", "POST /checkout", now - 10**7, now, "error",
+    ex.pipeline.ingest([Span(trace_id="c" * 32, span_id=root, workflow="checkout", layer="api", component="orders",
+                             operation="POST /checkout", start_ns=now - 10**7, end_ns=now, status="error",
                              correlation_id="logged", error_type="HTTPError", error_message="500 internal error"),
-                        Span("c" * 32, child, "checkout", "external", "payments", "charge", now - 9 * 10**6,
-                             now - 10**6, "ok", root, "logged")], "native")
+                        Span(trace_id="c" * 32, span_id=child, workflow="checkout", layer="external",
+                             component="payments", operation="charge", start_ns=now - 9 * 10**6, end_ns=now - 10**6,
+                             status="ok", parent_span_id=root, correlation_id="logged")], "native")
     ex.pipeline.record_error(ErrorRecord("app.errors.PaymentDeclined", "card declined for order 7", "external",
                                          "payments", "checkout", correlation_id="logged", trace_id="c" * 32,
                                          span_id=child, time_ns=now - 2 * 10**6))
@@ -398,13 +403,17 @@ def _runs_for_attribution(ex, n=300, seed=5):
         end = now - (n - i) * 10**9
         root, db, cache = f"{i:015x}0", f"{i:015x}1", f"{i:015x}2"
         spans += [
-            Span("a" * 32, root, "checkout", "api", "orders", "POST /checkout", int(end - dur), end,
-                 "error" if failed else "ok", correlation_id=cid, error_type="DBError" if failed else None),
-            Span("a" * 32, db, "checkout", "database", "postgres", "SELECT", int(end - dur), int(end - dur / 2),
-                 "error" if failed else "ok", root, cid, attributes={"db.instance": replica,
+            Span(trace_id="a" * 32, span_id=root, workflow="checkout", layer="api", component="orders",
+                 operation="POST /checkout", start_ns=int(end - dur), end_ns=end, status="error" if failed else "ok",
+                 correlation_id=cid, error_type="DBError" if failed else None),
+            Span(trace_id="a" * 32, span_id=db, workflow="checkout", layer="database", component="postgres",
+                 operation="SELECT", start_ns=int(end - dur), end_ns=int(end - dur / 2),
+                 status="error" if failed else "ok", parent_span_id=root, correlation_id=cid,
+                 attributes={"db.instance": replica,
                                                                       "request.id": f"req-{i}"}),
-            Span("a" * 32, cache, "checkout", "cache", "redis", "GET cart", int(end - dur / 2), end, "ok", root, cid,
-                 attributes={"cache.hit": hit, "client.version": rng.choice(["1.2", "1.3"])}),
+            Span(trace_id="a" * 32, span_id=cache, workflow="checkout", layer="cache", component="redis",
+                 operation="GET cart", start_ns=int(end - dur / 2), end_ns=end, status="ok", parent_span_id=root,
+                 correlation_id=cid, attributes={"cache.hit": hit, "client.version": rng.choice(["1.2", "1.3"])}),
         ]
     ex.pipeline.ingest(spans, "native")
     assert ex.pipeline.recorder.flush()

@@ -4,9 +4,24 @@ The exporter never imports the backend (the command line, which sits above both,
 exception until it moves out of exporter/), and the SDK's modules import no web framework.
 """
 
+import logging
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging():
+    """import-linter configures logging with dictConfig, which disables every logger that exists: restore them."""
+    loggers = [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    before = [(lg, lg.disabled, lg.level, list(lg.handlers)) for lg in loggers]
+    root = (logging.root.level, list(logging.root.handlers))
+    yield
+    for lg, disabled, level, handlers in before:
+        lg.disabled, lg.level, lg.handlers[:] = disabled, level, handlers
+    logging.root.level, logging.root.handlers[:] = root[0], root[1]
 
 
 def test_the_import_contracts_are_kept(monkeypatch):

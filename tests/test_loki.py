@@ -4,10 +4,10 @@ import orjson
 import pytest
 
 from exporter import conventions as c
-from exporter.loki import MAX_SPLITS, LokiConfig, LokiPusher, parse_retry_after, span_entry
+from exporter.loki import MAX_SPLITS, LokiConfig, LokiPusher, span_entry
 from exporter.metrics import MetricStore
 from exporter.model import Span
-from exporter.retry import RetryPolicy
+from exporter.retry import RetryPolicy, parse_retry_after
 from tests.fake_loki import FakeLoki
 
 FAST = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.2, deadline_s=5)
@@ -21,16 +21,17 @@ def loki():
 
 
 def _span(i, status="ok", wf="checkout"):
-    return Span("ab" * 16, f"{i + 1:016x}", wf, "database", "postgres", "INSERT orders",
-                1_795_000_000_000_000_000 + i, 1_795_000_000_003_000_000 + i, status,
-                "cd" * 8, f"corr-{i}", "shop", "DeadlockDetected" if status == "error" else None,
-                "deadlock detected" if status == "error" else None)
+    return Span(trace_id="ab" * 16, span_id=f"{i + 1:016x}", workflow=wf, layer="database", component="postgres",
+                operation="INSERT orders", start_ns=1_795_000_000_000_000_000 + i, end_ns=1_795_000_000_003_000_000 + i,
+                status=status, parent_span_id="cd" * 8, correlation_id=f"corr-{i}", service="shop",
+                error_type="DeadlockDetected" if status == "error" else None,
+                error_message="deadlock detected" if status == "error" else None)
 
 
 def _pusher(url, store=None, **kw):
     kw.setdefault("retry", FAST)
     kw.setdefault("batch_wait_s", 0.05)
-    return LokiPusher(LokiConfig(url=url, **kw), store or MetricStore())
+    return LokiPusher(LokiConfig(url=url, **kw), store or MetricStore()).start()
 
 
 @pytest.mark.parametrize("encoding", ["json", "protobuf"])
@@ -138,7 +139,6 @@ def test_retry_after_parsing(value, expected):
 
 def test_retry_after_http_date_is_honoured():
     from email.utils import formatdate
-    import time
     assert 8 < parse_retry_after(formatdate(time.time() + 10, usegmt=True)) <= 10
 
 
@@ -266,3 +266,24 @@ def test_the_queue_policy_is_a_setting(loki, make_exporter):
         load_config({"loki_queue_policy": "drop_random"}, environ={})
     ex = make_exporter(loki_url=loki.url, loki_queue_policy="drop_oldest")
     assert ex.loki.config.queue_policy == "drop_oldest"
+
+
+# -- lifecycle: the owner starts the pusher, and closing it accounts for every line --------------------------------
+
+def test_nothing_is_pushed_before_start_and_close_counts_what_never_went(loki):
+    store = MetricStore()
+    p = LokiPusher(LokiConfig(url=loki.url, batch_wait_s=0.01, retry=FAST), store)  # built, not started
+    assert p.enqueue_many([span_entry(_span(i)) for i in range(3)]) == 3
+    assert not p.worker.alive() and not p.flush(0.05)  # no thread: nothing drains the queue
+    assert not p.close(1)  # not everything went out
+    assert loki.attempts == [] and store.value(c.LOKI_LINES_DROPPED_TOTAL, {"reason": "shutdown"}) == 3
+    assert not p.enqueue(span_entry(_span(9)))  # after close: refused and counted, never silently queued
+    assert store.value(c.LOKI_LINES_DROPPED_TOTAL, {"reason": "shutdown"}) == 4
+
+
+def test_close_within_its_deadline_sends_everything_and_says_so(loki):
+    store = MetricStore()
+    p = _pusher(loki.url, store, batch_wait_s=3600)  # the batch would wait an hour: only close sends it
+    p.enqueue_many([span_entry(_span(i)) for i in range(5)])
+    assert p.close(10) and len(loki.accepted) == 5 and not p.worker.alive()
+    assert store.value(c.LOKI_LINES_DROPPED_TOTAL, {"reason": "shutdown"}) is None

@@ -185,9 +185,10 @@ def test_sdk_fast_path_never_moves_a_bucket_exemplar_backwards(ex):
         run = tracer._implicit_run()  # a run of its own, so a trace of its own
         trace_ids.append(run.trace_id)
         if n == 3:  # the span path (record_step) shares the series and the rule
-            pipeline.record_step(Span(run.trace_id, f"{n + 1:016x}", run.workflow, "database", "postgres",
-                                      "SELECT 1", end - 20_000_000, end, "ok", run.span_id, run.correlation_id,
-                                      run.service))
+            pipeline.record_step(Span(trace_id=run.trace_id, span_id=f"{n + 1:016x}", workflow=run.workflow,
+                                      layer="database", component="postgres", operation="SELECT 1",
+                                      start_ns=end - 20_000_000, end_ns=end, status="ok", parent_span_id=run.span_id,
+                                      correlation_id=run.correlation_id, service=run.service))
         else:
             pipeline.fast_step(run, "database", "postgres", "SELECT 1", end - 20_000_000, end, f"{n + 1:016x}",
                                run.span_id)

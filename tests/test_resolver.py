@@ -5,7 +5,8 @@ T = "ab" * 16
 
 
 def _span(sid, parent=None, wf=None, name="op", start=1):
-    return Span(T, sid * 8, wf, "api", "svc", name, start, start + 10, parent_span_id=parent and parent * 8)
+    return Span(trace_id=T, span_id=sid * 8, workflow=wf, layer="api", component="svc", operation=name, start_ns=start,
+                end_ns=start + 10, parent_span_id=parent and parent * 8)
 
 
 def test_children_that_arrive_before_their_root_wait_for_its_name():
@@ -40,7 +41,8 @@ def test_pending_spans_are_bounded():
     r = WorkflowResolver(timeout_s=1000, max_pending_spans=10)
     ready = []
     for i in range(25):
-        s = Span(f"{i:032x}", f"{i + 1:016x}", None, "api", "svc", f"op{i}", 1, 2, parent_span_id="ff" * 8)
+        s = Span(trace_id=f"{i:032x}", span_id=f"{i + 1:016x}", workflow=None, layer="api", component="svc",
+                 operation=f"op{i}", start_ns=1, end_ns=2, parent_span_id="ff" * 8)
         ready += r.resolve([s], now=i)
     assert r.pending_spans <= 10
     assert len(ready) + r.pending_spans == 25
@@ -75,12 +77,14 @@ def test_a_named_span_of_any_service_releases_the_trace_and_keeps_its_own_name()
 def test_guesses_are_counted_by_reason():
     r = WorkflowResolver(timeout_s=10, max_pending_spans=2)
     r.resolve([_span("02", parent="01")], now=0)
-    r.resolve([Span("cd" * 16, "0a" * 8, None, "api", "svc", "a", 1, 2, parent_span_id="ff" * 8)], now=1)
+    r.resolve([Span(trace_id="cd" * 16, span_id="0a" * 8, workflow=None, layer="api", component="svc", operation="a",
+                    start_ns=1, end_ns=2, parent_span_id="ff" * 8)], now=1)
     assert r.expire(now=9) == [] and r.guessed == {}
     assert [s.operation for s in r.expire(now=10)] == ["op"]  # the older trace timed out, the other waits
     assert r.guessed == {"timeout": 1} and r.pending_spans == 1
     for i in range(2):  # over the bound: the oldest is forced out early
-        r.resolve([Span("ef" * 16, f"{i + 1:016x}", None, "api", "svc", f"b{i}", 5 + i, 9, parent_span_id="ee" * 8)],
+        r.resolve([Span(trace_id="ef" * 16, span_id=f"{i + 1:016x}", workflow=None, layer="api", component="svc",
+                        operation=f"b{i}", start_ns=5 + i, end_ns=9, parent_span_id="ee" * 8)],
                   now=2)
     assert r.guessed == {"timeout": 1, "pending_limit": 1} and r.pending_spans == 2
     out = r.expire(now=float("inf"))

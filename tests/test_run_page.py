@@ -118,9 +118,10 @@ def _stored_run(ex) -> str:
     trace, t0 = "ab" * 16, time.time_ns() - 5_000_000_000
     ms = 1_000_000
 
-    def span(sid, parent, layer, comp, op, start, end, **kw):
-        return Span(trace, sid, "checkout", layer, comp, op, t0 + start * ms, t0 + end * ms, kw.pop("status", "ok"),
-                    parent, "run-debugger", "shop", **kw)  # every span a step, as OTLP's are
+    def span(sid, parent, layer, comp, op, start, end, **kw):  # every span a step, as OTLP's are
+        return Span(trace_id=trace, span_id=sid, workflow="checkout", layer=layer, component=comp, operation=op,
+                    start_ns=t0 + start * ms, end_ns=t0 + end * ms, status=kw.pop("status", "ok"),
+                    parent_span_id=parent, correlation_id="run-debugger", service="shop", **kw)
 
     spans = [
         span("a000000000000001", None, "api", "shop", "POST /checkout", 0, 730, status="error",
@@ -314,17 +315,19 @@ def test_a_long_run_opens_folded_with_its_failure_open(ex, serve, browser):
     """451 spans: the root, 150 batches of 2 queries, one query failed. The page opens on the root and its batches,
     the failing batch open; a toggle, "Next failed span", the errors list and "Expand all" show the rest."""
     trace, t0, ms = "cd" * 16, time.time_ns() - 5_000_000_000, 1_000_000
-    spans = [Span(trace, f"{1:016x}", "nightly", "worker", "ledger", "reconcile", t0, t0 + 1000 * ms,
-                  correlation_id="long-run")]
+    spans = [Span(trace_id=trace, span_id=f"{1:016x}", workflow="nightly", layer="worker", component="ledger",
+                  operation="reconcile", start_ns=t0, end_ns=t0 + 1000 * ms, correlation_id="long-run")]
     for b in range(150):
         bid = f"{0x100 + b:016x}"
-        spans.append(Span(trace, bid, "nightly", "worker", "ledger", f"batch {b}", t0 + (1 + 6 * b) * ms,
-                          t0 + (6 + 6 * b) * ms, parent_span_id=f"{1:016x}", correlation_id="long-run"))
+        spans.append(Span(trace_id=trace, span_id=bid, workflow="nightly", layer="worker", component="ledger",
+                          operation=f"batch {b}", start_ns=t0 + (1 + 6 * b) * ms, end_ns=t0 + (6 + 6 * b) * ms,
+                          parent_span_id=f"{1:016x}", correlation_id="long-run"))
         for q in range(2):
             bad = b == 100 and q == 1
-            spans.append(Span(trace, f"{0x10000 + 2 * b + q:016x}", "nightly", "database", "postgres",
-                              f"query {b}.{q}", t0 + (2 + 6 * b + 2 * q) * ms, t0 + (3 + 6 * b + 2 * q) * ms,
-                              "error" if bad else "ok", bid, "long-run",
+            spans.append(Span(trace_id=trace, span_id=f"{0x10000 + 2 * b + q:016x}", workflow="nightly",
+                              layer="database", component="postgres", operation=f"query {b}.{q}",
+                              start_ns=t0 + (2 + 6 * b + 2 * q) * ms, end_ns=t0 + (3 + 6 * b + 2 * q) * ms,
+                              status="error" if bad else "ok", parent_span_id=bid, correlation_id="long-run",
                               error_type="DeadlockDetected" if bad else None,
                               error_message="deadlock detected" if bad else None))
     ex.runs.write(spans)

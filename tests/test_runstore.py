@@ -125,8 +125,8 @@ def test_oversized_state_is_truncated_with_a_marker(make_exporter, database_url)
 
 
 def _span(cid, sid, parent, end_ns, workflow="checkout", **kw):
-    return Span("a" * 32, sid, workflow, "api", "svc", "op", end_ns - 1_000_000, end_ns, parent_span_id=parent,
-                correlation_id=cid, **kw)
+    return Span(trace_id="a" * 32, span_id=sid, workflow=workflow, layer="api", component="svc", operation="op",
+                start_ns=end_ns - 1_000_000, end_ns=end_ns, parent_span_id=parent, correlation_id=cid, **kw)
 
 
 def test_retention_sweep_deletes_old_runs_only(make_exporter, database_url):

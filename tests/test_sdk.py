@@ -267,3 +267,88 @@ def test_runs_never_completed_are_evicted_and_leave_the_in_progress_gauge(ex, tr
         tracer.start_workflow("abandoned")
     assert tracer.evicted == 2
     assert ex.store.value(c.WORKFLOWS_IN_PROGRESS, {"workflow": "abandoned"}) == 3
+
+
+@pytest.fixture
+def no_run():
+    """Start with no current run, whatever an earlier test on this thread left open."""
+    from exporter.sdk.context import current_step
+    token = current_step.set(None)
+    yield
+    current_step.reset(token)
+
+
+class _FailingStartSink(InProcessSink):
+    """An in-process sink whose in-progress gauge update fails (a closed pipeline, a bug in a sink)."""
+
+    def started(self, workflow: str) -> None:
+        raise RuntimeError("sink is down")
+
+
+def _unrelated_step(ex, tracer):
+    seen = []
+    ex.pipeline.add_sink(seen.extend)
+    with tracer.step("cache", "redis", "GET unrelated"):
+        pass
+    return next(s for s in seen if s.operation == "GET unrelated")
+
+
+@pytest.mark.parametrize("case", ["bad workflow type", "sink raises"])
+def test_a_start_that_raises_leaves_no_run_for_the_next_step_to_join(ex, no_run, case):
+    if case == "bad workflow type":
+        tracer = WorkflowTracer(InProcessSink(ex.pipeline), service="shop")
+        with pytest.raises(ValueError, match="workflow_type must be a non-empty string, got None"):
+            tracer.start_workflow(None)
+    else:
+        tracer = WorkflowTracer(_FailingStartSink(ex.pipeline), service="shop")
+        with pytest.raises(RuntimeError, match="sink is down"):
+            tracer.start_workflow("checkout", correlation_id="dead-run")
+        with pytest.raises(KeyError, match="unknown or already completed"):
+            tracer.complete_workflow("dead-run")  # never opened: nothing to complete, nothing leaks
+    assert sdk.current_ids() == (None, None, None)
+    step = _unrelated_step(ex, tracer)
+    assert step.workflow == c.UNKNOWN_WORKFLOW and step.correlation_id != "dead-run"
+    assert ex.store.value(c.WORKFLOWS_IN_PROGRESS, {"workflow": "checkout"}) in (None, 0)
+
+
+def test_a_run_completed_from_another_thread_is_never_joined_by_a_later_step(ex, tracer, no_run):
+    cid = tracer.start_workflow("checkout")
+    assert sdk.current_correlation_id() == cid
+    done = threading.Thread(target=tracer.complete_workflow, args=(cid,))  # e.g. a callback thread ends it
+    done.start()
+    done.join(10)
+    assert not done.is_alive()
+    assert sdk.current_ids() == (None, None, None)  # log lines here no longer carry the finished run's ids
+    step = _unrelated_step(ex, tracer)
+    assert step.workflow == c.UNKNOWN_WORKFLOW and step.correlation_id != cid
+
+
+def test_a_run_evicted_unfinished_is_never_joined_by_a_later_step(ex, tracer, no_run):
+    import contextvars
+    tracer.MAX_OPEN = 1
+    abandoned = contextvars.copy_context()  # the context of a task that started a run and never ended it
+    cid = abandoned.run(tracer.start_workflow, "abandoned")
+    tracer.complete_workflow(tracer.start_workflow("other"))  # evicts the abandoned run
+    assert tracer.evicted == 1
+    assert abandoned.run(sdk.current_ids) == (None, None, None)
+    step = abandoned.run(_unrelated_step, ex, tracer)
+    assert step.workflow == c.UNKNOWN_WORKFLOW and step.correlation_id != cid
+
+
+@pytest.mark.parametrize("word,status", [
+    ("ok", "ok"), ("success", "ok"), ("succeeded", "ok"), ("completed", "ok"), ("complete", "ok"),
+    ("error", "error"), ("failed", "error"), ("failure", "error"), ("timeout", "timeout"),
+    ("timed_out", "timeout"), ("cancelled", "cancelled"), ("canceled", "cancelled"),
+])
+def test_the_sdk_and_native_json_accept_the_same_status_words(ex, tracer, word, status):
+    from exporter.decode import native
+    seen = []
+    ex.pipeline.add_sink(seen.extend)
+    cid = tracer.start_workflow("checkout")
+    tracer.complete_trace_step(tracer.add_trace_step(cid, "api", "orders", "POST"), status=word.upper())
+    tracer.complete_workflow(cid, status=word)
+    decoded = native.decode({"steps": [{"correlation_id": "c-1", "workflow_type": "checkout", "layer": "api",
+                                        "component": "orders", "operation": "POST", "status": word,
+                                        "started_at": 1795000000, "duration_ms": 1}]})
+    assert not decoded.rejected
+    assert {s.status for s in seen} == {decoded.spans[0].status} == {status}

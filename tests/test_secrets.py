@@ -182,6 +182,11 @@ R = Redactor()
     ("aws_access_key_id=AKIAX99 x", "aws_access_key_id=[REDACTED] x"),
     ("pwd=hunter2 passwd: x2 sessionid=abc", "pwd=[REDACTED] passwd: [REDACTED] sessionid=[REDACTED]"),
     ('{"client_secret": "s", "refresh_token": "t"}', '{"client_secret": [REDACTED], "refresh_token": [REDACTED]}'),
+    ("retry (token=abc), then fail", "retry (token=[REDACTED]), then fail"),  # the text's parenthesis stays
+    ("connect(host=db, password=hunter2)", "connect(host=db, password=[REDACTED])"),
+    ("(password=a(b)c)", "(password=[REDACTED])"),  # a parenthesis the value opened is the value's
+    ("(password=ab)c)", "(password=[REDACTED])"),
+    ("(auth Bearer abcdef123456)", "(auth Bearer [REDACTED])"),
 ])
 def test_text_detectors(raw, want):
     assert R.text(raw) == want
@@ -200,6 +205,7 @@ def test_text_detectors(raw, want):
     "user ana@example.com from https://shop.example/api?page=2",
     "eyJ is not a token; ASIA is a continent",
     "SELECT * FROM orders WHERE id = ? AND user = ?",
+    "execute(password=%s)",
 ])
 def test_text_leaves_what_is_not_a_secret(raw):
     assert R.text(raw) is raw

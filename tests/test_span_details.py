@@ -142,7 +142,8 @@ def test_store_keeps_details_links_runs_both_ways_and_sweeps_them(database_url):
              "events": [{"name": "retry", "time": now + 1.001, "attributes": {"attempt": 2, "token": "t0ps3cret"}}],
              "links": [{"trace_id": producer, "span_id": "c" * 16, "attributes": {"password": "pw"}},
                        {"trace_id": "d" * 32, "span_id": "e" * 16}]}]})  # a link to a run never stored
-        spans.append(Span(consumer, "f" * 16, "fulfil", "api", "svc", "plain", 1, 2, parent_span_id="1" * 16,
+        spans.append(Span(trace_id=consumer, span_id="f" * 16, workflow="fulfil", layer="api", component="svc",
+                          operation="plain", start_ns=1, end_ns=2, parent_span_id="1" * 16,
                           correlation_id="cons-1"))  # no details: no row
         counts = store.write(spans)
         assert counts["spans"] == 3
@@ -175,9 +176,11 @@ def test_store_shares_one_resource_json_per_batch_and_isolates_a_poisoned_detail
     store = _store(database_url)
     try:
         res = {"service.name": "shop", "db.password": "hunter2", "k8s.pod.name": "shop-7d9"}
-        good = [Span(f"{i:032x}", f"{i:016x}", "w", "api", "svc", "op", 1, 2, correlation_id=f"run-{i}",
-                     kind="server", resource=res) for i in range(1, 4)]
-        bad = Span("9" * 32, "9" * 16, "w", "api", "svc", "op", 1, 2, correlation_id="bad", kind="server")
+        good = [Span(trace_id=f"{i:032x}", span_id=f"{i:016x}", workflow="w", layer="api", component="svc",
+                     operation="op", start_ns=1, end_ns=2, correlation_id=f"run-{i}", kind="server", resource=res)
+                for i in range(1, 4)]
+        bad = Span(trace_id="9" * 32, span_id="9" * 16, workflow="w", layer="api", component="svc", operation="op",
+                   start_ns=1, end_ns=2, correlation_id="bad", kind="server")
         bad.events = 5  # not a list: building its detail row fails, and only it is left out
         poisoned: list = []
         counts = store.write([*good, bad], poisoned)

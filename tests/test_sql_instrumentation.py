@@ -1,7 +1,10 @@
 """SQLAlchemy instrumentation on a real SQLite database: steps, normalised statements, slow queries, N+1."""
 
+import time
+
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.exc import OperationalError
 
 from backend.app import create_app
 from exporter import conventions as c
@@ -33,6 +36,22 @@ def test_the_slow_query_threshold_comes_from_the_alert_spec():
     assert slow_ms_from_spec() == 100.0  # alert_rules/spec/flowscope.yaml: database response_time warning
 
 
+class StatementClock:
+    """The instrumentation's clock: 1 us a reading, so a statement takes 1 us however busy the machine is,
+    except inside ``SELECT stall(ms)``, a SQLite function that moves the clock on by ``ms``."""
+
+    def __init__(self):
+        self.now = time.time_ns()
+
+    def __call__(self) -> int:
+        self.now += 1_000
+        return self.now
+
+    def stall(self, ms: int) -> int:
+        self.now += ms * 1_000_000
+        return ms
+
+
 def test_queries_become_steps_and_slow_and_n_plus_one_are_flagged(make_exporter, tmp_path):
     loki = FakeLoki()
     try:
@@ -40,18 +59,19 @@ def test_queries_become_steps_and_slow_and_n_plus_one_are_flagged(make_exporter,
         web = create_app(ex).test_client()
         t = WorkflowTracer(InProcessSink(ex.pipeline), service="shop")
         engine = create_engine(f"sqlite:///{tmp_path}/app.db")
-        instrument_engine(engine, tracer=t, slow_ms=60, n_plus_one=10)  # far from both: a loaded CI core
+        clock = StatementClock()
+        event.listen(engine, "connect", lambda dbapi_conn, _: dbapi_conn.create_function("stall", 1, clock.stall))
+        # slow: 100 ms (the spec's database warning); every statement takes 1 us but the stalled one, 250 ms
+        instrument_engine(engine, tracer=t, slow_ms=100, n_plus_one=10, clock=clock)
         with engine.begin() as conn:
             conn.execute(text("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)"))
             conn.execute(text("INSERT INTO items (id, name) VALUES (1, 'a'), (2, 'b')"))
-        with t.workflow("checkout") as run:
-            with engine.connect() as conn:
-                for i in range(12):  # one query per item: the N+1 shape
-                    conn.execute(text(f"SELECT name FROM items WHERE id = {i}")).all()
-                conn.execute(text("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 1000000) "
-                                  "SELECT count(*) FROM n")).all()
-                with pytest.raises(Exception):
-                    conn.execute(text("SELECT nope FROM missing_table"))
+        with t.workflow("checkout") as run, engine.connect() as conn:
+            for i in range(12):  # one query per item: the N+1 shape
+                conn.execute(text(f"SELECT name FROM items WHERE id = {i}")).all()
+            conn.execute(text("SELECT stall(250) FROM items WHERE name = 'a'")).all()
+            with pytest.raises(OperationalError, match="no such table"):
+                conn.execute(text("SELECT nope FROM missing_table"))
         assert ex.pipeline.recorder.flush()
         spans = [s for s in ex.runs.get_run(run.correlation_id)["spans"] if s["layer"] == "database"]
         assert len(spans) == 14
@@ -68,7 +88,7 @@ def test_queries_become_steps_and_slow_and_n_plus_one_are_flagged(make_exporter,
             assert ex.store.value(c.QUERY_PATTERNS_TOTAL, {"workflow": "checkout", "kind": kind}) == 1
         lines = [a for a in loki.wait_accepted(16) if '"db_pattern"' in a["line"]]
         assert len(lines) == 2 and all(a["labels"]["level"] == "warn" for a in lines)
-        assert all(" ?" in a["line"] and "1000000" not in a["line"] for a in lines)  # statements without literals
+        assert all(" ?" in a["line"] and "'a'" not in a["line"] for a in lines)  # statements without literals
         page = web.get(f"/runs/{run.correlation_id}").get_data(as_text=True)
         assert "Database findings (2)" in page and "n_plus_one" in page and "slow_query" in page
     finally:

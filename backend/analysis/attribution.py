@@ -56,15 +56,18 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain, pairwise
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 from scipy import special
 
 from exporter import conventions as c
-from exporter.runstore import AttributionRows
+from exporter.store import AttributionRows
 
 MAX_VALUES_PER_KEY = 50
 MAX_VALUE_CHARS = 200
@@ -82,6 +85,9 @@ SELECTIONS = ("failed", "slow", "window", "error", "filter")
 OPS = ("=", ">", "<")
 _BUILTIN = ("layer", "component", "operation", "service")
 _LN10 = math.log(10)
+#: One JSON scalar of a span's attributes as :func:`build` indexes it: (token, dimension, numeric value or None).
+_Item = tuple[int, int, float | None]
+_F64 = npt.NDArray[np.float64]
 
 
 class SelectionError(ValueError):
@@ -130,9 +136,9 @@ def outcome_key(key: str, patterns: tuple[str, ...]) -> bool:
 
 @dataclass(slots=True)
 class Features:
-    """The runs of :meth:`RunStore.attribution_runs` / ``attribution_spans`` as arrays: which run has which value (``inc_run``,
-    ``inc_tok``: unique pairs), each value's dimension and text, and each numeric dimension's value per run
-    (the largest of its spans'; NaN when absent)."""
+    """The runs of :meth:`RunStore.attribution_runs` / ``attribution_spans`` as arrays: which run has which
+    value (``inc_run``, ``inc_tok``: unique pairs), each value's dimension and text, and each numeric
+    dimension's value per run (the largest of its spans'; NaN when absent)."""
 
     rows: AttributionRows
     run_ids: list[str]
@@ -186,16 +192,19 @@ def build(rows: AttributionRows, outcome_keys: tuple[str, ...] = c.ATTRIBUTION_O
             token_value.append(v)
         return t
 
-    def item(prefix: str, k: str, v, t) -> tuple[int, int, float | None] | None:
-        if t is float and not math.isfinite(v):
+    def item(prefix: str, k: str, v: str | float) -> _Item | None:  # v: str, int, bool or float
+        """(token, dimension, numeric value or None) of one JSON scalar, None for a non-finite float; its exact
+        type decides (a bool is text, not a number)."""
+        if type(v) is float and not math.isfinite(v):
             return None
         d = dim_of(prefix + k, k)
-        num = float(v) if t is int or t is float else None
+        num = float(v) if type(v) is int or type(v) is float else None
         if num is None:
             textual[d] = True
-        return token(d, v if t is str else repr(v) if t is float else str(v)), d, num
+        return token(d, v if type(v) is str else repr(v) if type(v) is float else str(v)), d, num
 
-    item_caches: dict[str, dict[tuple, tuple | None]] = {c.DIM_ATTR: {}, c.DIM_RESOURCE: {}, c.DIM_METADATA: {}}
+    item_caches: dict[str, dict[tuple[str, str | float, type], _Item | None]] = {
+        c.DIM_ATTR: {}, c.DIM_RESOURCE: {}, c.DIM_METADATA: {}}
 
     def parse(text: str, prefix: str) -> int:
         try:
@@ -215,9 +224,10 @@ def build(rows: AttributionRows, outcome_keys: tuple[str, ...] = c.ATTRIBUTION_O
                 elif t is not int and t is not bool and t is not float:
                     continue
                 key = (k, v, t)
-                e = cache.get(key, False)
-                if e is False:
-                    e = cache[key] = item(prefix, k, v, t)
+                try:
+                    e = cache[key]
+                except KeyError:
+                    e = cache[key] = item(prefix, k, v)
                 if e is None:
                     continue
                 toks.append(e[0])
@@ -230,7 +240,7 @@ def build(rows: AttributionRows, outcome_keys: tuple[str, ...] = c.ATTRIBUTION_O
         return len(entry_tokens) - 1
 
     d_layer, d_comp, d_op, d_service = (dim_of(name, None) for name in _BUILTIN)
-    names: dict[tuple, int] = {}
+    names: dict[tuple[str, str, str, str], int] = {}
     attr_cache: dict[str, int] = {}
     meta_cache: dict[str, int] = {}
     res_cache: dict[str, int] = {}
@@ -307,8 +317,9 @@ def _unique_sorted(x: np.ndarray) -> np.ndarray:
     return x[np.concatenate(([True], x[1:] != x[:-1]))]
 
 
-def _expand(runs_of: np.ndarray, ents: np.ndarray, lens_of: list[tuple], columns: tuple[list[tuple], ...],
-            dtypes: tuple) -> tuple[np.ndarray, list[np.ndarray]]:
+def _expand(runs_of: np.ndarray, ents: np.ndarray, lens_of: Sequence[tuple[object, ...]],
+            columns: tuple[Sequence[tuple[float, ...]], ...], dtypes: tuple[type[np.generic], ...]
+            ) -> tuple[np.ndarray, list[np.ndarray]]:
     """(run, items...) for every item of every referenced entry: a CSR gather, no per-span Python loop.
     ``columns`` are parallel lists of per-entry tuples (same lengths as ``lens_of``'s)."""
     lens = np.fromiter((len(t) for t in lens_of), np.int64, len(lens_of))
@@ -459,7 +470,7 @@ def select(f: Features, s: Selection, step_ms: dict[str, float] | None = None
 _TAIL_TERMS = 64
 
 
-def log_fisher_greater(a, n_with, n_selected: int, n_total: int) -> np.ndarray:
+def log_fisher_greater(a: npt.ArrayLike, n_with: npt.ArrayLike, n_selected: int, n_total: int) -> np.ndarray:
     """ln P(X >= a) for X ~ Hypergeometric(``n_total`` runs, ``n_selected`` selected, ``n_with`` drawn): the
     one-sided Fisher exact test of "the value is over-represented in the selection", per element.
 
@@ -475,7 +486,7 @@ def log_fisher_greater(a, n_with, n_selected: int, n_total: int) -> np.ndarray:
     big_k, big_n = float(n_selected), float(n_total)
     kmax = np.minimum(m, big_k)
 
-    def lchoose(x, y):
+    def lchoose(x: float | _F64, y: _F64) -> _F64:
         return special.gammaln(x + 1) - special.gammaln(y + 1) - special.gammaln(x - y + 1)
 
     term = lchoose(big_k, a) + lchoose(big_n - big_k, m - a) - lchoose(big_n, m)
@@ -501,7 +512,8 @@ def log_fisher_greater(a, n_with, n_selected: int, n_total: int) -> np.ndarray:
             rest = terms[:, -1] + np.log(r / (1 - r))
         done = (k[idx] >= kmax[idx]) | ((r < 1) & (rest - total[idx] < -35))
         active[idx[done]] = False
-    return np.minimum(total, 0.0)
+    out: np.ndarray = np.minimum(total, 0.0)
+    return out
 
 
 def _logsumexp_rows(x: np.ndarray) -> np.ndarray:
@@ -509,7 +521,8 @@ def _logsumexp_rows(x: np.ndarray) -> np.ndarray:
     top = x.max(axis=1)
     safe = np.where(np.isfinite(top), top, 0.0)
     with np.errstate(divide="ignore"):
-        return np.log(np.exp(x - safe[:, None]).sum(axis=1)) + safe
+        out: np.ndarray = np.log(np.exp(x - safe[:, None]).sum(axis=1)) + safe
+    return out
 
 
 def bh_log(logp: np.ndarray, m: int | None = None) -> np.ndarray:
@@ -557,7 +570,7 @@ class _Cand:
 
 def attribute(f: Features, sel: np.ndarray, pop: np.ndarray, q: float = 0.05, top: int = 20, samples: int = 3,
               max_values_per_key: int = MAX_VALUES_PER_KEY, dimensions: int = 20, pairs: bool = True,
-              exclude: set[str] | frozenset[str] = frozenset()) -> dict:
+              exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """Rank the values over-represented in ``sel`` against ``pop & ~sel`` (see the module docstring);
     dimensions in ``exclude`` (a filter's own) are not candidates."""
     base = pop & ~sel
@@ -730,7 +743,9 @@ def _label(x: _Cand) -> str:
     return "|".join(f"{k.dimension}{k.op}{k.value}" for k in x.conds)
 
 
-def _distributions(f: Features, sel, base, a_tok, b_tok, cat_dim, numeric_dims, found, limit: int) -> list[dict]:
+def _distributions(f: Features, sel: np.ndarray, base: np.ndarray, a_tok: np.ndarray, b_tok: np.ndarray,
+                   cat_dim: np.ndarray, numeric_dims: list[int], found: list[_Cand], limit: int
+                   ) -> list[dict[str, Any]]:
     """Per dimension, its values' counts in the selection and the baseline: the dimensions of the findings
     first, in their order, then the other tested dimensions by name."""
     n1, n0 = int(sel.sum()), int(base.sum())
@@ -790,6 +805,6 @@ def _distributions(f: Features, sel, base, a_tok, b_tok, cat_dim, numeric_dims, 
     return out
 
 
-def _dist_row(value: str, a: int, b: int, n1: int, n0: int) -> dict:
+def _dist_row(value: str, a: int, b: int, n1: int, n0: int) -> dict[str, Any]:
     return {"value": value, "selection": a, "baseline": b, "share_of_selection": round(a / n1, 4) if n1 else 0.0,
             "share_of_baseline": round(b / n0, 4) if n0 else 0.0}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from exporter.classify import suggestion_for
 
 
-def status_of(g: dict) -> str:
+def status_of(g: Mapping[str, Any]) -> str:
     """open, resolved (no error of it has started a failure since the last resolution) or regressed (one has).
 
     Only an error that starts a failure (an origin) regresses its group: a caller's generic 502 that
@@ -19,7 +22,7 @@ def status_of(g: dict) -> str:
     return "open"
 
 
-def suggestions(g: dict, resolutions: list[dict]) -> list[dict]:
+def suggestions(g: Mapping[str, Any], resolutions: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Earlier resolution notes first (newest first), then the knowledge base's advice for the category."""
     out = [{"source": "resolution", "note": r["note"], "resolved_by": r.get("resolved_by"),
             "resolved_at_ns": r["resolved_at_ns"]} for r in resolutions]

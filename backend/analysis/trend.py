@@ -11,11 +11,20 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from scipy import stats
 
 
+class Trend(TypedDict):
+    trend: str  # new, spiking or steady
+    recent_count: int
+    expected_recent_count: float
+    baseline_count: int
+
+
 def trend(times_ns: list[int], first_seen_ns: int, now_ns: int, recent_s: float = 3600.0,
-          window_s: float = 86400.0) -> dict:
+          window_s: float = 86400.0) -> Trend:
     recent_start = now_ns - int(recent_s * 1e9)
     window_start = now_ns - int(window_s * 1e9)
     recent = sum(1 for t in times_ns if t >= recent_start)

@@ -6,7 +6,7 @@ spec (thresholds, SLO recording rules), so renames and spec changes flow here.
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import dashboard, heatmap, logs, stat, table
+from grafana_foundation_sdk.builders import dashboard, heatmap, logs, stat, table, timeseries
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
@@ -21,7 +21,7 @@ STEP = c.STEP_DURATION_SECONDS
 RUN = c.WORKFLOW_DURATION_SECONDS
 
 
-def _quantiles(metric: str, by: str, sel: str, title: str, description: str):
+def _quantiles(metric: str, by: str, sel: str, title: str, description: str) -> timeseries.Panel:
     p = ts(title, description, "s")
     for q in ("0.5", "0.95", "0.99"):
         p = p.with_target(prom(f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{sel}}}[{RATE}])))",

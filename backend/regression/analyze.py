@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from exporter import conventions as c
@@ -79,7 +81,7 @@ class Finding:
     p_adjusted: float
     detector: str
     direction: str  # regression | improvement
-    labels: dict = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
     index: int = -1  # position in the series' finite points
     kind: str = "step"  # step: the level moved; drift: the trend changed (rate_per_s is the new one)
     rate_per_s: float = 0.0
@@ -91,16 +93,16 @@ class Skipped:
     reason: str
 
 
-def _iso(t) -> str:
+def _iso(t: float | np.integer | np.floating | np.datetime64 | str | datetime) -> str:
     if isinstance(t, (int, float, np.integer, np.floating)):
         return str(int(t)) if float(t).is_integer() else str(t)  # --index: a position, not a time
     ts = pd.Timestamp(t)
     if ts.tzinfo is None:
-        ts = ts.tz_localize(timezone.utc)
+        ts = ts.tz_localize(UTC)
     return ts.isoformat().replace("+00:00", "Z")
 
 
-def _per_second(rate_per_point: float, times: np.ndarray) -> float:
+def _per_second(rate_per_point: float, times: npt.NDArray[np.generic]) -> float:
     if times.size < 2 or not np.issubdtype(times.dtype, np.datetime64):
         return rate_per_point
     step = float(np.median(np.diff(times).astype("timedelta64[ns]").astype(np.int64))) / 1e9
@@ -108,7 +110,8 @@ def _per_second(rate_per_point: float, times: np.ndarray) -> float:
 
 
 def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None, q: float | None = None,
-            labels: dict[str, dict] | None = None, period: int | None = None, counters: set[str] | None = None,
+            labels: dict[str, dict[str, str]] | None = None, period: int | None = None,
+            counters: set[str] | None = None,
             settings: Settings | None = None, min_effect: dict[str, float] | None = None,
             ) -> tuple[list[Finding], list[Skipped]]:
     """Change points (steps and drifts) per series; Benjamini–Hochberg over all of them.
@@ -125,7 +128,7 @@ def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None
     missing = {"time", "series", "value"} - set(frame.columns)
     if missing:
         raise ValueError(f"missing column(s) {sorted(missing)}; expected time, series, value")
-    candidates: list[tuple[str, Change, np.ndarray]] = []
+    candidates: list[tuple[str, Change, npt.NDArray[np.generic]]] = []
     skipped: list[Skipped] = []
     for name, g in frame.groupby("series", sort=True):
         g = g.sort_values("time")
@@ -156,8 +159,8 @@ def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None
     return findings, skipped
 
 
-def as_dicts(findings: list[Finding], skipped: list[Skipped]) -> dict:
-    return {"generated_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+def as_dicts(findings: list[Finding], skipped: list[Skipped]) -> dict[str, Any]:
+    return {"generated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             "findings": [asdict(f) for f in findings], "not_analysed": [asdict(s) for s in skipped]}
 
 
@@ -196,7 +199,8 @@ def plot(frame: pd.DataFrame, findings: list[Finding], path: str) -> None:
 
     n = max(1, len(findings))
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), squeeze=False)
-    for ax, f in zip(axes[:, 0], findings or [None]):
+    panels: list[Finding | None] = [*findings] or [None]
+    for ax, f in zip(axes[:, 0], panels):
         if f is None:
             ax.text(0.5, 0.5, "no findings", ha="center", va="center")
             ax.set_axis_off()

@@ -18,9 +18,16 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
+import numpy.typing as npt
 from scipy import special
+
+#: A series, or any array of floats here.
+Floats = npt.NDArray[np.float64]
+#: Segment boundaries, as an array.
+Indices = npt.NDArray[np.intp]
 
 MIN_SEGMENT = 5
 
@@ -46,9 +53,9 @@ class Change:
         return (self.after - self.before) / abs(self.before) if self.before else float("inf")
 
 
-def clean(values, counter: bool = False, min_points: int = 2 * MIN_SEGMENT) -> np.ndarray:
+def clean(values: npt.ArrayLike, counter: bool = False, min_points: int = 2 * MIN_SEGMENT) -> Floats:
     """A finite float array, or NotAnalysed saying why not."""
-    x = np.asarray(values, dtype=float)
+    x: Floats = np.asarray(values, dtype=float)
     if x.ndim != 1:
         raise NotAnalysed("not a one-dimensional series")
     finite = np.isfinite(x)
@@ -67,7 +74,7 @@ def clean(values, counter: bool = False, min_points: int = 2 * MIN_SEGMENT) -> n
     return x
 
 
-def _ci(seg: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+def _ci(seg: Floats, level: float = 0.95) -> tuple[float, float]:
     m = float(seg.mean())
     if seg.size < 2:
         return m, m
@@ -75,13 +82,13 @@ def _ci(seg: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return m - half, m + half
 
 
-def _spread(v: np.ndarray) -> float:
+def _spread(v: Floats) -> float:
     """1.4826·MAD, or the standard deviation when more than half the values are equal (sparse data)."""
     mad = float(np.median(np.abs(v - np.median(v)))) if v.size else 0.0
     return 1.4826 * mad if mad > 0 else float(np.std(v))
 
 
-def _hampel(x: np.ndarray, half: int = 3, k: float = 5.0) -> np.ndarray:
+def _hampel(x: Floats, half: int = 3, k: float = 5.0) -> Floats:
     """x with isolated spikes (runs of at most ``half`` points) replaced by the rolling median
     (Hampel filter; Pearson 2002): a spike is an outlier, not a change, and annotators don't mark it."""
     if x.size < 2 * half + 1:
@@ -96,14 +103,14 @@ def _hampel(x: np.ndarray, half: int = 3, k: float = 5.0) -> np.ndarray:
     return out
 
 
-def _acf(y: np.ndarray, max_lag: int) -> np.ndarray:
+def _acf(y: Floats, max_lag: int) -> Floats:
     y = y - y.mean()
     f = np.fft.rfft(y, 2 * y.size)
     a = np.fft.irfft(f * np.conj(f))[:max_lag + 1]
     return a / a[0] if a[0] > 0 else np.zeros(max_lag + 1)
 
 
-def find_period(values, min_cycles: int = 3, max_period: int | None = None, alpha: float = 1e-3,
+def find_period(values: npt.ArrayLike, min_cycles: int = 3, max_period: int | None = None, alpha: float = 1e-3,
                 min_share: float = 0.2) -> int | None:
     """The seasonal period of a series in points, or None when it has no significant cycle.
 
@@ -136,7 +143,7 @@ def find_period(values, min_cycles: int = 3, max_period: int | None = None, alph
     return p if pvalue < alpha and share >= min_share else None
 
 
-def _phase_test(x: np.ndarray, p: int) -> tuple[float, float]:
+def _phase_test(x: Floats, p: int) -> tuple[float, float]:
     """(share of variance explained by the phase means, ANOVA p-value) around a centred moving average."""
     n = x.size
     trend = np.convolve(x, np.ones(p) / p, mode="same")
@@ -153,7 +160,7 @@ def _phase_test(x: np.ndarray, p: int) -> tuple[float, float]:
     return float(np.var(means) / dev.var()), float(special.fdtrc(p - 1, dev.size - p, f_stat))  # one-way ANOVA
 
 
-def deseasonalize(x: np.ndarray, period: int) -> np.ndarray:
+def deseasonalize(x: Floats, period: int) -> Floats:
     """x minus its seasonal profile: the median, per phase, of x around a centred rolling median one
     period wide (a robust classical decomposition). Medians over every cycle keep one cycle's step
     out of the profile, so a step stays a step (STL's smoother bent it into a ramp)."""
@@ -163,13 +170,14 @@ def deseasonalize(x: np.ndarray, period: int) -> np.ndarray:
     phase = np.arange(x.size) % period
     dev = x - trend
     profile = np.array([np.median(dev[phase == i]) for i in range(period)])
-    return x - (profile - profile.mean())[phase]
+    out: Floats = x - (profile - profile.mean())[phase]
+    return out
 
 
 class _Sums:
     """Prefix sums for the least-squares cost of a line fitted to any segment x[s:t] in O(1)."""
 
-    def __init__(self, x: np.ndarray, slope_penalty: float = 0.0):
+    def __init__(self, x: Floats, slope_penalty: float = 0.0):
         self.slope_penalty = slope_penalty  # a sloped segment pays this over a flat one (one more parameter)
         t = np.arange(x.size, dtype=float)
         z = np.zeros(1)
@@ -177,7 +185,16 @@ class _Sums:
         self.t, self.tt = np.concatenate((z, np.cumsum(t))), np.concatenate((z, np.cumsum(t * t)))
         self.tx = np.concatenate((z, np.cumsum(t * x)))
 
-    def cost(self, s, t: int):
+    @overload
+    def cost(self, s: int, t: int) -> np.float64: ...
+
+    @overload
+    def cost(self, s: Indices, t: int | Indices) -> Floats: ...
+
+    @overload
+    def cost(self, s: int | Indices, t: Indices) -> Floats: ...
+
+    def cost(self, s: int | Indices, t: int | Indices) -> np.float64 | Floats:
         """Residual sum of squares of the least-squares line on x[s:t] (s may be an array)."""
         m = t - s
         sx, st = self.x[t] - self.x[s], self.t[t] - self.t[s]
@@ -185,7 +202,8 @@ class _Sums:
         vt = self.tt[t] - self.tt[s] - st * st / m
         cov = self.tx[t] - self.tx[s] - st * sx / m
         line = vx - cov * cov / np.maximum(vt, 1e-300)  # segments have >= 2 points, so vt > 0
-        return np.maximum(np.minimum(vx, line + self.slope_penalty), 0.0)
+        rss: np.float64 | Floats = np.maximum(np.minimum(vx, line + self.slope_penalty), 0.0)
+        return rss
 
 
 def _segment(sums: _Sums, n: int, penalty: float, min_seg: int, jump: int = 1) -> list[int]:
@@ -244,7 +262,7 @@ def _segment(sums: _Sums, n: int, penalty: float, min_seg: int, jump: int = 1) -
     return cps
 
 
-def _line(seg: np.ndarray, t0: int) -> tuple[float, float]:
+def _line(seg: Floats, t0: int) -> tuple[float, float]:
     """(slope, value at t0) of the least-squares line through seg, which starts at t0."""
     if seg.size < 3 or np.ptp(seg) == 0:
         return 0.0, float(seg.mean())
@@ -253,7 +271,7 @@ def _line(seg: np.ndarray, t0: int) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
-def _residuals(x: np.ndarray, cps: list[int]) -> np.ndarray:
+def _residuals(x: Floats, cps: list[int]) -> Floats:
     bounds = [0, *cps, x.size]
     out = []
     for a, b in itertools.pairwise(bounds):
@@ -262,7 +280,7 @@ def _residuals(x: np.ndarray, cps: list[int]) -> np.ndarray:
     return np.concatenate(out)
 
 
-def long_run_factor(r: np.ndarray, bandwidth: int | None = None) -> float:
+def long_run_factor(r: Floats, bandwidth: int | None = None) -> float:
     """Long-run variance of r over its variance (Newey & West 1987, Bartlett kernel), at least 1.
 
     Autocorrelated residuals (rates over overlapping windows, a wandering level) make neighbouring
@@ -279,7 +297,7 @@ def long_run_factor(r: np.ndarray, bandwidth: int | None = None) -> float:
     return max(s / g0, 1.0)
 
 
-def _effect(x: np.ndarray, a: int, t: int, b: int) -> tuple[float, float, float, float, float]:
+def _effect(x: Floats, a: int, t: int, b: int) -> tuple[float, float, float, float, float]:
     """(relative effect, level jump, mean before, mean after, slope change) of the change at t."""
     (s1, l1), (s2, l2) = _line(x[a:t], a), _line(x[t:b], t)
     before, after = float(x[a:t].mean()), float(x[t:b].mean())
@@ -296,7 +314,7 @@ class _Fit:
     (``penalty``, in units of that variance, times the long-run variance factor of a finer fit's
     residuals), at most ``max_changes`` changes (the penalty grows until so)."""
 
-    def __init__(self, x: np.ndarray, min_seg: int, penalty: float, max_changes: int):
+    def __init__(self, x: Floats, min_seg: int, penalty: float, max_changes: int):
         self.x = x
         n = x.size
         big = max(float(np.abs(x).max()), 1.0)
@@ -338,7 +356,7 @@ class _Fit:
         return sse / (noise * noise) + (3 * len(self.cps) + slopes) * ln
 
 
-def change_points(values, alpha: float = 0.01, min_seg: int = MIN_SEGMENT, max_changes: int = 20,
+def change_points(values: npt.ArrayLike, alpha: float = 0.01, min_seg: int = MIN_SEGMENT, max_changes: int = 20,
                   counter: bool = False, min_effect: float = 0.05, period: int | None = None,
                   penalty: float = 3.0) -> list[Change]:
     """Level shifts and trend changes in a series: optimal piecewise-linear segmentation.

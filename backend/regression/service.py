@@ -13,36 +13,16 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text, UniqueConstraint, select
+from sqlalchemy import select
 
 from exporter import conventions as c
-from exporter.db import add_missing_columns
+from exporter.store.migrate import ensure_schema
+from exporter.store.schema import regressions
 
 from .analyze import DEFAULT_QUERIES, Finding, Settings, analyze
 from .sources import PrometheusSource, SourceError
 
 log = logging.getLogger("flowscope.regression")
-
-metadata = MetaData()
-regressions = Table(
-    "regressions", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("series", String(500), nullable=False),
-    Column("labels", Text, nullable=False),
-    Column("change_time", String(40), nullable=False),
-    Column("detector", String(40), nullable=False),
-    Column("direction", String(20), nullable=False),
-    Column("before", Float, nullable=False),
-    Column("after", Float, nullable=False),
-    Column("relative_change", Float, nullable=False),
-    Column("p_value", Float, nullable=False),
-    Column("p_adjusted", Float, nullable=False),
-    Column("first_seen", DateTime(timezone=True), nullable=False),
-    Column("last_seen", DateTime(timezone=True), nullable=False),
-    Column("kind", String(10)),  # step | drift; added after the first release, so nullable (NULL: step)
-    Column("rate_per_s", Float),  # a drift's new rate
-    UniqueConstraint("series", "change_time", "detector", name="uq_regression"),
-)
 
 GAUGE_LABELS = ("query", c.L_WORKFLOW, c.L_LAYER, c.L_COMPONENT, c.L_DETECTOR, "direction")
 
@@ -65,8 +45,7 @@ class RegressionService:
         self.source = source
         self.since_s, self.step_s, self.q = since_s, step_s, q
         self.annotate = annotate  # callable(finding) -> None, or None when Grafana is not configured
-        metadata.create_all(engine)
-        add_missing_columns(engine, regressions)
+        ensure_schema(engine)
         self._run_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,6 +153,11 @@ class RegressionService:
         return out
 
     def start(self, interval_s: float) -> None:
+        """Detect every ``interval_s`` on a thread named ``flowscope-detect`` (once); whoever starts it stops it."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
         def loop():
             while not self._stop.wait(interval_s):
                 try:
@@ -186,8 +170,17 @@ class RegressionService:
         self._thread = threading.Thread(target=loop, name="flowscope-detect", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """Stop the schedule; wait up to ``timeout_s`` for a run in progress. True if the thread ended."""
         self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        thread.join(timeout_s)
+        if thread.is_alive():
+            log.warning("a detection run is still going past the shutdown deadline; leaving it")
+            return False
+        return True
 
 
 def grafana_annotator(provisioner):

@@ -33,7 +33,7 @@ class Fetched(NamedTuple):
 
     frame: pd.DataFrame  # columns time, series, value
     higher_is_better: dict[str, bool]
-    labels: dict[str, dict]
+    labels: dict[str, dict[str, str]]  # series -> its Prometheus labels and the query's name
     counters: set[str]  # series from a query marked counter: a decrease is a reset
     min_effect: dict[str, float]  # series whose query sets its own smallest relative change
 
@@ -47,9 +47,9 @@ class PrometheusSource:
         end = end or time.time()
         rows, better, labels, counters, effect = [], {}, {}, set(), {}
         for q in queries:
+            params: dict[str, str | float] = {"query": q.promql, "start": end - since_s, "end": end, "step": step_s}
             try:
-                r = requests.get(self.url.rstrip("/") + "/api/v1/query_range", timeout=self.timeout_s,
-                                 params={"query": q.promql, "start": end - since_s, "end": end, "step": step_s})
+                r = requests.get(self.url.rstrip("/") + "/api/v1/query_range", timeout=self.timeout_s, params=params)
             except requests.RequestException as e:
                 raise SourceError(f"Prometheus at {self.url} is unreachable: {e.__class__.__name__}") from None
             if r.status_code != 200:
@@ -88,7 +88,7 @@ def load_queries(path: str) -> tuple[SeriesQuery, ...]:
             raise SourceError(f"{path}: [{i}]: expected a mapping")
         unknown = set(q) - {"name", "promql", "higher_is_better", "unit", "counter", "min_effect"}
         if unknown:
-            raise SourceError(f"{path}: [{i}].{sorted(unknown)[0]}: unknown field")
+            raise SourceError(f"{path}: [{i}].{min(unknown)}: unknown field")
         for k in ("name", "promql"):
             if not isinstance(q.get(k), str) or not q[k].strip():
                 raise SourceError(f"{path}: [{i}].{k}: required, a non-empty string")

@@ -20,7 +20,7 @@ CRITICAL = "flowscope-critical"
 WARNING = "flowscope-warning"
 
 
-def _webhook(r: Routing) -> dict:
+def _webhook(r: Routing) -> dict[str, Any]:
     cfg: dict[str, Any] = {"url": r.webhook_url, "send_resolved": True}
     if r.webhook_credentials_file:
         cfg["http_config"] = {"authorization": {"type": "Bearer", "credentials_file": r.webhook_credentials_file}}
@@ -30,7 +30,7 @@ def _webhook(r: Routing) -> dict:
     return cfg
 
 
-def _integrations(r: Routing, severity: str) -> dict:
+def _integrations(r: Routing, severity: str) -> dict[str, Any]:
     rec: dict[str, Any] = {"webhook_configs": [_webhook(r)]}
     if r.slack:
         rec["slack_configs"] = [{"send_resolved": True, **r.slack}]

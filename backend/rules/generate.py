@@ -76,7 +76,7 @@ def threshold_expr(t: Threshold, rate_window: str) -> str:
     return f"{agg} by ({c.L_LAYER}, {c.L_COMPONENT}) ({metric}{{{sel}}})"
 
 
-def threshold_alert(spec: Spec, t: Threshold, severity: str) -> dict:
+def threshold_alert(spec: Spec, t: Threshold, severity: str) -> dict[str, Any]:
     value = t.warning if severity == c.SEVERITY_WARNING else t.critical
     op = ">" if t.metric.higher_is_worse else "<"
     per_workflow = t.metric.name in ("response_time", "error_rate")
@@ -123,7 +123,7 @@ def _selector(*matchers: str) -> str:
 
 def _slo_matcher(s: SLO) -> str:
     """A named SLO selects its workflow; a default selects every workflow but those with their own SLO."""
-    return _not_any_of(s.except_workflows) if s.is_default else f"{c.L_WORKFLOW}={quote(s.workflow)}"
+    return _not_any_of(s.except_workflows) if s.workflow is None else f"{c.L_WORKFLOW}={quote(s.workflow)}"
 
 
 def slo_error_ratio_expr(s: SLO, window: str) -> str:
@@ -135,6 +135,8 @@ def slo_error_ratio_expr(s: SLO, window: str) -> str:
         bad = f"{by} (rate({c.WORKFLOW_RUNS_TOTAL}{_selector(wf, f'status=~{quote(FAILED)}')}[{window}]))"
         # `or 0 * total` makes the ratio 0, not empty, while every run succeeds.
         return f"({bad} or 0 * {total}) / {total}"
+    if s.threshold_s is None:  # the spec gives every latency SLO its threshold
+        raise ValueError(f"SLO {s.name}: a latency SLO without a threshold")
     le = float_to_go_string(s.threshold_s)
     fast = f"{by} (rate({c.WORKFLOW_DURATION_SECONDS}_bucket{_selector(wf, f'le={quote(le)}')}[{window}]))"
     total = f"{by} (rate({c.WORKFLOW_DURATION_SECONDS}_count{_selector(wf)}[{window}]))"
@@ -146,7 +148,7 @@ def slo_events_expr(s: SLO, window: str) -> str:
     return f"sum by ({c.L_WORKFLOW}) (increase({metric}{_selector(_slo_matcher(s))}[{window}]))"
 
 
-def _slo_recording(s: SLO) -> list[dict]:
+def _slo_recording(s: SLO) -> list[dict[str, Any]]:
     labels = {c.L_SLO: s.name, L_SLO_TYPE: s.type}
     rules = [{"record": c.REC_SLO_ERROR_RATIO.format(window=w), "expr": slo_error_ratio_expr(s, w), "labels": labels}
              for w in WINDOWS]
@@ -156,8 +158,8 @@ def _slo_recording(s: SLO) -> list[dict]:
     return rules
 
 
-def slo_alerts(spec: Spec, s: SLO) -> list[dict]:
-    out = []
+def slo_alerts(spec: Spec, s: SLO) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     sel = f"{{{c.L_SLO}={quote(s.name)}}}"
     who = "{{ $labels.workflow }}" if s.is_default else s.workflow
     objective = f"{s.objective * 100:g}%"
@@ -190,7 +192,7 @@ def slo_alerts(spec: Spec, s: SLO) -> list[dict]:
     return out
 
 
-def absent_alert(spec: Spec, workflow: str) -> dict:
+def absent_alert(spec: Spec, workflow: str) -> dict[str, Any]:
     """A workflow the spec names: no series for ABSENT_FOR fires, even if it never ran (it was declared)."""
     return {
         "alert": c.ALERT_WORKFLOW_DATA_ABSENT,
@@ -218,7 +220,7 @@ def seen_absent_expr(spec: Spec) -> str:
             f"\n unless {by} ({c.WORKFLOW_RUNS_TOTAL})")
 
 
-def seen_absent_alert(spec: Spec) -> dict:
+def seen_absent_alert(spec: Spec) -> dict[str, Any]:
     wf = "{{ $labels.workflow }}"
     return {
         "alert": c.ALERT_WORKFLOW_DATA_ABSENT,
@@ -236,7 +238,7 @@ def seen_absent_alert(spec: Spec) -> dict:
     }
 
 
-def regression_alert(spec: Spec) -> dict:
+def regression_alert(spec: Spec) -> dict[str, Any]:
     """Fires while statistical detection (flowscope detect / the backend's schedule) reports a regression."""
     by = f"query, {c.L_WORKFLOW}, {c.L_LAYER}, {c.L_COMPONENT}, {c.L_DETECTOR}"
     return {
@@ -276,7 +278,7 @@ class _Dumper(yaml.SafeDumper):
     pass
 
 
-def _str(dumper, data: str):
+def _str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
     style = "|" if "\n" in data else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 

@@ -8,6 +8,7 @@ the rule templates (which only use ``$labels``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from exporter import conventions as c
@@ -29,7 +30,7 @@ def _render(template: str, labels: dict[str, str]) -> str:
     return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m.group(1), ""), template)
 
 
-def _expected(rule: dict, labels: dict[str, str]) -> dict:
+def _expected(rule: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
     all_labels = {**labels, **rule["labels"]}
     return {"exp_labels": all_labels,
             "exp_annotations": {k: _render(v, all_labels) for k, v in rule["annotations"].items()}}
@@ -50,7 +51,7 @@ def _series(name: str, labels: dict[str, str]) -> str:
 # --- thresholds ------------------------------------------------------------------------------------
 
 
-def _bucket_for(bounds: tuple[float, ...], ok) -> int:
+def _bucket_for(bounds: tuple[float, ...], ok: Callable[[float], bool]) -> int:
     """Index of a bucket where 'all observations in it' puts p95 where ``ok(p95)`` holds."""
     for k, hi in enumerate(bounds):
         lo = bounds[k - 1] if k else 0.0
@@ -59,7 +60,8 @@ def _bucket_for(bounds: tuple[float, ...], ok) -> int:
     raise SpecError("thresholds", "no histogram bucket puts p95 between these thresholds; widen them or the buckets")
 
 
-def _threshold_inputs(spec: Spec, t: Threshold, value_case: str, minutes: int) -> tuple[list[dict], dict[str, str]]:
+def _threshold_inputs(spec: Spec, t: Threshold, value_case: str, minutes: int
+                      ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     w, cr = t.warning, t.critical
     hi_worse = t.metric.higher_is_worse
     if t.metric.name == "response_time":
@@ -90,7 +92,7 @@ def _threshold_inputs(spec: Spec, t: Threshold, value_case: str, minutes: int) -
     return [{"series": _series(metric, labels), "values": _constant(round(v, 6), minutes)}], labels
 
 
-def _threshold_cases(spec: Spec, t: Threshold) -> list[dict]:
+def _threshold_cases(spec: Spec, t: Threshold) -> list[dict[str, Any]]:
     eval_min = int(_minutes(t.for_) + 15)
     minutes = eval_min + 5
     warn_rule = threshold_alert(spec, t, c.SEVERITY_WARNING)
@@ -113,7 +115,8 @@ def _threshold_cases(spec: Spec, t: Threshold) -> list[dict]:
 def _unnamed(spec: Spec, stem: str, n: int = 1) -> list[str]:
     """``n`` workflow names the spec does not name: what a default SLO covers without being told."""
     taken = set(spec.named_workflows)
-    out, i = [], 0
+    out: list[str] = []
+    i = 0
     while len(out) < n:
         i += 1
         if f"{stem}_{i}" not in taken:
@@ -122,10 +125,10 @@ def _unnamed(spec: Spec, stem: str, n: int = 1) -> list[str]:
 
 
 def _workflow(spec: Spec, s: SLO) -> str:
-    return _unnamed(spec, "any_workflow")[0] if s.is_default else s.workflow
+    return _unnamed(spec, "any_workflow")[0] if s.workflow is None else s.workflow
 
 
-def _slo_inputs(s: SLO, bad_ratio: float, runs_per_min: float, minutes: int, workflow: str) -> list[dict]:
+def _slo_inputs(s: SLO, bad_ratio: float, runs_per_min: float, minutes: int, workflow: str) -> list[dict[str, Any]]:
     if s.type == "availability":
         return [
             {"series": _series(c.WORKFLOW_RUNS_TOTAL, {c.L_WORKFLOW: workflow, c.L_STATUS: "ok"}),
@@ -134,6 +137,8 @@ def _slo_inputs(s: SLO, bad_ratio: float, runs_per_min: float, minutes: int, wor
              "values": _counter(round(runs_per_min * bad_ratio, 6), minutes)},
         ]
     labels = {c.L_WORKFLOW: workflow, c.L_STATUS: "ok"}
+    if s.threshold_s is None:  # the spec gives every latency SLO its threshold
+        raise ValueError(f"SLO {s.name}: a latency SLO without a threshold")
     le = float_to_go_string(s.threshold_s)
     return [
         {"series": _series(f"{c.WORKFLOW_DURATION_SECONDS}_bucket", {**labels, "le": le}),
@@ -143,7 +148,7 @@ def _slo_inputs(s: SLO, bad_ratio: float, runs_per_min: float, minutes: int, wor
     ]
 
 
-def _slo_cases(spec: Spec, s: SLO) -> list[dict]:
+def _slo_cases(spec: Spec, s: SLO) -> list[dict[str, Any]]:
     page, ticket = slo_alerts(spec, s)
     wf = _workflow(spec, s)
     labels = {c.L_WORKFLOW: wf}
@@ -170,7 +175,7 @@ def _slo_cases(spec: Spec, s: SLO) -> list[dict]:
     return out
 
 
-def _default_coverage_case(spec: Spec, s: SLO, minutes: int) -> dict:
+def _default_coverage_case(spec: Spec, s: SLO, minutes: int) -> dict[str, Any]:
     """A default SLO records every unnamed workflow, and none that has its own SLO of the same type."""
     unnamed = _unnamed(spec, "any_workflow", 2)
     series = [x for w in (*unnamed, *s.except_workflows) for x in _slo_inputs(s, 0.01, 60, minutes, w)]
@@ -181,14 +186,14 @@ def _default_coverage_case(spec: Spec, s: SLO, minutes: int) -> dict:
         "exp_samples": [{"labels": _series("", {c.L_WORKFLOW: w}), "value": 1} for w in sorted(unnamed)]}]}
 
 
-def _seen_absent_cases(spec: Spec) -> list[dict]:
+def _seen_absent_cases(spec: Spec) -> list[dict[str, Any]]:
     """A default SLO's absent-data alert: a workflow that ran and stopped fires, one never seen does not, and a
     named workflow that stopped fires its own alert only (not a second one)."""
     rule = seen_absent_alert(spec)
     named = list(spec.named_workflows)
     steady, stopped = _unnamed(spec, "seen_workflow", 2)
 
-    def series(w, minutes):
+    def series(w: str, minutes: int) -> dict[str, Any]:
         return {"series": _series(c.WORKFLOW_RUNS_TOTAL, {c.L_WORKFLOW: w, c.L_STATUS: "ok"}),
                 "values": _counter(1, minutes)}
 
@@ -204,11 +209,11 @@ def _seen_absent_cases(spec: Spec) -> list[dict]:
             for inputs, exp in ((stops, expected), (runs, []))]
 
 
-def _absent_cases(spec: Spec, workflow: str, all_workflows: list[str]) -> list[dict]:
+def _absent_cases(spec: Spec, workflow: str, all_workflows: list[str]) -> list[dict[str, Any]]:
     """Absent fires for the one workflow whose series is missing, and not while all are present."""
     rule = absent_alert(spec, workflow)
 
-    def series(workflows):
+    def series(workflows: list[str]) -> list[dict[str, Any]]:
         return [{"series": _series(c.WORKFLOW_RUNS_TOTAL, {c.L_WORKFLOW: w, c.L_STATUS: "ok"}),
                  "values": _counter(1, 30)} for w in workflows]
 
@@ -220,7 +225,7 @@ def _absent_cases(spec: Spec, workflow: str, all_workflows: list[str]) -> list[d
             for inputs, firing in ((missing, True), (present, False))]
 
 
-def _regression_cases(spec: Spec) -> list[dict]:
+def _regression_cases(spec: Spec) -> list[dict[str, Any]]:
     rule = regression_alert(spec)
     labels = {"query": "p95 step latency", c.L_WORKFLOW: WF, c.L_LAYER: "database", c.L_COMPONENT: "postgres",
               c.L_DETECTOR: "change_point"}

@@ -27,8 +27,9 @@ as before: without ``default_slos`` no objective applies to unnamed workflows.
 from __future__ import annotations
 
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -108,9 +109,9 @@ class Routing:
     webhook_credentials_file: str | None = None  # bearer token file
     webhook_username: str | None = None  # basic auth, with webhook_password_file
     webhook_password_file: str | None = None
-    slack: dict | None = None
-    email: dict | None = None
-    pagerduty: dict | None = None
+    slack: dict[str, str | bool] | None = None
+    email: dict[str, str | bool] | None = None
+    pagerduty: dict[str, str | bool] | None = None
     group_wait: str = "30s"
     group_interval: str = "5m"
     repeat_interval: str = "4h"
@@ -148,10 +149,11 @@ class _Reader:
     def __init__(self, source: str | None):
         self.source = source
 
-    def fail(self, path: str, msg: str):
+    def fail(self, path: str, msg: str) -> NoReturn:
         raise SpecError(path, msg, self.source)
 
-    def mapping(self, v: Any, path: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+    def mapping(self, v: Any, path: str, allowed: AbstractSet[str],
+                required: AbstractSet[str] = frozenset()) -> dict[str, Any]:
         if not isinstance(v, dict):
             self.fail(path, f"expected a mapping, got {type(v).__name__}")
         for k in v:
@@ -162,7 +164,7 @@ class _Reader:
                 self.fail(f"{path}.{k}" if path else k, "is required")
         return v
 
-    def seq(self, v: Any, path: str) -> list:
+    def seq(self, v: Any, path: str) -> list[Any]:
         if v is None:
             return []
         if not isinstance(v, list):
@@ -306,13 +308,13 @@ def parse_spec(doc: Any, source: str | None = None) -> Spec:
     defaults = r.mapping(d.get("defaults") or {}, "defaults", {"for", "rate_window"})
     for_ = r.prom_duration(defaults.get("for", "5m"), "defaults.for")
     rate_window = r.prom_duration(defaults.get("rate_window", "5m"), "defaults.rate_window")
-    buckets = c.DEFAULT_BUCKETS
+    buckets: tuple[float, ...] = c.DEFAULT_BUCKETS
     if "buckets" in d:
         raw = r.seq(d["buckets"], "buckets")
         buckets = tuple(sorted(r.duration(b, f"buckets[{i}]") for i, b in enumerate(raw)))
     thresholds = tuple(_threshold(r, t, f"thresholds[{i}]", for_) for i, t in enumerate(r.seq(d.get("thresholds"),
                                                                                                 "thresholds")))
-    seen: dict[tuple, int] = {}
+    seen: dict[tuple[str, str], int] = {}
     for i, t in enumerate(thresholds):
         key = (t.layer, t.metric.name)
         if key in seen:
@@ -332,7 +334,8 @@ def parse_spec(doc: Any, source: str | None = None) -> Spec:
             r.fail(f"default_slos[{i}]", f"duplicates default_slos[{types[s.type]}] (one default per type: {s.type})")
         types[s.type] = i
     # A named SLO replaces the default of its type for that workflow, so no workflow has two objectives.
-    default_slos = [replace(s, except_workflows=tuple(sorted({n.workflow for n in slos if n.type == s.type})))
+    default_slos = [replace(s, except_workflows=tuple(sorted({n.workflow for n in slos
+                                                              if n.type == s.type and n.workflow is not None})))
                     for s in sorted(default_slos, key=lambda s: SLO_TYPES.index(s.type))]
     slos = (*default_slos, *slos)
     grafana = d.get("grafana_url", "http://localhost:3000")

@@ -51,12 +51,6 @@ from ..validate import (MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_TEXT_CHARS, MAX_TIME_
                         clean_value, show)
 from . import DecodeResult
 
-STATUS_ALIASES = {
-    "ok": "ok", "success": "ok", "succeeded": "ok", "completed": "ok", "complete": "ok",
-    "error": "error", "failed": "error", "failure": "error",
-    "timeout": "timeout", "timed_out": "timeout",
-    "cancelled": "cancelled", "canceled": "cancelled",
-}
 MAX_NAME = MAX_LABEL_CHARS
 MAX_EPOCH_S = validate.MAX_EPOCH_S  # int64 nanoseconds: 2262-04-11
 MAX_DURATION_MS = 30 * 86_400_000  # 30 days
@@ -146,9 +140,9 @@ def _interval(rec: dict) -> tuple[int, int]:
 
 def _status(rec: dict) -> str:
     v = rec.get("status", "ok")
-    s = STATUS_ALIASES.get(v.lower()) if isinstance(v, str) else None
+    s = c.STATUS_ALIASES.get(v.lower()) if isinstance(v, str) else None  # the SDK's table too
     if s is None:
-        raise _Bad("invalid_value", f"status must be one of {sorted(STATUS_ALIASES)}, got {show(v)}")
+        raise _Bad("invalid_value", f"status must be one of {sorted(c.STATUS_ALIASES)}, got {show(v)}")
     return s
 
 
@@ -255,10 +249,12 @@ def _step(rec: dict, result: DecodeResult) -> Span:
     if status in c.FAILED_STATUSES and not etype:
         etype = status
     events, links = _details(rec, result)
-    return Span(tid, sid, _name(rec, "workflow_type"), layer, _name(rec, "component"),
-                _name(rec, "operation"), start, end, status, parent, cid,
-                _name(rec, "service", required=False) or "", etype, _text(rec, "error_message"),
-                _dict(rec, "metadata", result), _dict(rec, "state", result), True, None, _text(rec, "stack_trace"),
+    return Span(trace_id=tid, span_id=sid, workflow=_name(rec, "workflow_type"), layer=layer,
+                component=_name(rec, "component"), operation=_name(rec, "operation"), start_ns=start, end_ns=end,
+                status=status, parent_span_id=parent, correlation_id=cid,
+                service=_name(rec, "service", required=False) or "", error_type=etype,
+                error_message=_text(rec, "error_message"), attributes=_dict(rec, "metadata", result),
+                state=_dict(rec, "state", result), stack_trace=_text(rec, "stack_trace"),
                 kind=_kind(rec), events=events, links=links)
 
 
@@ -275,10 +271,12 @@ def _workflow(rec: dict, result: DecodeResult) -> Span:
     if status in c.FAILED_STATUSES and not etype:
         etype = status
     events, links = _details(rec, result)
-    return Span(tid, root_span_id_for(cid), wf, "system", "workflow", wf, start, end, status, None, cid,
-                _name(rec, "service", required=False) or "", etype, _text(rec, "error_message"),
-                _dict(rec, "metadata", result), None, False, hash_user(_user(user)) if user is not None else None,
-                kind=_kind(rec), events=events, links=links)
+    return Span(trace_id=tid, span_id=root_span_id_for(cid), workflow=wf, layer="system", component="workflow",
+                operation=wf, start_ns=start, end_ns=end, status=status, correlation_id=cid,
+                service=_name(rec, "service", required=False) or "", error_type=etype,
+                error_message=_text(rec, "error_message"), attributes=_dict(rec, "metadata", result),
+                is_step=False, user=hash_user(_user(user)) if user is not None else None, kind=_kind(rec),
+                events=events, links=links)
 
 
 def _user(user: Any) -> str:

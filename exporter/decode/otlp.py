@@ -49,6 +49,7 @@ from ..validate import (MAX_DEPTH, MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_TIME_NS, M
                         check_interval, clean_label, clean_str, clean_text, clean_value)
 from . import DecodeResult
 
+_new_span = object.__new__  # see _span
 #: The one attribute a span keeps when its attributes could not be read at all.
 INVALID_ATTRIBUTES = "flowscope.invalid_attributes"
 
@@ -147,12 +148,32 @@ def _span(trace_id: str, span_id: str, parent: str, name: str, kind: int, start:
         name = _span_name(name, attrs)  # named by its HTTP method alone: "GET" → "GET /users/{id}"
     if state_text is None:
         state_text = attrs.get(STATE_ATTR)
-    s = Span(trace_id, span_id, _label(wf, "workflow", result) if wf else None, layer,
-             _label(component, "component", result), _label(name, "name", result),
-             start, end, status, parent or None, corr or None, service,
-             _label(etype, "error.type", result) if etype else None, clean_text(emsg) if emsg else None,
-             attrs, None if state_text is None else _state(state_text, result), True, None,
-             clean_text(exc.get("exception.stacktrace")) if exc else None, kind_name, resource)
+    # Every slot set by name, without Span.__init__: keyword arguments would cost ~0.5 us a span here
+    # (the hot path of ingest); tests/test_model.py checks that no slot is left unset.
+    s = _new_span(Span)
+    s.trace_id = trace_id
+    s.span_id = span_id
+    s.parent_span_id = parent or None
+    s.correlation_id = corr or trace_id
+    s.workflow = _label(wf, "workflow", result) if wf else None
+    s.service = service
+    s.layer = layer
+    s.component = _label(component, "component", result)
+    s.operation = _label(name, "name", result)
+    s.start_ns = start
+    s.end_ns = end
+    s.status = status
+    s.error_type = _label(etype, "error.type", result) if etype else None
+    s.error_message = clean_text(emsg) if emsg else None
+    s._attrs = attrs
+    s._raw_attrs = None
+    s.state = None if state_text is None else _state(state_text, result)
+    s.is_step = True
+    s.user = None
+    s.stack_trace = clean_text(exc.get("exception.stacktrace")) if exc else None
+    s.kind = kind_name
+    s.resource = resource
+    s._details = None
     if not parent:
         user = attrs.get(USER_ATTRS[0])
         if user is None:

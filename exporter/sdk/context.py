@@ -12,15 +12,23 @@ class RequestContext(NamedTuple):
     parent_span_id: str | None
 
 
-#: (run, current span_id) of the innermost workflow/step on this task or thread.
+#: (run, current span_id) of the innermost workflow/step on this task or thread. A run completed from
+#: another thread or task (or evicted, never completed) can still sit here: its ``closed`` is then True,
+#: and every reader treats it as no run at all (:func:`active_step`).
 current_step: ContextVar[tuple | None] = ContextVar("flowscope_step", default=None)
 #: Set by CorrelationIdMiddleware for the duration of one request.
 current_request: ContextVar[RequestContext | None] = ContextVar("flowscope_request", default=None)
 
 
+def active_step() -> tuple | None:
+    """(run, span_id) of the innermost open run or step here, or None (a closed run is none)."""
+    cur = current_step.get()
+    return None if cur is None or cur[0].closed else cur
+
+
 def current_ids() -> tuple[str | None, str | None, str | None]:
     """(correlation_id, trace_id, span_id) of whatever is running now, else Nones."""
-    cur = current_step.get()
+    cur = active_step()
     if cur is not None:
         run, span_id = cur
         return run.correlation_id, run.trace_id, span_id

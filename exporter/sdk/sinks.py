@@ -1,18 +1,20 @@
 """Where SDK spans go: straight into a pipeline, or to a remote exporter in batches.
 
 :class:`RemoteSink` never blocks the application: spans go into a bounded
-queue that a background thread drains to ``POST /api/v1/spans``; when the
-queue is full the span is dropped and counted
-(``flowscope_sdk_spans_dropped_total`` in the app's prometheus_client registry).
+queue that a background thread (a :class:`~exporter.worker.BatchWorker`) drains
+to ``POST /api/v1/spans``, retrying under a :class:`~exporter.retry.RetryPolicy`
+(``Retry-After`` honoured; ``close`` interrupts a backoff at its deadline). What
+is given up on is counted by reason (``queue_full``, ``rejected``,
+``retries_exhausted``, ``shutdown``) in ``flowscope_sdk_spans_dropped_total``
+in the app's prometheus_client registry.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import random
 import threading
-import time
+import weakref
+from functools import partial
 from urllib.parse import urlencode
 
 import orjson
@@ -21,9 +23,10 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from .. import conventions as c
 from ..model import ErrorRecord, Span
-from ..profiles import Profile
 from ..pipeline import Pipeline
-from ..retry import DEFAULT_RETRY, RetryPolicy
+from ..profiles import Profile
+from ..retry import DEFAULT_RETRY, RetryPolicy, SendError, parse_retry_after
+from ..worker import BatchWorker
 
 log = logging.getLogger("flowscope.sdk")
 
@@ -90,7 +93,35 @@ def error_to_native(e: ErrorRecord) -> tuple[str, dict]:
     return "errors", rec
 
 
+_DROPPED_COUNTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DROPPED_LOCK = threading.Lock()
+
+
+def _dropped_counter(registry: CollectorRegistry) -> Counter | None:
+    """``flowscope_sdk_spans_dropped_total`` in ``registry``: one per registry, shared by every sink in it.
+
+    None (and a warning) when something else already registered that name there.
+    """
+    with _DROPPED_LOCK:
+        counter = _DROPPED_COUNTERS.get(registry)
+        if counter is None:
+            try:
+                counter = Counter(c.SDK_SPANS_DROPPED_TOTAL.removesuffix("_total"),
+                                  "Spans the SDK gave up on, by reason.", [c.L_REASON], registry=registry)
+            except ValueError as e:  # the name is taken in this registry by a collector that is not ours
+                log.warning("not counting SDK drops in this registry: %s", e)
+                return None
+            _DROPPED_COUNTERS[registry] = counter
+        return counter
+
+
 class RemoteSink:
+    """Sends spans, errors and profiles to a remote exporter from a :class:`~exporter.worker.BatchWorker`.
+
+    The worker's thread starts with the first item sent (a sink that is never used starts nothing);
+    :meth:`close` (``sdk.shutdown()``) flushes what is queued within its timeout and stops it.
+    """
+
     def __init__(self, endpoint: str, queue_size: int = 10_000, batch_size: int = 500, batch_wait_s: float = 1.0,
                  token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY,
                  registry: CollectorRegistry | None = REGISTRY, timeout_s: float = 10.0):
@@ -101,22 +132,13 @@ class RemoteSink:
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
         self.timeout_s = timeout_s
-        self._q: queue.Queue = queue.Queue(maxsize=queue_size)
         self._session = requests.Session()
-        self._rng = random.Random()
         self.dropped = 0
         self.sent = 0
-        self._dropped_metric = None
-        if registry is not None:
-            try:
-                self._dropped_metric = Counter(c.SDK_SPANS_DROPPED_TOTAL.removesuffix("_total"),
-                                               "Spans the SDK gave up on, by reason.", [c.L_REASON],
-                                               registry=registry)
-            except ValueError:  # already registered by another sink in this process
-                self._dropped_metric = registry._names_to_collectors.get(c.SDK_SPANS_DROPPED_TOTAL)
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flowscope-sdk-remote", daemon=True)
-        self._thread.start()
+        self._dropped_metric = _dropped_counter(registry) if registry is not None else None
+        self._worker: BatchWorker[Span | ErrorRecord | Profile] = BatchWorker(
+            "flowscope-sdk-remote", self._send, on_drop=self._drop, max_queue=queue_size, max_batch=batch_size,
+            linger_s=batch_wait_s, policy=retry, autostart=True, on_retry=self._on_retry)
 
     def _drop(self, reason: str, n: int = 1) -> None:
         self.dropped += n
@@ -126,10 +148,7 @@ class RemoteSink:
     pipeline = None  # remote: every step is sent as a Span
 
     def emit(self, s: Span) -> None:
-        try:
-            self._q.put_nowait(s)
-        except queue.Full:
-            self._drop("queue_full")
+        self._worker.submit(s)
 
     def started(self, workflow: str) -> None:
         pass
@@ -138,39 +157,16 @@ class RemoteSink:
         pass
 
     def error(self, e: ErrorRecord) -> None:
-        try:
-            self._q.put_nowait(e)
-        except queue.Full:
-            self._drop("queue_full")
+        self._worker.submit(e)
 
     def profile(self, p: Profile) -> None:
-        try:
-            self._q.put_nowait(p)
-        except queue.Full:
-            self._drop("queue_full")
+        self._worker.submit(p)
 
-    def _take(self) -> list[Span | ErrorRecord]:
-        batch: list[Span] = []
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.batch_size:
-            left = deadline - time.monotonic()
-            if self._closing.is_set():
-                left = 0
-            try:
-                batch.append(self._q.get(timeout=left) if left > 0 else self._q.get_nowait())
-            except queue.Empty:
-                break
-        return batch
-
-    def _run(self) -> None:
-        while True:
-            batch = self._take()
-            if batch:
-                self._send(batch)
-            elif self._closing.is_set():
-                return
+    def queued(self) -> int:
+        return self._worker.queued()
 
     def _send(self, batch: list) -> None:
+        """One batch: its spans and errors in one POST, each profile in its own; each retried apart."""
         body: dict[str, list] = {"steps": [], "workflows": [], "errors": []}
         profiles = []
         for s in batch:
@@ -179,43 +175,42 @@ class RemoteSink:
                 continue
             kind, rec = to_native(s) if isinstance(s, Span) else error_to_native(s)
             body[kind].append(rec)
-        if len(profiles) < len(batch):
-            self._post(self.url, orjson.dumps(body), "application/json", len(batch) - len(profiles))
+        n = len(batch) - len(profiles)
+        if n:
+            data = orjson.dumps(body)
+            self._worker.deliver(partial(self._post, self.url, data, "application/json", n), n)
         for p in profiles:
             params = {"format": "folded", "workflow": p.workflow, "sample_rate": p.sample_rate_hz}
             if p.correlation_id:
                 params["correlation_id"] = p.correlation_id
-            folded = "\n".join(f"{stack} {n}" for stack, n in p.stacks.items()).encode()
-            self._post(self.profiles_url + "?" + urlencode(params), folded, "text/plain", 1)
+            folded = "\n".join(f"{stack} {k}" for stack, k in p.stacks.items()).encode()
+            url = self.profiles_url + "?" + urlencode(params)
+            self._worker.deliver(partial(self._post, url, folded, "text/plain", 1), 1)
 
     def _post(self, url: str, data: bytes, ctype: str, n: int) -> None:
+        """One attempt; raises :class:`SendError` for the retry policy to judge."""
         headers = {"Content-Type": ctype}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        started, attempt = time.monotonic(), 0
-        while True:
-            try:
-                r = self._session.post(url, data=data, headers=headers, timeout=self.timeout_s)
-                if r.status_code < 300:
-                    self.sent += n
-                    return
-                if r.status_code not in self.retry.retry_statuses:
-                    log.error("exporter refused %d items: HTTP %d %s", n, r.status_code, r.text[:200])
-                    self._drop("rejected", n)
-                    return
-            except requests.RequestException as e:
-                log.warning("exporter unreachable: %s", e)
-            wait = self.retry.backoff(attempt, self._rng)
-            attempt += 1
-            if time.monotonic() - started + wait > self.retry.deadline_s or self._closing.is_set():
-                self._drop("retries_exhausted", n)
-                return
-            time.sleep(wait)
+        try:
+            r = self._session.post(url, data=data, headers=headers, timeout=self.timeout_s)
+        except requests.RequestException as e:
+            raise SendError(f"exporter unreachable: {e}") from None
+        if r.status_code >= 300:
+            raise SendError(f"exporter answered HTTP {r.status_code}: {r.text[:200]}", status=r.status_code,
+                            retry_after=parse_retry_after(r.headers.get("Retry-After")))
+        self.sent += n
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Send what is queued (bounded by ``timeout_s``), then stop."""
-        self._closing.set()
-        self._thread.join(timeout_s)
-        left = self._q.qsize()
-        if left:
-            self._drop("shutdown", left)
+    @staticmethod
+    def _on_retry(error: BaseException, attempt: int, wait: float) -> None:
+        log.warning("sending to the exporter failed (%s); retry %d in %.2fs", error, attempt, wait)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until what is queued now is sent or counted; False at the deadline."""
+        return self._worker.force_flush(timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Send what is queued (bounded by ``timeout_s``), then stop; what is left is counted (shutdown)."""
+        ok = self._worker.shutdown(timeout_s)
+        self._session.close()
+        return ok

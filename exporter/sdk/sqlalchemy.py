@@ -78,8 +78,8 @@ def slow_ms_from_spec(path: str = "alert_rules/spec/flowscope.yaml", default: fl
 
 
 def instrument_engine(engine, tracer: WorkflowTracer | None = None, slow_ms: float | None = None,
-                      n_plus_one: int | None = None, component: str | None = None) -> None:
-    """Record every statement ``engine`` runs as a step of the current run."""
+                      n_plus_one: int | None = None, component: str | None = None, clock=time_ns) -> None:
+    """Record every statement ``engine`` runs as a step of the current run (timed by ``clock``, ns)."""
     from sqlalchemy import event
 
     if n_plus_one is None:
@@ -95,14 +95,14 @@ def instrument_engine(engine, tracer: WorkflowTracer | None = None, slow_ms: flo
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before(conn, cursor, statement, parameters, context, executemany):
-        conn.info.setdefault("flowscope_t0", []).append(time_ns())
+        conn.info.setdefault("flowscope_t0", []).append(clock())
 
     def _finish(conn, statement, failure: BaseException | None) -> None:
         stack = conn.info.get("flowscope_t0")
         if not stack:
             return
         start = stack.pop()
-        end = time_ns()
+        end = clock()
         norm = normalize(statement)
         attrs = {c.ATTR_DB_STATEMENT: norm, "db.system": engine.dialect.name}
         cur = current_step.get()

@@ -63,20 +63,17 @@ def _status_of(exc_type) -> str:
     return "error"
 
 
-_STATUS_WORDS = {"success": "ok", "completed": "ok", "ok": "ok", "failed": "error", "error": "error",
-                 "timeout": "timeout", "cancelled": "cancelled", "canceled": "cancelled"}
-
-
 def _norm_status(status: str) -> str:
+    """The status word (one table for the SDK and native JSON: ``conventions.STATUS_ALIASES``)."""
     try:
-        return _STATUS_WORDS[status.lower()]
+        return c.STATUS_ALIASES[status.lower()]
     except (KeyError, AttributeError):
-        raise ValueError(f"status must be one of {sorted(_STATUS_WORDS)}, got {status!r}") from None
+        raise ValueError(f"status must be one of {sorted(c.STATUS_ALIASES)}, got {status!r}") from None
 
 
 class _Run:
     __slots__ = ("workflow", "correlation_id", "trace_id", "span_id", "parent_span_id", "start_ns", "user",
-                 "metadata", "service", "extras")
+                 "metadata", "service", "extras", "closed")
 
     def __init__(self, workflow, correlation_id, trace_id, parent_span_id, user, metadata, service):
         self.workflow = workflow
@@ -89,6 +86,9 @@ class _Run:
         self.metadata = metadata
         self.service = service
         self.extras = None  # per-run state of instrumentations (e.g. statement counts for N+1)
+        #: completed or evicted: a context that still holds it (it was completed from another thread or
+        #: task, or never) treats it as no run, so an unrelated step never joins a finished run
+        self.closed = False
 
 
 class _OpenStep:
@@ -123,7 +123,7 @@ class StepScope:
 
     def __enter__(self):
         cur = current_step.get()
-        if cur is None:
+        if cur is None or cur[0].closed:
             run = self._tracer._implicit_run()
             parent = run.span_id
         else:
@@ -158,10 +158,12 @@ class StepScope:
             etype = etype or et.__name__
             emsg = emsg or str(ev)
             stack = "".join(traceback.format_exception(et, ev, tb))
-        self._tracer._sink.emit(Span(run.trace_id, self.span_id, run.workflow, self._layer, self._component,
-                                     self._operation, self._start, end, status, self._parent,
-                                     run.correlation_id, run.service, etype, emsg, self._metadata, self.state,
-                                     True, None, stack))
+        self._tracer._sink.emit(Span(trace_id=run.trace_id, span_id=self.span_id, workflow=run.workflow,
+                                     layer=self._layer, component=self._component, operation=self._operation,
+                                     start_ns=self._start, end_ns=end, status=status, parent_span_id=self._parent,
+                                     correlation_id=run.correlation_id, service=run.service, error_type=etype,
+                                     error_message=emsg, attributes=self._metadata, state=self.state,
+                                     stack_trace=stack))
         return False
 
 
@@ -231,7 +233,14 @@ class WorkflowTracer:
     @hybridmethod
     def start_workflow(self, workflow_type: str, correlation_id: str | None = None, user: str | None = None,
                        metadata: dict | None = None) -> str:
-        """Start a run and make it current in this context; returns its correlation_id."""
+        """Start a run and make it current in this context; returns its correlation_id.
+
+        The run stays current until :meth:`complete_workflow` (or :meth:`fail_workflow`): call it in a
+        ``finally``, or use ``with tracer.workflow(...)``, which does. If this call raises, nothing is left
+        behind: no current run, no open run, no in-progress count.
+        """
+        if not isinstance(workflow_type, str) or not workflow_type:
+            raise ValueError(f"workflow_type must be a non-empty string, got {workflow_type!r}")
         req = current_request.get()
         trace_id = parent = None
         if req is not None:
@@ -241,16 +250,24 @@ class WorkflowTracer:
         if trace_id is None:
             trace_id = trace_id_for(correlation_id)
         run = _Run(workflow_type, correlation_id, trace_id, parent, user, metadata, self.service)
+        # Everything that can raise comes before the run is registered and made current: a start that
+        # fails must not leave a run that the next, unrelated step on this thread would join.
+        self._sink.started(workflow_type)
+        profiled = self.profiler is not None and self.profiler.wants(workflow_type)
+        if profiled:
+            try:
+                self.profiler.start_run(correlation_id)
+            except BaseException:
+                self._sink.ended(workflow_type)
+                raise
         token = current_step.set((run, run.span_id))
         evicted = None
         with self._lock:
             self._runs[correlation_id] = (run, token)
             if len(self._runs) > self.MAX_OPEN:
                 evicted = self._runs.popitem(last=False)[1][0]
+                evicted.closed = True
                 self.evicted += 1
-        self._sink.started(workflow_type)
-        if self.profiler is not None and self.profiler.wants(workflow_type):
-            self.profiler.start_run(correlation_id)
         if evicted is not None:  # a run never completed: it is no longer in progress
             self._sink.ended(evicted.workflow)
         return correlation_id
@@ -285,9 +302,11 @@ class WorkflowTracer:
             error_type = status
         run = st.run
         meta = {**(st.metadata or {}), **(metadata or {})} or None
-        self._sink.emit(Span(run.trace_id, st.span_id, run.workflow, st.layer, st.component, st.operation,
-                             st.start_ns, time_ns(), status, st.parent, run.correlation_id, run.service,
-                             error_type, error_message, meta, state if state is not None else st.state))
+        self._sink.emit(Span(trace_id=run.trace_id, span_id=st.span_id, workflow=run.workflow, layer=st.layer,
+                             component=st.component, operation=st.operation, start_ns=st.start_ns, end_ns=time_ns(),
+                             status=status, parent_span_id=st.parent, correlation_id=run.correlation_id,
+                             service=run.service, error_type=error_type, error_message=error_message, attributes=meta,
+                             state=state if state is not None else st.state))
 
     @hybridmethod
     def complete_workflow(self, correlation_id: str, status: str = "success", metadata: dict | None = None,
@@ -298,6 +317,7 @@ class WorkflowTracer:
         if entry is None:
             raise KeyError(f"unknown or already completed workflow {correlation_id!r}")
         run, token = entry
+        run.closed = True
         try:
             current_step.reset(token)
         except ValueError:  # completed from another context: nothing to restore there
@@ -305,9 +325,11 @@ class WorkflowTracer:
         if status in c.FAILED_STATUSES and not error_type:
             error_type = status
         meta = {**(run.metadata or {}), **(metadata or {})} or None
-        self._sink.emit(Span(run.trace_id, run.span_id, run.workflow, "system", "workflow", run.workflow,
-                             run.start_ns, time_ns(), status, run.parent_span_id, run.correlation_id,
-                             run.service, error_type, error_message, meta, None, False, run.user))
+        self._sink.emit(Span(trace_id=run.trace_id, span_id=run.span_id, workflow=run.workflow, layer="system",
+                             component="workflow", operation=run.workflow, start_ns=run.start_ns, end_ns=time_ns(),
+                             status=status, parent_span_id=run.parent_span_id, correlation_id=run.correlation_id,
+                             service=run.service, error_type=error_type, error_message=error_message, attributes=meta,
+                             is_step=False, user=run.user))
         self._sink.ended(run.workflow)
         if self.profiler is not None and self.profiler.wants(run.workflow):
             profile = self.profiler.profile_for(run.workflow, correlation_id, *self.profiler.stop_run(correlation_id))
@@ -341,7 +363,7 @@ class WorkflowTracer:
                     attributes: dict | None = None, error: BaseException | None = None) -> str:
         """Record a step that was timed elsewhere (an instrumentation's callback) in the current run."""
         cur = current_step.get()
-        if cur is None:
+        if cur is None or cur[0].closed:
             run = self._implicit_run()
             parent = run.span_id
         else:
@@ -350,8 +372,10 @@ class WorkflowTracer:
         if error is not None:
             status, etype, emsg = _status_of(type(error)), type(error).__name__, str(error)
         sid = _span_id()
-        self._sink.emit(Span(run.trace_id, sid, run.workflow, layer, component, operation, start_ns, end_ns, status,
-                             parent, run.correlation_id, run.service, etype, emsg, attributes))
+        self._sink.emit(Span(trace_id=run.trace_id, span_id=sid, workflow=run.workflow, layer=layer,
+                             component=component, operation=operation, start_ns=start_ns, end_ns=end_ns, status=status,
+                             parent_span_id=parent, correlation_id=run.correlation_id, service=run.service,
+                             error_type=etype, error_message=emsg, attributes=attributes))
         return sid
 
     def _run(self, correlation_id: str) -> _Run:

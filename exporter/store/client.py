@@ -1,0 +1,26 @@
+"""The run store client: one object for the write path and the reads of every area, on one engine.
+
+SQLAlchemy Core; SQLite by default, PostgreSQL by URL. Made on an engine, it brings the database to this
+release's schema first (:func:`~exporter.store.migrate.ensure_schema`).
+
+    store = RunStore(make_engine("sqlite:///var/flowscope.db"))
+    store.list_runs(workflow="checkout", status="error", min_duration_ms=500)
+    store.get_run(correlation_id)
+"""
+
+from __future__ import annotations
+
+from .attribution import AttributionQueries
+from .errors import ErrorQueries
+from .profiles import ProfileQueries
+from .recorder import RunWriter
+from .runs import RunQueries
+
+
+class RunStore(RunWriter, RunQueries, ErrorQueries, AttributionQueries, ProfileQueries):
+    """The store client: writes from the recorder (:class:`~exporter.store.recorder.RunWriter`), reads for
+    replay and the run page (:mod:`.runs`), error analysis (:mod:`.errors`), attribution (:mod:`.attribution`)
+    and profiles (:mod:`.profiles`)."""
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,223 @@
+"""Every table of the product in one :data:`metadata`: the run store, error analysis, profiles, alerts and
+regression findings.
+
+This is the schema as the code reads and writes it (head). The database gets it through the migrations in
+:mod:`exporter.store.migrations` (:func:`exporter.store.migrate.upgrade`), never through ``create_all``: a
+change here comes with a new revision there, and ``tests/test_migrations.py`` checks that the migrations
+build exactly this.
+
+    from exporter.store.schema import metadata, runs
+    select(runs.c.correlation_id).where(runs.c.workflow == "checkout")
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# -- runs and spans ------------------------------------------------------------------------------------
+
+runs = Table(
+    "runs", metadata,
+    Column("correlation_id", String(128), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("trace_id", String(32), nullable=False),
+    Column("service", String(200), nullable=False),
+    Column("user_hash", String(64), nullable=True),
+    Column("error_type", String(200), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Index("ix_runs_workflow_start", "workflow", "start_ns"),
+    Index("ix_runs_start", "start_ns"),
+    Index("ix_runs_trace", "trace_id"),
+)
+
+spans = Table(
+    "spans", metadata,
+    Column("correlation_id", String(128), primary_key=True),
+    Column("span_id", String(16), primary_key=True),
+    Column("trace_id", String(32), nullable=False),
+    Column("parent_span_id", String(16), nullable=True),
+    Column("workflow", String(200), nullable=False),
+    Column("service", String(200), nullable=False),
+    Column("layer", String(16), nullable=False),
+    Column("component", String(200), nullable=False),
+    Column("operation", String(500), nullable=False),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("error_type", String(200), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("stack_trace", Text, nullable=True),
+    Column("attributes", Text, nullable=True),
+    Column("state", Text, nullable=True),
+    Column("is_step", Boolean, nullable=False),
+    Index("ix_spans_end", "end_ns"),
+)
+
+#: Span details beyond the spans table: kind, resource attributes, events and links, as redacted JSON.
+#: One row per span that has any.
+span_details = Table(
+    "span_details", metadata,
+    Column("correlation_id", String(128), primary_key=True),
+    Column("span_id", String(16), primary_key=True),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=True),
+    Column("resource", Text, nullable=True),
+    Column("events", Text, nullable=True),
+    Column("links", Text, nullable=True),
+    Index("ix_span_details_end", "end_ns"),
+)
+
+#: One row per span link, indexed by the linked trace: "which runs link to this one" without scanning JSON.
+span_links = Table(
+    "span_links", metadata,
+    Column("correlation_id", String(128), primary_key=True),
+    Column("span_id", String(16), primary_key=True),
+    Column("link_trace_id", String(32), primary_key=True),
+    Column("link_span_id", String(16), primary_key=True),
+    Column("end_ns", BigInteger, nullable=False),
+    Index("ix_span_links_trace", "link_trace_id"),
+    Index("ix_span_links_end", "end_ns"),
+)
+
+# -- errors ------------------------------------------------------------------------------------------
+
+errors = Table(
+    "errors", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fingerprint", String(16), nullable=False),
+    Column("correlation_id", String(128), nullable=True),
+    Column("span_id", String(16), nullable=True),
+    Column("workflow", String(200), nullable=False),
+    Column("service", String(200), nullable=False),
+    Column("layer", String(16), nullable=False),
+    Column("component", String(200), nullable=False),
+    Column("error_type", String(200), nullable=False),
+    Column("message", Text, nullable=True),
+    Column("stack_trace", Text, nullable=True),
+    Column("time_ns", BigInteger, nullable=False),
+    #: the group of the error that started this one's failure chain (set on callers; NULL on an origin).
+    #: Revision 0002 adds it to stores made before it.
+    Column("cause_fingerprint", String(16), nullable=True),
+    Index("ix_errors_fp_time", "fingerprint", "time_ns"),
+    Index("ix_errors_time", "time_ns"),
+    Index("ix_errors_cid", "correlation_id"),
+    Index("ix_errors_cause", "cause_fingerprint"),
+)
+
+error_groups = Table(
+    "error_groups", metadata,
+    Column("fingerprint", String(16), primary_key=True),
+    Column("error_type", String(200), nullable=False),
+    Column("template", Text, nullable=False),
+    Column("category", String(32), nullable=False),
+    Column("first_seen_ns", BigInteger, nullable=False),
+    Column("last_seen_ns", BigInteger, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    #: set by a resolution; an error after it flags the group as regressed
+    Column("resolved_at_ns", BigInteger, nullable=True),
+    Column("regressed_at_ns", BigInteger, nullable=True),
+)
+
+resolutions = Table(
+    "error_resolutions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fingerprint", String(16), nullable=False, index=True),
+    Column("note", Text, nullable=False),
+    Column("resolved_by", String(200), nullable=True),
+    Column("resolved_at_ns", BigInteger, nullable=False),
+)
+
+#: A new fingerprint that belongs to a group stored under an older one (a group the Drain-style
+#: miner made before fingerprints were type + masked template): the group keeps its notes.
+error_aliases = Table(
+    "error_group_aliases", metadata,
+    Column("fingerprint", String(16), primary_key=True),
+    Column("group_fingerprint", String(16), nullable=False),
+)
+
+# -- profiles ----------------------------------------------------------------------------------------
+
+profiles = Table(
+    "profiles", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("workflow", String(200), nullable=False),
+    Column("correlation_id", String(128), nullable=True, index=True),
+    Column("time_ns", BigInteger, nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("sample_rate_hz", Float, nullable=True),
+    #: {folded stack: samples}, or for pstats {function: self seconds} as one-frame stacks
+    Column("stacks", Text, nullable=False),
+    Index("ix_profiles_wf_time", "workflow", "time_ns"),
+)
+
+# -- alerts (backend.store) --------------------------------------------------------------------------
+
+alerts = Table(
+    "alerts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("starts_at", DateTime(timezone=True), nullable=False),
+    Column("ends_at", DateTime(timezone=True), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("alertname", String(200), nullable=False),
+    Column("severity", String(50), nullable=True),
+    Column("workflow", String(200), nullable=True),
+    Column("layer", String(50), nullable=True),
+    Column("labels", Text, nullable=False),
+    Column("annotations", Text, nullable=False),
+    Column("generator_url", Text, nullable=True),
+    Column("receiver", String(200), nullable=True),
+    Column("first_received_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("fingerprint", "starts_at", name="uq_alert_identity"),
+)
+
+alert_events = Table(
+    "alert_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("alert_id", Integer, ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+# -- regression findings (backend.regression.service) ---------------------------------------------------
+
+regressions = Table(
+    "regressions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("series", String(500), nullable=False),
+    Column("labels", Text, nullable=False),
+    Column("change_time", String(40), nullable=False),
+    Column("detector", String(40), nullable=False),
+    Column("direction", String(20), nullable=False),
+    Column("before", Float, nullable=False),
+    Column("after", Float, nullable=False),
+    Column("relative_change", Float, nullable=False),
+    Column("p_value", Float, nullable=False),
+    Column("p_adjusted", Float, nullable=False),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("kind", String(10)),  # step | drift; revision 0002, nullable for the rows before it (NULL: step)
+    Column("rate_per_s", Float),  # a drift's new rate
+    UniqueConstraint("series", "change_time", "detector", name="uq_regression"),
+)

@@ -1,0 +1,303 @@
+"""One background sender: a bounded queue drained in batches by a thread its owner starts and stops.
+
+Modelled on opentelemetry-python's ``BatchProcessor`` (``opentelemetry/sdk/_shared_internal``): the
+caller's ``submit`` never blocks, a full queue drops and counts, the thread exports a batch when
+``max_batch`` items are queued or ``linger_s`` after the first, and ``force_flush`` / ``shutdown``
+take a deadline and say whether they got there. Unlike it, an export's failures are retried here
+through a :class:`~exporter.retry.RetryPolicy` whose backoff ``shutdown`` interrupts, and every item
+ends up exported or counted by reason through the owner's ``on_drop(reason, n)``.
+
+Example::
+
+    worker = BatchWorker("flowscope-example", send, on_drop=lambda reason, n: dropped.inc(reason, n),
+                         max_queue=10_000, max_batch=500, linger_s=1.0, policy=RetryPolicy(deadline_s=60))
+    worker.start()
+    worker.submit(item)          # False, and counted as queue_full, when the queue is full
+    worker.shutdown(timeout_s=10)  # exports what is queued; past the deadline, counts the rest as shutdown
+
+Drop reasons counted by the worker: ``queue_full``, ``shutdown`` (queued or in a backoff when the
+deadline passed, or submitted after shutdown), ``retries_exhausted``, ``rejected`` (a
+:class:`~exporter.retry.SendError` the policy does not retry) and ``internal_error`` (an export bug).
+An export that delivers parts of a batch separately (the Loki pusher splits, the SDK sink posts
+profiles apart) calls :meth:`deliver` or :meth:`retry` per part and counts what it drops itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Generic, TypeVar
+
+from .retry import DEFAULT_RETRY, RetriesExhausted, RetryInterrupted, RetryPolicy, SendError
+
+__all__ = ["ABORT_GRACE_S", "DEFAULT_RETRY", "BatchWorker", "RetryPolicy"]
+
+log = logging.getLogger("flowscope.worker")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: After ``shutdown``'s deadline the backoff in progress is interrupted; an export already on the wire
+#: gets this long to return (its own HTTP timeout bounds it) before ``shutdown`` returns without it.
+ABORT_GRACE_S = 2.0
+
+QUEUE_POLICIES = ("drop_newest", "drop_oldest")
+
+
+class BatchWorker(Generic[T]):
+    """A bounded queue and the one thread that exports it in batches (see the module docstring).
+
+    ``export(batch)`` sends one batch; when it raises, the batch is retried whole under ``policy``
+    (None: not retried, counted). ``queue_policy`` chooses what a full queue drops: the items
+    offered (``drop_newest``) or the oldest queued (``drop_oldest``). With ``autostart`` the first
+    ``submit`` starts the thread (a library sink that may never be used starts nothing until it is);
+    otherwise nothing is exported until :meth:`start`. The thread is a daemon named ``name``, so a
+    send stuck past every deadline never holds the interpreter at exit.
+    """
+
+    def __init__(self, name: str, export: Callable[[list[T]], None], *,
+                 on_drop: Callable[[str, int], None] | None = None, max_queue: int = 10_000,
+                 max_batch: int = 500, linger_s: float = 1.0, policy: RetryPolicy | None = DEFAULT_RETRY,
+                 queue_policy: str = "drop_newest", autostart: bool = False,
+                 on_retry: Callable[[BaseException, int, float], None] | None = None):
+        if queue_policy not in QUEUE_POLICIES:
+            raise ValueError(f"queue_policy must be one of {', '.join(QUEUE_POLICIES)}, got {queue_policy!r}")
+        if max_queue < 1 or max_batch < 1:
+            raise ValueError("max_queue and max_batch must be at least 1")
+        self.name = name
+        self.export = export
+        self.policy = policy
+        self.max_queue, self.max_batch, self.linger_s = max_queue, max_batch, linger_s
+        self.queue_policy = queue_policy
+        self.autostart = autostart
+        self.on_retry = on_retry
+        self._on_drop = on_drop
+        self._queue: deque[T] = deque()
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False  # no more submits; the thread exports what is queued, then returns
+        self._abort = threading.Event()  # past the shutdown deadline: stop retrying, count the rest
+        # Items ever queued, and items settled (exported, or dropped after being queued): a flush waits
+        # until everything queued before it is settled, whatever producers add meanwhile.
+        self._queued_total = 0
+        self._settled_total = 0
+        self._flush_upto = 0  # while settled < this, the thread does not linger
+
+    # -- the owner's side -----------------------------------------------------------------------------
+
+    def start(self) -> BatchWorker[T]:
+        """Start the thread (once; a no-op when it is running or the worker was shut down)."""
+        with self._cv:
+            if self._thread is None and not self._closing:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+        return self
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set once ``shutdown``'s deadline has passed: an export's own waits should end when it is."""
+        return self._abort
+
+    def alive(self) -> bool:
+        """Whether the thread is running."""
+        t = self._thread
+        return t is not None and t.is_alive()
+
+    def force_flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued before this call is exported or counted; False at the deadline."""
+        end = time.monotonic() + timeout_s
+        with self._cv:
+            target = self._queued_total
+            if self._settled_total >= target:
+                return True
+            if self._thread is None and not self._closing:
+                return False  # nobody drains this queue yet
+            self._flush_upto = max(self._flush_upto, target)
+            self._cv.notify_all()
+            while self._settled_total < target:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    def shutdown(self, timeout_s: float = 10.0, wait: bool = True) -> bool:
+        """Refuse new items, export what is queued, stop the thread; True if it all got out in time.
+
+        By ``timeout_s`` the thread should have exported the queue and returned. If not, the
+        backoff in progress is interrupted, what is still queued or being retried is counted as
+        ``shutdown``, and the thread gets :data:`ABORT_GRACE_S` to return. Idempotent. With
+        ``wait=False`` it only refuses new items and lets the thread drain, returning at once (an
+        owner stopping several workers starts them all draining, then waits on each).
+        """
+        end = time.monotonic() + max(0.0, timeout_s)
+        with self._cv:
+            self._closing = True
+            self._flush_upto = self._queued_total
+            self._cv.notify_all()
+            thread = self._thread
+        if not wait:
+            return not self._queue and (thread is None or not thread.is_alive())
+        finished = True
+        if thread is not None:
+            thread.join(max(0.0, end - time.monotonic()))
+            if thread.is_alive():
+                finished = False
+                self._abort.set()
+                with self._cv:
+                    self._cv.notify_all()
+                thread.join(ABORT_GRACE_S)
+                if thread.is_alive():
+                    log.error("%s: an export is still running past the shutdown deadline; leaving it", self.name)
+        left = self._clear()
+        if left:
+            finished = False
+            self._drop("shutdown", left)
+            log.error("%s shutting down: %d items not exported", self.name, left)
+        return finished
+
+    # -- producers (any thread) -----------------------------------------------------------------------
+
+    def submit(self, item: T) -> bool:
+        """Queue one item; False if it was dropped (full queue, or shut down). Never blocks on I/O."""
+        q = self._queue
+        with self._cv:  # the hot path (one traced step, one log line): append, and wake the thread at a full batch
+            queued = not self._closing and len(q) < self.max_queue
+            if queued:
+                q.append(item)
+                self._queued_total += 1
+                if len(q) == self.max_batch:
+                    self._cv.notify_all()
+        if not queued:  # full or shut down: the general path drops (or makes room) and counts
+            return self.submit_many((item,)) == 1
+        if self.autostart and self._thread is None:
+            self.start()
+        return True
+
+    def submit_many(self, items: Iterable[T]) -> int:
+        """Queue items; returns how many of them were queued.
+
+        Under ``drop_oldest`` a full queue makes room by dropping its oldest items, so every item
+        offered is queued (the last ``max_queue`` of them, if more are offered at once).
+        """
+        items = items if isinstance(items, (list, tuple)) else list(items)
+        if not items:
+            return 0
+        q, cap = self._queue, self.max_queue
+        with self._cv:
+            if self._closing:
+                taken, lost = 0, len(items)
+                reason = "shutdown"
+            elif self.queue_policy == "drop_oldest":
+                before = len(q)
+                q.extend(items)
+                over = max(0, len(q) - cap)
+                for _ in range(over):
+                    q.popleft()
+                taken = len(items) - max(0, over - before)
+                lost, reason = over, "queue_full"
+                self._queued_total += len(items)
+                self._settled_total += over  # dropped from the front: settled, for force_flush
+            else:
+                taken = max(0, min(len(items), cap - len(q)))
+                q.extend(items if taken == len(items) else items[:taken])
+                lost, reason = len(items) - taken, "queue_full"
+                self._queued_total += taken
+            if len(q) >= self.max_batch and len(q) - taken < self.max_batch:  # crossed: the thread may be lingering
+                self._cv.notify_all()
+            start = self.autostart and self._thread is None and not self._closing
+        if lost:
+            self._drop(reason, lost)
+        if start:
+            self.start()
+        return taken
+
+    def queued(self) -> int:
+        """Items waiting in the queue (not counting a batch being exported)."""
+        return len(self._queue)
+
+    # -- the export side ------------------------------------------------------------------------------
+
+    def retry(self, fn: Callable[[], R], *, started: float | None = None,
+              wait: Callable[[float, BaseException], bool] | None = None,
+              on_retry: Callable[[BaseException, int, float], None] | None = None) -> R:
+        """``fn()`` under this worker's policy, its backoff interrupted by ``shutdown``'s deadline.
+
+        Raises what :meth:`RetryPolicy.call` raises. ``wait`` may replace the backoff wait; it must
+        return False once :attr:`stopping` is set.
+        """
+        policy = self.policy or RetryPolicy(max_attempts=1)
+        return policy.call(fn, interrupt=self._abort, wait=wait, started=started,
+                           on_retry=on_retry or self.on_retry)
+
+    def deliver(self, fn: Callable[[], object], n: int, **kw) -> bool:
+        """``fn()`` under the policy; True once it succeeded, else False with its ``n`` items counted
+        by reason (``retries_exhausted``, ``rejected``, ``shutdown`` or ``internal_error``)."""
+        try:
+            self.retry(fn, **kw)
+            return True
+        except RetryInterrupted:
+            self._drop("shutdown", n)
+        except RetriesExhausted as e:
+            self._drop("retries_exhausted", n)
+            log.error("%s: giving up on %d items after %d attempts: %s", self.name, n, e.attempts, e.last)
+        except SendError as e:
+            self._drop("rejected", n)
+            log.error("%s: %d items refused (not retried): %s", self.name, n, e)
+        except Exception:  # an export bug costs its batch, never the thread
+            self._drop("internal_error", n)
+            log.exception("%s: unexpected error exporting %d items", self.name, n)
+        return False
+
+    def _drop(self, reason: str, n: int) -> None:
+        if n and self._on_drop is not None:
+            try:
+                self._on_drop(reason, n)
+            except Exception:  # a failing counter must not take the sender down
+                log.exception("%s: counting %d dropped items failed", self.name, n)
+
+    def _clear(self) -> int:
+        with self._cv:
+            n = len(self._queue)
+            self._queue.clear()
+            self._settled_total += n
+            self._cv.notify_all()
+        return n
+
+    def _run(self) -> None:
+        cv, q = self._cv, self._queue
+        while True:
+            with cv:
+                deadline = time.monotonic() + self.linger_s
+                while (not self._closing and len(q) < self.max_batch
+                       and self._settled_total >= self._flush_upto and not self._abort.is_set()):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    cv.wait(left)
+                if self._abort.is_set():
+                    break
+                if not q:
+                    if self._closing:
+                        return
+                    continue
+                n = min(self.max_batch, len(q))
+                batch = [q.popleft() for _ in range(n)]
+            try:
+                self.deliver(partial(self.export, batch), n)
+            finally:
+                with cv:
+                    self._settled_total += n
+                    cv.notify_all()
+        left = self._clear()
+        if left:
+            self._drop("shutdown", left)
+            log.error("%s shutting down: %d items not exported", self.name, left)
