@@ -18,10 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_make_run_bootstraps_without_apt_and_make_test_with_it():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    run = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         check=True).stdout
-    test = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          check=True).stdout
+    make = ["make", "--no-print-directory", "-n"]  # under `make test` (MAKELEVEL=1) make names directories
+    run = subprocess.run([*make, "run"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
+    test = subprocess.run([*make, "test"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
     assert run.splitlines() == ["scripts/bootstrap-python", ".venv/bin/flowscope serve --demo"]
     assert test.splitlines()[0] == "scripts/bootstrap"
     script = (ROOT / "scripts" / "bootstrap-python").read_text()
