@@ -18,16 +18,19 @@ import re
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
 from exporter import conventions as c
 from exporter.web import HttpError, bearer_ok
 
+from .ext import current_flowscope
 from .query import check_text, number_arg, parse_alert_time, parse_datetime, read_body
-from .store import AlertStore, IncomingAlert
+from .store import IncomingAlert
 
 STATUSES = ("firing", "resolved")
 _FINGERPRINT = re.compile(r"^[0-9a-fA-F]{1,64}$")
+
+bp = Blueprint("alerts", __name__)
 
 
 def _str_map(v: Any, field: str) -> dict[str, str]:
@@ -91,33 +94,30 @@ def _check_auth(cfg) -> None:
                         headers={"WWW-Authenticate": challenge})
 
 
-def create_blueprint(store: AlertStore) -> Blueprint:
-    bp = Blueprint("alerts", __name__)
+@bp.post(c.ALERTS_WEBHOOK_PATH)
+def webhook():
+    ext = current_flowscope()
+    cfg = ext.config
+    _check_auth(cfg)
+    if (request.mimetype or "") != "application/json":
+        raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json", "Content-Type")
+    try:
+        doc = orjson.loads(read_body(cfg.max_body_bytes))
+    except orjson.JSONDecodeError as e:
+        raise HttpError(400, "malformed_body", f"body is not valid JSON: {e}") from None
+    receiver, incoming = validate(doc)
+    counts = ext.alerts.record(incoming, receiver)
+    return Response(orjson.dumps({"received": len(incoming), **counts}), mimetype="application/json")
 
-    @bp.post(c.ALERTS_WEBHOOK_PATH)
-    def webhook():
-        cfg = current_app.extensions["flowscope"].config
-        _check_auth(cfg)
-        if (request.mimetype or "") != "application/json":
-            raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json", "Content-Type")
-        try:
-            doc = orjson.loads(read_body(cfg.max_body_bytes))
-        except orjson.JSONDecodeError as e:
-            raise HttpError(400, "malformed_body", f"body is not valid JSON: {e}") from None
-        receiver, incoming = validate(doc)
-        counts = store.record(incoming, receiver)
-        return Response(orjson.dumps({"received": len(incoming), **counts}), mimetype="application/json")
 
-    @bp.get(c.ALERTS_PATH)
-    def list_alerts():
-        args = request.args
-        status = args.get("status")
-        if status is not None and status not in STATUSES:
-            raise HttpError(400, "invalid_query", "status must be firing or resolved", "status")
-        since = parse_datetime(args["since"], "since") if args.get("since") else None
-        limit = number_arg("limit", 100, 1, 1000)
-        severity, workflow = (check_text(args[k], k) if args.get(k) else None for k in ("severity", "workflow"))
-        rows = store.list(status=status, severity=severity, workflow=workflow, since=since, limit=limit)
-        return Response(orjson.dumps({"alerts": rows}), mimetype="application/json")
-
-    return bp
+@bp.get(c.ALERTS_PATH)
+def list_alerts():
+    args = request.args
+    status = args.get("status")
+    if status is not None and status not in STATUSES:
+        raise HttpError(400, "invalid_query", "status must be firing or resolved", "status")
+    since = parse_datetime(args["since"], "since") if args.get("since") else None
+    limit = number_arg("limit", 100, 1, 1000)
+    severity, workflow = (check_text(args[k], k) if args.get(k) else None for k in ("severity", "workflow"))
+    rows = current_flowscope().alerts.list(status=status, severity=severity, workflow=workflow, since=since, limit=limit)
+    return Response(orjson.dumps({"alerts": rows}), mimetype="application/json")

@@ -5,37 +5,42 @@ Example::
     app = create_app()                      # config from FLOWSCOPE_* / defaults
     app = create_app(exporter=my_exporter)  # tests: a fresh exporter each
 
+As Flask's tutorial app (flaskr) is laid out: every blueprint and its views are defined at module level
+(``alerts.bp``, ``runs.api.bp``, ...) and registered here; what they need (the exporter, the alert store,
+the regression service) is one :class:`~backend.ext.Flowscope` object, bound here and read by every view
+through :func:`backend.ext.flowscope`. The pages' and responses' data are built by plain functions in
+service modules beside the views (``runs/service.py``, ``runs/run_page.py``, ``runs/overview.py``,
+``analysis/service.py``).
+
 ``create_app`` starts no thread: :func:`services` lists what the app needs running (the exporter it
 built, the detection schedule), for the process's owner to start and stop.
 """
 
 from __future__ import annotations
 
-import orjson
-from flask import Flask, Response, request
+from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
-from exporter import conventions as c
 from exporter.config import load_config
-from exporter.http import create_blueprint
 from exporter.runtime import Exporter, Service
 from exporter.web import HttpError, error_response
 
-from .alerts import create_blueprint as alerts_blueprint
-from .analysis.api import create_blueprint as errors_blueprint
-from .openapi import openapi_document
+from . import alerts, openapi, provision_api
+from .analysis import api as errors_api
+from .ext import Flowscope, current_flowscope
 from .provision import GrafanaProvisioner
-from .provision_api import create_blueprint as provision_blueprint
 from .provision_api import grafana_config
+from .regression import api as regressions_api
 from .regression.analyze import DEFAULT_QUERIES, Settings
-from .regression.api import create_blueprint as regressions_blueprint
 from .regression.service import RegressionService, grafana_annotator
 from .regression.sources import PrometheusSource, load_queries
-from .runs.api import create_blueprint as runs_blueprint
-from .runs.pages import create_blueprint as pages_blueprint
+from .runs import api as runs_api
+from .runs import pages
 from .store import AlertStore
 
-BACKEND_BLUEPRINTS = ("alerts", "provision", "runs", "errors", "regressions", "pages")
+#: The backend's blueprints, whose filters and path parameters are checked for NUL before their views run.
+BACKEND_BLUEPRINTS = tuple(bp.name for bp in (alerts.bp, provision_api.bp, runs_api.bp, errors_api.bp,
+                                              regressions_api.bp, pages.bp))
 
 
 def _regression_service(ex: Exporter, store: AlertStore) -> RegressionService:
@@ -58,7 +63,24 @@ def services(app: Flask) -> list[Service]:
 
     :func:`create_app` starts no thread, so tests that build the app leave none behind.
     """
-    return list(app.extensions["flowscope_services"])
+    return list(current_flowscope(app).services)
+
+
+def _no_nul_in_backend_parameters() -> None:
+    """PostgreSQL refuses NUL in text: a backend filter or path parameter holding one is a 400, not a 500."""
+    if request.blueprint not in BACKEND_BLUEPRINTS:
+        return
+    for name, value in (*request.args.items(multi=True), *(request.view_args or {}).items()):
+        if isinstance(value, str) and "\x00" in value:
+            raise HttpError(400, "invalid_query", f"{name} must not contain NUL", name)
+
+
+def _flowscope_http(e: HttpError):
+    return error_response(e.status, e.code, e.message, e.field, e.headers)
+
+
+def _http(e: HTTPException):
+    return error_response(e.code or 500, (e.name or "error").lower().replace(" ", "_"), e.description or e.name)
 
 
 def create_app(exporter: Exporter | None = None, test_config: dict | None = None) -> Flask:
@@ -72,54 +94,21 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
         owned.append(Service("exporter", ex.start, ex.close))
     else:
         ex = exporter
-    app.extensions["flowscope"] = ex
-    app.register_blueprint(create_blueprint())
-    store = AlertStore(app.config.get("DATABASE_URL") or ex.db)
-    app.extensions["flowscope_alerts"] = store
-    app.register_blueprint(alerts_blueprint(store))
-    app.register_blueprint(provision_blueprint())
-    app.register_blueprint(runs_blueprint())
-    app.register_blueprint(pages_blueprint())
-    app.register_blueprint(errors_blueprint())
-    regressions = _regression_service(ex, store)
-    app.extensions["flowscope_regressions"] = regressions
-    app.register_blueprint(regressions_blueprint(regressions))
+    alert_store = AlertStore(app.config.get("DATABASE_URL") or ex.db)
+    regressions = _regression_service(ex, alert_store)
     if ex.config.detect_prometheus_url:
         interval = ex.config.detect_interval_s
         owned.append(Service("detection", lambda: regressions.start(interval), regressions.stop))
-    app.extensions["flowscope_services"] = owned
-
-    @app.before_request
-    def _no_nul_in_backend_parameters():
-        """PostgreSQL refuses NUL in text: a backend filter or path parameter holding one is a 400, not a 500."""
-        if request.blueprint not in BACKEND_BLUEPRINTS:
-            return
-        for name, value in (*request.args.items(multi=True), *(request.view_args or {}).items()):
-            if isinstance(value, str) and "\x00" in value:
-                raise HttpError(400, "invalid_query", f"{name} must not contain NUL", name)
-
-    @app.errorhandler(HttpError)
-    def _flowscope_http(e: HttpError):
-        return error_response(e.status, e.code, e.message, e.field, e.headers)
-
-    @app.errorhandler(HTTPException)
-    def _http(e: HTTPException):
-        return error_response(e.code or 500, (e.name or "error").lower().replace(" ", "_"), e.description or e.name)
-
-    @app.get(c.HEALTH_PATH)
-    def health():
-        loki = ex.loki
-        body = {
-            "status": "ok",
-            "loki": {"enabled": loki is not None,
-                     "queued_lines": loki.queued() if loki else 0},
-            "series": {f.name: len(f) for f in ex.store.families if len(f)},
-            "pending_otlp_spans": ex.pipeline.resolver.pending_spans,
-        }
-        return Response(orjson.dumps(body), mimetype="application/json")
-
-    @app.get(c.OPENAPI_PATH)
-    def openapi():
-        return Response(orjson.dumps(openapi_document()), mimetype="application/json")
-
+    # binds the one extension object, and registers the exporter's blueprint (ingest, /metrics, health)
+    Flowscope(ex, alert_store, regressions, owned).init_app(app)
+    app.register_blueprint(alerts.bp)
+    app.register_blueprint(provision_api.bp)
+    app.register_blueprint(runs_api.bp)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(errors_api.bp)
+    app.register_blueprint(regressions_api.bp)
+    app.register_blueprint(openapi.bp)
+    app.before_request(_no_nul_in_backend_parameters)
+    app.register_error_handler(HttpError, _flowscope_http)
+    app.register_error_handler(HTTPException, _http)
     return app

@@ -1,6 +1,12 @@
-"""The OpenAPI 3.1 document for every HTTP endpoint Flowscope serves."""
+"""The OpenAPI 3.1 document for every HTTP endpoint Flowscope serves, and the route that serves it.
+
+``tests/test_http.py`` checks it against the app's routes: every route served is documented.
+"""
 
 from __future__ import annotations
+
+import orjson
+from flask import Blueprint, Response
 
 from exporter import conventions as c
 
@@ -289,3 +295,11 @@ def openapi_document() -> dict:
             "securitySchemes": {"ingestToken": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+bp = Blueprint("openapi", __name__)
+
+
+@bp.get(c.OPENAPI_PATH)
+def openapi():
+    return Response(orjson.dumps(openapi_document()), mimetype="application/json")

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from grafana_client import GrafanaApi
-from grafana_client.client import (GrafanaClientError, GrafanaServerError, GrafanaTimeoutError,
-                                   GrafanaUnauthorizedError)
+from grafana_client.client import GrafanaClientError, GrafanaServerError, GrafanaTimeoutError, GrafanaUnauthorizedError
 
 from exporter.retry import RetryPolicy
 

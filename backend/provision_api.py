@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import orjson
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
 from exporter.web import HttpError
 
 from .admin import require_admin
 from .dashboards.build import dashboards
+from .ext import current_flowscope
 from .provision import GrafanaConfig, GrafanaProvisioner, ProvisionError
 from .rules.spec import load_spec
 
 PROVISION_PATH = "/api/v1/provision/dashboards"
+#: The alert spec the dashboards are built from.
+SPEC_PATH = "alert_rules/spec/flowscope.yaml"
+
+bp = Blueprint("provision", __name__)
 
 
 def grafana_config(cfg) -> GrafanaConfig:
@@ -20,19 +25,14 @@ def grafana_config(cfg) -> GrafanaConfig:
                          loki_url=cfg.grafana_loki_url, backend_url=cfg.public_url)
 
 
-def create_blueprint(spec_path: str = "alert_rules/spec/flowscope.yaml") -> Blueprint:
-    bp = Blueprint("provision", __name__)
-
-    @bp.post(PROVISION_PATH)
-    def provision():
-        cfg = current_app.extensions["flowscope"].config
-        require_admin(cfg, "provisioning")
-        if not cfg.grafana_url:
-            raise HttpError(409, "grafana_not_configured", "set FLOWSCOPE_GRAFANA_URL (and FLOWSCOPE_GRAFANA_TOKEN)")
-        try:
-            report = GrafanaProvisioner(grafana_config(cfg)).provision(dashboards(load_spec(spec_path)))
-        except ProvisionError as e:
-            raise HttpError(502, "grafana_error", str(e)) from None
-        return Response(orjson.dumps(report), mimetype="application/json")
-
-    return bp
+@bp.post(PROVISION_PATH)
+def provision():
+    cfg = current_flowscope().config
+    require_admin(cfg, "provisioning")
+    if not cfg.grafana_url:
+        raise HttpError(409, "grafana_not_configured", "set FLOWSCOPE_GRAFANA_URL (and FLOWSCOPE_GRAFANA_TOKEN)")
+    try:
+        report = GrafanaProvisioner(grafana_config(cfg)).provision(dashboards(load_spec(SPEC_PATH)))
+    except ProvisionError as e:
+        raise HttpError(502, "grafana_error", str(e)) from None
+    return Response(orjson.dumps(report), mimetype="application/json")

@@ -1,4 +1,4 @@
-"""Query-string helpers shared by the backend's read APIs: times, bounded numbers, text, bodies, the run store.
+"""Query-string helpers shared by the backend's read APIs: times, bounded numbers, text, bodies, JSON out.
 
 Every query parameter a backend view reads goes through one of these, so a bad value is a 400 naming
 the field, never a 500 further down (an int64 overflow in the database, ``int("²")``, a NUL byte that
@@ -18,9 +18,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from flask import Response, current_app, request
+from flask import Response, request
 
-from exporter.store import RunStore
 from exporter.validate import MAX_TIME_NS  # what a BIGINT of nanoseconds holds: the ingest limit too
 from exporter.web import HttpError, read_body  # noqa: F401 - re-exported: the capped, gzip-aware reader ingest uses
 
@@ -139,14 +138,6 @@ def check_text(value: str, field: str, max_len: int = 1000) -> str:
     if "\x00" in value or len(value) > max_len:
         raise HttpError(400, "invalid_query", f"{field} must be at most {max_len} characters, without NUL", field)
     return value
-
-
-
-def run_store() -> RunStore:
-    store = current_app.extensions["flowscope"].runs
-    if store is None:
-        raise HttpError(404, "run_store_disabled", "the run store is off (FLOWSCOPE_RUN_STORE=false)")
-    return store
 
 
 def json_response(body, status: int = 200) -> Response:

@@ -597,7 +597,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     except FlowscopeError as e:
         print(f"flowscope: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except ModuleNotFoundError as e:
+        extra = _EXTRA_OF.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"flowscope: `flowscope {args.command}` needs the {extra} extra ({e.name} is not installed): "
+              f"pip install 'flowscope[{extra}]'", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_USAGE
+
+
+#: The packages `pip install flowscope` (the SDK alone) leaves out, and the extra that brings each.
+_EXTRA_OF = {**dict.fromkeys(("numpy", "scipy", "pandas", "matplotlib"), "analysis"),
+             **dict.fromkeys(("flask", "waitress", "sqlalchemy", "alembic", "psycopg", "msgspec", "cramjam",
+                              "google", "opentelemetry", "grafana_client", "grafana_foundation_sdk", "werkzeug",
+                              "jinja2"), "server")}
 
 
 if __name__ == "__main__":

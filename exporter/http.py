@@ -1,13 +1,19 @@
-"""The exporter's HTTP surface as a Flask blueprint: OTLP, native ingest and /metrics.
+"""The exporter's HTTP surface as a Flask blueprint: OTLP, native ingest, profiles, /metrics and health.
 
 Views parse the request, call the pipeline, and serialise the result. Every
 refusal is JSON ``{"error": {"code", "message", "field"?}}`` with a 4xx.
+
+The exporter serves on its own, without the backend: :func:`init_app` binds an :class:`Exporter` to an
+app and registers :data:`bp`; every view reaches it through :func:`current_exporter`::
+
+    app = Flask(__name__)
+    init_app(app, build(load_config()))   # the backend's create_app does the same for its exporter
 """
 
 from __future__ import annotations
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_latest_om
@@ -22,10 +28,22 @@ from .validate import MAX_ID_CHARS, MAX_LABEL_CHARS, clean_label
 from .web import HttpError, bearer_ok, error_response, read_body
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
+#: The key of the app's :class:`Exporter` in ``app.extensions``; read it through :func:`current_exporter`.
+EXTENSION = "flowscope.exporter"
+
+bp = Blueprint("exporter", __name__)
 
 
-def _exporter() -> Exporter:
-    return current_app.extensions["flowscope"]
+def init_app(app: Flask, exporter: Exporter) -> None:
+    """Serve ``exporter``'s ingest, /metrics and health on ``app``."""
+    app.extensions[EXTENSION] = exporter
+    app.register_blueprint(bp)
+
+
+def current_exporter(app: Flask | None = None) -> Exporter:
+    """The :class:`Exporter` bound by :func:`init_app` to ``app`` (default: the app handling this request)."""
+    exporter: Exporter = (current_app if app is None else app).extensions[EXTENSION]
+    return exporter
 
 
 def _check_auth(ex: Exporter) -> None:
@@ -68,116 +86,130 @@ def _media_type() -> str:
     return (request.mimetype or "").lower()
 
 
-def create_blueprint() -> Blueprint:
-    bp = Blueprint("exporter", __name__)
+@bp.errorhandler(HttpError)
+def _http_error(e: HttpError):
+    return error_response(e.status, e.code, e.message, e.field, e.headers)
 
-    @bp.errorhandler(HttpError)
-    def _http_error(e: HttpError):
-        return error_response(e.status, e.code, e.message, e.field, e.headers)
 
-    @bp.post(c.OTLP_TRACES_PATH)
-    def otlp_traces():
-        ex = _exporter()
-        mt = _media_type()
-        if mt in PROTOBUF_TYPES:
-            fmt = c.FORMAT_OTLP_PROTOBUF
-            result = _accept(ex, fmt, lambda: otlp.decode_protobuf(read_body(ex.config.max_body_bytes)))
-            resp = ExportTraceServiceResponse()
-            if result.rejected:
-                resp.partial_success.rejected_spans = len(result.rejected)
-                resp.partial_success.error_message = result.summary()
-            return Response(resp.SerializeToString(), status=200, mimetype="application/x-protobuf")
-        if mt == "application/json":
-            fmt = c.FORMAT_OTLP_JSON
-            result = _accept(ex, fmt, lambda: otlp.decode_json(read_body(ex.config.max_body_bytes)))
-            body = {}
-            if result.rejected:
-                body = {"partialSuccess": {"rejectedSpans": len(result.rejected), "errorMessage": result.summary()}}
-            return Response(orjson.dumps(body), status=200, mimetype="application/json")
-        ex.pipeline.reject_request("otlp", "unsupported_media_type")
-        raise HttpError(415, "unsupported_media_type",
-                        f"Content-Type {mt or '(none)'!r} is not supported; use application/x-protobuf "
-                        "or application/json", field="Content-Type")
+@bp.post(c.OTLP_TRACES_PATH)
+def otlp_traces():
+    ex = current_exporter()
+    mt = _media_type()
+    if mt in PROTOBUF_TYPES:
+        fmt = c.FORMAT_OTLP_PROTOBUF
+        result = _accept(ex, fmt, lambda: otlp.decode_protobuf(read_body(ex.config.max_body_bytes)))
+        resp = ExportTraceServiceResponse()
+        if result.rejected:
+            resp.partial_success.rejected_spans = len(result.rejected)
+            resp.partial_success.error_message = result.summary()
+        return Response(resp.SerializeToString(), status=200, mimetype="application/x-protobuf")
+    if mt == "application/json":
+        fmt = c.FORMAT_OTLP_JSON
+        result = _accept(ex, fmt, lambda: otlp.decode_json(read_body(ex.config.max_body_bytes)))
+        body = {}
+        if result.rejected:
+            body = {"partialSuccess": {"rejectedSpans": len(result.rejected), "errorMessage": result.summary()}}
+        return Response(orjson.dumps(body), status=200, mimetype="application/json")
+    ex.pipeline.reject_request("otlp", "unsupported_media_type")
+    raise HttpError(415, "unsupported_media_type",
+                    f"Content-Type {mt or '(none)'!r} is not supported; use application/x-protobuf "
+                    "or application/json", field="Content-Type")
 
-    @bp.post(c.NATIVE_SPANS_PATH)
-    def native_spans():
-        ex = _exporter()
-        if _media_type() != "application/json":
-            ex.pipeline.reject_request(c.FORMAT_NATIVE, "unsupported_media_type")
-            raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json",
-                            field="Content-Type")
-        result = _accept(ex, c.FORMAT_NATIVE, lambda: native.decode(_json(read_body(ex.config.max_body_bytes))))
-        body = {"accepted": len(result.spans) + len(result.errors), "rejected": len(result.rejected),
-                "errors": [{"index": r.index, "reason": r.reason, "message": r.detail} for r in result.rejected[:20]]}
-        status = 200
-        if result.rejected and not result.spans and not result.errors:
-            status = 400
-            body["error"] = {"code": "no_valid_spans", "message": result.summary()}
-        return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
-    @bp.post(c.PROFILES_PATH)
-    def profiles():
-        """Folded stacks (text/plain) or a pstats dump (application/octet-stream), tied to ?workflow=."""
-        ex = _exporter()
-        try:
-            _check_auth(ex)
-        except HttpError as e:
-            ex.pipeline.reject_request("profile", e.code)
-            raise
-        args = request.args
-        workflow = args.get("workflow", "")
-        if not workflow or len(workflow) > MAX_LABEL_CHARS:
-            raise HttpError(400, "missing_field",
-                            f"the workflow query parameter is required (1-{MAX_LABEL_CHARS} characters)", "workflow")
-        cid = args.get("correlation_id") or None
-        if cid is not None and len(cid) > MAX_ID_CHARS:
-            raise HttpError(400, "invalid_value", f"correlation_id is longer than {MAX_ID_CHARS} characters",
-                            "correlation_id")
-        cid = clean_label(cid)[0] if cid is not None else None
-        fmt = args.get("format") or ("pstats" if _media_type() == "application/octet-stream" else "folded")
-        if fmt not in ("folded", "pstats"):
-            raise HttpError(400, "invalid_value", f"format must be folded or pstats, got {fmt[:40]!r}", "format")
-        body = read_body(ex.config.max_body_bytes)
-        try:
-            if fmt == "folded":
-                try:
-                    rate = float(args.get("sample_rate", "100")[:40])
-                except ValueError:
-                    raise HttpError(400, "invalid_value", "sample_rate must be a number of Hz", "sample_rate") from None
-                try:
-                    text = body.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise ProfileError("folded stacks must be UTF-8 text") from None
-                self_s, stacks = parse_folded(text, rate)
-                profile = Profile(workflow, self_s, cid, stacks, rate)
-            else:
-                profile = Profile(workflow, parse_pstats(body), cid)
-        except ProfileError as e:
-            ex.pipeline.reject_request("profile", "malformed_body")
-            raise HttpError(400, "malformed_profile", str(e), "body") from None
-        ex.pipeline.record_profile(profile, fmt)
-        top = sorted(profile.self_seconds.items(), key=lambda kv: -kv[1])[:5]
-        return Response(orjson.dumps({"accepted": True, "format": fmt, "functions": len(profile.self_seconds),
-                                      "cpu_seconds": round(sum(profile.self_seconds.values()), 6),
-                                      "top": [{"function": f, "self_seconds": round(v, 6)} for f, v in top]}),
-                        mimetype="application/json")
+@bp.post(c.NATIVE_SPANS_PATH)
+def native_spans():
+    ex = current_exporter()
+    if _media_type() != "application/json":
+        ex.pipeline.reject_request(c.FORMAT_NATIVE, "unsupported_media_type")
+        raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json",
+                        field="Content-Type")
+    result = _accept(ex, c.FORMAT_NATIVE, lambda: native.decode(_json(read_body(ex.config.max_body_bytes))))
+    body = {"accepted": len(result.spans) + len(result.errors), "rejected": len(result.rejected),
+            "errors": [{"index": r.index, "reason": r.reason, "message": r.detail} for r in result.rejected[:20]]}
+    status = 200
+    if result.rejected and not result.spans and not result.errors:
+        status = 400
+        body["error"] = {"code": "no_valid_spans", "message": result.summary()}
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
-    @bp.get(c.METRICS_PATH)
-    def metrics():
-        ex = _exporter()
-        om = wants_openmetrics(request.headers.get("Accept"))
-        if om:
-            extra = generate_latest_om(ex.registry)
-            extra = extra[: -len(b"# EOF\n")] if extra.endswith(b"# EOF\n") else extra
+
+@bp.post(c.PROFILES_PATH)
+def profiles():
+    """Folded stacks (text/plain) or a pstats dump (application/octet-stream), tied to ?workflow=."""
+    ex = current_exporter()
+    try:
+        _check_auth(ex)
+    except HttpError as e:
+        ex.pipeline.reject_request("profile", e.code)
+        raise
+    args = request.args
+    workflow = args.get("workflow", "")
+    if not workflow or len(workflow) > MAX_LABEL_CHARS:
+        raise HttpError(400, "missing_field",
+                        f"the workflow query parameter is required (1-{MAX_LABEL_CHARS} characters)", "workflow")
+    cid = args.get("correlation_id") or None
+    if cid is not None and len(cid) > MAX_ID_CHARS:
+        raise HttpError(400, "invalid_value", f"correlation_id is longer than {MAX_ID_CHARS} characters",
+                        "correlation_id")
+    cid = clean_label(cid)[0] if cid is not None else None
+    fmt = args.get("format") or ("pstats" if _media_type() == "application/octet-stream" else "folded")
+    if fmt not in ("folded", "pstats"):
+        raise HttpError(400, "invalid_value", f"format must be folded or pstats, got {fmt[:40]!r}", "format")
+    body = read_body(ex.config.max_body_bytes)
+    try:
+        if fmt == "folded":
+            try:
+                rate = float(args.get("sample_rate", "100")[:40])
+            except ValueError:
+                raise HttpError(400, "invalid_value", "sample_rate must be a number of Hz", "sample_rate") from None
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProfileError("folded stacks must be UTF-8 text") from None
+            self_s, stacks = parse_folded(text, rate)
+            profile = Profile(workflow, self_s, cid, stacks, rate)
         else:
-            extra = generate_latest(ex.registry)
+            profile = Profile(workflow, parse_pstats(body), cid)
+    except ProfileError as e:
+        ex.pipeline.reject_request("profile", "malformed_body")
+        raise HttpError(400, "malformed_profile", str(e), "body") from None
+    ex.pipeline.record_profile(profile, fmt)
+    top = sorted(profile.self_seconds.items(), key=lambda kv: -kv[1])[:5]
+    return Response(orjson.dumps({"accepted": True, "format": fmt, "functions": len(profile.self_seconds),
+                                  "cpu_seconds": round(sum(profile.self_seconds.values()), 6),
+                                  "top": [{"function": f, "self_seconds": round(v, 6)} for f, v in top]}),
+                    mimetype="application/json")
 
-        def body():
-            yield from render_iter(ex.store, om)
-            yield extra
-            yield finish(om)
 
-        return Response(body(), mimetype=None,
-                        content_type=OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE)
+@bp.get(c.METRICS_PATH)
+def metrics():
+    ex = current_exporter()
+    om = wants_openmetrics(request.headers.get("Accept"))
+    if om:
+        extra = generate_latest_om(ex.registry)
+        extra = extra.removesuffix(b"# EOF\n")
+    else:
+        extra = generate_latest(ex.registry)
 
-    return bp
+    def body():
+        yield from render_iter(ex.store, om)
+        yield extra
+        yield finish(om)
+
+    return Response(body(), mimetype=None,
+                    content_type=OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE)
+
+
+
+@bp.get(c.HEALTH_PATH)
+def health():
+    ex = current_exporter()
+    loki = ex.loki
+    body = {
+        "status": "ok",
+        "loki": {"enabled": loki is not None,
+                 "queued_lines": loki.queued() if loki else 0},
+        "series": {f.name: len(f) for f in ex.store.families if len(f)},
+        "pending_otlp_spans": ex.pipeline.resolver.pending_spans,
+    }
+    return Response(orjson.dumps(body), mimetype="application/json")

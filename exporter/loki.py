@@ -30,8 +30,9 @@ import logging
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cramjam
 import orjson
@@ -42,6 +43,9 @@ from .metrics import MetricStore
 from .model import ErrorRecord, Span
 from .retry import RetriesExhausted, RetryInterrupted, RetryPolicy, SendError, parse_retry_after
 from .worker import BatchWorker
+
+if TYPE_CHECKING:
+    from .profiles import Profile
 
 log = logging.getLogger("flowscope.loki")
 
@@ -184,7 +188,8 @@ class LokiPusher:
     counted (``reason="queue_full"``). The queue holds Spans or ready entries; a
     Span's line is built by the pusher thread when its batch is taken, so the
     traced application never pays for JSON encoding. Nothing is pushed until
-    :meth:`start`; :meth:`close` flushes and stops.
+    :meth:`start`; :meth:`close` flushes and stops. It is one of the pipeline's sinks
+    (:class:`~exporter.sinks.Sink`: :meth:`spans`, :meth:`error`, :meth:`profile`, :meth:`flush`, :meth:`close`).
     """
 
     def __init__(self, config: LokiConfig, store: MetricStore, session: requests.Session | None = None,
@@ -223,6 +228,22 @@ class LokiPusher:
 
     def queued(self) -> int:
         return self.worker.queued()
+
+    # -- the pipeline's sink (exporter.sinks.Sink) ------------------------------------------
+
+    def spans(self, batch: Sequence[Span]) -> None:
+        """Queue finished steps; each becomes a line on the pusher thread."""
+        if len(batch) == 1:
+            self.worker.submit(batch[0])
+        else:
+            self.worker.submit_many(batch)
+
+    def error(self, rec: ErrorRecord) -> None:
+        """Queue a logged error as a line (its message redacted with ``config.redact``)."""
+        self.worker.submit(error_entry(rec, self.config.redact))
+
+    def profile(self, profile: Profile) -> None:
+        """Loki keeps no profiles."""
 
     def _count(self, counter, key, n=1) -> None:
         with self._store.lock:

@@ -1,28 +1,39 @@
-"""Fan finished spans out to the metrics store and the Loki pusher.
+"""Turn finished spans into metrics, then hand them to the sinks: the Loki pusher, the run store, any other.
 
 ``Pipeline.ingest`` is the one entry point every input path uses (OTLP,
 native JSON, the in-process SDK). It holds the store's lock once per batch.
-The Loki pusher is optional; without it spans only become metrics.
+Every sink is optional and implements :class:`~exporter.sinks.Sink`; without
+any, spans only become metrics::
+
+    pipeline = Pipeline(store, loki=loki_pusher)   # a sink; kept as ``pipeline.loki`` for its owner
+    pipeline.attach_recorder(run_recorder)         # a sink too; kept as ``pipeline.recorder``
+    pipeline.add_sink(forwarder)                   # any Sink, or a plain callable taking a list of spans
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from . import conventions as c
-from .loki import LokiPusher, error_entry
 from .metrics import MetricStore
 from .model import ErrorRecord, Span
 from .redact import Redactor
 from .resolver import PENDING_LIMIT, SHUTDOWN, TIMEOUT, WorkflowResolver
+from .sinks import FastSink, FastStep, Sink, SpanCallback
 from .validate import clean_text, clean_value
+
+if TYPE_CHECKING:
+    from .loki import LokiPusher
+    from .profiles import Profile
+    from .store import RunRecorder
 
 
 class Pipeline:
     def __init__(self, store: MetricStore, loki: LokiPusher | None = None,
                  resolver: WorkflowResolver | None = None, clock: Callable[[], float] = time.time,
-                 sinks: Iterable[Callable[[list[Span]], None]] = (), redactor: Redactor | None = None):
+                 sinks: Iterable[Sink | Callable[[list[Span]], object]] = (), redactor: Redactor | None = None):
         self.store = store
         redactor = redactor or Redactor()
         #: Scrubs secrets out of free text (error messages, stacks) before it leaves the process.
@@ -30,14 +41,23 @@ class Pipeline:
         #: Scrubs names (workflow, component, operation) before they become labels, lines or rows.
         self.name = redactor.name
         self._names = redactor.names  # its memo: one dict lookup per name on the hot paths
-        self.loki = loki
         self.resolver = resolver or WorkflowResolver()
         self.clock = clock
-        self.sinks: list[Callable[[list[Span]], None]] = []
-        #: The run store's sink (``RunRecorder``); it takes the SDK's fast-path tuples, so it keeps that path.
-        self.recorder = None
-        #: True while spans only feed metrics: the SDK may then skip building Span objects.
-        self.metrics_only = loki is None
+        #: Every sink, in the order added: each gets every span, error and profile (see :mod:`exporter.sinks`).
+        self.sinks: list[Sink] = []
+        #: The ``fast`` of every sink that takes the SDK's fast-path tuples (:class:`~exporter.sinks.FastSink`),
+        #: and one callable that hands a step to all of them (None without any): the hot path makes one call.
+        self._fast: list[Callable[[FastStep], None]] = []
+        self._on_fast: Callable[[FastStep], None] | None = None
+        #: True while every sink takes fast-path tuples: the SDK may then skip building Span objects.
+        self.metrics_only = True
+        #: The Loki pusher among the sinks, if any, for its owner (flush, close, counters).
+        self.loki: LokiPusher | None = None
+        #: The run store's writer among the sinks, if any, for its owner and tests (``recorder.flush()``).
+        self.recorder: RunRecorder | None = None
+        if loki is not None:
+            self.loki = loki
+            self.add_sink(loki)
         for sink in sinks:
             self.add_sink(sink)
         s = store
@@ -159,12 +179,8 @@ class Pipeline:
     def _fan_out(self, spans: list[Span]) -> None:
         if not spans:
             return
-        if self.loki is not None:
-            self.loki.enqueue_many(spans)
-        if self.recorder is not None:
-            self.recorder.spans(spans)
         for sink in self.sinks:
-            sink(spans)
+            sink.spans(spans)
 
     def record_step(self, s: Span) -> None:
         """The SDK's path for one span (same effect as ``ingest([s], "sdk")``).
@@ -183,21 +199,38 @@ class Pipeline:
         with self.store.lock:
             self._sdk_received += 1
             self._apply((s,))
-        if self.loki is not None:
-            self.loki.enqueue(s)
-        if self.recorder is not None:
-            self.recorder.spans((s,))
+        one = (s,)
         for sink in self.sinks:
-            sink([s])
+            sink.spans(one)
 
-    def add_sink(self, sink: Callable[[list[Span]], None]) -> None:
-        """Also hand every finished batch of spans to ``sink`` (e.g. the run store)."""
+    def add_sink(self, sink: Sink | Callable[[list[Span]], object]) -> Sink:
+        """Also hand every span, error and profile to ``sink`` from now on; returns it.
+
+        ``sink`` is a :class:`~exporter.sinks.Sink`, or a plain callable that takes a list of spans
+        (wrapped in a :class:`~exporter.sinks.SpanCallback`). The pipeline closes it in :meth:`close`;
+        its owner starts it.
+        """
+        if not isinstance(sink, Sink):
+            if not callable(sink):
+                raise TypeError(f"a sink implements exporter.sinks.Sink or is a callable, not {type(sink).__name__}")
+            sink = SpanCallback(sink)
         self.sinks.append(sink)
-        self.metrics_only = False
+        if isinstance(sink, FastSink):
+            self._fast.append(sink.fast)
+            fast = tuple(self._fast)
 
-    def attach_recorder(self, recorder) -> None:
-        """Also write every span, error and profile to the run store through ``recorder``."""
+            def each(step: FastStep) -> None:
+                for f in fast:
+                    f(step)
+            self._on_fast = fast[0] if len(fast) == 1 else each
+        else:
+            self.metrics_only = False
+        return sink
+
+    def attach_recorder(self, recorder: RunRecorder) -> None:
+        """Also write every span, error and profile to the run store through ``recorder`` (a sink)."""
         self.recorder = recorder
+        self.add_sink(recorder)
 
     def fast_step(self, run, layer: str, component: str, operation: str, start_ns: int, end_ns: int,
                   span_id: str, parent_span_id: str) -> None:
@@ -224,16 +257,16 @@ class Pipeline:
                                   status="ok", parent_span_id=parent_span_id, correlation_id=run.correlation_id,
                                   service=run.service))
             return
-        rec = self.recorder
-        if rec is not None:
-            rec.fast((run, layer, component, operation, start_ns, end_ns, span_id, parent_span_id))
+        on_fast = self._on_fast
+        if on_fast is not None:
+            on_fast((run, layer, component, operation, start_ns, end_ns, span_id, parent_span_id))
 
     def _renamed(self, key: tuple) -> bool:
         """Whether redaction changes a step key's workflow, component or operation."""
         name = self.name
         return name(key[0]) != key[0] or name(key[2]) != key[2] or name(key[3]) != key[3]
 
-    def record_profile(self, profile, fmt: str) -> None:
+    def record_profile(self, profile: Profile, fmt: str) -> None:
         """Add a profile's self time to the per-function counter.
 
         Each workflow keeps at most ``profile_top_n`` function series: a profile's
@@ -254,18 +287,16 @@ class Pipeline:
             if other:
                 self.profile_cpu.inc((profile.workflow, "other"), other)
             self.profiles_received.inc((fmt,))
-        if self.recorder is not None:
-            self.recorder.profile(profile)
+        for sink in self.sinks:
+            sink.profile(profile)
 
     def record_error(self, e: ErrorRecord) -> None:
         name = self.name
         e.workflow, e.component, e.error_type = name(e.workflow), name(e.component), name(e.error_type)
         with self.store.lock:
             self.step_errors.inc((e.workflow, e.layer, e.component, e.error_type))
-        if self.loki is not None:
-            self.loki.enqueue(error_entry(e, self.redact))
-        if self.recorder is not None:
-            self.recorder.error(e)
+        for sink in self.sinks:
+            sink.error(e)
 
     def workflow_started(self, workflow: str) -> None:
         workflow = self.name(workflow)
@@ -286,16 +317,19 @@ class Pipeline:
             self._apply(spans)
         self._fan_out(spans)
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Release every waiting span, then flush Loki and the run store, side by side, within ``timeout_s``."""
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Release every waiting span, then flush and close every sink, side by side, within ``timeout_s``.
+
+        True if every sink delivered everything in time (what one could not is counted by that sink).
+        """
         end = time.monotonic() + timeout_s
         with self.store.lock:
             spans = self.resolver.expire(float("inf"))
             self._apply(spans)
         self._fan_out(spans)
-        if self.loki is not None:
-            self.loki.close(wait=False)  # its thread drains while the run store's writer does
-        if self.recorder is not None:
-            self.recorder.close(max(0.0, end - time.monotonic()))
-        if self.loki is not None:
-            self.loki.close(max(0.0, end - time.monotonic()))
+        for sink in self.sinks:
+            sink.close(timeout_s, wait=False)  # each starts draining while the others do
+        ok = True
+        for sink in self.sinks:
+            ok = sink.close(max(0.0, end - time.monotonic())) is not False and ok
+        return ok

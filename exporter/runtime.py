@@ -4,7 +4,8 @@
 Use :func:`build` to make a started one from a :class:`~exporter.config.Config`, and
 :meth:`Exporter.close` to stop it; tests build as many as they like, each with its own registries.
 ``Exporter(config)`` itself opens the store but starts no thread of its own: :meth:`Exporter.start`
-does (the Loki pusher, the tick).
+does (the Loki pusher, the run store's writer, the tick). The pipeline's sinks (:mod:`exporter.sinks`) are
+the Loki pusher and the run store's recorder; :meth:`Exporter.close` closes them through the pipeline.
 """
 
 from __future__ import annotations
@@ -60,19 +61,23 @@ class Exporter:
                                  redactor=self.redactor)
         self.db = make_engine(config.database_url)
         self.runs: RunStore | None = None
+        self.recorder: RunRecorder | None = None
         if config.run_store:
             self.runs = RunStore(self.db, self.redactor, config.state_max_bytes)
-            self.pipeline.attach_recorder(RunRecorder(self.runs, self.store, retention_s=config.run_retention_s,
-                                                      sweep_interval_s=min(3600.0, config.run_retention_s / 10)))
+            self.recorder = RunRecorder(self.runs, self.store, retention_s=config.run_retention_s,
+                                        sweep_interval_s=min(3600.0, config.run_retention_s / 10))
+            self.pipeline.attach_recorder(self.recorder)
         self._meter_provider = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
     def start(self) -> Exporter:
-        """Start the Loki pusher and the tick (once). Whoever calls this calls :meth:`close`."""
+        """Start the Loki pusher, the run store's writer and the tick (once). Whoever calls this calls :meth:`close`."""
         if self._ticker is None and not self._stop.is_set():
             if self.loki is not None:
                 self.loki.start()
+            if self.recorder is not None:
+                self.recorder.start()
             self._ticker = threading.Thread(target=self._tick, name="flowscope-tick", daemon=True)
             self._ticker.start()
         return self
@@ -89,26 +94,35 @@ class Exporter:
                                                  resource=Resource.create({"service.name": self.config.service_name}))
         return self._meter_provider
 
+    def tick(self) -> None:
+        """Once a second, on the tick thread: release OTLP spans whose root never came, and sweep the run
+        store past its retention when the sweep is due (every ``sweep_interval_s``, the first at the first tick)."""
+        try:
+            self.pipeline.tick()
+        except Exception:
+            log.exception("periodic pipeline tick failed")
+        if self.recorder is not None:
+            self.recorder.sweep_if_due()  # logs and counts its own failures
+
     def _tick(self) -> None:
         while not self._stop.wait(1.0):
-            try:
-                self.pipeline.tick()
-            except Exception:
-                log.exception("periodic pipeline tick failed")
+            self.tick()
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Stop the tick, release waiting spans, flush Loki and the run store within ``timeout_s``, close
-        the database. What cannot be flushed in time is counted as dropped. Idempotent."""
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Stop the tick, release waiting spans, flush and close every sink (Loki, the run store) within
+        ``timeout_s``, close the database. What cannot be flushed in time is counted as dropped, and then
+        this returns False (a :class:`Lifecycle` logs it). Idempotent."""
         if self._stop.is_set():
-            return
+            return True
         end = time.monotonic() + timeout_s
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(max(0.0, end - time.monotonic()))
-        self.pipeline.close(max(0.0, end - time.monotonic()))
+        flushed = self.pipeline.close(max(0.0, end - time.monotonic()))
         if self._meter_provider is not None:
             self._meter_provider.shutdown()
         self.db.dispose()
+        return flushed
 
 
 def build(config: Config | None = None) -> Exporter:

@@ -13,6 +13,7 @@ Example::
                          max_queue=10_000, max_batch=500, linger_s=1.0, policy=RetryPolicy(deadline_s=60))
     worker.start()
     worker.submit(item)          # False, and counted as queue_full, when the queue is full
+    worker.offer(item)           # the same without the lock, for a hot path (see offer)
     worker.shutdown(timeout_s=10)  # exports what is queued; past the deadline, counts the rest as shutdown
 
 Drop reasons counted by the worker: ``queue_full``, ``shutdown`` (queued or in a backoff when the
@@ -77,6 +78,13 @@ class BatchWorker(Generic[T]):
         self.on_retry = on_retry
         self._on_drop = on_drop
         self._queue: deque[T] = deque()
+        # offer()'s lock-free appends; moved into _queue (and counted in _queued_total) under the lock
+        self._inbox: deque[T] = deque()
+        self._exited = False  # the thread took its last look at the queues (set under the lock)
+        # What offer() may hold before it takes submit's path: max_queue while open, 0 once shut down and,
+        # with autostart, until the thread runs (so that the first offer starts it): one check on the hot path.
+        self._room = 0 if autostart else max_queue
+        self._wake_at = max_batch - 1  # offer() wakes the thread when the item it adds makes a full batch
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False  # no more submits; the thread exports what is queued, then returns
@@ -94,6 +102,7 @@ class BatchWorker(Generic[T]):
         with self._cv:
             if self._thread is None and not self._closing:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._room = self.max_queue
                 self._thread.start()
         return self
 
@@ -115,6 +124,7 @@ class BatchWorker(Generic[T]):
         """Wait until everything queued before this call is exported or counted; False at the deadline."""
         end = time.monotonic() + timeout_s
         with self._cv:
+            self._absorb()
             target = self._queued_total
             if self._settled_total >= target:
                 return True
@@ -141,11 +151,13 @@ class BatchWorker(Generic[T]):
         end = time.monotonic() + max(0.0, timeout_s)
         with self._cv:
             self._closing = True
+            self._room = 0
+            self._absorb()
             self._flush_upto = self._queued_total
             self._cv.notify_all()
             thread = self._thread
         if not wait:
-            return not self._queue and (thread is None or not thread.is_alive())
+            return not self._queue and not self._inbox and (thread is None or not thread.is_alive())
         finished = True
         if thread is not None:
             thread.join(max(0.0, end - time.monotonic()))
@@ -170,6 +182,8 @@ class BatchWorker(Generic[T]):
         """Queue one item; False if it was dropped (full queue, or shut down). Never blocks on I/O."""
         q = self._queue
         with self._cv:  # the hot path (one traced step, one log line): append, and wake the thread at a full batch
+            if self._inbox:
+                self._absorb()
             queued = not self._closing and len(q) < self.max_queue
             if queued:
                 q.append(item)
@@ -193,6 +207,8 @@ class BatchWorker(Generic[T]):
             return 0
         q, cap = self._queue, self.max_queue
         with self._cv:
+            if self._inbox:
+                self._absorb()
             if self._closing:
                 taken, lost = 0, len(items)
                 reason = "shutdown"
@@ -220,9 +236,34 @@ class BatchWorker(Generic[T]):
             self.start()
         return taken
 
+    def offer(self, item: T) -> int:
+        """:meth:`submit` without the lock, for a hot path that must cost tens of nanoseconds (a traced step).
+
+        The item is appended to an inbox (``deque.append`` is atomic under the GIL) that the thread moves
+        into the queue when it looks (at a full batch, or every ``linger_s``), as do ``submit``,
+        ``force_flush`` and ``shutdown``. Bounded like ``submit``: with the queue full, or once shut down,
+        it takes ``submit``'s path, which drops (or makes room) and counts. The bound is checked without
+        the lock, so producers racing at the bound may overshoot ``max_queue`` by one item each. An item
+        offered while ``shutdown`` finishes is still exported or counted as ``shutdown``.
+
+        Returns how many items wait, this one included (what :meth:`queued` would say), or 0 if it was
+        dropped: an owner that sheds load by its queue's level reads it here without another call.
+        """
+        inbox = self._inbox
+        n = len(inbox) + len(self._queue)
+        if n >= self._room:  # full, shut down, or not started yet under autostart: submit drops, counts or starts
+            return len(inbox) + len(self._queue) if self.submit(item) else 0
+        inbox.append(item)
+        if self._closing:  # shutdown began since the check above: the item must not be left uncounted
+            self._settle_late()
+        elif n == self._wake_at:  # this item makes a full batch: wake the thread (once, not per item)
+            with self._cv:
+                self._cv.notify_all()
+        return n + 1
+
     def queued(self) -> int:
         """Items waiting in the queue (not counting a batch being exported)."""
-        return len(self._queue)
+        return len(self._queue) + len(self._inbox)
 
     # -- the export side ------------------------------------------------------------------------------
 
@@ -264,8 +305,26 @@ class BatchWorker(Generic[T]):
             except Exception:  # a failing counter must not take the sender down
                 log.exception("%s: counting %d dropped items failed", self.name, n)
 
+    def _absorb(self) -> None:
+        """Move what ``offer`` appended into the queue, oldest first (the caller holds the lock)."""
+        inbox, q = self._inbox, self._queue
+        n = len(inbox)  # items offered from now on wait for the next look
+        for _ in range(n):
+            q.append(inbox.popleft())
+        self._queued_total += n
+
+    def _settle_late(self) -> None:
+        """An item was offered while ``shutdown`` ran: once nothing will export it any more, count it."""
+        with self._cv:
+            if not (self._thread is None or self._exited) or not self._inbox:
+                return  # the thread still takes what is queued, or the item was taken already
+            n = len(self._inbox)
+            self._inbox.clear()
+        self._drop("shutdown", n)
+
     def _clear(self) -> int:
         with self._cv:
+            self._absorb()
             n = len(self._queue)
             self._queue.clear()
             self._settled_total += n
@@ -277,8 +336,12 @@ class BatchWorker(Generic[T]):
         while True:
             with cv:
                 deadline = time.monotonic() + self.linger_s
-                while (not self._closing and len(q) < self.max_batch
-                       and self._settled_total >= self._flush_upto and not self._abort.is_set()):
+                while True:
+                    if self._inbox:
+                        self._absorb()
+                    if (self._closing or len(q) >= self.max_batch or self._settled_total < self._flush_upto
+                            or self._abort.is_set()):
+                        break
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -287,6 +350,7 @@ class BatchWorker(Generic[T]):
                     break
                 if not q:
                     if self._closing:
+                        self._exited = True
                         return
                     continue
                 n = min(self.max_batch, len(q))
@@ -297,6 +361,8 @@ class BatchWorker(Generic[T]):
                 with cv:
                     self._settled_total += n
                     cv.notify_all()
+        with cv:
+            self._exited = True
         left = self._clear()
         if left:
             self._drop("shutdown", left)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,54 @@ from exporter.config import load_config
 from exporter.runtime import build
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "the condition", interval: float = 0.02):
+    """Poll ``predicate`` until it returns something truthy, and return that; fail after ``timeout`` seconds.
+
+    The timeout is a bound for a broken run, never the expected wait: a passing test returns as soon as the
+    condition holds, so a loaded machine only makes it slower, not red."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value {got!r}")
+        time.sleep(interval)
+
+
+@dataclass
+class CliResult:
+    """What a ``flowscope`` command did, shaped like ``subprocess.run``'s result."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``flowscope ARGS`` in this process: ``exporter.cli.main`` with its output captured.
+
+    A subprocess costs an interpreter start and the imports (0.1-0.6 s on an idle machine, seconds on a busy one)
+    and checks nothing more, unless the test is about the process itself (signals, a broken pipe, a real
+    ``serve``, replicas, stdin at a terminal): those keep one.
+    ``cwd`` is where the command runs (the repository by default, as the relative spec paths expect)."""
+    from exporter.cli import main
+
+    def run(*args: str, cwd: Path = ROOT) -> CliResult:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()  # drop what the test printed before
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse: --help exits 0, a usage error 2
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
 
 
 def free_port() -> int:
@@ -56,7 +106,8 @@ class LiveServer:
     def __init__(self, app):
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # shutdown() returns when the loop next wakes: every 50 ms, not the default 500 ms each test paid
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def stop(self):
@@ -95,7 +146,7 @@ class _Process:
 
     def _start(self, tmp: Path, argv: list[str]) -> None:
         self.log_path = tmp / f"{self.name}.log"
-        self.log = open(self.log_path, "wb")
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - the process writes it until stop() closes it
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -154,8 +205,18 @@ class Prometheus(_Process):
             last = self.query(q)
             if predicate(last):
                 return last
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise AssertionError(f"timed out waiting on {q!r}; last result {last!r}")
+
+    def wait_for_scrape(self, after: float, job: str = "flowscope", timeout: float = 30.0) -> float:
+        """Wait until Prometheus has scraped ``job`` at a time after ``after`` (epoch seconds), so that scrape saw
+        everything the target held at ``after``; returns the scrape's timestamp."""
+        def scraped() -> float | None:
+            res = self.query(f'timestamp(up{{job="{job}"}})')
+            last = float(res[0]["value"][1]) if res else 0.0
+            return last if last > after else None
+
+        return wait_until(scraped, timeout=timeout, what=f"a scrape of {job} after {after}", interval=0.1)
 
 
 @pytest.fixture
@@ -230,7 +291,7 @@ class Postgres(_Process):
             run_as = ["runuser", "-u", "postgres", "--"]
         subprocess.run(run_as + [str(bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "flowscope",
                                  "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
-        self.log = open(tmp / "postgres.log", "wb")
+        self.log = open(tmp / "postgres.log", "wb")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(run_as + [str(bindir / "postgres"), "-D", str(self.data), "-h", "127.0.0.1",
                                                "-p", str(self.port), "-k", str(self.data), "-c", "fsync=off",
                                                "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
@@ -268,6 +329,13 @@ class Postgres(_Process):
         return self.url(name)
 
     def stop(self):
+        # SIGINT, PostgreSQL's fast shutdown, to the server itself: signalled, runuser would wait 2 s before passing
+        # it on, and SIGTERM's smart shutdown waits for every client to leave
+        try:
+            os.kill(int((self.data / "postmaster.pid").read_text().split()[0]), signal.SIGINT)
+            self.proc.wait(10)
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            pass  # not running, or not stopping: _Process.stop terminates it
         super().stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 

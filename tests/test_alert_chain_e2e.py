@@ -16,15 +16,17 @@ from backend.rules.alertmanager import alertmanager_config
 from backend.rules.generate import rule_groups, to_yaml
 from backend.rules.spec import parse_spec
 from exporter import conventions as c
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.servers
 
 
 def _spec(webhook_url: str):
-    # The production thresholds, with windows short enough for a test: 15s rates, 1s `for`.
+    # The production thresholds, with windows short enough for a test: 10s rates (ten scrapes: a stall of a few
+    # seconds in the traffic does not resolve the alert early), 1s `for`. Recovery takes about one window.
     return parse_spec({
         "apiVersion": "flowscope/v1", "kind": "AlertSpec",
-        "defaults": {"for": "1s", "rate_window": "15s"},
+        "defaults": {"for": "1s", "rate_window": "10s"},
         "thresholds": [{"layer": "api", "metric": "response_time", "warning": "500ms", "critical": "2000ms"}],
         "slos": [{"workflow": "checkout", "type": "availability", "objective": "99.5%", "min_events": 5}],
         "routing": {"webhook_url": webhook_url, "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m"},
@@ -62,13 +64,7 @@ class Traffic:
 
 
 def _wait(pred, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return wait_until(pred, timeout=timeout, what=what, interval=0.25)
 
 
 def test_threshold_and_slo_alerts_reach_the_webhook_and_resolve(ex, serve, prometheus, alertmanager, tmp_path):

@@ -4,6 +4,7 @@ import copy
 import pytest
 
 from backend.app import create_app
+from backend.ext import current_flowscope
 from exporter import conventions as c
 
 WEBHOOK = c.ALERTS_WEBHOOK_PATH
@@ -128,7 +129,7 @@ def test_label_values_longer_than_their_column_or_holding_nul_are_stored(db_clie
 def test_a_large_notification_is_a_fixed_handful_of_statements(ex, client):
     from sqlalchemy import event
 
-    store = client.application.extensions["flowscope_alerts"]
+    store = current_flowscope(client.application).alerts
     statements = []
     event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
 

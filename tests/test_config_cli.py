@@ -21,7 +21,7 @@ def test_precedence_is_argument_then_environment_then_file_then_default(tmp_path
     ({"environ": {"FLOWSCOPE_LOKI_ENCODING": "xml"}}, "must be one of json, protobuf"),
     ({"args": {"series_limit": 0}}, "argument --series-limit: invalid value for series_limit: must be > 0"),
     ({"args": {"colour": "red"}}, "unknown setting 'colour'"),
-    ({"environ": {"FLOWSCOPE_SDK_MODE": "remote"}}, "sdk_endpoint is required"),
+    ({"environ": {"FLOWSCOPE_SDK_ENDPOINT": "127.0.0.1:9464"}}, "sdk_endpoint must be an http:// or https:// URL"),
 ])
 def test_bad_settings_are_named(kw, text):
     with pytest.raises(ConfigError, match=text.replace("(", r"\(").replace(")", r"\)")):
@@ -48,9 +48,8 @@ def test_markdown_table_lists_every_variable():
                                   ["dashboards", "--help"], ["dashboards", "build", "--help"],
                                   ["dashboards", "push", "--help"], ["detect", "--help"],
                                   ["replay", "--help"]])
-def test_every_command_has_help(args):
-    r = subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=60,
-                       check=False)
+def test_every_command_has_help(args, cli):
+    r = cli(*args)
     assert r.returncode == 0 and "usage: flowscope" in r.stdout
 
 
@@ -79,7 +78,8 @@ def test_readme_configuration_table_is_current():
 
 @pytest.mark.parametrize("args", [["config"], ["config", "--markdown"]])
 def test_a_reader_that_leaves_early_gets_no_traceback(args):
-    """`flowscope config | head`: the pipe's reader is gone before we write (its end is closed here first)."""
+    """`flowscope config | head`: the pipe's reader is gone before we write (its end is closed here first).
+    A subprocess, as the test is about the process: its exit and what the interpreter prints as it ends."""
     import os
     r, w = os.pipe()
     os.close(r)

@@ -128,8 +128,9 @@ def test_every_panel_query_returns_data_from_prometheus_scraping_a_demo_fed_expo
                        on_start=ex.pipeline.workflow_started, on_end=ex.pipeline.workflow_ended, tick_s=0.1,
                        on_profile=profile).start()
     # a regression finding, recorded through the detection service's own path, so its gauges exist
+    from backend.ext import current_flowscope
     from backend.regression.analyze import Finding
-    srv.server.app.extensions["flowscope_regressions"]._expose([Finding(
+    current_flowscope(srv.server.app).regressions._expose([Finding(
         series="p95 step latency workflow=checkout", time="2026-11-23T10:00:00Z", before=0.2, after=0.25,
         ci_before=(0.19, 0.21), ci_after=(0.24, 0.26), relative_change=0.25, p_value=1e-9, p_adjusted=1e-8,
         detector="change_point", direction="regression",
@@ -141,7 +142,7 @@ def test_every_panel_query_returns_data_from_prometheus_scraping_a_demo_fed_expo
         todo = [q for q in QUERIES if q not in later]
         deadline = time.monotonic() + 45
         while todo and time.monotonic() < deadline:
-            time.sleep(1)
+            time.sleep(0.5)  # Prometheus scrapes and evaluates every second
             todo = [(u, t, e) for u, t, e in todo if not prom.query(concrete(e))]
         still_empty = [q for q in later if not prom.query(concrete(q[2]))]
     finally:

@@ -2,8 +2,6 @@
 
 import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,12 +11,7 @@ import pytest
 
 from backend.regression.analyze import analyze
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def flowscope(*args):
-    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+POINTS_PER_LEVEL = 8  # scraped values on each side of the step: detection needs 5 (min_segment)
 
 
 def make_csv(path: Path) -> Path:
@@ -38,9 +31,9 @@ def make_csv(path: Path) -> Path:
     return path
 
 
-def test_csv_report_finds_the_step_only_and_explains_what_it_skipped(tmp_path):
+def test_csv_report_finds_the_step_only_and_explains_what_it_skipped(tmp_path, cli):
     path = make_csv(tmp_path / "series.csv")
-    r = flowscope("detect", "--csv", str(path), "--json", "--plot", str(tmp_path / "out.png"))
+    r = cli("detect", "--csv", str(path), "--json", "--plot", str(tmp_path / "out.png"))
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     by = {f["series"]: f for f in doc["findings"]}
@@ -52,9 +45,9 @@ def test_csv_report_finds_the_step_only_and_explains_what_it_skipped(tmp_path):
     skipped = {s["series"]: s["reason"] for s in doc["not_analysed"]}
     assert "too short" in skipped["tiny"] and "constant" in skipped["flat"]
     assert (tmp_path / "out.png").stat().st_size > 10_000
-    table = flowscope("detect", "--csv", str(path)).stdout
+    table = cli("detect", "--csv", str(path)).stdout
     assert "regression" in table and "not analysed: 2 series (1 constant series, 1 too short)" in table
-    assert "not analysed: tiny: too short" in flowscope("detect", "--csv", str(path), "--verbose").stdout
+    assert "not analysed: tiny: too short" in cli("detect", "--csv", str(path), "--verbose").stdout
 
 
 def test_a_counter_series_with_a_reset_is_explained_not_analysed():
@@ -80,37 +73,38 @@ def test_higher_is_better_makes_a_rise_an_improvement():
     (["--csv", "/nonexistent.csv"], "no such file"),
     (["--prometheus", "http://127.0.0.1:9"], "unreachable"),
 ])
-def test_unreachable_sources_exit_non_zero_with_a_clear_error(args, text):
-    r = flowscope("detect", *args)
+def test_unreachable_sources_exit_non_zero_with_a_clear_error(args, text, cli):
+    r = cli("detect", *args)
     assert r.returncode == 1 and text in r.stderr
 
 
-def test_a_csv_without_the_columns_is_refused(tmp_path):
+def test_a_csv_without_the_columns_is_refused(tmp_path, cli):
     p = tmp_path / "bad.csv"
     p.write_text("when,what\n1,2\n")
-    r = flowscope("detect", "--csv", str(p))
+    r = cli("detect", "--csv", str(p))
     assert r.returncode == 1 and "missing column(s) ['series', 'time', 'value']" in r.stderr
 
 
 @pytest.mark.servers
-def test_detect_reads_query_range_from_a_real_prometheus(ex, serve, prometheus):
+def test_detect_reads_query_range_from_a_real_prometheus(ex, serve, prometheus, cli):
     srv = serve(ex)
     prom = prometheus([srv.url.removeprefix("http://")])
     prom.wait_for('up{job="flowscope"}', lambda r: r and r[0]["value"][1] == "1")
-    # a gauge that steps from 0.9 to 0.6 halfway through, scraped every second
+    # a gauge that steps from 0.9 to 0.6 halfway through: one value a scrape (every second), each seen by one
     from exporter.sdk import PerformanceMonitor
     mon = PerformanceMonitor(ex.meter_provider())
     rng = np.random.default_rng(5)
-    for i in range(40):
-        mon.record_metric("cache", "redis", "hit_rate", float(rng.normal(0.9 if i < 20 else 0.6, 0.01)))
-        time.sleep(0.5)
-    r = flowscope("detect", "--prometheus", prom.url, "--since", "30s", "--step", "1s", "--json")
+    for level in (0.9, 0.6):
+        for _ in range(POINTS_PER_LEVEL):
+            mon.record_metric("cache", "redis", "hit_rate", float(rng.normal(level, 0.01)))
+            prom.wait_for_scrape(time.time())
+    r = cli("detect", "--prometheus", prom.url, "--since", "30s", "--step", "1s", "--json")
     assert r.returncode == 0, r.stderr
     found = [f for f in json.loads(r.stdout)["findings"] if f["labels"].get("query") == "cache hit rate"]
     assert found and found[0]["direction"] == "regression" and found[0]["relative_change"] < -0.2
 
 
-def test_daily_cycles_are_silent_with_a_season_and_a_step_in_them_is_still_found(tmp_path):
+def test_daily_cycles_are_silent_with_a_season_and_a_step_in_them_is_still_found(tmp_path, cli):
     t = pd.date_range("2026-11-01", periods=24 * 12 * 6, freq="5min", tz="UTC")  # six days at 5 min
     rng = np.random.default_rng(4)
     hours = np.arange(t.size) * 5 / 60
@@ -122,24 +116,24 @@ def test_daily_cycles_are_silent_with_a_season_and_a_step_in_them_is_still_found
     path = tmp_path / "daily.csv"
     pd.DataFrame(rows, columns=["time", "series", "value"]).to_csv(path, index=False)
     for season in ("auto", "1d"):  # found by itself, or given
-        r = flowscope("detect", "--csv", str(path), "--season", season, "--json")
+        r = cli("detect", "--csv", str(path), "--season", season, "--json")
         assert r.returncode == 0, r.stderr
         (f,) = json.loads(r.stdout)["findings"]
         assert f["series"] == "stepped p95" and f["kind"] == "step" and f["time"] == "2026-11-05T23:00:00Z"  # point 1428 of 1728
 
 
-def test_a_csv_without_time_with_per_series_direction_and_effect_floor(tmp_path):
+def test_a_csv_without_time_with_per_series_direction_and_effect_floor(tmp_path, cli):
     rng = np.random.default_rng(8)
     rows = [("throughput", v, "true", "") for v in np.r_[rng.normal(100, 1, 120), rng.normal(96, 1, 120)]]
     rows += [("queue depth", v, "false", 0.5) for v in np.r_[rng.normal(100, 1, 120), rng.normal(130, 1, 120)]]
     rows += [("cpu", v, "false", "") for v in 50 + 0.2 * np.arange(240) + rng.normal(0, 1, 240)]
     path = tmp_path / "points.csv"
     pd.DataFrame(rows, columns=["series", "value", "higher_is_better", "min_effect"]).to_csv(path, index=False)
-    r = flowscope("detect", "--csv", str(path), "--index", "--json", "--min-effect", "0.03")
+    r = cli("detect", "--csv", str(path), "--index", "--json", "--min-effect", "0.03")
     assert r.returncode == 0, r.stderr
     (f,) = json.loads(r.stdout)["findings"]  # queue depth's +30 % is under its own 50 % floor; cpu is a trend
     assert (f["series"], f["direction"], f["time"], f["kind"]) == ("throughput", "regression", "120", "step")
-    r = flowscope("detect", "--csv", str(path), "--index", "--json")
+    r = cli("detect", "--csv", str(path), "--index", "--json")
     assert json.loads(r.stdout)["findings"] == []  # -4 % is under the default 5 % floor
 
 
@@ -151,11 +145,11 @@ def test_a_csv_without_time_with_per_series_direction_and_effect_floor(tmp_path)
     (["--season", "weekly"], "expected a duration like 30m, 6h or 7d"),
     (["--index", "--season", "1d"], "--season with --index is a number of points"),
 ])
-def test_bad_detection_settings_exit_non_zero_naming_the_flag(tmp_path, args, text):
+def test_bad_detection_settings_exit_non_zero_naming_the_flag(tmp_path, args, text, cli):
     path = make_csv(tmp_path / "series.csv") if "--index" not in args else tmp_path / "points.csv"
     if "--index" in args:
         path.write_text("series,value\n" + "".join(f"s,{i % 7}\n" for i in range(40)))
-    r = flowscope("detect", "--csv", str(path), *args)
+    r = cli("detect", "--csv", str(path), *args)
     assert r.returncode != 0 and text in r.stderr, r.stderr
 
 

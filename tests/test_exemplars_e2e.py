@@ -67,8 +67,8 @@ def test_prometheus_ingests_every_exemplar_when_spans_end_out_of_order(ex, serve
         r = requests.post(srv.url + c.OTLP_TRACES_PATH, data=body.SerializeToString(),
                           headers={"Content-Type": "application/x-protobuf"}, timeout=10)
         assert r.status_code == 200, r.text
-        time.sleep(EVERY_S)
-    time.sleep(2.5)  # two more scrapes see the last batches
+        time.sleep(EVERY_S)  # pacing: the posts span 7 s of scrapes, on time and late by turns
+    prom.wait_for_scrape(prom.wait_for_scrape(time.time()))  # two more scrapes see the last batches
 
     log = prom.log_path.read_text(errors="replace")
     bad = [line for line in log.splitlines() if "out-of-order exemplar" in line.lower()]

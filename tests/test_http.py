@@ -170,6 +170,28 @@ def test_metrics_negotiates_openmetrics_and_includes_custom_and_process_metrics(
     assert b'# {trace_id="' in om.data
 
 
+def test_the_exporter_serves_alone_without_the_backend(ex):
+    """exporter/ never imports backend/: its blueprint, bound by its own init_app, ingests and exposes."""
+    from flask import Flask
+
+    from exporter.http import current_exporter, init_app
+    app = Flask("exporter-alone")
+    init_app(app, ex)
+    assert current_exporter(app) is ex
+    client = app.test_client()
+    served = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
+    assert served == {c.OTLP_TRACES_PATH, c.NATIVE_SPANS_PATH, c.PROFILES_PATH, c.METRICS_PATH, c.HEALTH_PATH}
+    r = client.post(c.NATIVE_SPANS_PATH, json={"steps": [STEP]})
+    assert r.status_code == 200 and r.json["accepted"] == 1
+    assert b'flowscope_step_duration_seconds_count{workflow="login"' in client.get(c.METRICS_PATH).data
+    h = client.get(c.HEALTH_PATH)
+    assert h.status_code == 200 and h.json["status"] == "ok"
+    r = client.post(c.NATIVE_SPANS_PATH, data=b"{", headers=JS)
+    assert r.status_code == 400 and r.json["error"]["code"] == "malformed_body"
+    r = client.post(c.OTLP_TRACES_PATH, data=b"x", headers={"Content-Type": "text/csv"})
+    assert r.status_code == 415 and r.json["error"]["field"] == "Content-Type"
+
+
 def test_health_and_openapi(client):
     h = client.get(c.HEALTH_PATH)
     assert h.status_code == 200 and h.json["status"] == "ok" and h.json["loki"]["enabled"] is False

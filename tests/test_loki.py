@@ -8,6 +8,7 @@ from exporter.loki import MAX_SPLITS, LokiConfig, LokiPusher, span_entry
 from exporter.metrics import MetricStore
 from exporter.model import Span
 from exporter.retry import RetryPolicy, parse_retry_after
+from tests.conftest import wait_until
 from tests.fake_loki import FakeLoki
 
 FAST = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.2, deadline_s=5)
@@ -218,12 +219,12 @@ def test_after_an_outage_lines_are_pushed_as_soon_as_loki_is_ready(loki):
     back = None
     try:
         p.enqueue_many([span_entry(_span(i)) for i in range(5)])
-        deadline = time.monotonic() + 10
-        while not store.value(c.LOKI_PUSH_FAILURES_TOTAL, {"reason": "connection"}) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: store.value(c.LOKI_PUSH_FAILURES_TOTAL, {"reason": "connection"}), timeout=10,
+                   what="the first failed push")
         assert store.value(c.LOKI_PUSH_FAILURES_TOTAL, {"reason": "connection"}) == 1  # now in a 24-36 s backoff
         back = FakeLoki(port=port)
-        assert len(back.wait_accepted(5, timeout=10)) == 5
+        # within 20 s, under the 24 s the backoff would take however loaded the machine: only /ready ends it
+        assert len(back.wait_accepted(5, timeout=20)) == 5
         assert back.probes >= 1 and store.value(c.LOKI_LINES_SENT_TOTAL) == 5
     finally:
         p.close(timeout_s=1)
@@ -236,9 +237,8 @@ def test_a_429_keeps_its_retry_after_even_when_loki_is_ready(loki):
     loki.script = [(429, {"Retry-After": "30"}, 0)]
     p = _pusher(loki.url, store, probe_interval_s=0.05, retry=RetryPolicy(initial_backoff_s=0.05, deadline_s=300))
     p.enqueue(span_entry(_span(0)))
-    deadline = time.monotonic() + 10
-    while not store.value(c.LOKI_PUSH_FAILURES_TOTAL, {"reason": "http_429"}) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: store.value(c.LOKI_PUSH_FAILURES_TOTAL, {"reason": "http_429"}), timeout=10,
+               what="the 429 to be counted")
     assert not p.flush(0.5)          # still waiting out Loki's Retry-After, though /ready would say 200
     assert loki.accepted == [] and loki.probes == 0
     p.close(timeout_s=0.2)           # closing cuts the wait short and counts the line

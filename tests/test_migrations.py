@@ -327,7 +327,8 @@ def test_replicas_upgrading_one_postgresql_together_take_turns(postgres):
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
         try:
             with holder.connect() as watch:
-                for _ in range(2000):  # until all three wait on the lock (or one of them ended without waiting)
+                deadline = time.monotonic() + 60  # a bound for a broken run: three interpreters start in ~1 s
+                while time.monotonic() < deadline:  # until all three wait on the lock (or one ended without waiting)
                     if watch.exec_driver_sql(waiting).scalar_one() == 3 or any(r.poll() is not None for r in replicas):
                         break
                     time.sleep(0.01)

@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from exporter import conventions as c
+from tests.conftest import wait_until
 from tests.otlp_data import request, span, to_json
 
 pytestmark = pytest.mark.servers
@@ -58,11 +59,6 @@ def test_prometheus_scrapes_exact_counts_quantiles_and_exemplars(ex, serve, prom
         r.raise_for_status()
         return [e for series in r.json()["data"] for e in series["exemplars"]]
 
-    deadline = time.monotonic() + 20
-    ex_list = exemplars()
-    while not ex_list and time.monotonic() < deadline:
-        time.sleep(0.5)
-        ex_list = exemplars()
-    assert ex_list, "Prometheus stored no exemplar"
+    ex_list = wait_until(exemplars, timeout=20, what="Prometheus to store an exemplar", interval=0.2)
     assert {e["labels"]["trace_id"] for e in ex_list} <= {tid_pb, tid_js}
     assert all(len(e["labels"]["span_id"]) == 16 and 0.1 < float(e["value"]) <= 0.25 for e in ex_list)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from backend.app import create_app
+from backend.ext import current_flowscope
 from exporter import conventions as c
 from exporter.sdk import PerformanceMonitor
 from tests.fake_grafana import FakeGrafana
@@ -52,7 +53,7 @@ def test_runs_never_overlap_and_unconfigured_detection_is_a_clear_409(make_expor
     assert r.status_code == 409 and "FLOWSCOPE_DETECT_PROMETHEUS_URL" in r.json["error"]["message"]
     ex = make_exporter(detect_prometheus_url="http://127.0.0.1:9")
     app = create_app(ex, test_config={"TESTING": True})
-    service = app.extensions["flowscope_regressions"]
+    service = current_flowscope(app).regressions
     assert service._run_lock.acquire()
     try:
         r = app.test_client().post(c.REGRESSIONS_PATH + "/detect")

@@ -162,11 +162,19 @@ def _sdk_run(ex):
     return run.correlation_id
 
 
+def _replay_at_a_terminal(*args: str, stdin: str) -> subprocess.CompletedProcess:
+    """``flowscope replay`` read from stdin, as a user types: a process of its own, since the stepper reads
+    the real ``sys.stdin`` (bound when its module loads), which an in-process call cannot feed."""
+    return subprocess.run([sys.executable, "-m", "exporter.cli", "replay", *args], input=stdin, check=False,
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_flowscope_replay_steps_through_a_stored_run(ex):
     cid = _sdk_run(ex)
-    out = subprocess.run([sys.executable, "-m", "exporter.cli", "replay", cid, "--database-url",
-                          ex.config.database_url], input="n\nd\ns\np\nj 5\nj 0\nl\nbogus\nq\n",
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    r = _replay_at_a_terminal(cid, "--database-url", ex.config.database_url,
+                              stdin="n\nd\ns\np\nj 5\nj 0\nl\nbogus\nq\n")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
     assert f"run {cid} · checkout · ok" in out and "2 steps" in out
     assert "[0/1] cache/redis/load_cart ok" in out
     assert "[1/1] database/postgres/insert_order ok" in out
@@ -176,19 +184,14 @@ def test_flowscope_replay_steps_through_a_stored_run(ex):
     assert "▶" in out and "unknown command 'bogus'" in out
 
 
-def test_flowscope_replay_reads_a_running_backend_and_reports_unknown_runs(ex, serve):
+def test_flowscope_replay_reads_a_running_backend_and_reports_unknown_runs(ex, serve, cli):
     cid = _sdk_run(ex)
     srv = serve(ex)
-
-    def replay(*args, stdin=""):
-        return subprocess.run([sys.executable, "-m", "exporter.cli", "replay", *args], input=stdin, check=False,
-                              capture_output=True, text=True, timeout=60)
-
-    r = replay(cid, "--url", srv.url, stdin="n\nd\nq\n")
+    r = _replay_at_a_terminal(cid, "--url", srv.url, stdin="n\nd\nq\n")
     assert r.returncode == 0 and "[1/1] database/postgres/insert_order" in r.stdout and "added    order" in r.stdout
-    r = replay("nope", "--url", srv.url)
+    r = cli("replay", "nope", "--url", srv.url)  # refused before any stepping: in-process
     assert r.returncode == 1 and "HTTP 404" in r.stderr
-    r = replay("nope", "--database-url", ex.config.database_url)
+    r = cli("replay", "nope", "--database-url", ex.config.database_url)
     assert r.returncode == 1 and "no stored run with correlation_id or trace_id 'nope'" in r.stderr
 
 

@@ -2,7 +2,6 @@
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,19 +21,14 @@ SPEC = ROOT / "alert_rules/spec/flowscope.yaml"
 BAD = sorted((ROOT / "alert_rules/spec/bad").glob("*.yaml"))
 
 
-def flowscope(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], cwd=cwd, check=False, capture_output=True,
-                          text=True, timeout=120)
-
-
 def test_there_are_known_bad_specs():
     assert len(BAD) >= 10
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
-def test_each_known_bad_spec_is_refused_naming_its_field(path, tmp_path):
+def test_each_known_bad_spec_is_refused_naming_its_field(path, tmp_path, cli):
     expect = re.match(r"# expect: (.*)", path.read_text()).group(1)
-    r = flowscope("rules", "build", "--spec", str(path), "--out", str(tmp_path))
+    r = cli("rules", "build", "--spec", str(path), "--out", str(tmp_path))
     assert r.returncode == 1
     assert expect in r.stderr and str(path) in r.stderr
     assert not any(tmp_path.iterdir())  # nothing written
@@ -45,20 +39,20 @@ BUILT = [("alert_rules/spec/flowscope.yaml", "alert_rules"), (DEMO_SPEC, DEMO_RU
 
 
 @pytest.mark.parametrize("spec,out", BUILT, ids=["shipped", "demo"])
-def test_checked_in_rules_are_generated_from_the_spec_and_current(spec, out):
+def test_checked_in_rules_are_generated_from_the_spec_and_current(spec, out, cli):
     files = render_all(spec)
     for rel, text in files.items():
         assert (ROOT / out / rel).read_text() == text, f"{out}/{rel} is stale: run flowscope rules build --spec {spec}"
     assert render_all(spec) == files  # the same bytes every run
-    r = flowscope("rules", "build", "--check", "--spec", spec, "--out", out)
+    r = cli("rules", "build", "--check", "--spec", spec, "--out", out)
     assert r.returncode == 0, r.stderr
 
 
-def test_stale_files_are_detected(tmp_path):
-    r = flowscope("rules", "build", "--out", str(tmp_path))
+def test_stale_files_are_detected(tmp_path, cli):
+    r = cli("rules", "build", "--out", str(tmp_path))
     assert r.returncode == 0
     (tmp_path / RULES_FILE).write_text((tmp_path / RULES_FILE).read_text() + "\n# edited by hand\n")
-    r = flowscope("rules", "build", "--check", "--out", str(tmp_path))
+    r = cli("rules", "build", "--check", "--out", str(tmp_path))
     assert r.returncode == 1 and "stale" in r.stderr
 
 
@@ -198,16 +192,16 @@ def _mixed_spec(tmp_path):
     return spec
 
 
-def test_defaults_and_named_slos_together_pass_promtool_and_never_overlap(tmp_path):
+def test_defaults_and_named_slos_together_pass_promtool_and_never_overlap(tmp_path, cli):
     require_binary("promtool")
     spec = _mixed_spec(tmp_path)
     parsed = load_spec(str(spec))
     assert [s.name for s in parsed.slos][:2] == ["default:availability", "default:latency"]
     assert parsed.slos[0].except_workflows == ("GET /users/{id}", "checkout")
     assert parsed.slos[1].except_workflows == ('odd"name\\x|y.*',)
-    r = flowscope("rules", "build", "--spec", str(spec), "--out", str(tmp_path / "out"))
+    r = cli("rules", "build", "--spec", str(spec), "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
-    r = flowscope("rules", "test", "--spec", str(spec), "--out", str(tmp_path / "out"))
+    r = cli("rules", "test", "--spec", str(spec), "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stdout + r.stderr
     rules = (tmp_path / "out" / RULES_FILE).read_text()
     # the seen-rule leaves out every named workflow, whatever its SLO type: their absent() covers them

@@ -34,12 +34,11 @@ def _all_text(ex) -> str:
 def test_a_traced_run_is_stored_whole(stored):
     t = _tracer(stored)
     with t.workflow("checkout", user="ana@example.com") as run:
-        with t.step("api", "orders", "create_order"):          # fast path: no Span object built
-            with t.step("database", "postgres", "insert_order", state={"order_id": 7}):
-                pass
-        with pytest.raises(TimeoutError):
-            with t.step("external", "stripe", "charge"):
-                raise TimeoutError("timeout after 5012 ms on 10.0.0.7")
+        with (t.step("api", "orders", "create_order"),          # fast path: no Span object built
+              t.step("database", "postgres", "insert_order", state={"order_id": 7})):
+            pass
+        with pytest.raises(TimeoutError), t.step("external", "stripe", "charge"):
+            raise TimeoutError("timeout after 5012 ms on 10.0.0.7")
     assert stored.pipeline.recorder.flush()
     got = stored.runs.get_run(run.correlation_id)
     r = got["run"]
@@ -83,11 +82,10 @@ def test_secrets_are_redacted_before_the_store_and_loki(make_exporter, database_
     try:
         ex = make_exporter(database_url=database_url, loki_url=loki.url, loki_batch_wait_s=0.05)
         t = _tracer(ex)
-        with t.workflow("login") as run:
-            with pytest.raises(PermissionError):
-                with t.step("api", "auth", "login", metadata={"api_key": "AK-123456", "user.email": "bo@x.io"},
-                            state={"form": {"user": "bo", "password": "hunter2"}, "session_token": "tok-999"}):
-                    raise PermissionError("login failed: password=hunter2 Authorization: Bearer sekrit-abcdef")
+        with (t.workflow("login") as run, pytest.raises(PermissionError),
+              t.step("api", "auth", "login", metadata={"api_key": "AK-123456", "user.email": "bo@x.io"},
+                     state={"form": {"user": "bo", "password": "hunter2"}, "session_token": "tok-999"})):
+            raise PermissionError("login failed: password=hunter2 Authorization: Bearer sekrit-abcdef")
         ErrorLogger(InProcessSink(ex.pipeline)).log_error("AuthError", "bad token=tok-999 for bo", "api", "auth",
                                                           correlation_id=run.correlation_id)
         assert ex.pipeline.recorder.flush()
@@ -111,9 +109,8 @@ def test_oversized_state_is_truncated_with_a_marker(make_exporter, database_url)
     ex = make_exporter(database_url=database_url, state_max_bytes=1000)
     t = _tracer(ex)
     state = {"cart_id": 42, "items": ["x" * 50] * 40, "note": "small"}
-    with t.workflow("checkout") as run:
-        with t.step("api", "cart", "load", state=state):
-            pass
+    with t.workflow("checkout") as run, t.step("api", "cart", "load", state=state):
+        pass
     assert ex.pipeline.recorder.flush()
     [_, step] = ex.runs.get_run(run.correlation_id)["spans"]
     kept = step["state"]
@@ -138,8 +135,11 @@ def test_retention_sweep_deletes_old_runs_only(make_exporter, database_url):
                         _span("old", "4" * 16, "1" * 16, old, status="error", error_type="Boom",
                               error_message="boom")], "native")
     rec = ex.pipeline.recorder
-    assert rec.flush()  # the writer sweeps after its first write, then every sweep_interval_s
-    assert rec.sweep() == 0
+    assert rec.flush()
+    # the exporter's tick sweeps once a second when a sweep is due (the first tick, then every sweep_interval_s);
+    # it may have run before the rows were written, or after: between them, the old run is swept exactly once
+    ex.tick()
+    rec.sweep()
     assert [r["correlation_id"] for r in ex.runs.list_runs()] == ["new"]
     assert ex.runs.get_run("old") is None
     assert "Boom" not in _all_text(ex)  # its error and its (unresolved) group went with it
@@ -180,9 +180,8 @@ def test_a_database_outage_is_retried_counted_and_loses_nothing(make_exporter, p
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
     ids = []
     for _ in range(3):
-        with t.workflow("checkout") as run:
-            with t.step("api", "orders", "create", state={"n": 1}):
-                pass
+        with t.workflow("checkout") as run, t.step("api", "orders", "create", state={"n": 1}):
+            pass
         ids.append(run.correlation_id)
     deadline = time.monotonic() + 20
     while not ex.store.value(c.RUN_STORE_WRITE_FAILURES_TOTAL) and time.monotonic() < deadline:
@@ -203,7 +202,8 @@ def test_a_full_queue_drops_and_counts_and_keeps_what_it_accepted(tmp_path):
 
     metrics = MetricStore()
     store = RunStore(make_engine(f"sqlite:///{tmp_path}/q.db"))
-    rec = RunRecorder(store, metrics, queue_max=10, flush_interval_s=3600)  # the writer sleeps: nothing drains
+    # the writer waits for a full batch (20,000 items) or an hour: nothing drains until close
+    rec = RunRecorder(store, metrics, queue_max=10, flush_interval_s=3600).start()
     now = time.time_ns()
     rec.spans([_span(f"r{i}", f"{i:016x}", None, now) for i in range(25)])
     assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "queue_full"}) == 15
@@ -220,7 +220,7 @@ def test_under_load_the_store_sheds_whole_runs_not_random_spans(tmp_path):
 
     metrics = MetricStore()
     store = RunStore(make_engine(f"sqlite:///{tmp_path}/shed.db"))
-    rec = RunRecorder(store, metrics, queue_max=100, flush_interval_s=3600, shed_interval_s=0)
+    rec = RunRecorder(store, metrics, queue_max=100, flush_interval_s=3600, shed_interval_s=0).start()
     now = time.time_ns()
 
     def run(i):  # a root and one child, arriving together
@@ -273,7 +273,7 @@ def _recorder(request, tmp_path, backend, **kw):
     metrics = MetricStore()
     store = RunStore(make_engine(url))
     kw.setdefault("flush_interval_s", 3600)  # the writer waits for flush(): every item lands in one batch
-    rec = RunRecorder(store, metrics, **kw)
+    rec = RunRecorder(store, metrics, **kw).start()
     request.addfinalizer(lambda: (rec.close(), store.close()))
     return rec, store, metrics
 
@@ -342,7 +342,7 @@ def test_an_outage_is_not_taken_for_poison_and_loses_nothing(tmp_path):
     (tmp_path / "vol").mkdir()
     metrics = MetricStore()
     store = RunStore(make_engine(f"sqlite:///{tmp_path}/vol/store.db"))
-    rec = RunRecorder(store, metrics, flush_interval_s=0.05)
+    rec = RunRecorder(store, metrics, flush_interval_s=0.05).start()
     try:
         (tmp_path / "vol").rename(tmp_path / "gone")   # every new connection now fails: "unable to open"
         store.engine.dispose()
@@ -363,3 +363,139 @@ def test_an_outage_is_not_taken_for_poison_and_loses_nothing(tmp_path):
     finally:
         rec.close()
         store.close()
+
+
+# -- the writer on the shared batch worker ----------------------------------------------------------------------
+
+def _store_recorder(tmp_path, **kw):
+    from exporter.db import make_engine
+    from exporter.metrics import MetricStore
+    from exporter.store import RunRecorder, RunStore
+
+    metrics = MetricStore()
+    store = RunStore(make_engine(f"sqlite:///{tmp_path}/w.db"))
+    return RunRecorder(store, metrics, **kw), store, metrics
+
+
+class Outage:
+    """The database goes away and comes back: while ``down`` is set, every statement fails the way SQLite does
+    when its disk is gone. Records the span ids of every spans INSERT the database executed."""
+
+    def __init__(self, engine):
+        import sqlite3
+        import threading
+
+        from sqlalchemy import event
+
+        self.down = threading.Event()
+        self.sent: list[str] = []
+        self.go_down_after_commits: int | None = None
+        self.commits = 0
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def fail(conn, cursor, statement, params, context, executemany):
+            if self.down.is_set():
+                raise sqlite3.OperationalError("disk I/O error")
+
+        @event.listens_for(engine, "after_cursor_execute")
+        def record(conn, cursor, statement, params, context, executemany):
+            if statement.startswith("INSERT INTO spans"):
+                self.sent += [row[1] for row in (params if executemany else [params])]
+
+        @event.listens_for(engine, "commit")
+        def commit(conn):
+            self.commits += 1
+            if self.commits == self.go_down_after_commits:
+                self.down.set()
+
+
+def _wait_for(predicate, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_the_recorder_starts_no_thread_until_its_owner_does_and_close_leaves_none(tmp_path):
+    import threading
+
+    def writers():
+        return [t for t in threading.enumerate() if t.name == "flowscope-runstore"]
+
+    before = len(writers())
+    rec, store, _ = _store_recorder(tmp_path, flush_interval_s=0.05)
+    now = time.time_ns()
+    rec.spans([_span("queued", "1" * 16, None, now)])
+    assert len(writers()) == before and not rec.flush(0.05)  # built, not started: nothing writes yet
+    assert rec.start() is rec and len(writers()) == before + 1
+    assert rec.flush(10) and store.get_run("queued") is not None
+    assert rec.close(10) and len(writers()) == before
+    store.close()
+
+
+def test_a_retry_after_an_outage_resumes_where_the_write_stopped_and_sends_no_row_twice(tmp_path):
+    """A batch is being split around a poisoned span when the database goes away: the retry writes only
+    the part not yet committed."""
+    rec, store, metrics = _store_recorder(tmp_path, flush_interval_s=0.05)
+    outage = Outage(store.engine)
+    outage.go_down_after_commits = 1  # right after the first half of the split batch is committed
+    now = time.time_ns()
+    poison = _span("poison", "f" * 16, None, now)
+    poison.start_ns = 2**70
+    good = [_span(f"r{i}", f"{i:016x}", None, now) for i in range(100)]
+    rec.start()
+    rec.spans(good[:50] + [poison] + good[50:])  # one batch: the whole fails on the poison, then it is halved
+    assert _wait_for(lambda: metrics.value(c.RUN_STORE_WRITE_FAILURES_TOTAL))  # the second half met the outage
+    assert sorted(outage.sent) == sorted(s.span_id for s in good[:50])  # the first half was committed before it
+    assert not metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "poison"})  # an outage is not poison
+    outage.down.clear()
+    assert rec.flush(30)
+    assert sorted(outage.sent) == sorted(s.span_id for s in good)  # every good row sent once, none twice
+    assert len(store.list_runs(limit=1000)) == 100 and metrics.value(c.RUNS_STORED_TOTAL) == 100
+    assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "poison"}) == 1
+    assert rec.close(10)
+    store.close()
+
+
+def test_closing_while_the_database_is_down_counts_what_was_not_written(tmp_path):
+    import threading
+
+    rec, store, metrics = _store_recorder(tmp_path, flush_interval_s=0.01)
+    outage = Outage(store.engine)
+    outage.down.set()
+    now = time.time_ns()
+    rec.start()
+    rec.spans([_span(f"r{i}", f"{i:016x}", None, now) for i in range(10)])
+    assert _wait_for(lambda: metrics.value(c.RUN_STORE_WRITE_FAILURES_TOTAL))
+    rec.spans([_span(f"q{i}", f"{i + 10:016x}", None, now) for i in range(5)])  # queued behind the failing batch
+    assert rec.close(0.2) is False  # the database never came back within the deadline
+    assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "write_failed"}) == 10  # the batch being retried
+    assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "shutdown"}) == 5     # what was still queued
+    assert not any(t.name == "flowscope-runstore" for t in threading.enumerate())
+    outage.down.clear()
+    assert store.list_runs() == []
+    store.close()
+
+
+def test_the_retention_sweep_runs_when_due_from_the_owners_tick(tmp_path):
+    clock = [1_700_000_000.0]
+    rec, store, metrics = _store_recorder(tmp_path, flush_interval_s=0.05, retention_s=3600, sweep_interval_s=600,
+                                          clock=lambda: clock[0])
+    rec.start()
+
+    def ended(seconds_ago):
+        return int((clock[0] - seconds_ago) * 1e9)
+
+    rec.spans([_span("old-1", "1" * 16, None, ended(7200)), _span("new", "2" * 16, None, ended(60))])
+    assert rec.flush(10)
+    assert rec.sweep_if_due() == 1  # the first call sweeps
+    rec.spans([_span("old-2", "3" * 16, None, ended(7200))])
+    assert rec.flush(10)
+    clock[0] += 599
+    assert rec.sweep_if_due() == 0 and store.get_run("old-2") is not None  # not due yet: nothing deleted
+    clock[0] += 1
+    assert rec.sweep_if_due() == 1 and store.get_run("old-2") is None
+    assert [r["correlation_id"] for r in store.list_runs()] == ["new"]
+    assert metrics.value(c.RUN_STORE_SWEPT_TOTAL) == 2
+    assert rec.close(10)
+    store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from email.utils import formatdate
@@ -290,6 +291,65 @@ def test_the_thread_starts_when_asked_or_with_the_first_item_and_never_after_shu
     assert lazy.shutdown(WAIT_S) and w.shutdown(WAIT_S)
     w.start()
     assert not w.started and _threads() == []
+
+
+# -- offer: the lock-free path (the run store's per-step append) -------------------------------------------------
+
+def test_offer_is_bounded_exported_and_flushed_like_submit():
+    batches, got = [], threading.Event()
+
+    def export(batch):
+        batches.append(list(batch))
+        got.set()
+
+    drops = Drops()
+    w = _worker(export, drops, max_queue=5, max_batch=3, linger_s=3600)
+    assert [w.offer(i) for i in range(1, 7)] == [1, 2, 3, 4, 5, 0]  # how many wait; 0: dropped when full
+    assert drops.by_reason == {"queue_full": 1} and w.queued() == 5
+    w.start()
+    assert got.wait(WAIT_S) and batches[0] == [1, 2, 3]  # a full batch goes at once, not after the hour's linger
+    assert w.force_flush(WAIT_S) and batches == [[1, 2, 3], [4, 5]] and w.queued() == 0
+    got.clear()
+    assert [w.offer(i) for i in (6, 7, 8)] == [1, 2, 3]
+    assert got.wait(WAIT_S) and batches[-1] == [6, 7, 8]  # the offer that makes a full batch wakes the thread
+    assert w.shutdown(WAIT_S)
+    assert w.offer(9) == 0 and drops.by_reason == {"queue_full": 1, "shutdown": 1}  # after shutdown: counted
+    lazy = _worker(export, max_batch=100, linger_s=3600, autostart=True)
+    assert not lazy.started and lazy.offer(10) == 1 and lazy.started  # the first offer starts the thread
+    assert lazy.force_flush(WAIT_S) and batches[-1] == [10]
+    assert lazy.shutdown(WAIT_S) and _threads() == []
+
+
+def test_offered_items_racing_a_shutdown_are_each_exported_once_or_counted():
+    """Producers offer while the owner shuts down: nothing is lost uncounted, nothing goes twice."""
+    exported: list[int] = []
+    drops = Drops()
+    w = _worker(exported.extend, drops, max_queue=1_000_000, max_batch=500, linger_s=0.01).start()
+    per_producer, producers = 20_000, 4
+    started = threading.Barrier(producers + 1)
+
+    def produce(base):
+        started.wait(WAIT_S)
+        for i in range(base, base + per_producer):
+            w.offer(i)
+
+    threads = [threading.Thread(target=produce, args=(k * per_producer,)) for k in range(producers)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns every few bytecodes: offers interleave with each step of shutdown
+    try:
+        for t in threads:
+            t.start()
+        started.wait(WAIT_S)
+        w.shutdown(WAIT_S)  # while they offer
+        for t in threads:
+            t.join(WAIT_S)
+    finally:
+        sys.setswitchinterval(switch)
+    assert not any(t.is_alive() for t in threads)
+    total = per_producer * producers
+    assert len(set(exported)) == len(exported)  # nothing exported twice
+    assert len(exported) + drops.by_reason.get("shutdown", 0) == total, (len(exported), drops.by_reason)
+    assert set(drops.by_reason) <= {"shutdown"} and w.queued() == 0 and _threads() == []
 
 
 # -- the remote SDK sink on the worker --------------------------------------------------------------------------

@@ -41,90 +41,80 @@ import re
 import time
 
 import orjson
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 
 from exporter import conventions as c
 from exporter.web import HttpError
 
 from ..admin import require_admin
-from ..query import check_text, json_response, number_arg, parse_time, read_body, run_store
+from ..ext import current_flowscope, run_store
+from ..query import check_text, json_response, number_arg, parse_time, read_body
 from . import attribution as at
-from .attribution import Condition, Selection, SelectionError
-from .groups import status_of, suggestions
-from .trend import trend
+from . import service
+from .attribution import Condition, Selection
+from .service import bad_query as _bad
 
 MAX_NOTE = 4000
 MAX_RESOLVE_BODY = 64 * 1024  # a 4,000-character note, every character \u-escaped, fits with room to spare
 
+bp = Blueprint("errors", __name__)
 
-def create_blueprint() -> Blueprint:
-    bp = Blueprint("errors", __name__)
 
-    @bp.get(c.ERRORS_PATH)
-    def list_groups():
-        now = time.time_ns()
-        a = request.args
-        since = parse_time(a["since"], "since") if a.get("since") else now - 86400 * 10**9
-        if since >= now:
-            raise HttpError(400, "invalid_query", "since must be in the past", "since")
-        recent_s = number_arg("recent_s", 3600, 60, 30 * 86400, float)
-        limit = number_arg("limit", 100, 1, 1000)
-        store = run_store()
-        workflow = check_text(a["workflow"], "workflow") if a.get("workflow") else None
-        groups = store.error_groups(since, workflow, limit)
-        out = []
-        for g in groups:
-            times = g.pop("times")
-            tr = trend(times, g["first_seen_ns"], now, recent_s=recent_s, window_s=(now - since) / 1e9)
-            status = status_of(g)
-            hist = store.resolutions(g["fingerprint"]) if g.get("resolved_at_ns") else []
-            out.append({**g, "count": len(times), "total_count": g["count"], **tr, "status": status,
-                        "suggestions": suggestions(g, hist)})
-        return json_response({"groups": out, "since_ns": since, "recent_s": recent_s})
+def _not_found(fingerprint: str) -> HttpError:
+    return HttpError(404, "fingerprint_not_found", f"no error group with fingerprint {fingerprint!r}", "fingerprint")
 
-    @bp.get(c.ERRORS_PATH + "/<fingerprint>")
-    def get_group(fingerprint: str):
-        check_text(fingerprint, "fingerprint", 64)
-        g = run_store().error_group(fingerprint)
-        if g is None:
-            raise HttpError(404, "fingerprint_not_found", f"no error group with fingerprint {fingerprint!r}",
-                            "fingerprint")
-        g["status"] = status_of(g)
-        g["suggestions"] = suggestions(g, g["resolutions"])
-        return json_response(g)
 
-    @bp.post(c.ERRORS_PATH + "/<fingerprint>/resolve")
-    def resolve(fingerprint: str):
-        require_admin(current_app.extensions["flowscope"].config, "resolving an error group")
-        check_text(fingerprint, "fingerprint", 64)
-        try:
-            body = orjson.loads(read_body(MAX_RESOLVE_BODY) or b"null")
-        except orjson.JSONDecodeError as e:
-            raise HttpError(400, "malformed_json", f"body is not JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise HttpError(400, "invalid_body", 'expected {"note": "...", "resolved_by": "..."}')
-        note = body.get("note")
-        if not isinstance(note, str) or not note.strip():
-            raise HttpError(400, "invalid_body", "note is required: what fixed it", "note")
-        if len(note) > MAX_NOTE:
-            raise HttpError(400, "invalid_body", f"note is longer than {MAX_NOTE} characters", "note")
-        by = body.get("resolved_by")
-        if by is not None and (not isinstance(by, str) or len(by) > 200):
-            raise HttpError(400, "invalid_body", "resolved_by must be a string of at most 200 characters",
-                            "resolved_by")
-        store = run_store()
-        if not store.resolve(fingerprint, note.strip(), by, time.time_ns()):
-            raise HttpError(404, "fingerprint_not_found", f"no error group with fingerprint {fingerprint!r}",
-                            "fingerprint")
-        g = store.error_group(fingerprint)
-        g["status"] = status_of(g)
-        return json_response(g)
+@bp.get(c.ERRORS_PATH)
+def list_groups():
+    now = time.time_ns()
+    a = request.args
+    since = parse_time(a["since"], "since") if a.get("since") else now - 86400 * 10**9
+    if since >= now:
+        raise HttpError(400, "invalid_query", "since must be in the past", "since")
+    recent_s = number_arg("recent_s", 3600, 60, 30 * 86400, float)
+    limit = number_arg("limit", 100, 1, 1000)
+    store = run_store()
+    workflow = check_text(a["workflow"], "workflow") if a.get("workflow") else None
+    return json_response(service.error_groups(store, since, now, workflow, limit, recent_s))
 
-    @bp.get(c.ATTRIBUTION_PATH)
-    def attribution():
-        return json_response(attribution_query(request.args))
 
-    return bp
+@bp.get(c.ERRORS_PATH + "/<fingerprint>")
+def get_group(fingerprint: str):
+    check_text(fingerprint, "fingerprint", 64)
+    g = service.error_group(run_store(), fingerprint)
+    if g is None:
+        raise _not_found(fingerprint)
+    return json_response(g)
+
+
+@bp.post(c.ERRORS_PATH + "/<fingerprint>/resolve")
+def resolve(fingerprint: str):
+    require_admin(current_flowscope().config, "resolving an error group")
+    check_text(fingerprint, "fingerprint", 64)
+    try:
+        body = orjson.loads(read_body(MAX_RESOLVE_BODY) or b"null")
+    except orjson.JSONDecodeError as e:
+        raise HttpError(400, "malformed_json", f"body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise HttpError(400, "invalid_body", 'expected {"note": "...", "resolved_by": "..."}')
+    note = body.get("note")
+    if not isinstance(note, str) or not note.strip():
+        raise HttpError(400, "invalid_body", "note is required: what fixed it", "note")
+    if len(note) > MAX_NOTE:
+        raise HttpError(400, "invalid_body", f"note is longer than {MAX_NOTE} characters", "note")
+    by = body.get("resolved_by")
+    if by is not None and (not isinstance(by, str) or len(by) > 200):
+        raise HttpError(400, "invalid_body", "resolved_by must be a string of at most 200 characters",
+                        "resolved_by")
+    g = service.resolve(run_store(), fingerprint, note.strip(), by, time.time_ns())
+    if g is None:
+        raise _not_found(fingerprint)
+    return json_response(g)
+
+
+@bp.get(c.ATTRIBUTION_PATH)
+def attribution():
+    return json_response(attribution_query(request.args))
 
 
 _WHERE = re.compile(r"(?P<dim>[^:<>]{1,300}?)(?P<op>[:<>])(?P<value>.*)", re.DOTALL)
@@ -132,10 +122,6 @@ _NUMBER = re.compile(r"[-+]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[e
 #: Parameters that only mean something for one selection: given with another, they are refused.
 _ONLY_FOR = {"threshold_ms": "slow", "percentile": "slow", "operation": "slow", "from": "window", "to": "window",
              "fingerprint": "error"}
-
-
-def _bad(field: str, message: str) -> HttpError:
-    return HttpError(400, "invalid_query", message, field)
 
 
 def parse_where(raw: str) -> Condition:
@@ -155,8 +141,9 @@ def parse_where(raw: str) -> Condition:
 
 
 def attribution_query(args) -> dict:
-    """The attribution API on a query string (``request.args``): parse, read the store, select, rank."""
-    cfg = current_app.extensions["flowscope"].config
+    """The attribution API on a query string (``request.args``): parse it, then
+    :func:`~backend.analysis.service.attribution_report` reads the store, selects and ranks."""
+    cfg = current_flowscope().config
     kind = args.get("select") or args.get("by") or "failed"
     if args.get("select") and args.get("by") and args["select"] != args["by"]:
         raise _bad("by", "by is the old name of select: give one of them")
@@ -180,13 +167,7 @@ def attribution_query(args) -> dict:
         if not fp:
             raise _bad("fingerprint", "select=error needs fingerprint=<error group>")
         check_text(fp, "fingerprint", 64)
-        hits = store.error_runs(fp, since, until)
-        if not hits:
-            raise _bad("fingerprint", f"error group {fp!r} hit no run between since and until")
-        if not wf:
-            names = [w for _, w in hits]
-            wf = max(sorted(set(names)), key=names.count)
-        run_ids = frozenset(cid for cid, w in hits if w == wf)
+        wf, run_ids = service.error_selection(store, fp, since, until, wf)
     if not wf:
         raise _bad("workflow", "workflow is required")
     check_text(wf, "workflow")
@@ -220,44 +201,6 @@ def attribution_query(args) -> dict:
                                                                                                10_000),
             "pairs": pairs in ("true", "1")}
     selection = Selection(kind, threshold, percentile, args.get("operation") or None, lo, hi, run_ids, where)
-    result = run_attribution(store, wf, selection, since, until, number_arg("max_runs", 100_000, 10, 1_000_000),
-                             outcome, number_arg("sample", 5000, 100, 100_000), **opts)
-    result.update(workflow=wf, since_ns=since, until_ns=until)
-    if fp:
-        result["fingerprint"] = fp
-    public = cfg.public_url.rstrip("/")
-    for f in result["findings"]:
-        f["sample_pages"] = [f"{public}{c.RUN_PAGE_PATH}/{cid}" for cid in f["sample_runs"]]
-    return result
-
-
-def run_attribution(store, workflow: str, selection: Selection, since_ns: int, until_ns: int,
-                    max_runs: int = 100_000, outcome_keys: tuple[str, ...] = c.ATTRIBUTION_OUTCOME_KEYS,
-                    sample_runs: int = 5000, **opts) -> dict:
-    """Read, select, rank: the API's and the error page's one path. The runs table is read whole (the newest
-    ``max_runs``); spans only for every selected and every baseline run up to ``sample_runs`` a side (a fixed
-    pseudo-random sample past that). A selection the runs cannot answer raises :class:`HttpError` 400."""
-    rows = store.attribution_runs(workflow, since_ns, until_ns, max_runs)
-    try:
-        step = (store.attribution_step_ms(rows.run_ids, selection.operation)
-                if selection.kind == "slow" and selection.operation else None)
-        plan = at.preselect(rows, selection, step)
-        read = at.sample(rows.run_ids, plan, sample_runs)
-        feats = at.build(store.attribution_spans(rows, read), outcome_keys)
-        sel, pop = at.finish(feats, selection, plan, read)
-    except SelectionError as e:
-        raise _bad(e.field, str(e)) from None
-    exclude = {w.dimension for w in selection.where} if selection.kind == "filter" else set()
-    result = at.attribute(feats, sel, pop, exclude=exclude, **opts)
-    threshold = plan.threshold
-    step_desc = f"with a {selection.operation!r} step " if selection.operation else ""
-    desc = {"failed": "failed runs (error, timeout)", "window": "runs that started in [from, to)",
-            "error": "runs the error group hit", "filter": "runs matching every where",
-            "slow": f"runs {step_desc}slower than {threshold:.6g} ms" if threshold is not None else ""}
-    total_sel = int(plan.sel.sum()) if plan.sel is not None else None
-    result.update(select=selection.kind, selection=desc[selection.kind], threshold_ms=threshold,
-                  outcome_keys=list(outcome_keys),
-                  where=[f"{w.dimension}{':' if w.op == '=' else w.op}{w.value}" for w in selection.where],
-                  runs_in_window=len(rows.run_ids), runs_read=len(read), max_runs=max_runs,
-                  sampled=len(read) < len(rows.run_ids), selected_in_window=total_sel)
-    return result
+    return service.attribution_report(store, wf, selection, since, until, cfg.public_url, fp,
+                                      number_arg("max_runs", 100_000, 10, 1_000_000), outcome,
+                                      number_arg("sample", 5000, 100, 100_000), **opts)

@@ -15,6 +15,7 @@ import logging
 import threading
 import weakref
 from functools import partial
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import orjson
@@ -23,10 +24,12 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from .. import conventions as c
 from ..model import ErrorRecord, Span
-from ..pipeline import Pipeline
 from ..profiles import Profile
 from ..retry import DEFAULT_RETRY, RetryPolicy, SendError, parse_retry_after
 from ..worker import BatchWorker
+
+if TYPE_CHECKING:  # the in-process pipeline is the server's: a remote-only app never loads it
+    from ..pipeline import Pipeline
 
 log = logging.getLogger("flowscope.sdk")
 

@@ -1,7 +1,7 @@
 """SQLAlchemy instrumentation: every query a database-layer step, slow queries and N+1 patterns flagged.
 
-    from exporter.sdk.sqlalchemy import instrument_engine
-    instrument_engine(engine)                     # uses the default tracer
+    import flowscope
+    flowscope.instrument_engine(engine)           # uses the default tracer
     instrument_engine(engine, tracer=t, slow_ms=100, n_plus_one=10)
 
 Through SQLAlchemy's engine events (``before_cursor_execute``,
@@ -12,10 +12,9 @@ the statement with its literals stripped in the ``db.statement`` attribute.
 
 Flags, set in the ``flowscope.db.pattern`` attribute of the step:
 
-- ``slow_query``: the statement took at least ``slow_ms``; the default is the
-  database layer's warning threshold in the alert spec
-  (``alert_rules/spec/flowscope.yaml``), so "slow" means the same thing here and in
-  the alerts.
+- ``slow_query``: the statement took at least ``slow_ms`` (default ``FLOWSCOPE_SLOW_QUERY_MS``, 100: the
+  shipped alert spec's warning threshold for the database layer, so "slow" means the same thing here and
+  in the alerts; a test keeps the two equal).
 - ``n_plus_one``: the same normalised statement ran ``n_plus_one`` times (default
   ``FLOWSCOPE_N_PLUS_ONE_THRESHOLD``, 10) in one run; flagged once per statement per run.
 
@@ -64,29 +63,16 @@ def operation_of(normalized: str) -> str:
     return f"{verb} {table}".strip()[:100]
 
 
-def slow_ms_from_spec(path: str = "alert_rules/spec/flowscope.yaml", default: float = 100.0) -> float:
-    """The database layer's response-time warning threshold of the alert spec, in ms."""
-    try:
-        from backend.rules.spec import load_spec
-
-        for t in load_spec(path).thresholds:
-            if t.layer == "database" and t.metric.name == "response_time":
-                return t.warning * 1000
-    except Exception:  # no spec here (an app importing the SDK): the documented default
-        pass
-    return default
-
-
 def instrument_engine(engine, tracer: WorkflowTracer | None = None, slow_ms: float | None = None,
                       n_plus_one: int | None = None, component: str | None = None, clock=time_ns) -> None:
     """Record every statement ``engine`` runs as a step of the current run (timed by ``clock``, ns)."""
     from sqlalchemy import event
 
-    if n_plus_one is None:
+    if n_plus_one is None or slow_ms is None:
         from ..config import load_config
-        n_plus_one = load_config().n_plus_one_threshold
-    if slow_ms is None:
-        slow_ms = slow_ms_from_spec()
+        cfg = load_config()
+        n_plus_one = cfg.n_plus_one_threshold if n_plus_one is None else n_plus_one
+        slow_ms = cfg.slow_query_ms if slow_ms is None else slow_ms
     comp = component or engine.dialect.name
     slow_ns = int(slow_ms * 1e6)
 

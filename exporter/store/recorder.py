@@ -1,17 +1,20 @@
 """The store's write path: :class:`RunWriter` turns a drained batch into rows and writes it in one transaction,
-and :class:`RunRecorder`, the pipeline's sink, owns the bounded queue and the writer thread.
+and :class:`RunRecorder`, the pipeline's sink, queues what the pipeline hands it on a
+:class:`~exporter.worker.BatchWorker` whose one thread writes it.
 
-Producers only append to a bounded deque (the SDK's fast path appends a tuple, no Span is built); one writer
-thread drains it into the store every ``flush_interval_s``, retries while the database is down, and sweeps
-runs past their retention.
+Producers only queue (the SDK's fast path queues a tuple, no Span is built); the writer thread takes a batch every
+``flush_interval_s`` and retries while the database is down (:data:`STORE_RETRY`); the exporter's tick sweeps
+runs past their retention (:meth:`RunRecorder.sweep_if_due`).
 
 Before anything is written, secret keys are redacted (:mod:`exporter.redact`), user identifiers are hashed, and
 state snapshots over ``state_max_bytes`` keep the keys that fit plus a :data:`~exporter.conventions.TRUNCATED_KEY`
 marker.
 
     store = RunStore(make_engine("sqlite:///var/flowscope.db"))
-    rec = RunRecorder(store, metric_store, state_max_bytes=16384)
+    rec = RunRecorder(store, metric_store, retention_s=7 * 86400)
     pipeline.attach_recorder(rec)
+    rec.start()                 # the owner starts the writer thread ...
+    rec.close(timeout_s=10)     # ... and stops it (Pipeline.close does, for every sink)
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import logging
 import threading
 import time
 import zlib
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, and_, bindparam, delete, select, update
@@ -33,6 +35,8 @@ from ..fingerprint import Fingerprinter, failure_causes
 from ..metrics import MetricStore
 from ..model import ErrorRecord, Span, hash_user
 from ..redact import Redactor
+from ..retry import RetriesExhausted, RetryInterrupted, RetryPolicy, SendError
+from ..worker import BatchWorker
 from .migrate import ensure_schema
 from .rows import DETAIL_COLUMNS, LINK_COLUMNS, SPAN_COLUMNS, DetailRow, LinkRow, SpanRow, to_json
 from .schema import error_aliases, error_groups, errors, profiles, runs, span_details, span_links, spans
@@ -41,6 +45,11 @@ if TYPE_CHECKING:
     from .client import RunStore
 
 log = logging.getLogger("flowscope.runstore")
+
+#: The writer's retry while the database is unavailable: backoff from 0.5 s doubling to 30 s, no deadline (a
+#: store that is down keeps its batch until it is back, or until the recorder closes; meanwhile the queue
+#: sheds runs and counts what it drops).
+STORE_RETRY = RetryPolicy(initial_backoff_s=0.5, max_backoff_s=30.0, deadline_s=float("inf"))
 
 
 def _insert_ignore_sql(dialect, table: str, columns: tuple[str, ...]) -> str | None:
@@ -444,80 +453,106 @@ class RunWriter:
 
 
 class RunRecorder:
-    """The pipeline's run-store sink: a bounded queue and one writer thread.
+    """The pipeline's run-store sink (:class:`~exporter.sinks.FastSink`): a :class:`~exporter.worker.BatchWorker`
+    whose one thread writes what ``spans``, ``fast``, ``error`` and ``profile`` queue.
 
-    ``spans``, ``fast``, ``error`` and ``profile`` only append (deque appends are
-    atomic), so the hot path pays a few tens of nanoseconds. If the database is
-    down, the writer keeps its batch and retries with backoff. If the database
-    refuses a batch while it is up, the writer splits the batch to find the items
-    it refuses, drops only those (``reason="poison"``) and stores the rest
-    (:meth:`_write`). Past half full, the queue sheds whole runs (:meth:`_admit`);
-    what it still cannot hold is dropped. All are counted by reason, never lost
-    silently; metrics see every span.
+    Producers never block: past half full, the queue sheds whole runs (:meth:`_admit`); what it still
+    cannot hold is dropped. The writer takes up to ``batch_max`` items every ``flush_interval_s`` (at
+    once when that many are queued) and writes them in one transaction. If the database refuses a
+    batch while it is up, the writer splits the batch to find the items it refuses, drops only those
+    (``reason="poison"``) and stores the rest (:meth:`_write`). If the database is down, the writer
+    keeps what it has not written and retries it under ``retry`` (by default until the database is
+    back or the recorder closes), resuming where the last attempt stopped. All drops are counted by
+    reason, never lost silently; metrics see every span.
+
+    Nothing is written until :meth:`start` (the owner's call: ``Exporter.start``); :meth:`close`
+    writes what is queued within its deadline and stops. The retention sweep is the owner's to call
+    (:meth:`sweep_if_due`, from the exporter's tick).
     """
 
     def __init__(self, store: RunStore, metrics: MetricStore, queue_max: int = 200_000,
                  flush_interval_s: float = 0.5, retention_s: float = 30 * 86400, sweep_interval_s: float = 3600.0,
-                 clock=time.time, shed_interval_s: float = 0.25):
+                 clock=time.time, shed_interval_s: float = 0.25, batch_max: int = 20_000,
+                 retry: RetryPolicy | None = None):
         self.store = store
         self.queue_max = queue_max
         self.flush_interval_s = flush_interval_s
         self.retention_s = retention_s
         self.sweep_interval_s = sweep_interval_s
         self.clock = clock
-        self._q: deque = deque()
         self._dropped: dict[str, int] = {}
         self._drop_lock = threading.Lock()
         self.shed_interval_s = shed_interval_s
         self._high, self._low = queue_max // 2, queue_max // 4
         self._level, self._level_at = 0, 0.0
-        self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._stopping = threading.Event()  # set by close(); also ends a backoff early
         self._poison_seen: dict[str, int] = {}  # error kind -> items dropped with it, so each is logged once
         m = metrics
         self.m_runs = m.counter(c.RUNS_STORED_TOTAL, "Workflow runs written to the run store.")
         self.m_dropped = m.counter(c.RUN_STORE_DROPPED_TOTAL, "Spans and records the run store did not keep, by "
                                    "reason: shed_runs (whole runs left out under load), queue_full, poison (one item "
                                    "the database refused while it was up; the rest of its batch was stored), "
-                                   "write_failed, shutdown.",
+                                   "write_failed (the database was still unavailable when the recorder closed), "
+                                   "shutdown (still queued at the close deadline), internal_error.",
                                    (c.L_REASON,))
         self.m_failures = m.counter(c.RUN_STORE_WRITE_FAILURES_TOTAL,
                                     "Run-store writes that failed because the database was unavailable (retried).")
         self.m_swept = m.counter(c.RUN_STORE_SWEPT_TOTAL, "Runs deleted by the retention sweep.")
         self.m_truncated = m.counter(c.STATE_TRUNCATED_TOTAL, "State snapshots cut to the size cap, with a marker.")
-        m.gauge(c.RUN_STORE_QUEUE_SPANS, "Items waiting for the run store's writer.").set_function(
-            (), lambda: len(self._q))
         self._metrics = m
         m.collect_hooks.append(self._fold_dropped)
-        self._last_sweep = 0.0
-        self._thread = threading.Thread(target=self._run, name="flowscope-runstore", daemon=True)
-        self._thread.start()
+        self._last_sweep: float | None = None
+        self.worker: BatchWorker[Any] = BatchWorker(
+            "flowscope-runstore", self._export, on_drop=self._on_drop, max_queue=queue_max, max_batch=batch_max,
+            linger_s=flush_interval_s, policy=retry or STORE_RETRY)
+        self._queued, self._offer = self.worker.queued, self.worker.offer
+        m.gauge(c.RUN_STORE_QUEUE_SPANS, "Items waiting for the run store's writer.").set_function((), self._queued)
 
-    # -- producers (any thread) ------------------------------------------------------------------
+    # -- the owner's side ----------------------------------------------------------------------------
+
+    def start(self) -> RunRecorder:
+        """Start the writer thread (once); whoever calls this calls :meth:`close`."""
+        self.worker.start()
+        return self
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued so far is written or counted; False on timeout (or if not started)."""
+        return self.worker.force_flush(timeout_s)
+
+    def close(self, timeout_s: float = 10.0, wait: bool = True) -> bool:
+        """Write what is queued (bounded by ``timeout_s``), then stop; what is left is counted as dropped
+        (``shutdown``, or ``write_failed`` for a batch the database never took). True if everything was written
+        in time. ``wait=False``: stop taking items and start draining, return at once."""
+        return self.worker.shutdown(timeout_s, wait=wait)
+
+    def sweep_if_due(self, now: float | None = None) -> int:
+        """Run :meth:`sweep` if ``sweep_interval_s`` has passed since the last one (the first call always does);
+        the exporter's tick calls it. Returns the runs deleted."""
+        now = self.clock() if now is None else now
+        if self._last_sweep is not None and now - self._last_sweep < self.sweep_interval_s:
+            return 0
+        self._last_sweep = now
+        return self.sweep(now)
+
+    # -- producers (any thread): the pipeline's sink --------------------------------------------------
 
     def spans(self, batch) -> None:
-        q = self._q
-        if self._level or len(q) > self._high:
+        if self._level or self._queued() > self._high:
             batch = self._admit(batch)
-        room = self.queue_max - len(q)
-        if room >= len(batch):
-            q.extend(batch)
-        else:
-            q.extend(batch[:max(room, 0)])
-            self._drop(len(batch) - max(room, 0), "queue_full")
-        if len(q) > 5000:
-            self._wake.set()
+        self.worker.submit_many(batch)  # what a full queue cannot take is counted as queue_full
 
     def fast(self, item: tuple) -> None:
-        q = self._q
-        if (self._level or len(q) > self._high) and not self._admit((item,)):
+        """One SDK fast-path step: the hot path, so a lock-free append (:meth:`BatchWorker.offer`); the queue's
+        level it returns starts the shedding, which the next steps then pass through."""
+        if self._level and not self._admit((item,)):
             return
-        if len(q) < self.queue_max:
-            q.append(item)
-        else:
-            self._drop(1, "queue_full")
+        if self._offer(item) > self._high and not self._level:
+            self._relevel(self._queued())
+
+    def error(self, rec: ErrorRecord) -> None:
+        self.spans((rec,))
+
+    def profile(self, profile) -> None:
+        self.spans((profile,))
 
     def _admit(self, batch) -> list:
         """Shed load by run, not by span: past the high-water mark, whole runs are left out.
@@ -527,14 +562,7 @@ class RunRecorder:
         it agrees) below the level, i.e. level/8 of the runs. The runs that are kept stay whole,
         which dropping arbitrary spans at a full queue would not do.
         """
-        now = time.monotonic()
-        n = len(self._q)
-        if now - self._level_at >= self.shed_interval_s:
-            if n > self._high and self._level < 7:
-                self._level, self._level_at = self._level + 1, now
-            elif n < self._low and self._level > 0:
-                self._level, self._level_at = self._level - 1, now
-        level = self._level
+        level = self._relevel(self._queued())
         if not level:
             return list(batch)
         kept = []
@@ -548,15 +576,23 @@ class RunRecorder:
             self._drop(len(batch) - len(kept), "shed_runs")
         return kept
 
+    def _relevel(self, n: int) -> int:
+        """Raise the shed level one step while ``n`` (the queue's length) is above the high-water mark, lower
+        it below the low one, at most once per ``shed_interval_s``; returns the level."""
+        now = time.monotonic()
+        if now - self._level_at >= self.shed_interval_s:
+            if n > self._high and self._level < 7:
+                self._level, self._level_at = self._level + 1, now
+            elif n < self._low and self._level > 0:
+                self._level, self._level_at = self._level - 1, now
+        return self._level
+
+    def _on_drop(self, reason: str, n: int) -> None:
+        self._drop(n, reason)
+
     def _drop(self, n: int, reason: str) -> None:
         with self._drop_lock:  # only on overload: the normal path takes no lock
             self._dropped[reason] = self._dropped.get(reason, 0) + n
-
-    def error(self, rec: ErrorRecord) -> None:
-        self.spans([rec])
-
-    def profile(self, profile) -> None:
-        self.spans([profile])
 
     def _fold_dropped(self) -> None:
         with self._drop_lock:
@@ -564,54 +600,36 @@ class RunRecorder:
         for reason, n in dropped.items():
             self.m_dropped.inc((reason,), n)
 
-    # -- the writer ---------------------------------------------------------------------------------
+    # -- the writer (the worker's thread) -------------------------------------------------------------
 
-    def _drain(self, limit: int = 20_000) -> list:
-        out = []
-        pop = self._q.popleft
-        try:
-            for _ in range(limit):
-                out.append(pop())
-        except IndexError:
-            pass
-        return out
+    def _export(self, batch: list) -> None:
+        """Write one batch taken from the queue; while the database is unavailable, retry what is not written yet.
 
-    def _run(self) -> None:
-        backoff = 0.5
-        batch: list = []
-        while True:
-            self._wake.wait(self.flush_interval_s)
-            self._wake.clear()
-            while True:
-                self._idle.clear()  # before the drain: flush() must not see an empty queue and an idle writer
-                if not batch:
-                    batch = self._drain()
-                if not batch:
-                    break
-                batch, error = self._write(batch)
-                if not batch:
-                    backoff = 0.5
-                    continue
-                # the database is unavailable: keep what is left, back off, retry
+        Each attempt writes the remainder the last one left (:meth:`_write`), so rows already committed are
+        never sent again. An outage is a retryable :class:`~exporter.retry.SendError` to the worker's
+        policy; when the recorder closes (or the policy gives up) in the middle, the rest is counted as
+        ``write_failed``.
+        """
+        left = batch
+
+        def attempt() -> None:
+            nonlocal left
+            left, error = self._write(left)
+            if left:
                 with self._metrics.lock:
                     self.m_failures.inc(())
-                log.warning("run store write of %d items failed (retrying in %.1fs): %s", len(batch), backoff, error)
-                if self._stopping.is_set():
-                    log.error("run store closing: %d items not written", len(batch))
-                    with self._metrics.lock:
-                        self.m_dropped.inc(("write_failed",), len(batch) + len(self._q))
-                    self._q.clear()
-                    batch = []
-                    break
-                self._stopping.wait(backoff)  # close() cuts the wait short
-                backoff = min(backoff * 2, 30.0)
-            now = self.clock()
-            if now - self._last_sweep >= self.sweep_interval_s:
-                self._last_sweep = now
-                self.sweep(now)
-            self._idle.set()
-            if self._stopping.is_set() and not self._q:
-                return
+                raise SendError(f"run store unavailable: {error}", reason="outage") from error
+
+        def on_retry(error: BaseException, n: int, wait: float) -> None:
+            log.warning("run store write of %d items failed (retrying in %.1fs): %s", len(left), wait,
+                        error.__cause__ or error)
+
+        try:
+            self.worker.retry(attempt, on_retry=on_retry)
+        except (RetryInterrupted, RetriesExhausted) as e:
+            log.error("run store closing: %d items not written (the database is unavailable: %s)", len(left),
+                      e.last.__cause__ or e.last)
+            self._on_drop("write_failed", len(left))
 
     def _write(self, batch: list) -> tuple[list, BaseException | None]:
         """Write ``batch``, isolating what the database refuses: ``([], None)`` when every item was
@@ -668,7 +686,7 @@ class RunRecorder:
                       "was stored): %s: %s", _describe(item), n, type(error).__name__, msg[:500])
 
     def sweep(self, now: float | None = None) -> int:
-        """Delete what is older than the retention; the writer calls it every ``sweep_interval_s``."""
+        """Delete what is older than the retention (runs, spans, errors, profiles); returns the runs deleted."""
         now = self.clock() if now is None else now
         try:
             n = self.store.sweep(int((now - self.retention_s) * 1e9))
@@ -680,24 +698,3 @@ class RunRecorder:
                 self.m_swept.inc((), n)
             log.info("retention sweep deleted %d runs older than %g h", n, self.retention_s / 3600)
         return n
-
-    def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until everything queued so far is written; False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self._q and self._idle.is_set():
-                return True
-            self._wake.set()
-            time.sleep(0.01)
-        return False
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Write what is queued (bounded by ``timeout_s``), then stop; what is left is counted as dropped."""
-        self._stopping.set()
-        self._wake.set()
-        self._thread.join(timeout_s)
-        left = len(self._q)
-        if left:
-            log.error("run store closing: %d items not written", left)
-            with self._metrics.lock:
-                self.m_dropped.inc(("shutdown",), left)
