@@ -96,3 +96,22 @@ def deep_any_value_wire(kind: str, depth: int) -> bytes:
     for _ in range(depth):
         v = ld(5, ld(1, v)) if kind == "array" else ld(6, ld(1, ld(1, b"k") + ld(2, v)))
     return v
+
+
+def sdk_provider(srv, resource: dict, processor=None):
+    """A real OpenTelemetry SDK TracerProvider exporting OTLP/HTTP protobuf to ``srv`` (a live test server).
+
+    ``processor`` wraps the exporter (default: SimpleSpanProcessor, one request per span as it ends).
+    The SDK is imported here, not at module level: benches use this module without it.
+    """
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from exporter import conventions as c
+
+    p = TracerProvider(resource=Resource.create(resource))
+    exporter = OTLPSpanExporter(endpoint=srv.url + c.OTLP_TRACES_PATH)
+    p.add_span_processor((processor or SimpleSpanProcessor)(exporter))
+    return p

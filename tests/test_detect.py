@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backend.regression.analyze import analyze
 
@@ -119,7 +121,8 @@ def test_daily_cycles_are_silent_with_a_season_and_a_step_in_them_is_still_found
         r = cli("detect", "--csv", str(path), "--season", season, "--json")
         assert r.returncode == 0, r.stderr
         (f,) = json.loads(r.stdout)["findings"]
-        assert f["series"] == "stepped p95" and f["kind"] == "step" and f["time"] == "2026-11-05T23:00:00Z"  # point 1428 of 1728
+        # the step is point 1428 of 1728, at 5-minute steps from 2026-11-01
+        assert f["series"] == "stepped p95" and f["kind"] == "step" and f["time"] == "2026-11-05T23:00:00Z"
 
 
 def test_a_csv_without_time_with_per_series_direction_and_effect_floor(tmp_path, cli):
@@ -169,3 +172,22 @@ def test_queries_file_is_checked_and_names_the_entry(tmp_path, text, error):
     else:
         with pytest.raises(SourceError, match=re.escape(error)):
             load_queries(str(p))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=st.sampled_from("time,series,value,higher_is_better,min_effect\n0123456789.-+eE:TZ\" "
+                                             "truefalsnNaI\x00é"), max_size=300),
+       index=st.booleans())
+def test_any_csv_is_read_or_refused_with_a_source_error(tmp_path, text, index):
+    """Whatever the file holds, `detect --csv` reads it or names what is wrong; it never crashes."""
+    from backend.regression.sources import SourceError, read_csv
+    path = tmp_path / "fuzz.csv"
+    path.write_text(text, encoding="utf-8")
+    try:
+        frame, better, effect = read_csv(str(path), index=index)
+    except SourceError as e:
+        assert str(e).startswith(str(path))
+        return
+    assert list(frame.columns) == ["time", "series", "value"]
+    assert all(isinstance(v, bool) for v in better.values()) and all(0 <= v < 100 for v in effect.values())
+    analyze(frame, better, min_effect=effect)  # and whatever was read can be analysed (or listed as not analysed)

@@ -13,8 +13,6 @@ import re
 
 import pytest
 import requests
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, set_span_in_context
@@ -22,6 +20,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from exporter import conventions as c
 from exporter.resolver import PENDING_LIMIT, SHUTDOWN, TIMEOUT
+from tests.otlp_data import sdk_provider
 
 PROCESSORS = {
     "simple": lambda exp: SimpleSpanProcessor(exp),
@@ -33,9 +32,7 @@ _SERIES = (c.STEP_DURATION_SECONDS + "_count", c.WORKFLOW_RUNS_TOTAL, c.STEP_ERR
 
 
 def provider(srv, service: str, processor: str = "simple") -> TracerProvider:
-    p = TracerProvider(resource=Resource.create({"service.name": service}))
-    p.add_span_processor(PROCESSORS[processor](OTLPSpanExporter(endpoint=srv.url + c.OTLP_TRACES_PATH)))
-    return p
+    return sdk_provider(srv, {"service.name": service}, PROCESSORS[processor])
 
 
 def scrape(srv) -> str:

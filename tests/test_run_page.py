@@ -13,6 +13,7 @@ from exporter.profiles import Profile
 from exporter.sdk import ErrorLogger, WorkflowTracer
 from exporter.sdk.sinks import InProcessSink
 from tests.conftest import require_binary
+from tests.otlp_data import sdk_provider
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -198,25 +199,14 @@ def test_run_page_is_a_debugger(ex, serve, browser):
     page.close()
 
 
-def _provider(srv, **resource):
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
-    provider = TracerProvider(resource=Resource.create(resource))
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=srv.url + c.OTLP_TRACES_PATH)))
-    return provider
-
-
 def test_an_otlp_consumer_shows_its_events_link_resource_and_linked_producer(ex, serve, browser):
     """A queue consumer whose span starts a new trace linked to its producer, sent by the real OpenTelemetry SDK
     over HTTP: its page shows the span's events, link and resource, and the producer as a linked run."""
     from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 
     srv = serve(ex)
-    shop = _provider(srv, **{"service.name": "shop", "service.version": "1.4.2"})
-    worker = _provider(srv, **{"service.name": "worker", "service.version": "0.9.0", "k8s.pod.name": "worker-7d9"})
+    shop = sdk_provider(srv, {"service.name": "shop", "service.version": "1.4.2"})
+    worker = sdk_provider(srv, {"service.name": "worker", "service.version": "0.9.0", "k8s.pod.name": "worker-7d9"})
     tracer = shop.get_tracer("t")
     with (tracer.start_as_current_span("checkout", kind=SpanKind.SERVER,
                                        attributes={"flowscope.workflow": "checkout"}) as root,
@@ -276,7 +266,7 @@ def test_an_otlp_consumer_shows_its_events_link_resource_and_linked_producer(ex,
 def test_an_otlp_run_with_flowscope_state_events_travels_in_time(ex, serve, browser):
     """``flowscope.state`` events sent by the OpenTelemetry SDK feed the time-travel panel like the SDK's state."""
     srv = serve(ex)
-    provider = _provider(srv, **{"service.name": "importer"})
+    provider = sdk_provider(srv, {"service.name": "importer"})
     tracer = provider.get_tracer("t")
     t0 = time.time_ns() - 10_000_000_000
     ms = 1_000_000

@@ -10,10 +10,6 @@ import time
 import orjson
 import pytest
 import requests
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Link, SpanKind
 
 from exporter import conventions as c
@@ -21,16 +17,10 @@ from exporter.db import make_engine
 from exporter.decode import native
 from exporter.model import Span, hash_user
 from exporter.runstore import RunStore
-from tests.otlp_data import request, span, to_json
+from tests.otlp_data import request, sdk_provider, span, to_json
 
 PB = {"Content-Type": "application/x-protobuf"}
 JS = {"Content-Type": "application/json"}
-
-
-def _provider(srv, **resource) -> TracerProvider:
-    provider = TracerProvider(resource=Resource.create(resource))
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=srv.url + c.OTLP_TRACES_PATH)))
-    return provider
 
 
 def _flat(tree: list[dict]) -> list[dict]:
@@ -44,9 +34,9 @@ def _flat(tree: list[dict]) -> list[dict]:
 
 def test_a_real_sdk_keeps_kind_resource_events_links_user_and_state(ex, serve):
     srv = serve(ex)
-    shop = _provider(srv, **{"service.name": "shop", "service.version": "1.4.2",
+    shop = sdk_provider(srv, {"service.name": "shop", "service.version": "1.4.2",
                              "deployment.environment": "prod", "auth.token": "resource-secret"})
-    worker = _provider(srv, **{"service.name": "worker", "service.version": "0.9.0",
+    worker = sdk_provider(srv, {"service.name": "worker", "service.version": "0.9.0",
                                "deployment.environment": "prod"})
     tracer = shop.get_tracer("t")
     with (tracer.start_as_current_span("checkout", kind=SpanKind.SERVER,

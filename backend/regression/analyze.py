@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,19 +109,16 @@ def _per_second(rate_per_point: float, times: npt.NDArray[np.generic]) -> float:
     return rate_per_point / step if step > 0 else rate_per_point
 
 
-def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None, q: float | None = None,
-            labels: dict[str, dict[str, str]] | None = None, period: int | None = None,
-            counters: set[str] | None = None,
+def analyze(frame: pd.DataFrame, higher_is_better: dict[str, bool] | None = None,
+            labels: dict[str, dict[str, str]] | None = None, counters: set[str] | None = None,
             settings: Settings | None = None, min_effect: dict[str, float] | None = None,
             ) -> tuple[list[Finding], list[Skipped]]:
     """Change points (steps and drifts) per series; Benjamini–Hochberg over all of them.
 
-    ``period`` (points per cycle; 0: none; None: each series' own, found automatically) and ``q``
-    override ``settings``; ``min_effect`` maps a series to its own smallest relative change.
+    ``settings`` say what counts as a finding (default :class:`Settings`); ``min_effect`` maps a series
+    to its own smallest relative change.
     """
     st = settings or Settings()
-    if q is not None or period is not None:
-        st = replace(st, q=st.q if q is None else q, period=st.period if period is None else period)
     higher_is_better = higher_is_better or {}
     labels = labels or {}
     min_effect = min_effect or {}
