@@ -119,5 +119,6 @@ def list_alerts():
     since = parse_datetime(args["since"], "since") if args.get("since") else None
     limit = number_arg("limit", 100, 1, 1000)
     severity, workflow = (check_text(args[k], k) if args.get(k) else None for k in ("severity", "workflow"))
-    rows = current_flowscope().alerts.list(status=status, severity=severity, workflow=workflow, since=since, limit=limit)
+    rows = current_flowscope().alerts.list(status=status, severity=severity, workflow=workflow, since=since,
+                                           limit=limit)
     return Response(orjson.dumps({"alerts": rows}), mimetype="application/json")

@@ -18,8 +18,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaServerError, GrafanaTimeoutError, GrafanaUnauthorizedError
@@ -60,7 +61,8 @@ def datasource_models(cfg: GrafanaConfig) -> list[dict[str, Any]]:
         {"uid": PROM_DS_UID, "name": "Flowscope Prometheus", "type": "prometheus", "access": "proxy",
          "url": cfg.prometheus_url, "isDefault": False,
          "jsonData": {"httpMethod": "POST",
-                      "exemplarTraceIdDestinations": [{"name": "trace_id", "url": run, "urlDisplayLabel": "Open run"}]}},
+                      "exemplarTraceIdDestinations": [{"name": "trace_id", "url": run,
+                                                                       "urlDisplayLabel": "Open run"}]}},
         {"uid": LOKI_DS_UID, "name": "Flowscope Loki", "type": "loki", "access": "proxy", "url": cfg.loki_url,
          "isDefault": False,
          "jsonData": {"derivedFields": [{"name": "correlation_id", "matcherRegex": '"correlation_id":"([^"]+)"',
@@ -118,7 +120,7 @@ class GrafanaProvisioner:
                     raise ProvisionError(f"{what}: Grafana answered 412 Precondition Failed (version conflict or "
                                          f"a dashboard with the same name in the folder): {e.message}") from None
                 raise ProvisionError(f"{what}: Grafana answered {e.status_code}: {e.message}") from None
-            except Exception as e:  # connection refused, DNS, TLS: transport errors are retried
+            except Exception as e:  # noqa: BLE001 connection refused, DNS, TLS: transport errors are retried
                 reason = type(e).__name__
             wait = self.cfg.retry.backoff(attempt, self.rng)
             attempt += 1

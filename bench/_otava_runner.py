@@ -10,10 +10,12 @@ import time
 
 from otava.analysis import compute_change_points
 
-series = json.load(open(sys.argv[1]))
+with open(sys.argv[1]) as f:
+    series = json.load(f)
 out = {}
 t0 = time.perf_counter()
 for s in series:
     cps, _ = compute_change_points(list(s["values"]), window_len=50, max_pvalue=0.001)
     out[s["id"]] = [int(c.index) for c in cps]
-json.dump({"detections": out, "seconds": time.perf_counter() - t0}, open(sys.argv[2], "w"))
+with open(sys.argv[2], "w") as f:
+    json.dump({"detections": out, "seconds": time.perf_counter() - t0}, f)

@@ -12,7 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.otlp_data import request, span  # noqa: E402
+import contextlib
+
+from tests.otlp_data import request, span
 
 
 def otlp_batch(n_spans: int = 1000, spans_per_trace: int = 10, seed: int = 1):
@@ -68,16 +70,14 @@ def rss_mb(pid: int | None = None) -> float:
 
 
 def pin(cpu: int) -> None:
-    try:
+    with contextlib.suppress(AttributeError, OSError):
         os.sched_setaffinity(0, {cpu})
-    except (AttributeError, OSError):
-        pass
 
 
 def start_server(port: int, cpu: int = 0, env: dict | None = None) -> subprocess.Popen:
     """`flowscope serve` in its own process, pinned to one CPU."""
     e = {**os.environ, "FLOWSCOPE_LOG_LEVEL": "WARNING", **(env or {})}
-    p = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-m", "exporter.cli", "serve", "--port",
+    p = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-m", "flowscope", "serve", "--port",
                           str(port), "--series-limit", "100000"], cwd=ROOT, env=e,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return wait_healthy(p, port)

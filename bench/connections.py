@@ -43,9 +43,9 @@ def _werkzeug_child(port: int) -> None:
     from werkzeug.serving import make_server
 
     from backend.app import create_app
-    from exporter.cli import tune_gc
     from exporter.config import load_config
     from exporter.runtime import build
+    from flowscope.cli import tune_gc
 
     ex = build(load_config({"port": port}))
     server = make_server("127.0.0.1", port, create_app(ex), threaded=True)
@@ -60,7 +60,7 @@ def _start(kind: str, port: int, nofile: int, db_dir: str) -> subprocess.Popen:
     env = {**os.environ, "FLOWSCOPE_LOG_LEVEL": "ERROR", "FLOWSCOPE_DATABASE_URL": f"sqlite:///{db_dir}/{kind}.db",
            "PYTHONPATH": str(ROOT)}
     if kind == "flowscope":
-        cmd = [sys.executable, "-m", "exporter.cli", "serve", "--port", str(port)]
+        cmd = [sys.executable, "-m", "flowscope", "serve", "--port", str(port)]
     else:
         cmd = [sys.executable, __file__, "--werkzeug-child", str(port)]
 

@@ -4,7 +4,8 @@ The server (`flowscope serve`) runs pinned to CPU 0; this client, pinned to
 CPU 1, posts 1,000-span batches over ``--connections`` keep-alive connections
 (so the server never waits on the client) for a fixed time per format. Both
 wall-clock throughput and spans per second of *server CPU time* (from
-/proc/<pid>/stat) are printed: the second is "sustained on one core". Also prints the pure decode cost per span and, as the named
+/proc/<pid>/stat) are printed: the second is "sustained on one core".
+Also prints the pure decode cost per span and, as the named
 reference, what parsing the same OTLP JSON with orjson alone costs.
 
     .venv/bin/python bench/ingest.py [--seconds 5]
@@ -19,11 +20,11 @@ import statistics
 import tempfile
 import threading
 import time
-
-from common import otlp_batch, pin, start_server
+from pathlib import Path
 
 import orjson
 import requests
+from common import otlp_batch, pin, start_server
 
 from exporter import conventions as c
 from exporter.decode import otlp
@@ -72,7 +73,7 @@ def main() -> dict:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per format; the median is reported")
     args = ap.parse_args([] if __name__ != "__main__" else None)
     pin(1)
-    from exporter.cli import tune_gc
+    from flowscope.cli import tune_gc
     tune_gc()  # measure decoding as `flowscope serve` runs it
     batch = otlp_batch(1000)
     pb = batch.SerializeToString()
@@ -120,7 +121,7 @@ def measure(args, pb: bytes, js: bytes, env: dict) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = start_server(port, cpu=0, env={"FLOWSCOPE_DATABASE_URL": f"sqlite:///{tmp}/runs.db", **env})
-    children = open(f"/proc/{server.pid}/task/{server.pid}/children").read().split()
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
     server_pid = int(children[0]) if children else server.pid
     try:
         url = f"http://127.0.0.1:{port}/v1/traces"

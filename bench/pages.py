@@ -17,10 +17,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from backend.app import create_app  # noqa: E402
-from exporter.config import load_config  # noqa: E402
-from exporter.model import Span  # noqa: E402
-from exporter.runtime import build  # noqa: E402
+from backend.app import create_app
+from exporter.config import load_config
+from exporter.model import Span
+from exporter.runtime import build
 
 TARGET_MS = 300
 

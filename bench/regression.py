@@ -29,7 +29,7 @@ from otava_test_data.generators.combiner import add_noise
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from backend.regression.detectors import NotAnalysed, change_points  # noqa: E402
+from backend.regression.detectors import NotAnalysed, change_points
 
 TOL = 5
 MEAN_SHIFT = {"step", "regression_start", "regression_end"}
@@ -184,7 +184,8 @@ def main() -> dict:
     s, recall, fp = speed()
     print(f"\nspeed: 1,000 series x 1,000 points in {s:.2f} s; "
           f"Otava on the suite above: {t_otava / t_ours:.1f}x slower per point")
-    print(f"  on those series: 1.2-sigma (+6 %) steps found {recall:.0%}; {fp / 10:.4f} false positives per 1,000 points "
+    print(f"  on those series: 1.2-sigma (+6 %) steps found {recall:.0%}; "
+          f"{fp / 10:.4f} false positives per 1,000 points "
           f"({fp:.3f} per 10,000; target <= 1) on the 667 pure-noise series")
     return {"flowscope": r_ours, "otava": r_otava, "speed_1000x1000_s": s, "noise_fp_per_10k": fp}
 

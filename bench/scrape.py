@@ -18,9 +18,8 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, pin, rss_mb
-
 import prometheus_client
+from common import ROOT, pin, rss_mb
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.openmetrics.exposition import generate_latest as om_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
@@ -124,8 +123,9 @@ def main() -> dict:
         ours, theirs = build_ours(n), build_theirs(n)
         for om in (False, True):
             fmt = "openmetrics" if om else "text"
-            t_ours, out_ours = timed(lambda: render_ours(ours, om))
-            t_theirs, out_theirs = timed(lambda: (om_latest if om else prometheus_client.generate_latest)(theirs),
+            t_ours, out_ours = timed(lambda ours=ours, om=om: render_ours(ours, om))
+            gen = om_latest if om else prometheus_client.generate_latest
+            t_theirs, out_theirs = timed(lambda gen=gen, theirs=theirs: gen(theirs),
                                          repeat=1 if n > 20_000 else 3)
             verified = "not checked"
             if n <= args.verify_max:

@@ -20,7 +20,6 @@ import tempfile
 import time
 
 from common import pin
-
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 

@@ -328,5 +328,6 @@ def markdown_table() -> str:
         d = ",".join(str(x) for x in d) if isinstance(d, tuple) else d
         shown = "(unset)" if d is None else "(none)" if d == "" else f"`{d}`"
         rows.append(f"| `{s.env}` | {shown} | {s.help} |")
-    rows.append("| `FLOWSCOPE_CONFIG` | (unset) | Path of a YAML file with any of the settings above (lower-case keys). |")
+    rows.append("| `FLOWSCOPE_CONFIG` | (unset) "
+                "| Path of a YAML file with any of the settings above (lower-case keys). |")
     return "\n".join(rows)

@@ -1,6 +1,6 @@
 """The exporter's one base exception, and the few kinds callers tell apart.
 
-They turn into HTTP statuses (``exporter.web``) or exit codes (``exporter.cli``)
+They turn into HTTP statuses (``exporter.web``) or exit codes (``flowscope.cli``)
 only at the edge.
 """
 

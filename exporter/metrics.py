@@ -172,7 +172,7 @@ class Gauge(Counter):
         for key, fn in self._functions.items():
             try:
                 self.series[key].value = float(fn())
-            except Exception:  # noqa: BLE001, S110 - a broken callback must not break the scrape
+            except Exception:  # noqa: BLE001 - a broken callback must not break the scrape
                 pass
 
 

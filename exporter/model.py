@@ -54,10 +54,29 @@ class Span:
     """
 
     __slots__ = (
-        "trace_id", "span_id", "parent_span_id", "correlation_id", "workflow", "service",
-        "layer", "component", "operation", "start_ns", "end_ns", "status", "error_type",
-        "error_message", "_attrs", "_raw_attrs", "state", "is_step", "user", "stack_trace",
-        "kind", "resource", "_details",
+        "_attrs",
+        "_details",
+        "_raw_attrs",
+        "component",
+        "correlation_id",
+        "end_ns",
+        "error_message",
+        "error_type",
+        "is_step",
+        "kind",
+        "layer",
+        "operation",
+        "parent_span_id",
+        "resource",
+        "service",
+        "span_id",
+        "stack_trace",
+        "start_ns",
+        "state",
+        "status",
+        "trace_id",
+        "user",
+        "workflow",
     )
 
     def __init__(

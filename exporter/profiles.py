@@ -25,7 +25,7 @@ from .validate import clean_str
 MAX_FRAME = 200
 
 #: A value of the marshal subset a pstats dump uses (see :class:`_Marshal`).
-Marshalled: TypeAlias = "None | bool | int | float | str | tuple[Marshalled, ...] | dict[Marshalled, Marshalled]"
+Marshalled: TypeAlias = "bool | int | float | str | tuple[Marshalled, ...] | dict[Marshalled, Marshalled] | None"
 
 
 class ProfileError(FlowscopeError):

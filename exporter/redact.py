@@ -79,8 +79,8 @@ def _is_card(digits: str) -> bool:
 def _cards(m: re.Match) -> str:
     """The run with every card number in it replaced; other numbers (ids, dates, timestamps) stay."""
     run, s, start = m.group(), m.string, m.start()
-    if start and (s[start - 1].isalnum() or s[start - 1] in "_.") or \
-            m.end() < len(s) and (s[m.end()].isalnum() or s[m.end()] == "_"):
+    if (start and (s[start - 1].isalnum() or s[start - 1] in "_.")) or \
+            (m.end() < len(s) and (s[m.end()].isalnum() or s[m.end()] == "_")):
         return run  # part of a longer token (a hex id, a version, a word): not a number on its own
     groups = re.split(r"[ -]", run)
     if len(groups) == 1:

@@ -189,7 +189,7 @@ def _compile(layer_rules: tuple[LayerRule, ...], component_rules: tuple[Componen
         prev = r
     out.append("    return 'other', comp")
     source = "\n".join(out) + "\n"
-    exec(compile(source, "<semconv tables>", "exec"), env)  # noqa: S102 - our own tables, at import
+    exec(compile(source, "<semconv tables>", "exec"), env)
     fn: Classify = env["classify"]
     fn.source = source
     fn.__doc__ = ("``(layer, component)`` of one span from :data:`LAYER_RULES` and :data:`COMPONENT_RULES`: "

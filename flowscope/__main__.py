@@ -2,6 +2,6 @@
 
 import sys
 
-from exporter.cli import main
+from flowscope.cli import main
 
 sys.exit(main())

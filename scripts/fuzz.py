@@ -447,7 +447,8 @@ def pb_mutate(rng: random.Random, req: ExportTraceServiceRequest, extras: list[b
         return f"resource.attributes[{key}]={d}"
     if op == 10:
         key = pick(rng, [c.ATTR_LAYER, c.ATTR_WORKFLOW[0], "flowscope.status", "db.system", c.ATTR_CORRELATION_ID[0]])
-        value = pick(rng, [AnyValue.FromString(deep_any_value_wire("array", 1)), AnyValue.FromString(deep_any_value_wire("kvlist", 1)),
+        value = pick(rng, [AnyValue.FromString(deep_any_value_wire("array", 1)),
+                           AnyValue.FromString(deep_any_value_wire("kvlist", 1)),
                            AnyValue(int_value=2**63 - 1), AnyValue(double_value=NAN), AnyValue(bool_value=False)])
         _pb_set_attr(sp.attributes, key, value)
         return f"span.attributes[{key}]={value.WhichOneof('value')} (non-string)"
@@ -1306,7 +1307,7 @@ def guard(dec: Decoder, cases: list[Case]) -> dict[int, str]:
                     os.write(w, k.to_bytes(4, "little"))
                     try:
                         dec.decode(cases[k].payload)
-                    except BaseException:  # noqa: BLE001, S110 - the parent classifies; the child only has to live
+                    except BaseException:  # noqa: BLE001 - the parent classifies; the child only has to live
                         pass
             finally:
                 os._exit(0)

@@ -182,7 +182,8 @@ def ingest_big_run(url: str) -> str:
                                                                          "job.batch": "2025-06-01"})
     _span(t, "SET lock:reconcile", root, 0.2, 1.1, SpanKind.CLIENT, {"db.system.name": "redis"})
     _span(t, "SELECT accounts", root, 1.3, 18.6, SpanKind.CLIENT, {
-        "db.system.name": "postgresql", "db.query.text": "SELECT id FROM accounts WHERE reconciled_on < $1"})
+        "db.system.name": "postgresql",
+        "db.query.text": "SELECT id FROM accounts WHERE reconciled_on < $1"})
     now = 20.0
     for i in range(199):
         acct = f"acct-{10_000 + i * 7}"
@@ -213,7 +214,8 @@ def ingest_big_run(url: str) -> str:
         a.end(end_time=T0 + int(now * MS))
         now += rng.uniform(0.1, 0.6)
     _span(t, "INSERT reconcile_reports", root, now, now + 11, SpanKind.CLIENT, {
-        "db.system.name": "postgresql", "db.query.text": "INSERT INTO reconcile_reports (day, accounts) VALUES ($1, $2)"})
+        "db.system.name": "postgresql",
+        "db.query.text": "INSERT INTO reconcile_reports (day, accounts) VALUES ($1, $2)"})
     _span(t, "publish ledger.reconciled", root, now + 11.5, now + 14, SpanKind.PRODUCER, {
         "messaging.system": "kafka", "messaging.destination.name": "ledger.reconciled"})
     root.end(end_time=T0 + int((now + 15) * MS))

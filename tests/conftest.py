@@ -50,13 +50,13 @@ class CliResult:
 
 @pytest.fixture
 def cli(capsys, monkeypatch):
-    """Run ``flowscope ARGS`` in this process: ``exporter.cli.main`` with its output captured.
+    """Run ``flowscope ARGS`` in this process: ``flowscope.cli.main`` with its output captured.
 
     A subprocess costs an interpreter start and the imports (0.1-0.6 s on an idle machine, seconds on a busy one)
     and checks nothing more, unless the test is about the process itself (signals, a broken pipe, a real
     ``serve``, replicas, stdin at a terminal): those keep one.
     ``cwd`` is where the command runs (the repository by default, as the relative spec paths expect)."""
-    from exporter.cli import main
+    from flowscope.cli import main
 
     def run(*args: str, cwd: Path = ROOT) -> CliResult:
         monkeypatch.chdir(cwd)
@@ -306,7 +306,8 @@ class Postgres(_Process):
             except psycopg.OperationalError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     self.stop()
-                    raise RuntimeError("PostgreSQL did not start:\n" + (tmp / "postgres.log").read_text()[-3000:])
+                    log_tail = (tmp / "postgres.log").read_text()[-3000:]
+                    raise RuntimeError("PostgreSQL did not start:\n" + log_tail) from None
                 time.sleep(0.2)
         self._n = 0
 

@@ -22,9 +22,10 @@ def _kv(k, v) -> KeyValue:
 def span(name, trace_id=None, span_id=None, parent=None, kind=1, start=1_700_000_000_000_000_000,
          duration_ns=1_000_000, attrs=None, error=False, message="", events=()):
     """A span dict for :func:`request`."""
-    return dict(name=name, trace_id=trace_id or os.urandom(16).hex(), span_id=span_id or os.urandom(8).hex(),
-                parent=parent, kind=kind, start=start, end=start + duration_ns, attrs=attrs or {}, error=error,
-                message=message, events=list(events))
+    return {"name": name, "trace_id": trace_id or os.urandom(16).hex(), "span_id": span_id or os.urandom(8).hex(),
+                "parent": parent, "kind": kind, "start": start, "end": start + duration_ns, "attrs": attrs or {},
+                "error": error,
+                "message": message, "events": list(events)}
 
 
 def request(spans, service="shop", resource=None) -> ExportTraceServiceRequest:

@@ -44,7 +44,8 @@ def test_list_filters(client):
     other = payload(workflow="login", severity="warning")
     other["alerts"][0]["fingerprint"] = "aa"
     client.post(WEBHOOK, json=other)
-    get = lambda **q: [a["workflow"] for a in client.get(c.ALERTS_PATH, query_string=q).json["alerts"]]
+    def get(**q):
+        return [a["workflow"] for a in client.get(c.ALERTS_PATH, query_string=q).json["alerts"]]
     assert sorted(get()) == ["checkout", "login"]
     assert get(severity="warning") == ["login"]
     assert get(workflow="checkout") == ["checkout"]

@@ -78,7 +78,8 @@ def _memory_rows(n: int, seed: int = 1) -> AttributionRows:
         rows.status.append("error" if rng.random() < p else "ok")
         rows.duration_ms.append(rng.uniform(10, 20))
         rows.start_ns.append(i)
-        for layer, comp, attrs in (("api", "shop", {"region": region, "request.id": f"q{i}", "noise": rng.random() < .5}),
+        for layer, comp, attrs in (("api", "shop", {"region": region, "request.id": f"q{i}",
+                                                     "noise": rng.random() < .5}),
                                    ("database", "pg", {"pod": pod})):
             rows.span_run.append(i)
             rows.layer.append(layer)
@@ -282,7 +283,8 @@ def test_the_error_page_shows_what_the_runs_it_hit_share(shop):
     ("workflow=checkout&select=window", "from"), ("workflow=checkout&select=window&from=yesterday", "from"),
     ("workflow=checkout&select=window&from=2000-01-01T00:00:00Z&to=1999-01-01T00:00:00Z", "from"),
     ("workflow=checkout&select=window&from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00Z", "from"),  # no run
-    ("workflow=checkout&select=error", "fingerprint"), ("workflow=checkout&select=error&fingerprint=0000", "fingerprint"),
+    ("workflow=checkout&select=error", "fingerprint"),
+    ("workflow=checkout&select=error&fingerprint=0000", "fingerprint"),
     ("workflow=checkout&select=filter", "where"), ("workflow=checkout&select=filter&where=attr.nope:1", "where"),
     ("workflow=checkout&select=filter&where=noop", "where"), ("workflow=checkout&select=filter&where=:x", "where"),
     ("workflow=checkout&select=filter&where=attr.db.instance:replica-9", "where"),  # matches nothing
@@ -432,12 +434,13 @@ def test_resource_attributes_of_the_real_otel_sdk_name_a_bad_deploy(ex, serve):
     for version, region in (("1.2.3", "eu-west-1"), ("1.2.4", "eu-west-1"), ("1.2.3", "us-east-1"),
                             ("1.2.4", "us-east-1")):
         p = TracerProvider(resource=Resource.create({"service.name": "shop", "service.version": version,
-                                                     "cloud.region": region, "k8s.pod.name": f"shop-{version}-{region}"}))
+                                                     "cloud.region": region,
+                                                     "k8s.pod.name": f"shop-{version}-{region}"}))
         p.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=srv.url + c.OTLP_TRACES_PATH)))
         providers.append(p)
     for i in range(160):
         p = providers[i % 4]
-        bad = i % 2 == 1 and (i // 4) % 3 != 0 or i == 32   # 1.2.4 fails 2 runs in 3; 1.2.3 once
+        bad = (i % 2 == 1 and (i // 4) % 3 != 0) or i == 32   # 1.2.4 fails 2 runs in 3; 1.2.3 once
         tracer = p.get_tracer("shop")
         with tracer.start_as_current_span("POST /checkout", kind=SpanKind.SERVER, attributes={
                 "flowscope.workflow": "checkout", "http.request.method": "POST", "http.route": "/checkout"}) as root:

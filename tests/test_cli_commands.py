@@ -10,9 +10,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import conventions as c
-from exporter.cli import main
 from exporter.sdk import WorkflowTracer
 from exporter.sdk.sinks import InProcessSink
+from flowscope.cli import main
 from tests.conftest import free_port
 
 

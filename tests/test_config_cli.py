@@ -3,9 +3,9 @@ import sys
 
 import pytest
 
-from exporter.cli import main
 from exporter.config import load_config, markdown_table
 from exporter.errors import ConfigError
+from flowscope.cli import main
 
 
 def test_precedence_is_argument_then_environment_then_file_then_default(tmp_path):
@@ -84,7 +84,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback(args):
     r, w = os.pipe()
     os.close(r)
     try:
-        p = subprocess.run([sys.executable, "-m", "exporter.cli", *args], stdout=w, stderr=subprocess.PIPE,
+        p = subprocess.run([sys.executable, "-m", "flowscope.cli", *args], stdout=w, stderr=subprocess.PIPE,
                            text=True, timeout=60, check=False)
     finally:
         os.close(w)

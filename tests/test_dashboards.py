@@ -37,7 +37,8 @@ def test_checked_in_dashboards_are_current_and_deterministic():
                           [(c.DASHBOARD_OVERVIEW, 0), (c.DASHBOARD_LAYERS, 0), (c.DASHBOARD_ERRORS, 0),
                            (c.DASHBOARD_PROFILES, 0), (c.DASHBOARD_ALERTS, 0)]}
     for name, text in files.items():
-        assert (ROOT / "dashboards" / name).read_text() == text, f"dashboards/{name} is stale: flowscope dashboards build"
+        stale = f"dashboards/{name} is stale: flowscope dashboards build"
+        assert (ROOT / "dashboards" / name).read_text() == text, stale
         assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
 
 

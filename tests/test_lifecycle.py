@@ -16,8 +16,8 @@ import requests
 
 from backend.app import create_app, services
 from exporter import conventions as c
-from exporter.cli import main
 from exporter.runtime import Lifecycle, Service
+from flowscope.cli import main
 from tests.conftest import free_port
 from tests.fake_loki import FakeLoki
 
@@ -68,7 +68,7 @@ def _lines(loki: FakeLoki, tag: str) -> set[str]:
 def test_sigterm_flushes_every_queue_and_exits_0(tmp_path, make_exporter):
     loki = FakeLoki()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSCOPE_")} | _settings(tmp_path, loki)
-    p = subprocess.Popen([sys.executable, "-m", "exporter.cli", "serve", "--port", "0", "--threads", "2"],
+    p = subprocess.Popen([sys.executable, "-m", "flowscope.cli", "serve", "--port", "0", "--threads", "2"],
                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline()  # blocks until the server prints it, or exits

@@ -15,13 +15,13 @@ from alembic.runtime.migration import MigrationContext
 
 from backend.app import create_app
 from exporter import conventions as c
-from exporter.cli import main
 from exporter.db import make_engine
 from exporter.decode import native
 from exporter.errors import ConfigError
 from exporter.store import RunStore, migrate
 from exporter.store.rows import DETAIL_COLUMNS, LINK_COLUMNS, SPAN_COLUMNS, DetailRow, LinkRow, SpanRow
 from exporter.store.schema import metadata
+from flowscope.cli import main
 
 #: The schema as the previous release's ``create_all`` calls made it (exporter/runstore.py, backend/store.py,
 #: backend/regression/service.py at the commit before migrations), written out: {serial} and {ts} are the two
@@ -303,7 +303,7 @@ def test_a_database_a_newer_release_upgraded_is_refused_not_touched(database_url
     engine = make_engine(database_url)
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
-    with pytest.raises(ConfigError, match="'9999'.*newer release"):
+    with pytest.raises(ConfigError, match=r"'9999'.*newer release"):
         RunStore(engine)
     assert main(["db", "upgrade", "--database-url", database_url]) == 2
     assert "revision '9999'" in capsys.readouterr().err
@@ -323,7 +323,7 @@ def test_replicas_upgrading_one_postgresql_together_take_turns(postgres):
     with holder.connect() as conn:
         tx = conn.begin()
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({migrate.LOCK_KEY})")
-        replicas = [subprocess.Popen([sys.executable, "-m", "exporter.cli", "db", "upgrade", "--database-url", url],
+        replicas = [subprocess.Popen([sys.executable, "-m", "flowscope.cli", "db", "upgrade", "--database-url", url],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
         try:
             with holder.connect() as watch:

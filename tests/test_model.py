@@ -9,7 +9,7 @@ from exporter.decode import native, otlp
 from exporter.model import Span
 from tests.otlp_data import request, span, to_json
 
-FIELDS = [p for p in inspect.signature(Span).parameters]
+FIELDS = list(inspect.signature(Span).parameters)
 
 
 def test_a_span_cannot_be_built_by_position():

@@ -14,10 +14,10 @@ def _traffic(ex, n=30):
     t = WorkflowTracer(InProcessSink(ex.pipeline), service="shop")
     for i in range(n):
         try:
-            with t.workflow("checkout" if i % 2 else "login"):
-                with t.step("database", "pg", "select", metadata={"http.route": "/checkout", "n": i}):
-                    if i % 7 == 0:
-                        raise TimeoutError("db timed out after 5s")
+            with t.workflow("checkout" if i % 2 else "login"), \
+                    t.step("database", "pg", "select", metadata={"http.route": "/checkout", "n": i}):
+                if i % 7 == 0:
+                    raise TimeoutError("db timed out after 5s")
         except TimeoutError:
             pass
     assert ex.pipeline.recorder.flush()

@@ -90,7 +90,7 @@ def test_a_version_conflict_names_the_dashboard(grafana):
 def test_cli_push_twice_reports_what_changed(grafana, monkeypatch, capsys):
     import json
 
-    from exporter.cli import main
+    from flowscope.cli import main
     monkeypatch.setenv("FLOWSCOPE_GRAFANA_TOKEN", grafana.token)  # from the environment, not argv
     assert main(["dashboards", "push", "--grafana-url", grafana.url]) == 0
     first = json.loads(capsys.readouterr().out)

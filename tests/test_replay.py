@@ -165,7 +165,7 @@ def _sdk_run(ex):
 def _replay_at_a_terminal(*args: str, stdin: str) -> subprocess.CompletedProcess:
     """``flowscope replay`` read from stdin, as a user types: a process of its own, since the stepper reads
     the real ``sys.stdin`` (bound when its module loads), which an in-process call cannot feed."""
-    return subprocess.run([sys.executable, "-m", "exporter.cli", "replay", *args], input=stdin, check=False,
+    return subprocess.run([sys.executable, "-m", "flowscope.cli", "replay", *args], input=stdin, check=False,
                           capture_output=True, text=True, timeout=60)
 
 

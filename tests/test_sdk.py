@@ -12,8 +12,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import conventions as c
 from exporter import sdk
-from exporter.sdk import (CorrelationIdMiddleware, ErrorLogger, JsonFormatter, PerformanceMonitor, WorkflowTracer,
-                          classify_error, parse_traceparent, traced)
+from exporter.sdk import (
+    CorrelationIdMiddleware,
+    ErrorLogger,
+    JsonFormatter,
+    PerformanceMonitor,
+    WorkflowTracer,
+    classify_error,
+    parse_traceparent,
+    traced,
+)
 from exporter.sdk.sinks import InProcessSink, RemoteSink
 
 
@@ -62,11 +70,10 @@ def test_static_style_uses_the_default_tracer(ex):
 def test_context_managers_nest_and_record_failures_with_stack(ex, tracer):
     seen = []
     ex.pipeline.add_sink(seen.extend)
-    with pytest.raises(TimeoutError):
-        with tracer.workflow("checkout") as run:
-            with tracer.step("api", "orders", "POST /checkout") as outer:
-                with tracer.step("external", "payments", "charge") as inner:
-                    raise TimeoutError("gateway timed out")
+    with pytest.raises(TimeoutError), tracer.workflow("checkout") as run, \
+            tracer.step("api", "orders", "POST /checkout") as outer, \
+            tracer.step("external", "payments", "charge") as inner:
+        raise TimeoutError("gateway timed out")
     assert count(ex, "checkout", "external", "payments", "charge", "timeout") == 1
     assert count(ex, "checkout", "api", "orders", "POST /checkout", "timeout") == 1
     charge = next(s for s in seen if s.operation == "charge")
@@ -76,9 +83,8 @@ def test_context_managers_nest_and_record_failures_with_stack(ex, tracer):
 
 
 def test_step_fail_marks_a_handled_error(ex, tracer):
-    with tracer.workflow("search"):
-        with tracer.step("external", "catalog", "GET /items") as s:
-            s.fail("HTTP503", "catalog unavailable")
+    with tracer.workflow("search"), tracer.step("external", "catalog", "GET /items") as s:
+        s.fail("HTTP503", "catalog unavailable")
     assert count(ex, "search", "external", "catalog", "GET /items", "error") == 1
 
 
@@ -205,9 +211,8 @@ def test_traceparent_parsing(value, expected):
 
 def test_json_formatter_stamps_ids_inside_a_step(ex, tracer):
     rec = logging.LogRecord("x", logging.WARNING, __file__, 1, "msg %s", ("a",), None)
-    with tracer.workflow("login") as run:
-        with tracer.step("api", "auth", "check") as st:
-            out = orjson.loads(JsonFormatter().format(rec))
+    with tracer.workflow("login") as run, tracer.step("api", "auth", "check") as st:
+        out = orjson.loads(JsonFormatter().format(rec))
     assert (out["correlation_id"], out["span_id"], out["level"], out["message"]) == (
         run.correlation_id, st.span_id, "warning", "msg a")
 
@@ -217,9 +222,8 @@ def test_remote_mode_sends_batches_to_a_real_exporter(ex, serve):
     reg = CollectorRegistry()
     sink = RemoteSink(srv.url, batch_wait_s=0.05, registry=reg)
     t = WorkflowTracer(sink, service="shop")
-    with t.workflow("cart_update") as run:
-        with t.step("database", "postgres", "UPDATE cart", state={"items": 2}):
-            pass
+    with t.workflow("cart_update") as run, t.step("database", "postgres", "UPDATE cart", state={"items": 2}):
+        pass
     sink.close()
     assert sink.sent == 2 and sink.dropped == 0
     assert count(ex, "cart_update", "database", "postgres", "UPDATE cart") == 1

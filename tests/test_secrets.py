@@ -280,7 +280,7 @@ def test_log_filter_masks_url_passwords(caplog):
 
 
 def test_flowscope_config_masks_url_passwords(monkeypatch, capsys):
-    from exporter.cli import main
+    from flowscope.cli import main
 
     monkeypatch.setenv("FLOWSCOPE_DATABASE_URL", f"postgresql://app:{DSN_PASSWORD}@db/flowscope")
     monkeypatch.setenv("FLOWSCOPE_LOKI_URL", f"https://tenant:{PWD}@loki.example")

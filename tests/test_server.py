@@ -237,7 +237,7 @@ def test_ingest_and_scrape_through_the_server(start):
 
 def test_flowscope_serve_answers_and_stops_on_sigterm(tmp_path):
     env = {**os.environ, "FLOWSCOPE_DATABASE_URL": f"sqlite:///{tmp_path}/fs.db", "FLOWSCOPE_LOG_LEVEL": "WARNING"}
-    p = subprocess.Popen([sys.executable, "-m", "exporter.cli", "serve", "--port", "0", "--threads", "2",
+    p = subprocess.Popen([sys.executable, "-m", "flowscope.cli", "serve", "--port", "0", "--threads", "2",
                           "--connection-limit", "20", "--header-timeout-s", "2"], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

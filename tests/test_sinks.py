@@ -1,4 +1,5 @@
-"""One sink protocol: the Loki pusher, the run store and any extra sink take what the pipeline hands on, the same way."""
+"""One sink protocol: the Loki pusher, the run store and any extra sink take what the pipeline hands on,
+the same way."""
 
 from __future__ import annotations
 
@@ -158,7 +159,7 @@ def test_a_plain_callable_is_a_sink_of_spans_and_anything_else_is_refused(make_e
     ex.pipeline.ingest([Span(trace_id="c" * 32, span_id="2" * 16, workflow="w", layer="api", component="x",
                              operation="op", start_ns=now - 1000, end_ns=now, correlation_id="r")], "native")
     assert [s.operation for s in seen] == ["op"]
-    with pytest.raises(TypeError, match="exporter.sinks.Sink"):
+    with pytest.raises(TypeError, match=r"exporter\.sinks\.Sink"):
         ex.pipeline.add_sink(object())
 
 

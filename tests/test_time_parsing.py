@@ -1,4 +1,5 @@
-"""Time parameters: one ``parse_time`` (ns since the epoch) for every read API, its siblings named by what they return."""
+"""Time parameters: one ``parse_time`` (ns since the epoch) for every read API, its siblings named by what
+they return."""
 
 import ast
 from datetime import UTC, datetime

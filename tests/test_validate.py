@@ -2,8 +2,17 @@
 
 import pytest
 
-from exporter.validate import (MAX_DEPTH, MAX_LABEL_CHARS, MAX_TIME_NS, TOO_DEEP, Invalid, check_interval,
-                               clean_label, clean_value, show)
+from exporter.validate import (
+    MAX_DEPTH,
+    MAX_LABEL_CHARS,
+    MAX_TIME_NS,
+    TOO_DEEP,
+    Invalid,
+    check_interval,
+    clean_label,
+    clean_value,
+    show,
+)
 
 
 @pytest.mark.parametrize("raw", ["\ud800" * 200, "a\x00" * 150, "é" * 300, "x" * 1000])

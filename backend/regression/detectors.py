@@ -415,7 +415,7 @@ def change_points(values: npt.ArrayLike, alpha: float = 0.01, min_seg: int = MIN
         del cps[min(weak, key=lambda j: scored[j][1])]
     out = []
     bounds = [0, *cps, n]
-    for j, (ok, _, p) in enumerate(scored):
+    for j, (_ok, _, p) in enumerate(scored):
         a, t, b = bounds[j], bounds[j + 1], bounds[j + 2]
         rel, jump, before, after, dslope = _effect(x, a, t, b)
         step = abs(jump) >= abs(dslope) * min(t - a, b - t) / 2

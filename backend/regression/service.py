@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -51,7 +51,8 @@ class RegressionService:
         self._thread: threading.Thread | None = None
         self.active = store.gauge(c.REGRESSION_ACTIVE, "1 while the last detection run reports this finding.",
                                   GAUGE_LABELS)
-        self.change = store.gauge(c.REGRESSION_RELATIVE_CHANGE, "Relative change of an active finding (after/before - 1).",
+        self.change = store.gauge(c.REGRESSION_RELATIVE_CHANGE,
+                                  "Relative change of an active finding (after/before - 1).",
                                   GAUGE_LABELS)
         self.p_value = store.gauge(c.REGRESSION_P_VALUE, "FDR-adjusted p-value of an active finding.", GAUGE_LABELS)
         self.runs = store.counter(c.REGRESSION_RUNS_TOTAL, "Detection runs, by outcome.", ("outcome",))
@@ -83,11 +84,11 @@ class RegressionService:
                 if self.annotate is not None:
                     try:
                         self.annotate(f)
-                    except Exception as e:  # Grafana down must not fail detection
+                    except Exception as e:  # noqa: BLE001 Grafana down must not fail detection
                         log.warning("could not annotate %s in Grafana: %s", f.series, e)
             with self._store.lock:
                 self.runs.inc(("ok",))
-            self.last_run = {"at": datetime.now(timezone.utc).isoformat(), "findings": len(findings),
+            self.last_run = {"at": datetime.now(UTC).isoformat(), "findings": len(findings),
                              "new": len(new), "not_analysed": len(skipped),
                              "seconds": round(time.monotonic() - started, 3)}
             return self.last_run
@@ -97,7 +98,7 @@ class RegressionService:
     def _record(self, findings: list[Finding]) -> list[Finding]:
         """Store findings; one already known (same series, detector and direction, change time within
         5 steps: each run's window ends later, so the step grid moves) is updated, not repeated."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         tolerance = 5 * self.step_s
         new = []
         with self.engine.begin() as conn:

@@ -47,8 +47,17 @@ from .. import validate
 from ..classify import classify_error
 from ..errors import DecodeError
 from ..model import LAYERS, ErrorRecord, Span, hash_user, new_span_id
-from ..validate import (MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_TEXT_CHARS, MAX_TIME_NS, Invalid, clean_str, clean_text,
-                        clean_value, show)
+from ..validate import (
+    MAX_ID_CHARS,
+    MAX_LABEL_CHARS,
+    MAX_TEXT_CHARS,
+    MAX_TIME_NS,
+    Invalid,
+    clean_str,
+    clean_text,
+    clean_value,
+    show,
+)
 from . import DecodeResult
 
 MAX_NAME = MAX_LABEL_CHARS

@@ -45,8 +45,20 @@ from .. import semconv
 from ..errors import DecodeError
 from ..model import Span, hash_user
 from ..semconv import WANTED_KEYS, WEB_PREFIXES, derive_component, derive_layer  # noqa: F401 - re-exported
-from ..validate import (MAX_DEPTH, MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_TIME_NS, MAX_VALUE_CHARS, TOO_DEEP, Invalid,
-                        check_interval, clean_label, clean_str, clean_text, clean_value)
+from ..validate import (
+    MAX_DEPTH,
+    MAX_ID_CHARS,
+    MAX_LABEL_CHARS,
+    MAX_TIME_NS,
+    MAX_VALUE_CHARS,
+    TOO_DEEP,
+    Invalid,
+    check_interval,
+    clean_label,
+    clean_str,
+    clean_text,
+    clean_value,
+)
 from . import DecodeResult
 
 _new_span = object.__new__  # see _span
@@ -386,7 +398,7 @@ def decode_protobuf(body: bytes) -> DecodeResult:
 # intermediate dict tree, and a type error names its exact JSON path. Unknown
 # fields are ignored, as the OTLP spec asks of receivers.
 
-_FROZEN = dict(rename="camel", frozen=True)
+_FROZEN = {"rename": "camel", "frozen": True}
 
 
 class _AnyValue(msgspec.Struct, **_FROZEN):

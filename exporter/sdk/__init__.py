@@ -75,7 +75,18 @@ from .monitor import PerformanceMonitor  # noqa: E402
 from .tracer import WorkflowTracer, traced  # noqa: E402
 
 __all__ = [
-    "configure", "default_sink", "default_exporter", "shutdown", "current_ids", "current_correlation_id",
-    "WorkflowTracer", "traced", "PerformanceMonitor", "ErrorLogger", "classify_error",
-    "CorrelationIdMiddleware", "parse_traceparent", "JsonFormatter",
+    "CorrelationIdMiddleware",
+    "ErrorLogger",
+    "JsonFormatter",
+    "PerformanceMonitor",
+    "WorkflowTracer",
+    "classify_error",
+    "configure",
+    "current_correlation_id",
+    "current_ids",
+    "default_exporter",
+    "default_sink",
+    "parse_traceparent",
+    "shutdown",
+    "traced",
 ]

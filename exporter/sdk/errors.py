@@ -10,6 +10,7 @@ from ..classify import classify_error
 from ..model import ErrorRecord
 from .context import current_ids, current_step
 
+
 class ErrorLogger:
     def __init__(self, sink=None, service: str | None = None):
         if sink is None:

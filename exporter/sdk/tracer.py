@@ -28,8 +28,8 @@ import functools
 import inspect
 import itertools
 import threading
-import types
 import traceback
+import types
 import uuid
 from collections import OrderedDict
 from random import getrandbits
@@ -41,7 +41,6 @@ from ..config import load_config
 from ..decode.native import trace_id_for
 from ..model import Span, hash_user
 from .context import current_request, current_step
-
 
 # Span IDs only need to be unique: a counter from a random 63-bit start is unique in
 # this process and collides across processes with negligible odds, at half the
@@ -72,8 +71,19 @@ def _norm_status(status: str) -> str:
 
 
 class _Run:
-    __slots__ = ("workflow", "correlation_id", "trace_id", "span_id", "parent_span_id", "start_ns", "user",
-                 "metadata", "service", "extras", "closed")
+    __slots__ = (
+        "closed",
+        "correlation_id",
+        "extras",
+        "metadata",
+        "parent_span_id",
+        "service",
+        "span_id",
+        "start_ns",
+        "trace_id",
+        "user",
+        "workflow",
+    )
 
     def __init__(self, workflow, correlation_id, trace_id, parent_span_id, user, metadata, service):
         self.workflow = workflow
@@ -92,7 +102,7 @@ class _Run:
 
 
 class _OpenStep:
-    __slots__ = ("run", "span_id", "parent", "layer", "component", "operation", "start_ns", "metadata", "state")
+    __slots__ = ("component", "layer", "metadata", "operation", "parent", "run", "span_id", "start_ns", "state")
 
 
 class hybridmethod:
@@ -109,8 +119,20 @@ class hybridmethod:
 class StepScope:
     """``with tracer.step(...)``: times the block; an exception marks it failed and propagates."""
 
-    __slots__ = ("_tracer", "_layer", "_component", "_operation", "_metadata", "state", "_run", "span_id",
-                 "_parent", "_start", "_token", "_failure")
+    __slots__ = (
+        "_component",
+        "_failure",
+        "_layer",
+        "_metadata",
+        "_operation",
+        "_parent",
+        "_run",
+        "_start",
+        "_token",
+        "_tracer",
+        "span_id",
+        "state",
+    )
 
     def __init__(self, tracer, layer, component, operation, metadata=None, state=None):
         self._tracer = tracer
@@ -396,7 +418,7 @@ class WorkflowTracer:
 def _default_profiler():
     try:
         cfg = load_config()
-    except Exception:
+    except Exception:  # noqa: BLE001 a bad setting must not stop the host app; the profiler stays off
         return None
     if not cfg.profile_workflows:
         return None
@@ -407,7 +429,7 @@ def _default_profiler():
 def _default_service() -> str:
     try:
         return load_config().service_name
-    except Exception:
+    except Exception:  # noqa: BLE001 a bad setting must not stop the host app
         return "flowscope"
 
 

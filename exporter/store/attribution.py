@@ -66,7 +66,7 @@ class AttributionQueries:
         unparsed: identical texts (a resource's, attributes without IDs) are parsed once by the caller.
         IN lists of :data:`ATTRIBUTION_CHUNK` ids; two queries per chunk, no join."""
         ids = [rows.run_ids[i] for i in which]
-        index = {cid: i for cid, i in zip(ids, which)}
+        index = dict(zip(ids, which))
         get = index.get
         span_cols = (spans.c.correlation_id, spans.c.layer, spans.c.component, spans.c.operation, spans.c.service,
                      spans.c.start_ns, spans.c.end_ns, spans.c.attributes)

@@ -284,7 +284,7 @@ class RunWriter:
                                      "message": red.text(it.message), "stack_trace": red.text(it.stack_trace),
                                      "time_ns": it.time_ns or time.time_ns()})
                 else:  # a Profile
-                    stacks = it.stacks or {fn: secs for fn, secs in it.self_seconds.items()}
+                    stacks = it.stacks or dict(it.self_seconds.items())
                     prof_rows.append({"workflow": it.workflow, "correlation_id": it.correlation_id,
                                       "time_ns": it.time_ns or time.time_ns(),
                                       "format": "folded" if it.stacks else "pstats",

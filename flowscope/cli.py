@@ -19,8 +19,8 @@ from dataclasses import replace
 
 import orjson
 
-from .config import SETTINGS, load_config, markdown_table
-from .errors import ConfigError, FlowscopeError
+from exporter.config import SETTINGS, load_config, markdown_table
+from exporter.errors import ConfigError, FlowscopeError
 
 log = logging.getLogger("flowscope")
 
@@ -179,7 +179,7 @@ def _http_service(server, stopped: threading.Event):
     Stopping it closes the listening socket and drains the requests already in the application. If
     the loop ends by itself (it failed), ``stopped`` is set so the owner shuts the rest down too.
     """
-    from .runtime import Service
+    from exporter.runtime import Service
 
     thread = None
 
@@ -208,11 +208,10 @@ def _http_service(server, stopped: threading.Event):
 
 def _serve(args: argparse.Namespace) -> int:
     from backend.app import create_app, services
-
-    from .demo import DEMO_RULES_DIR, DEMO_SPEC, DemoTraffic, demo_defaults
-    from .redact import MaskUrlFilter
-    from .runtime import STOP_TIMEOUT_S, Exporter, Lifecycle, Service
-    from .server import ServerLimits, make_server
+    from exporter.demo import DEMO_RULES_DIR, DEMO_SPEC, DemoTraffic, demo_defaults
+    from exporter.redact import MaskUrlFilter
+    from exporter.runtime import STOP_TIMEOUT_S, Exporter, Lifecycle, Service
+    from exporter.server import ServerLimits, make_server
 
     # --demo starts from its own defaults (a 1 h run retention); the file, environment and arguments still win.
     cfg = load_config({n: getattr(args, n) for n in SERVE_SETTINGS}, file=args.config,
@@ -242,13 +241,13 @@ def _serve(args: argparse.Namespace) -> int:
         life.add(svc)
     demo = None
     if args.demo:
-        from .decode import native
+        from exporter.decode import native
 
         def deliver(batch: dict) -> None:
             result = native.decode(batch)
             ex.pipeline.ingest(result.spans, "native")
 
-        from .profiles import Profile, parse_folded
+        from exporter.profiles import Profile, parse_folded
 
         def profile(workflow: str, folded: str, correlation_id: str | None) -> None:
             self_s, stacks = parse_folded(folded, 100.0)
@@ -282,8 +281,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import requests
 
-    from .demo import DemoTraffic
-    from .runtime import Lifecycle, Service
+    from exporter.demo import DemoTraffic
+    from exporter.runtime import Lifecycle, Service
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     session = requests.Session()
@@ -438,8 +437,7 @@ def _rules(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from backend.runs.terminal import LocalSource, RemoteSource, Stepper
-
-    from .store import RunStore
+    from exporter.store import RunStore
 
     if args.url:
         source = RemoteSource(args.url, args.run_id)
@@ -473,8 +471,8 @@ def _existing_store(url: str):
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
-    from .db import make_engine
-    from .redact import mask_url
+    from exporter.db import make_engine
+    from exporter.redact import mask_url
 
     try:
         parsed = make_url(url)
@@ -515,9 +513,9 @@ def _db(args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .db import make_engine, normalize_url
-    from .redact import mask_url
-    from .store import migrate
+    from exporter.db import make_engine, normalize_url
+    from exporter.redact import mask_url
+    from exporter.store import migrate
 
     url = load_config({"database_url": args.database_url}, file=args.config).database_url
     try:
