@@ -25,7 +25,7 @@ from typing import Any
 from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaServerError, GrafanaTimeoutError, GrafanaUnauthorizedError
 
-from exporter.retry import RetryPolicy
+from exporter.retry import RetriesExhausted, RetryPolicy, SendError
 
 from .dashboards.common import LOKI_DS_UID, PROM_DS_UID
 from .errors import BackendError
@@ -90,6 +90,11 @@ def _same_datasource(existing: dict, desired: dict) -> bool:
     return True
 
 
+def _reason(error: BaseException) -> str:
+    """A failed attempt in a log line: ``HTTP 503``, ``timeout``, or the transport error's type."""
+    return str(error) if isinstance(error, SendError) else type(error).__name__
+
+
 class GrafanaProvisioner:
     def __init__(self, cfg: GrafanaConfig, api: GrafanaApi | None = None, sleep: Callable[[float], None] = time.sleep,
                  rng: random.Random | None = None):
@@ -101,18 +106,20 @@ class GrafanaProvisioner:
         self.retries = 0
 
     def _call(self, what: str, fn, *args, not_found_ok: bool = False):
-        """One API call under the retry policy; None for a 404 when ``not_found_ok``."""
-        started, attempt = time.monotonic(), 0
-        while True:
+        """One API call under the retry policy (:meth:`RetryPolicy.call`); None for a 404 when ``not_found_ok``.
+
+        5xx answers and timeouts become retryable :class:`SendError` errors, transport errors (``OSError``) are
+        retried as they are, and any other refusal is a :class:`ProvisionError` at once."""
+        def attempt():
             try:
                 return fn(*args)
             except GrafanaUnauthorizedError:
                 raise ProvisionError(f"{what}: Grafana answered 401 Unauthorized; check the token "
                                      f"(and that it may write dashboards and datasources)") from None
             except GrafanaServerError as e:
-                reason = f"HTTP {e.status_code}"
+                raise SendError(f"HTTP {e.status_code}", status=e.status_code, retryable=True) from None
             except GrafanaTimeoutError:
-                reason = "timeout"
+                raise SendError("timeout", reason="timeout") from None
             except GrafanaClientError as e:
                 if e.status_code == 404 and not_found_ok:
                     return None
@@ -120,15 +127,20 @@ class GrafanaProvisioner:
                     raise ProvisionError(f"{what}: Grafana answered 412 Precondition Failed (version conflict or "
                                          f"a dashboard with the same name in the folder): {e.message}") from None
                 raise ProvisionError(f"{what}: Grafana answered {e.status_code}: {e.message}") from None
-            except Exception as e:  # noqa: BLE001 connection refused, DNS, TLS: transport errors are retried
-                reason = type(e).__name__
-            wait = self.cfg.retry.backoff(attempt, self.rng)
-            attempt += 1
-            if time.monotonic() - started + wait > self.cfg.retry.deadline_s:
-                raise ProvisionError(f"{what}: Grafana unavailable ({reason}) after {attempt} attempts") from None
+
+        def on_retry(error: BaseException, n: int, wait: float) -> None:
             self.retries += 1
-            log.warning("%s: Grafana %s, retry %d in %.1fs", what, reason, attempt, wait)
-            self.sleep(wait)
+            log.warning("%s: Grafana %s, retry %d in %.1fs", what, _reason(error), n, wait)
+
+        def wait(delay: float, _error: BaseException) -> bool:
+            self.sleep(delay)
+            return True
+
+        try:
+            return self.cfg.retry.call(attempt, on_retry=on_retry, wait=wait, rng=self.rng)
+        except RetriesExhausted as e:
+            raise ProvisionError(f"{what}: Grafana unavailable ({_reason(e.last)}) after {e.attempts} attempts") \
+                from None
 
     def _folder(self) -> str:
         have = self._call("get folder", self.api.folder.get_folder, FOLDER_UID, not_found_ok=True)

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from . import conventions as c
 
 LAYERS = frozenset(c.LAYERS)
 STATUSES = frozenset(c.STATUSES)
+
+R = TypeVar("R")
+#: A span's events and links, ``[{"name", "time_ns", "attributes"}]`` and ``[{"trace_id", "span_id", "attributes"}]``.
+Details = tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]
 
 
 def new_trace_id() -> str:
@@ -51,7 +56,18 @@ class Span:
     class's keywords through a dict); the one per-span hot path, the OTLP decoder, sets the
     slots itself instead (``exporter/decode/otlp.py``), and ``tests/test_model.py``
     checks that it sets every one.
+
+    ``workflow`` is None from an OTLP decode until :class:`~exporter.resolver.WorkflowResolver` names it
+    (a span without ``flowscope.workflow`` waits for its trace's root); every span the resolver returns, and
+    every span the SDK or the native decoder builds, has it set.
     """
+
+    # Only the slots whose type is not the one of ``__init__``'s keyword (no values: they stay slots).
+    workflow: str | None
+    #: (decode, raw) while the attributes are deferred (:meth:`defer_attributes`)
+    _raw_attrs: tuple[Callable[[Any], dict[str, Any] | None], Any] | None
+    #: (events, links) once decoded; ``[decode, raw]`` while deferred (:meth:`defer_details`)
+    _details: Details | list[Any] | None
 
     __slots__ = (
         "_attrs",
@@ -154,16 +170,18 @@ class Span:
         """The attributes if they are already decoded (never forces a deferred decode)."""
         return self._attrs if self._raw_attrs is None else None
 
-    def defer_attributes(self, decode, raw) -> None:
+    def defer_attributes(self, decode: Callable[[R], dict[str, Any] | None], raw: R) -> None:
         """Keep ``raw`` and build ``attributes`` with ``decode(raw)`` on first read."""
         self._attrs, self._raw_attrs = None, (decode, raw)
 
-    def _loaded_details(self) -> tuple[list | None, list | None]:
+    def _loaded_details(self) -> Details:
         d = self._details
         if d is None:
             return None, None
-        if type(d) is list:  # deferred: [decode, raw]
-            d = self._details = d[0](d[1])
+        if isinstance(d, list):  # deferred: [decode, raw]
+            loaded: Details = d[0](d[1])
+            self._details = loaded
+            return loaded
         return d
 
     @property
@@ -184,7 +202,7 @@ class Span:
     def links(self, value: list[dict[str, Any]] | None) -> None:
         self._details = (self._loaded_details()[0], value)
 
-    def defer_details(self, decode, raw) -> None:
+    def defer_details(self, decode: Callable[[R], Details], raw: R) -> None:
         """Keep ``raw`` and build ``(events, links)`` with ``decode(raw)`` on first read of either."""
         self._details = [decode, raw]
 
