@@ -13,7 +13,7 @@ run: bootstrap-run
 	.venv/bin/flowscope serve --demo
 
 test: bootstrap
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 4
 
 bench: bootstrap
 	.venv/bin/python -m pip install -q -e '.[bench]'

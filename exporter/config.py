@@ -156,6 +156,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("database_url", str, "sqlite:///var/flowscope.db",
             "SQLAlchemy URL of the store (runs, errors, profiles, alerts); `postgresql://user@host/db` for "
             "PostgreSQL."),
+    Setting("store_connect_timeout_s", _pos_float, 60.0,
+            "How long `flowscope serve` retries an unreachable store at start-up (backoff, one log line per "
+            "attempt) before it exits with an error."),
     Setting("run_store", _bool, True, "Keep every finished run (spans, errors, state, profiles) for replay."),
     Setting("run_retention_s", _pos_float, 30 * 86400.0, "How long runs are kept; a sweep deletes older ones."),
     Setting("state_max_bytes", _pos_int, 16_384, "Cap on one state snapshot (JSON); larger ones keep what fits "
@@ -235,6 +238,7 @@ class Config:
     sdk_queue_size: int
     demo_rate: float
     database_url: str
+    store_connect_timeout_s: float
     run_store: bool
     run_retention_s: float
     state_max_bytes: int

@@ -124,6 +124,8 @@ OTLP_TRACES_PATH = "/v1/traces"
 NATIVE_SPANS_PATH = "/api/v1/spans"
 METRICS_PATH = "/metrics"
 HEALTH_PATH = "/api/v1/health"
+#: Readiness: 200 once the store answers, 503 (JSON body) while it does not; what orchestrators route by.
+READY_PATH = "/api/v1/ready"
 OPENAPI_PATH = "/api/v1/openapi.json"
 
 # --- span attributes read from OpenTelemetry data ----------------------------------------

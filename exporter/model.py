@@ -100,7 +100,7 @@ class Span:
         *,
         trace_id: str,
         span_id: str,
-        workflow: str,
+        workflow: str | None,
         layer: str,
         component: str,
         operation: str,

@@ -6,12 +6,17 @@ render what they return::
     body = error_groups(store, since_ns, now_ns, workflow=None, limit=100, recent_s=3600)
     group = error_group(store, fingerprint)          # None when no such group
     result = run_attribution(store, "checkout", Selection("failed"), since_ns, until_ns)
+
+The store hands back typed rows (:mod:`exporter.store.rows`); the JSON objects are built here, from
+:func:`group_json` and the rows' ``_asdict()`` (keys in column order).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from exporter import conventions as c
-from exporter.store import RunStore
+from exporter.store import ErrorGroupDetail, RunStore
 from exporter.web import HttpError
 
 from . import attribution as at
@@ -21,37 +26,50 @@ from .trend import trend
 
 
 def error_groups(store: RunStore, since_ns: int, now_ns: int, workflow: str | None, limit: int,
-                 recent_s: float) -> dict:
+                 recent_s: float) -> dict[str, Any]:
     """The error-group list: each group that started failures since ``since_ns`` with its count in the window
     (``total_count`` ever), trend, status and suggestions."""
     out = []
-    for g in store.error_groups(since_ns, workflow, limit):
-        times = g.pop("times")
-        tr = trend(times, g["first_seen_ns"], now_ns, recent_s=recent_s, window_s=(now_ns - since_ns) / 1e9)
-        status = status_of(g)
-        hist = store.resolutions(g["fingerprint"]) if g.get("resolved_at_ns") else []
-        out.append({**g, "count": len(times), "total_count": g["count"], **tr, "status": status,
-                    "suggestions": suggestions(g, hist)})
+    for s in store.error_groups(since_ns, workflow, limit):
+        g, times = s.group, s.times
+        tr = trend(times, g.first_seen_ns, now_ns, recent_s=recent_s, window_s=(now_ns - since_ns) / 1e9)
+        row = g._asdict()
+        hist = [h._asdict() for h in store.resolutions(g.fingerprint)] if g.resolved_at_ns else []
+        out.append({**row, "count": len(times), "runs": s.runs, "layers": s.layers, "workflows": s.workflows,
+                    "components": s.components, "sample_correlation_ids": s.sample_correlation_ids,
+                    "propagated_to": [p._asdict() for p in s.propagated_to], "total_count": g.count, **tr,
+                    "status": status_of(row), "suggestions": suggestions(row, hist)})
     return {"groups": out, "since_ns": since_ns, "recent_s": recent_s}
 
 
-def error_group(store: RunStore, fingerprint: str) -> dict | None:
+def group_json(d: ErrorGroupDetail) -> dict[str, Any]:
+    """One group as ``GET /api/v1/errors/<fingerprint>`` starts from it: the group's columns, then ``recent``,
+    ``resolutions``, ``caused_by`` and ``propagated_to`` as lists of objects (the pages render the same dict)."""
+    return {**d.group._asdict(), "recent": [e._asdict() for e in d.recent],
+            "resolutions": [h._asdict() for h in d.resolutions], "caused_by": [r._asdict() for r in d.caused_by],
+            "propagated_to": [r._asdict() for r in d.propagated_to]}
+
+
+def error_group(store: RunStore, fingerprint: str) -> dict[str, Any] | None:
     """One group with its status and suggestions, or None when there is none with ``fingerprint``."""
-    g = store.error_group(fingerprint)
-    if g is None:
+    d = store.error_group(fingerprint)
+    if d is None:
         return None
+    g = group_json(d)
     g["status"] = status_of(g)
     g["suggestions"] = suggestions(g, g["resolutions"])
     return g
 
 
-def resolve(store: RunStore, fingerprint: str, note: str, resolved_by: str | None, now_ns: int) -> dict | None:
+def resolve(store: RunStore, fingerprint: str, note: str, resolved_by: str | None,
+            now_ns: int) -> dict[str, Any] | None:
     """Remember what fixed the group; the group afterwards, or None when there is none with ``fingerprint``."""
     if not store.resolve(fingerprint, note, resolved_by, now_ns):
         return None
-    g = store.error_group(fingerprint)
-    if g is None:  # deleted between the two statements (retention)
+    d = store.error_group(fingerprint)
+    if d is None:  # deleted between the two statements (retention)
         return None
+    g = group_json(d)
     g["status"] = status_of(g)
     return g
 
@@ -68,9 +86,9 @@ def error_selection(store: RunStore, fingerprint: str, since_ns: int, until_ns: 
     if not hits:
         raise bad_query("fingerprint", f"error group {fingerprint!r} hit no run between since and until")
     if not workflow:
-        names = [w for _, w in hits]
+        names = [h.workflow for h in hits]
         workflow = max(sorted(set(names)), key=names.count)
-    return workflow, frozenset(cid for cid, w in hits if w == workflow)
+    return workflow, frozenset(h.correlation_id for h in hits if h.workflow == workflow)
 
 
 def run_attribution(store: RunStore, workflow: str, selection: Selection, since_ns: int, until_ns: int,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from .tracer import _Run
 
 
 class RequestContext(NamedTuple):
@@ -15,12 +18,12 @@ class RequestContext(NamedTuple):
 #: (run, current span_id) of the innermost workflow/step on this task or thread. A run completed from
 #: another thread or task (or evicted, never completed) can still sit here: its ``closed`` is then True,
 #: and every reader treats it as no run at all (:func:`active_step`).
-current_step: ContextVar[tuple | None] = ContextVar("flowscope_step", default=None)
+current_step: ContextVar[tuple[_Run, str] | None] = ContextVar("flowscope_step", default=None)
 #: Set by CorrelationIdMiddleware for the duration of one request.
 current_request: ContextVar[RequestContext | None] = ContextVar("flowscope_request", default=None)
 
 
-def active_step() -> tuple | None:
+def active_step() -> tuple[_Run, str] | None:
     """(run, span_id) of the innermost open run or step here, or None (a closed run is none)."""
     cur = current_step.get()
     return None if cur is None or cur[0].closed else cur

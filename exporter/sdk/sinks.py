@@ -15,7 +15,7 @@ import logging
 import threading
 import weakref
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlencode
 
 import orjson
@@ -32,6 +32,27 @@ if TYPE_CHECKING:  # the in-process pipeline is the server's: a remote-only app 
     from ..pipeline import Pipeline
 
 log = logging.getLogger("flowscope.sdk")
+
+
+class SdkSink(Protocol):
+    """Where a :class:`~exporter.sdk.tracer.WorkflowTracer` and an :class:`~exporter.sdk.errors.ErrorLogger` send
+    what they record: :class:`InProcessSink` or :class:`RemoteSink`."""
+
+    @property
+    def pipeline(self) -> Pipeline | None:
+        """The in-process pipeline (its fast path takes a plain successful step), or None: every step is a Span."""
+
+    def emit(self, s: Span) -> None: ...
+
+    def started(self, workflow: str) -> None: ...
+
+    def ended(self, workflow: str) -> None: ...
+
+    def error(self, e: ErrorRecord) -> None: ...
+
+    def profile(self, p: Profile) -> None: ...
+
+    def close(self) -> object: ...
 
 
 class InProcessSink:
@@ -59,9 +80,9 @@ def _iso_ns(ns: int) -> float:
     return ns / 1e9
 
 
-def to_native(s: Span) -> tuple[str, dict]:
+def to_native(s: Span) -> tuple[str, dict[str, object]]:
     """(\"steps\"|\"workflows\", record) in the native JSON shape."""
-    rec = {"correlation_id": s.correlation_id, "workflow_type": s.workflow, "status": s.status,
+    rec: dict[str, object] = {"correlation_id": s.correlation_id, "workflow_type": s.workflow, "status": s.status,
            "started_at": _iso_ns(s.start_ns), "duration_ms": (s.end_ns - s.start_ns) / 1e6,
            "trace_id": s.trace_id, "service": s.service}
     for k in ("error_type", "error_message"):
@@ -84,8 +105,8 @@ def to_native(s: Span) -> tuple[str, dict]:
     return "steps", rec
 
 
-def error_to_native(e: ErrorRecord) -> tuple[str, dict]:
-    rec = {"error_type": e.error_type, "message": e.message, "layer": e.layer, "component": e.component,
+def error_to_native(e: ErrorRecord) -> tuple[str, dict[str, object]]:
+    rec: dict[str, object] = {"error_type": e.error_type, "message": e.message, "layer": e.layer, "component": e.component,
            "workflow_type": e.workflow, "category": e.category, "service": e.service, "context": e.context}
     if e.time_ns:
         rec["time"] = e.time_ns / 1e9
@@ -96,7 +117,7 @@ def error_to_native(e: ErrorRecord) -> tuple[str, dict]:
     return "errors", rec
 
 
-_DROPPED_COUNTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DROPPED_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
 _DROPPED_LOCK = threading.Lock()
 
 
@@ -168,10 +189,10 @@ class RemoteSink:
     def queued(self) -> int:
         return self._worker.queued()
 
-    def _send(self, batch: list) -> None:
+    def _send(self, batch: list[Span | ErrorRecord | Profile]) -> None:
         """One batch: its spans and errors in one POST, each profile in its own; each retried apart."""
-        body: dict[str, list] = {"steps": [], "workflows": [], "errors": []}
-        profiles = []
+        body: dict[str, list[dict[str, object]]] = {"steps": [], "workflows": [], "errors": []}
+        profiles: list[Profile] = []
         for s in batch:
             if isinstance(s, Profile):
                 profiles.append(s)
@@ -183,7 +204,7 @@ class RemoteSink:
             data = orjson.dumps(body)
             self._worker.deliver(partial(self._post, self.url, data, "application/json", n), n)
         for p in profiles:
-            params = {"format": "folded", "workflow": p.workflow, "sample_rate": p.sample_rate_hz}
+            params: dict[str, str | float | None] = {"format": "folded", "workflow": p.workflow, "sample_rate": p.sample_rate_hz}
             if p.correlation_id:
                 params["correlation_id"] = p.correlation_id
             folded = "\n".join(f"{stack} {k}" for stack, k in p.stacks.items()).encode()

@@ -32,15 +32,26 @@ import traceback
 import types
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from contextvars import Token
 from random import getrandbits
 from time import time_ns
-from typing import Any
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
 from .. import conventions as c
 from ..config import load_config
 from ..decode.native import trace_id_for
 from ..model import Span, hash_user
 from .context import current_request, current_step
+
+if TYPE_CHECKING:
+    from .profiler import SamplingProfiler
+    from .sinks import SdkSink
+
+P = ParamSpec("P")
+R = TypeVar("R")
+#: the run (or step) a context holds: (run, span_id of the innermost open step or of the run)
+_Current = tuple["_Run", str]
 
 # Span IDs only need to be unique: a counter from a random 63-bit start is unique in
 # this process and collides across processes with negligible odds, at half the
@@ -52,7 +63,7 @@ def _span_id() -> str:
     return f"{next(_ids) & 0xFFFFFFFFFFFFFFFF or 1:016x}"
 
 
-def _status_of(exc_type) -> str:
+def _status_of(exc_type: type[BaseException] | None) -> str:
     if exc_type is None:
         return "ok"
     if issubclass(exc_type, TimeoutError):
@@ -85,7 +96,8 @@ class _Run:
         "workflow",
     )
 
-    def __init__(self, workflow, correlation_id, trace_id, parent_span_id, user, metadata, service):
+    def __init__(self, workflow: str, correlation_id: str, trace_id: str, parent_span_id: str | None,
+                 user: str | None, metadata: dict[str, Any] | None, service: str):
         self.workflow = workflow
         self.correlation_id = correlation_id
         self.trace_id = trace_id
@@ -95,7 +107,7 @@ class _Run:
         self.user = hash_user(user)
         self.metadata = metadata
         self.service = service
-        self.extras = None  # per-run state of instrumentations (e.g. statement counts for N+1)
+        self.extras: dict[str, Any] | None = None  # per-run state of instrumentations (statement counts for N+1)
         #: completed or evicted: a context that still holds it (it was completed from another thread or
         #: task, or never) treats it as no run, so an unrelated step never joins a finished run
         self.closed = False
@@ -104,16 +116,28 @@ class _Run:
 class _OpenStep:
     __slots__ = ("component", "layer", "metadata", "operation", "parent", "run", "span_id", "start_ns", "state")
 
+    # no values: the names stay slots
+    component: str
+    layer: str
+    metadata: dict[str, Any] | None
+    operation: str
+    parent: str
+    run: _Run
+    span_id: str
+    start_ns: int
+    state: dict[str, Any] | None
 
-class hybridmethod:
+
+class hybridmethod(Generic[P, R]):
     """A method that runs on the instance, or on the default instance when called on the class."""
 
-    def __init__(self, fn):
+    def __init__(self, fn: Callable[Concatenate[WorkflowTracer, P], R]):
         self.fn = fn
-        functools.update_wrapper(self, fn)
+        # a descriptor, not a callable: update_wrapper only copies fn's name, docstring and __wrapped__ onto it
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
-    def __get__(self, obj, cls):
-        return self.fn.__get__(obj if obj is not None else cls.default(), cls)
+    def __get__(self, obj: WorkflowTracer | None, cls: type[WorkflowTracer]) -> Callable[P, R]:
+        return types.MethodType(self.fn, obj if obj is not None else cls.default())  # what fn.__get__ makes
 
 
 class StepScope:

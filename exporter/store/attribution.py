@@ -7,35 +7,15 @@ bulk and left for :mod:`backend.analysis.attribution` to parse.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from sqlalchemy import Engine, and_, func, or_, select
 
+from .rows import AttributionRows
 from .schema import runs, span_details, spans
+
+__all__ = ["ATTRIBUTION_CHUNK", "AttributionQueries", "AttributionRows"]
 
 #: Run ids per IN list when attribution reads spans (well under SQLite's 32,766 bound parameters).
 ATTRIBUTION_CHUNK = 2000
-
-
-@dataclass(slots=True)
-class AttributionRows:
-    """Columns of :meth:`RunStore.attribution_runs` (one entry per run: ``run_ids`` .. ``start_ns``) and of
-    :meth:`RunStore.attribution_spans` (one per span: ``span_run``, the index of its run, .. ``attributes``,
-    its raw JSON or None; one per span with a resource: ``resource_run``, ``resource``)."""
-
-    run_ids: list[str] = field(default_factory=list)
-    status: list[str] = field(default_factory=list)
-    duration_ms: list[float] = field(default_factory=list)
-    start_ns: list[int] = field(default_factory=list)
-    span_run: list[int] = field(default_factory=list)
-    layer: list[str] = field(default_factory=list)
-    component: list[str] = field(default_factory=list)
-    operation: list[str] = field(default_factory=list)
-    service: list[str] = field(default_factory=list)
-    span_ms: list[float] = field(default_factory=list)
-    attributes: list[str | None] = field(default_factory=list)
-    resource_run: list[int] = field(default_factory=list)
-    resource: list[str] = field(default_factory=list)
 
 
 class AttributionQueries:

@@ -1,17 +1,29 @@
 """Error analysis: groups of errors with what started them and what they failed through, their occurrences
-and runs, and resolutions.
+and runs, and resolutions, as typed rows (:mod:`.rows`).
 
-    store.error_groups(since_ns, workflow="checkout")
-    store.error_group(fingerprint)
+    store.error_groups(since_ns, workflow="checkout")   # [ErrorGroupSummary, ...]
+    store.error_group(fingerprint)                      # ErrorGroupDetail | None
     store.resolve(fingerprint, "raised the pool to 50", "ana", now_ns)
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, func, select, update
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select, update
 
 from ..redact import Redactor
-from .rows import ErrorRun, Occurrence, as_dict
+from .rows import (
+    ErrorGroup,
+    ErrorGroupDetail,
+    ErrorGroupSummary,
+    ErrorOccurrence,
+    ErrorRun,
+    Occurrence,
+    RelatedGroup,
+    Resolution,
+    columns_of,
+)
 from .schema import error_aliases, error_groups, errors, resolutions
 
 
@@ -21,19 +33,19 @@ class ErrorQueries:
     engine: Engine
     redactor: Redactor
 
-    def error_groups(self, since_ns: int, workflow: str | None = None, limit: int = 100) -> list[dict]:
+    def error_groups(self, since_ns: int, workflow: str | None = None, limit: int = 100) -> list[ErrorGroupSummary]:
         """Groups that started failures since ``since_ns``, most often first: per group its origin
         occurrences (``times``, one per run; errors without a run each), runs affected, layers,
         workflows, components, sample correlation_ids, and ``propagated_to``: the callers' groups it
-        failed through (``[{fingerprint, error_type, template, count}]``, count in runs). A group seen
+        failed through (:class:`~exporter.store.rows.RelatedGroup`, count in runs). A group seen
         only as a caller is not listed on its own: it is listed under its origins."""
         q = (select(errors.c.fingerprint, errors.c.time_ns, errors.c.layer, errors.c.workflow,
                     errors.c.correlation_id, errors.c.component, errors.c.cause_fingerprint)
              .where(errors.c.time_ns >= since_ns).order_by(errors.c.time_ns.desc()).limit(200_000))
         if workflow:
             q = q.where(errors.c.workflow == workflow)
-        per: dict[str, dict] = {}
-        callers: dict[str, dict[str, set]] = {}
+        per: dict[str, dict[str, Any]] = {}
+        callers: dict[str, dict[str, set[str | None]]] = {}
         seen: set[tuple[str, str]] = set()
         with self.engine.connect() as conn:
             for fp, t, layer, wf, cid, comp, cause in conn.execute(q):  # unpacked: up to 200,000 rows
@@ -58,71 +70,73 @@ class ErrorQueries:
             if not per:
                 return []
             wanted = list(set(per) | {fp for fps in callers.values() for fp in fps})
-            rows: dict[str, dict] = {}
+            rows: dict[str, ErrorGroup] = {}
             for i in range(0, len(wanted), 500):
-                rows.update((r.fingerprint, as_dict(r._mapping)) for r in conn.execute(
-                    select(error_groups).where(error_groups.c.fingerprint.in_(wanted[i:i + 500]))))
+                for r in conn.execute(select(*columns_of(error_groups, ErrorGroup))
+                                      .where(error_groups.c.fingerprint.in_(wanted[i:i + 500]))):
+                    row = ErrorGroup(*r)
+                    rows[row.fingerprint] = row
         out = []
         for fp, g in per.items():
-            row = rows.get(fp)
-            if row is None:
+            group = rows.get(fp)
+            if group is None:
                 continue
             prop = sorted(((len(cids), cfp) for cfp, cids in callers.get(fp, {}).items() if cfp in rows),
                           key=lambda x: (-x[0], x[1]))[:10]
-            row.update(times=g["times"], runs=len(g["runs"]), layers=sorted(g["layers"]),
-                       workflows=sorted(g["workflows"]), components=sorted(g["components"]),
-                       sample_correlation_ids=g["samples"],
-                       propagated_to=[{"fingerprint": cfp, "error_type": rows[cfp]["error_type"],
-                                       "template": rows[cfp]["template"], "count": n} for n, cfp in prop])
-            out.append(row)
-        out.sort(key=lambda r: (-len(r["times"]), r["fingerprint"]))
+            out.append(ErrorGroupSummary(
+                group=group, times=g["times"], runs=len(g["runs"]), layers=sorted(g["layers"]),
+                workflows=sorted(g["workflows"]), components=sorted(g["components"]),
+                sample_correlation_ids=g["samples"],
+                propagated_to=[RelatedGroup(cfp, rows[cfp].error_type, rows[cfp].template, n) for n, cfp in prop]))
+        out.sort(key=lambda r: (-len(r.times), r.group.fingerprint))
         return out[:limit]
 
-    def _group_fingerprint(self, conn, fingerprint: str) -> str:
+    def _group_fingerprint(self, conn: Connection, fingerprint: str) -> str:
         """The group a fingerprint stands for: itself, or the older group it is an alias of."""
         target = conn.execute(select(error_aliases.c.group_fingerprint)
                               .where(error_aliases.c.fingerprint == fingerprint)).scalar()
         return target or fingerprint
 
-    def error_group(self, fingerprint: str) -> dict | None:
+    def error_group(self, fingerprint: str) -> ErrorGroupDetail | None:
         """One group with its latest occurrences (each with its ``cause_fingerprint``), its resolution history
         (newest first), ``caused_by`` (the origins' groups behind its occurrences as a caller) and
-        ``propagated_to`` (the callers' groups it failed through), each ``[{fingerprint, error_type, template,
-        count}]`` with count in occurrences. An alias fingerprint answers with its group."""
+        ``propagated_to`` (the callers' groups it failed through), each a list of
+        :class:`~exporter.store.rows.RelatedGroup` with count in occurrences. An alias fingerprint answers with
+        its group."""
+        group_q = select(*columns_of(error_groups, ErrorGroup))
         with self.engine.connect() as conn:
-            row = conn.execute(select(error_groups).where(error_groups.c.fingerprint == fingerprint)).first()
+            row = conn.execute(group_q.where(error_groups.c.fingerprint == fingerprint)).first()
             if row is None:
                 target = self._group_fingerprint(conn, fingerprint)
                 if target == fingerprint:
                     return None
-                row = conn.execute(select(error_groups).where(error_groups.c.fingerprint == target)).first()
+                row = conn.execute(group_q.where(error_groups.c.fingerprint == target)).first()
                 if row is None:
                     return None
-            fp = row.fingerprint
-            recent = conn.execute(select(errors).where(errors.c.fingerprint == fp)
-                                  .order_by(errors.c.time_ns.desc(), errors.c.id.desc()).limit(20)).all()
+            group = ErrorGroup(*row)
+            fp = group.fingerprint
+            recent = [ErrorOccurrence(*r) for r in conn.execute(
+                select(*columns_of(errors, ErrorOccurrence)).where(errors.c.fingerprint == fp)
+                .order_by(errors.c.time_ns.desc(), errors.c.id.desc()).limit(20))]
             hist = self._resolutions(conn, fp)
             n = func.count().label("n")
-            caused_by = conn.execute(
+            caused_by: list[tuple[str, int]] = [(f, k) for f, k in conn.execute(
                 select(errors.c.cause_fingerprint, n)
                 .where(errors.c.fingerprint == fp, errors.c.cause_fingerprint.is_not(None),
                        errors.c.cause_fingerprint != fp)
-                .group_by(errors.c.cause_fingerprint).order_by(n.desc()).limit(20)).all()
-            propagated = conn.execute(
+                .group_by(errors.c.cause_fingerprint).order_by(n.desc()).limit(20))]
+            propagated: list[tuple[str, int]] = [(f, k) for f, k in conn.execute(
                 select(errors.c.fingerprint, n).where(errors.c.cause_fingerprint == fp, errors.c.fingerprint != fp)
-                .group_by(errors.c.fingerprint).order_by(n.desc()).limit(20)).all()
-            names = {r.fingerprint: r for r in conn.execute(
+                .group_by(errors.c.fingerprint).order_by(n.desc()).limit(20))]
+            names = {f: (etype, template) for f, etype, template in conn.execute(
                 select(error_groups.c.fingerprint, error_groups.c.error_type, error_groups.c.template)
-                .where(error_groups.c.fingerprint.in_([r.cause_fingerprint for r in caused_by] +
-                                                      [r.fingerprint for r in propagated])))}
+                .where(error_groups.c.fingerprint.in_([f for f, _ in caused_by] + [f for f, _ in propagated])))}
 
-        def related(pairs: list[tuple[str, int]]) -> list[dict]:
-            return [{"fingerprint": f, "error_type": names[f].error_type, "template": names[f].template, "count": k}
-                    for f, k in pairs if f in names]
+        def related(pairs: list[tuple[str, int]]) -> list[RelatedGroup]:
+            return [RelatedGroup(f, *names[f], k) for f, k in pairs if f in names]
 
-        return {**as_dict(row._mapping), "recent": [as_dict(r._mapping) for r in recent], "resolutions": hist,
-                "caused_by": related([(r.cause_fingerprint, r.n) for r in caused_by]),
-                "propagated_to": related([(r.fingerprint, r.n) for r in propagated])}
+        return ErrorGroupDetail(group=group, recent=recent, resolutions=hist, caused_by=related(caused_by),
+                                propagated_to=related(propagated))
 
     def error_occurrences(self, fingerprint: str, since_ns: int, limit: int = 100_000) -> list[Occurrence]:
         """(time_ns, correlation_id) of one group's occurrences since ``since_ns``, newest first, once per run:
@@ -132,7 +146,7 @@ class ErrorQueries:
              .order_by(errors.c.time_ns.desc()).limit(limit))
         origins: list[Occurrence] = []
         others: list[Occurrence] = []
-        seen: tuple[set, set] = (set(), set())
+        seen: tuple[set[str | None], set[str | None]] = (set(), set())
         with self.engine.connect() as conn:
             for t, cid, cause in conn.execute(q):  # unpacked: up to 100,000 rows
                 out, runs = (origins, seen[0]) if cause is None else (others, seen[1])
@@ -141,15 +155,15 @@ class ErrorQueries:
                     out.append(Occurrence(t, cid))
         return origins or others
 
-    def resolutions(self, fingerprint: str) -> list[dict]:
+    def resolutions(self, fingerprint: str) -> list[Resolution]:
         """A group's resolution notes, newest first."""
         with self.engine.connect() as conn:
             return self._resolutions(conn, fingerprint)
 
     @staticmethod
-    def _resolutions(conn, fingerprint: str) -> list[dict]:
-        return [as_dict(h._mapping) for h in conn.execute(
-            select(resolutions).where(resolutions.c.fingerprint == fingerprint)
+    def _resolutions(conn: Connection, fingerprint: str) -> list[Resolution]:
+        return [Resolution(*h) for h in conn.execute(
+            select(*columns_of(resolutions, Resolution)).where(resolutions.c.fingerprint == fingerprint)
             .order_by(resolutions.c.resolved_at_ns.desc(), resolutions.c.id.desc()))]
 
     def resolve(self, fingerprint: str, note: str, resolved_by: str | None, now_ns: int) -> bool:

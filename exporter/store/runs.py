@@ -1,8 +1,8 @@
 """Reads of runs for replay and the run page: lists and summaries of finished runs, one run with its spans,
-errors and linked runs.
+errors and linked runs, as typed rows (:mod:`.rows`).
 
-    store.list_runs(workflow="checkout", status="error", min_duration_ms=500)
-    store.get_run(correlation_id)
+    store.list_runs(workflow="checkout", status="error", min_duration_ms=500)   # [RunSummary, ...]
+    store.get_run(correlation_id)                                                # RunDetail | None
 """
 
 from __future__ import annotations
@@ -10,10 +10,20 @@ from __future__ import annotations
 import math
 
 import orjson
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Connection, Engine, func, or_, select
 
 from .. import conventions as c
-from .rows import as_dict, to_json
+from .rows import (
+    ErrorOccurrence,
+    LinkedRun,
+    RunDetail,
+    RunSummary,
+    SpanRow,
+    SpanView,
+    WorkflowStats,
+    columns_of,
+    to_json,
+)
 from .schema import errors, profiles, runs, span_details, span_links, spans
 
 #: At most this many linked runs per direction are returned with a run.
@@ -33,11 +43,11 @@ class RunQueries:
     def list_runs(self, workflow: str | None = None, status: str | None = None, since_ns: int | None = None,
                   until_ns: int | None = None, min_duration_ms: float | None = None, limit: int = 100,
                   offset: int = 0, error_text: str | None = None, attribute: tuple[str, str] | None = None,
-                  slowest_first: bool = False) -> list[dict]:
+                  slowest_first: bool = False) -> list[RunSummary]:
         """Finished runs, newest (or slowest) first; ``status`` is one status or several. ``error_text``
         matches the run's error type or message (case-insensitive substring); ``attribute`` = (key, value)
         keeps runs with a span whose attribute ``key`` is ``value``."""
-        q = select(runs)
+        q = select(*columns_of(runs, RunSummary))
         if error_text:
             pattern = "%" + _like_escape(error_text) + "%"
             q = q.where(runs.c.error_message.ilike(pattern, escape="\\") |
@@ -63,17 +73,17 @@ class RunQueries:
         order = (runs.c.duration_ms.desc(),) if slowest_first else (runs.c.start_ns.desc(),)
         q = q.order_by(*order, runs.c.correlation_id).limit(limit).offset(offset)
         with self.engine.connect() as conn:
-            return [as_dict(r) for r in conn.execute(q).mappings()]
+            return [RunSummary(*r) for r in conn.execute(q)]
 
-    def runs_by_id(self, correlation_ids: list[str]) -> list[dict]:
+    def runs_by_id(self, correlation_ids: list[str]) -> list[RunSummary]:
         """The finished runs among ``correlation_ids`` (at most a few hundred: one IN list)."""
         if not correlation_ids:
             return []
         with self.engine.connect() as conn:
-            return [as_dict(r) for r in conn.execute(select(runs).where(runs.c.correlation_id.in_(correlation_ids)))
-                    .mappings()]
+            return [RunSummary(*r) for r in conn.execute(select(*columns_of(runs, RunSummary))
+                                                         .where(runs.c.correlation_id.in_(correlation_ids)))]
 
-    def workflow_summary(self, since_ns: int, max_runs: int = 200_000) -> list[dict]:
+    def workflow_summary(self, since_ns: int, max_runs: int = 200_000) -> list[WorkflowStats]:
         """Per workflow, the runs that started since ``since_ns``: count, failed, error ratio, p50 and p95
         duration (ms, nearest rank), newest first by traffic. Reads at most ``max_runs`` runs (newest)."""
         q = (select(runs.c.workflow, runs.c.status, runs.c.duration_ms).where(runs.c.start_ns >= since_ns)
@@ -88,13 +98,13 @@ class RunQueries:
         for wf, (failed, durs) in per.items():
             durs.sort()
             n = len(durs)
-            out.append({"workflow": wf, "runs": n, "failed": failed, "error_ratio": failed / n,
-                        "p50_ms": durs[max(0, math.ceil(0.5 * n) - 1)],
-                        "p95_ms": durs[max(0, math.ceil(0.95 * n) - 1)]})
-        out.sort(key=lambda r: (-r["runs"], r["workflow"]))
+            out.append(WorkflowStats(workflow=wf, runs=n, failed=failed, error_ratio=failed / n,
+                                     p50_ms=durs[max(0, math.ceil(0.5 * n) - 1)],
+                                     p95_ms=durs[max(0, math.ceil(0.95 * n) - 1)]))
+        out.sort(key=lambda r: (-r.runs, r.workflow))
         return out
 
-    def get_run(self, correlation_id: str) -> dict | None:
+    def get_run(self, correlation_id: str) -> RunDetail | None:
         """The run with all its spans (start order), errors, profile count and linked runs; None if unknown.
 
         A trace_id (as exemplars and log lines carry) finds its run too. Each span carries ``kind``,
@@ -105,51 +115,51 @@ class RunQueries:
         spans: its status is ``in_progress`` and its bounds are its spans'.
         """
         with self.engine.connect() as conn:
-            run = conn.execute(select(runs).where(runs.c.correlation_id == correlation_id)).first()
+            run = conn.execute(select(*columns_of(runs, RunSummary))
+                               .where(runs.c.correlation_id == correlation_id)).first()
             if run is None and len(correlation_id) == 32:
                 # exemplars and Loki lines carry the trace_id: resolve it to its run
                 cid = conn.execute(select(runs.c.correlation_id).where(runs.c.trace_id == correlation_id)
                                    .limit(1)).scalar()
                 if cid is not None and cid != correlation_id:
                     return self.get_run(cid)
-            rows = conn.execute(select(spans).where(spans.c.correlation_id == correlation_id)
+            rows = conn.execute(select(*columns_of(spans, SpanRow)).where(spans.c.correlation_id == correlation_id)
                                 .order_by(spans.c.start_ns, spans.c.end_ns, spans.c.span_id)).all()
             if run is None and not rows:
                 return None
-            errs = conn.execute(select(errors).where(errors.c.correlation_id == correlation_id)
-                                .order_by(errors.c.time_ns, errors.c.id)).mappings().all()
+            errs = [ErrorOccurrence(*e) for e in conn.execute(
+                select(*columns_of(errors, ErrorOccurrence)).where(errors.c.correlation_id == correlation_id)
+                .order_by(errors.c.time_ns, errors.c.id))]
             nprof = conn.execute(select(func.count()).select_from(profiles)
                                  .where(profiles.c.correlation_id == correlation_id)).scalar_one()
-            details = {r.span_id: r for r in conn.execute(
+            details = {sid: (kind, res, events, links) for sid, kind, res, events, links in conn.execute(
                 select(span_details.c.span_id, span_details.c.kind, span_details.c.resource, span_details.c.events,
                        span_details.c.links).where(span_details.c.correlation_id == correlation_id))}
             trace_ids = {r.trace_id for r in rows} | ({run.trace_id} if run is not None else set())
             linked = self._linked_runs(conn, correlation_id, trace_ids)
+        loads = orjson.loads
+        none = (None, None, None, None)
         span_list = []
-        for r in rows:
-            d = as_dict(r._mapping)
-            d["attributes"] = orjson.loads(d["attributes"]) if d["attributes"] else {}
-            d["state"] = orjson.loads(d["state"]) if d["state"] is not None else None
-            x = details.get(d["span_id"])
-            d["kind"] = x.kind if x is not None else None
-            d["resource"] = orjson.loads(x.resource) if x is not None and x.resource else None
-            d["events"] = orjson.loads(x.events) if x is not None and x.events else []
-            d["links"] = orjson.loads(x.links) if x is not None and x.links else []
-            span_list.append(d)
+        for (cid, sid, tid, parent, wf, service, layer, comp, op, start, end, status, etype, emsg, stack, attrs,
+             state, is_step) in rows:  # unpacked: a run may hold tens of thousands of spans
+            kind, res, events, links = details.get(sid, none)
+            span_list.append(SpanView(
+                cid, sid, tid, parent, wf, service, layer, comp, op, start, end, status, etype, emsg, stack,
+                loads(attrs) if attrs else {}, loads(state) if state is not None else None, is_step, kind,
+                loads(res) if res else None, loads(events) if events else [], loads(links) if links else []))
         if run is None:
             first = span_list[0]
-            head = {"correlation_id": correlation_id, "workflow": first["workflow"], "status": "in_progress",
-                    "start_ns": min(s["start_ns"] for s in span_list), "end_ns": max(s["end_ns"] for s in span_list),
-                    "trace_id": first["trace_id"], "service": first["service"], "user_hash": None,
-                    "error_type": None, "error_message": None}
-            head["duration_ms"] = (head["end_ns"] - head["start_ns"]) / 1e6
+            start_ns, end_ns = min(s.start_ns for s in span_list), max(s.end_ns for s in span_list)
+            head = RunSummary(correlation_id=correlation_id, workflow=first.workflow, status="in_progress",
+                              start_ns=start_ns, end_ns=end_ns, duration_ms=(end_ns - start_ns) / 1e6,
+                              trace_id=first.trace_id, service=first.service, user_hash=None, error_type=None,
+                              error_message=None)
         else:
-            head = as_dict(run._mapping)
-        return {"run": head, "spans": span_list, "errors": [as_dict(e) for e in errs], "profiles": nprof,
-                "linked_runs": linked}
+            head = RunSummary(*run)
+        return RunDetail(run=head, spans=span_list, errors=errs, profiles=nprof, linked_runs=linked)
 
-    def linked_runs(self, correlation_id: str) -> list[dict]:
-        """The runs linked with this one: ``[{correlation_id, workflow, trace_id, direction}]``.
+    def linked_runs(self, correlation_id: str) -> list[LinkedRun]:
+        """The runs linked with this one (:class:`~exporter.store.rows.LinkedRun`).
 
         ``direction`` is ``links_to`` for a run one of this run's spans links to (a consumer's producer)
         and ``linked_from`` for a run with a span linking to this run's trace (the producer's consumers).
@@ -164,8 +174,8 @@ class RunQueries:
             return self._linked_runs(conn, correlation_id, tids)
 
     @staticmethod
-    def _linked_runs(conn, correlation_id: str, trace_ids: set[str]) -> list[dict]:
-        out: list[dict] = []
+    def _linked_runs(conn: Connection, correlation_id: str, trace_ids: set[str]) -> list[LinkedRun]:
+        out: list[LinkedRun] = []
         targets = sorted(set(conn.execute(select(span_links.c.link_trace_id)
                                           .where(span_links.c.correlation_id == correlation_id)
                                           .distinct().limit(1000)).scalars()) - trace_ids)
@@ -174,11 +184,10 @@ class RunQueries:
             q = (select(runs.c.correlation_id, runs.c.workflow, runs.c.trace_id)
                  .where(runs.c.trace_id.in_(targets[:500]), runs.c.correlation_id != correlation_id)
                  .order_by(runs.c.start_ns, runs.c.correlation_id).limit(MAX_LINKED_RUNS))
-            for r in conn.execute(q):
-                if (r.correlation_id, "links_to") not in seen:
-                    seen.add((r.correlation_id, "links_to"))
-                    out.append({"correlation_id": r.correlation_id, "workflow": r.workflow, "trace_id": r.trace_id,
-                                "direction": "links_to"})
+            for cid, wf, tid in conn.execute(q):
+                if (cid, "links_to") not in seen:
+                    seen.add((cid, "links_to"))
+                    out.append(LinkedRun(cid, wf, tid, "links_to"))
         if trace_ids:
             src = (select(span_links.c.correlation_id)
                    .where(span_links.c.link_trace_id.in_(sorted(trace_ids)[:500]),
@@ -187,9 +196,8 @@ class RunQueries:
             q = (select(src.c.correlation_id, runs.c.workflow, runs.c.trace_id)
                  .select_from(src.outerjoin(runs, runs.c.correlation_id == src.c.correlation_id))
                  .order_by(runs.c.start_ns, src.c.correlation_id))
-            for r in conn.execute(q):
-                if (r.correlation_id, "linked_from") not in seen:
-                    seen.add((r.correlation_id, "linked_from"))
-                    out.append({"correlation_id": r.correlation_id, "workflow": r.workflow, "trace_id": r.trace_id,
-                                "direction": "linked_from"})
+            for cid, wf, tid in conn.execute(q):
+                if (cid, "linked_from") not in seen:
+                    seen.add((cid, "linked_from"))
+                    out.append(LinkedRun(cid, wf, tid, "linked_from"))
         return out
