@@ -275,8 +275,17 @@ def openapi_document() -> dict:
                 "responses": {"200": {"description": "Exposition", "content": {
                     "text/plain; version=0.0.4": {"schema": {"type": "string"}},
                     "application/openmetrics-text; version=1.0.0": {"schema": {"type": "string"}}}}}}},
-            c.HEALTH_PATH: {"get": {"summary": "Liveness and pipeline state.",
-                                    "responses": {"200": _resp("Healthy", {"type": "object"})}}},
+            c.HEALTH_PATH: {"get": {
+                "summary": "Liveness (200 while the process answers) and each component's state: store, writer "
+                           "(the run store's queue), loki, prometheus (detection), grafana; the store is probed at "
+                           "most every 1.5 s.",
+                "responses": {"200": _resp("The process is alive; `status` and `components` say how it is",
+                                           {"$ref": "#/components/schemas/Health"})}}},
+            c.READY_PATH: {"get": {
+                "summary": "Readiness: 200 once the store answers, 503 while it does not (or while stopping).",
+                "responses": {"200": _resp("Ready", {"type": "object", "properties": {"status": {"const": "ready"}}}),
+                              "503": _resp("Not ready; `error.code` is store_unreachable or stopping, "
+                                           "`error.message` says why", {"$ref": "#/components/schemas/NotReady"})}}},
             c.OPENAPI_PATH: {"get": {"summary": "This document.",
                                      "responses": {"200": _resp("OpenAPI 3.1", {"type": "object"})}}},
         },
@@ -286,6 +295,25 @@ def openapi_document() -> dict:
                     "type": "object", "required": ["code", "message"],
                     "properties": {"code": {"type": "string"}, "message": {"type": "string"},
                                    "field": {"type": "string"}}}}},
+                "Component": {"type": "object", "required": ["state"], "properties": {
+                    "state": {"enum": ["ok", "degraded", "down", "disabled"]},
+                    "queued": {"type": "integer"}, "capacity": {"type": "integer"},
+                    "dropped": {"type": "object", "additionalProperties": {"type": "integer"},
+                                "description": "items given up on since start, by reason"},
+                    "error": {"type": ["string", "null"], "description": "why the last probe failed"},
+                    "last_error": {"type": ["string", "null"]},
+                    "last_error_at": {"type": ["string", "null"], "format": "date-time"},
+                    "last_ok_at": {"type": ["string", "null"], "format": "date-time"},
+                    "reason": {"type": "string", "description": "why a component is disabled"}}},
+                "Health": {"type": "object", "required": ["status", "components"], "properties": {
+                    "status": {"enum": ["ok", "degraded", "down"]},
+                    "components": {"type": "object", "properties": {
+                        k: {"$ref": "#/components/schemas/Component"}
+                        for k in ("store", "writer", "loki", "prometheus", "grafana")}}}},
+                "NotReady": {"type": "object", "required": ["status", "error"], "properties": {
+                    "status": {"const": "not_ready"},
+                    "error": {"type": "object", "required": ["code", "message"], "properties": {
+                        "code": {"enum": ["store_unreachable", "stopping"]}, "message": {"type": "string"}}}}},
                 "IngestResult": {"type": "object", "properties": {
                     "accepted": {"type": "integer"}, "rejected": {"type": "integer"},
                     "errors": {"type": "array", "items": {"type": "object", "properties": {

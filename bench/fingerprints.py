@@ -239,7 +239,7 @@ def store_write(runs: int, seed: int) -> None:
             store.write(items[k:k + 3000])
         secs = time.perf_counter() - t0
         groups = store.error_groups(0, limit=1000)
-        counted = sum(len(g["times"]) for g in groups)
+        counted = sum(len(g.times) for g in groups)
         store.close()
     print(f"run store: {runs} failed runs, {3 * runs} failing spans written in {secs:.2f} s "
           f"({3 * runs / secs:,.0f} error spans/s); origins counted {counted} (one per run: {counted == runs})")

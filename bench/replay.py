@@ -48,7 +48,7 @@ def main() -> None:
     assert ex.pipeline.recorder.flush(60)
     cid = run.correlation_id
     print(f"run {cid}: {a.steps} steps stored in {ex.db.dialect.name}")
-    steps = steps_of(ex.runs.get_run(cid)["spans"])
+    steps = steps_of([s._asdict() for s in ex.runs.get_run(cid).spans])
     for n in (0, a.steps // 2, a.steps - 1):
         api, pure = [], []
         for _ in range(a.repeat):

@@ -6,6 +6,10 @@ file, and a bare ``postgresql://`` URL uses psycopg 3, the driver Flowscope ship
 
     engine = make_engine("sqlite:///var/flowscope.db")
     engine = make_engine("postgresql://flowscope@127.0.0.1:5432/flowscope")
+
+``flowscope serve`` then waits for the store (:func:`wait_for_store`: retried with backoff, one log line per
+attempt, one line past its deadline); health and readiness ask :func:`probe`. A SQLite path this user
+cannot write is a :class:`StoreUnavailable` from :func:`make_engine`, naming the path and what to do.
 """
 
 from __future__ import annotations
@@ -81,13 +85,13 @@ def check_sqlite_path(path: str) -> None:
     uid = os.geteuid() if hasattr(os, "geteuid") else None
     who = f"this user (uid {uid})" if uid is not None else "this user"
     todo = "or set FLOWSCOPE_DATABASE_URL to a writable path"
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise StoreUnavailable(f"cannot use the SQLite store {path}: {directory} is not a directory; {todo}")
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
         raise StoreUnavailable(f"cannot create the directory {directory} for the SQLite store {path}: "
                                f"{e.strerror or e}; create it writable by {who}, {todo}") from None
-    if not os.path.isdir(directory):
-        raise StoreUnavailable(f"cannot use the SQLite store {path}: {directory} is not a directory; {todo}")
     if os.path.isdir(path):
         raise StoreUnavailable(f"cannot use the SQLite store {path}: it is a directory; {todo}")
     if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
@@ -189,8 +193,8 @@ def wait_for_store(engine: Engine, deadline_s: float, *, interrupt: threading.Ev
 
     def on_retry(error: BaseException, n: int, wait: float) -> None:
         left = max(0.0, deadline_s - (clock() - started))
-        log.warning("store %s not reachable (attempt %d): %s; retrying in %.1f s (giving up in %.0f s)",
-                    where, n, error, wait, left)
+        log.warning("store %s not reachable (attempt %d): %s; retrying in %.1f s (%.1f s of the %g s deadline left)",
+                    where, n, error, wait, left, deadline_s)
 
     try:
         replace(policy, deadline_s=deadline_s).call(attempt, interrupt=interrupt, on_retry=on_retry,
@@ -202,7 +206,7 @@ def wait_for_store(engine: Engine, deadline_s: float, *, interrupt: threading.Ev
     except RetryInterrupted as e:
         raise StoreUnavailable(f"stopped while waiting for the store {where}: {e.last}") from None
     except _Attempt as e:
-        raise StoreUnavailable(f"store {where} refused the connection: {e}") from None
+        raise StoreUnavailable(f"store {where}: {e} (not retried: waiting does not mend this)") from None
     if attempts > 1:
         log.info("store %s reachable after %d attempts in %.1f s", where, attempts, clock() - started)
     return attempts

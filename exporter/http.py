@@ -200,16 +200,30 @@ def metrics():
                     content_type=OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE)
 
 
-
 @bp.get(c.HEALTH_PATH)
 def health():
+    """Liveness (always 200 while the process answers) and each component's state; see :meth:`Exporter.health`."""
     ex = current_exporter()
     loki = ex.loki
-    body = {
-        "status": "ok",
+    body = ex.health() | {
         "loki": {"enabled": loki is not None,
                  "queued_lines": loki.queued() if loki else 0},
         "series": {f.name: len(f) for f in ex.store.families if len(f)},
         "pending_otlp_spans": ex.pipeline.resolver.pending_spans,
     }
     return Response(orjson.dumps(body), mimetype="application/json")
+
+
+@bp.get(c.READY_PATH)
+def ready():
+    """200 while the store answers; 503 with a JSON body naming why not (the store's error, or stopping)."""
+    ex = current_exporter()
+    if ex.closing:
+        code, message = "stopping", "the server is shutting down"
+    else:
+        error = ex.store_error()
+        if error is None:
+            return Response(orjson.dumps({"status": "ready"}), mimetype="application/json")
+        code, message = "store_unreachable", f"the store does not answer: {error}"
+    body = {"status": "not_ready", "error": {"code": code, "message": message}}
+    return Response(orjson.dumps(body), status=503, mimetype="application/json", headers={"Retry-After": "1"})

@@ -147,7 +147,9 @@ class Pipeline:
         """Redact the names of spans in place, before any metric, Loki line or row sees them."""
         get, name = self._names.get, self.name
         for s in spans:
-            s.workflow = get(s.workflow) or name(s.workflow)
+            wf = s.workflow
+            assert wf is not None  # named before the pipeline sees it: by the resolver, the native decoder or the SDK
+            s.workflow = get(wf) or name(wf)
             s.component = get(s.component) or name(s.component)
             s.operation = get(s.operation) or name(s.operation)
             if s.error_type is not None:
@@ -158,22 +160,23 @@ class Pipeline:
         step = self.step_duration.observe
         err = self.step_errors.inc
         for s in spans:
+            wf = s.workflow
+            assert wf is not None  # _scrub checked it
             dur = (s.end_ns - s.start_ns) / 1e9
             if s.is_step:
-                step((s.workflow, s.layer, s.component, s.operation, s.status), dur, s.trace_id, s.span_id,
-                     s.end_ns / 1e9)
+                step((wf, s.layer, s.component, s.operation, s.status), dur, s.trace_id, s.span_id, s.end_ns / 1e9)
                 if s.status == "error" or s.status == "timeout":
-                    err((s.workflow, s.layer, s.component, s.error_type or s.status))
+                    err((wf, s.layer, s.component, s.error_type or s.status))
                 if s.layer == "database":
                     kind = s.loaded_attribute(c.ATTR_DB_PATTERN)
                     if kind == c.QUERY_SLOW or kind == c.QUERY_N_PLUS_ONE:
-                        self.query_patterns.inc((s.workflow, kind))
+                        self.query_patterns.inc((wf, kind))
             if not s.parent_span_id:
-                self._apply_run(s)
+                self._apply_run(s, wf)
 
-    def _apply_run(self, s: Span) -> None:
-        self.runs.inc((s.workflow, s.status))
-        self.run_duration.observe((s.workflow, s.status), (s.end_ns - s.start_ns) / 1e9, s.trace_id, s.span_id,
+    def _apply_run(self, s: Span, workflow: str) -> None:
+        self.runs.inc((workflow, s.status))
+        self.run_duration.observe((workflow, s.status), (s.end_ns - s.start_ns) / 1e9, s.trace_id, s.span_id,
                                   s.end_ns / 1e9)
 
     def _fan_out(self, spans: list[Span]) -> None:

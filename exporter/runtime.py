@@ -6,6 +6,10 @@ Use :func:`build` to make a started one from a :class:`~exporter.config.Config`,
 ``Exporter(config)`` itself opens the store but starts no thread of its own: :meth:`Exporter.start`
 does (the Loki pusher, the run store's writer, the tick). The pipeline's sinks (:mod:`exporter.sinks`) are
 the Loki pusher and the run store's recorder; :meth:`Exporter.close` closes them through the pipeline.
+
+:func:`open_store` waits for the store at start-up (``flowscope serve`` builds the exporter on its engine), and
+:meth:`Exporter.health` / :meth:`Exporter.store_error` are what the health and readiness endpoints report,
+each probe cached for :data:`PROBE_TTL_S`.
 """
 
 from __future__ import annotations
@@ -15,11 +19,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+import requests
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from sqlalchemy import Engine
 
+from . import conventions as c
 from .config import Config, load_config
-from .db import make_engine
+from .db import first_line, make_engine, probe, wait_for_store
 from .loki import LokiConfig, LokiPusher, RetryPolicy
 from .metrics import MetricStore
 from .pipeline import Pipeline
@@ -27,15 +36,133 @@ from .redact import Redactor, mask_url
 from .resolver import WorkflowResolver
 from .store import RunRecorder, RunStore
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider
+
 log = logging.getLogger("flowscope")
 
 #: How long ``flowscope serve`` takes, at most, to stop everything it runs after SIGTERM: the HTTP
 #: server drains, then the Loki and run-store queues flush; what is still queued then is counted as dropped.
 STOP_TIMEOUT_S = 20.0
 
+#: How long one probe's answer (the store's ``SELECT 1``, Prometheus' and Grafana's health URLs) serves the
+#: health and readiness endpoints: a liveness check costs no round trip per call, and readiness follows an
+#: outage within this long.
+PROBE_TTL_S = 1.5
+#: Seconds a probe of Prometheus or Grafana may take (connect and read, each).
+HTTP_PROBE_TIMEOUT_S = 1.0
+#: A drop within this many seconds makes a queue's component ``degraded``.
+RECENT_S = 60.0
+
+#: Component states in the health report.
+OK, DEGRADED, DOWN, DISABLED = "ok", "degraded", "down", "disabled"
+
+
+def open_store(config: Config, interrupt: threading.Event | None = None) -> Engine:
+    """The engine on ``config.database_url``, once the store answers: an unreachable one is retried for
+    ``config.store_connect_timeout_s`` (:func:`~exporter.db.wait_for_store`), a SQLite path this user
+    cannot write is refused at once. Raises :class:`~exporter.db.StoreUnavailable` (one line).
+    ``flowscope serve`` calls it before it builds the :class:`Exporter` on the engine."""
+    engine = make_engine(config.database_url)
+    try:
+        wait_for_store(engine, config.store_connect_timeout_s, interrupt=interrupt)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
+class CachedProbe:
+    """``fn() -> error line or None``, run at most once per ``ttl_s``: callers in between, and callers while
+    another thread probes, get the last answer. Every health request may call it.
+
+        store = CachedProbe(lambda: probe(engine))
+        store()          # None while the store answers, else the error's first line
+    """
+
+    def __init__(self, fn: Callable[[], str | None], ttl_s: float = PROBE_TTL_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.fn, self.ttl_s, self.clock = fn, ttl_s, clock
+        self._lock = threading.Lock()
+        self._at: float | None = None
+        self._error: str | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None  # wall time
+        self.last_ok_at: float | None = None
+
+    def __call__(self) -> str | None:
+        if self._at is not None and self.clock() - self._at < self.ttl_s:
+            return self._error
+        if not self._lock.acquire(blocking=self._at is None):
+            return self._error  # another thread is probing now: its previous answer stands
+        try:
+            if self._at is None or self.clock() - self._at >= self.ttl_s:
+                try:
+                    error = self.fn()
+                except Exception as e:  # noqa: BLE001 - a probe that raises is a failed probe
+                    error = first_line(e)
+                if error is None:
+                    self.last_ok_at = time.time()
+                else:
+                    self.last_error, self.last_error_at = error, time.time()
+                self._error, self._at = error, self.clock()
+            return self._error
+        finally:
+            self._lock.release()
+
+
+def http_probe(url: str, timeout_s: float = HTTP_PROBE_TIMEOUT_S) -> Callable[[], str | None]:
+    """A probe of a health URL (Prometheus ``/-/ready``, Grafana ``/api/health``): None on a 2xx answer."""
+    def check() -> str | None:
+        try:
+            r = requests.get(url, timeout=(timeout_s, timeout_s))
+        except requests.RequestException as e:
+            return f"{mask_url(url)}: {first_line(e)}"
+        return None if 200 <= r.status_code < 300 else f"{mask_url(url)}: HTTP {r.status_code}"
+    return check
+
+
+class _Recent:
+    """When each counter last went up, to tell a recent drop from an old one (counters carry no time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, float]] = {}  # key -> (value, monotonic time it last changed)
+
+    def within(self, key: str, value: float, window_s: float) -> bool:
+        """Whether ``value`` (the counter ``key`` now) went up within ``window_s``; a first look at a count above
+        zero counts as going up now (nothing says it is old)."""
+        now = time.monotonic()
+        with self._lock:
+            old = self._seen.get(key)
+            if old is None:
+                changed = now if value else float("-inf")
+            else:
+                changed = now if value > old[0] else old[1]
+            self._seen[key] = (value, changed)
+        return now - changed <= window_s
+
+
+def _counts(store: MetricStore, name: str) -> dict[str, int]:
+    """A counter's nonzero values by its labels (``reason``), pending folds included."""
+    with store.lock:
+        for hook in store.collect_hooks:
+            hook()
+        try:
+            fam = store.get(name)
+        except KeyError:
+            return {}
+        return {",".join(k) or "total": int(v.value) for k, v in fam.series.items() if v.value}
+
 
 class Exporter:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, engine: Engine | None = None):
+        """``engine``: the store's engine, when the caller opened it (:func:`open_store`); else one is made
+        on ``config.database_url``. The exporter disposes of it in :meth:`close` either way."""
         self.config = config
         self.store = MetricStore(series_limit=config.series_limit, buckets=config.buckets)
         # Metrics that come through the OpenTelemetry metrics API (PerformanceMonitor)
@@ -59,7 +186,12 @@ class Exporter:
             log.info("FLOWSCOPE_LOKI_URL is not set: log streams are not pushed to Loki")
         self.pipeline = Pipeline(self.store, self.loki, WorkflowResolver(timeout_s=config.trace_timeout_s),
                                  redactor=self.redactor)
-        self.db = make_engine(config.database_url)
+        self.db = engine if engine is not None else make_engine(config.database_url)
+        self._store_probe = CachedProbe(lambda: probe(self.db))
+        self._probes = {name: CachedProbe(http_probe(url)) for name, url in (
+            ("prometheus", config.detect_prometheus_url and config.detect_prometheus_url.rstrip("/") + "/-/ready"),
+            ("grafana", config.grafana_url and config.grafana_url.rstrip("/") + "/api/health")) if url}
+        self._recent = _Recent()
         self.runs: RunStore | None = None
         self.recorder: RunRecorder | None = None
         if config.run_store:
@@ -67,7 +199,7 @@ class Exporter:
             self.recorder = RunRecorder(self.runs, self.store, retention_s=config.run_retention_s,
                                         sweep_interval_s=min(3600.0, config.run_retention_s / 10))
             self.pipeline.attach_recorder(self.recorder)
-        self._meter_provider = None
+        self._meter_provider: MeterProvider | None = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
@@ -82,7 +214,7 @@ class Exporter:
             self._ticker.start()
         return self
 
-    def meter_provider(self):
+    def meter_provider(self) -> MeterProvider:
         """An OpenTelemetry MeterProvider whose metrics appear on this exporter's /metrics."""
         if self._meter_provider is None:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -107,6 +239,76 @@ class Exporter:
     def _tick(self) -> None:
         while not self._stop.wait(1.0):
             self.tick()
+
+    # -- health and readiness (exporter.http serves them) ----------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`close` has begun."""
+        return self._stop.is_set()
+
+    def store_error(self) -> str | None:
+        """None while the store answers ``SELECT 1`` (probed at most every :data:`PROBE_TTL_S`), else why not."""
+        return self._store_probe()
+
+    def health(self) -> dict:
+        """Each component's state (``ok``, ``degraded``, ``down``, ``disabled``) and detail, and the overall
+        status: ``down`` when the store is, ``degraded`` when any component is not ``ok`` or ``disabled``.
+        Cheap enough for every liveness call: the store is probed at most every :data:`PROBE_TTL_S`."""
+        components = {"store": self._store_health(), "writer": self._writer_health(), "loki": self._loki_health(),
+                      "prometheus": self._probe_health("prometheus", "FLOWSCOPE_DETECT_PROMETHEUS_URL"),
+                      "grafana": self._probe_health("grafana", "FLOWSCOPE_GRAFANA_URL")}
+        states = {v["state"] for v in components.values()}
+        status = DOWN if components["store"]["state"] == DOWN else (
+            DEGRADED if states - {OK, DISABLED} else OK)
+        return {"status": status, "components": components}
+
+    def _store_health(self) -> dict:
+        error = self.store_error()
+        p = self._store_probe
+        return {"state": DOWN if error else OK, "url": mask_url(self.db.url.render_as_string(hide_password=True)),
+                "error": error, "last_error": p.last_error, "last_error_at": _iso(p.last_error_at),
+                "last_ok_at": _iso(p.last_ok_at)}
+
+    def _queue_health(self, name: str, worker, dropped_metric: str) -> dict:
+        """A background sender's state: its thread, its queue, its drops and its last failed attempt."""
+        dropped = _counts(self.store, dropped_metric)
+        total = sum(dropped.values())
+        queued, capacity = worker.queued(), worker.max_queue
+        last = worker.last_error
+        failing = last is not None and (worker.last_ok_at is None or last[0] > worker.last_ok_at)
+        unreachable = failing and getattr(last[1], "reason", None) in ("connection", "timeout", "outage")
+        if worker.started and not worker.alive() and not self.closing:
+            state = DOWN  # its thread ended: nothing is sent any more
+        elif unreachable:
+            state = DOWN
+        elif failing or queued > capacity // 2 or self._recent.within(name, total, RECENT_S):
+            state = DEGRADED
+        else:
+            state = OK
+        return {"state": state, "queued": queued, "capacity": capacity, "dropped": dropped,
+                "last_error": first_line(last[1]) if last else None, "last_error_at": _iso(last[0]) if last else None,
+                "last_ok_at": _iso(worker.last_ok_at)}
+
+    def _writer_health(self) -> dict:
+        if self.recorder is None:
+            return {"state": DISABLED, "reason": "FLOWSCOPE_RUN_STORE is false"}
+        return self._queue_health("writer", self.recorder.worker, c.RUN_STORE_DROPPED_TOTAL)
+
+    def _loki_health(self) -> dict:
+        if self.loki is None:
+            return {"state": DISABLED, "reason": "FLOWSCOPE_LOKI_URL is not set"}
+        out = self._queue_health("loki", self.loki.worker, c.LOKI_LINES_DROPPED_TOTAL)
+        out["url"] = mask_url(self.loki.config.push_url)
+        return out
+
+    def _probe_health(self, name: str, setting: str) -> dict:
+        p = self._probes.get(name)
+        if p is None:
+            return {"state": DISABLED, "reason": f"{setting} is not set"}
+        error = p()
+        return {"state": DOWN if error else OK, "error": error, "last_error": p.last_error,
+                "last_error_at": _iso(p.last_error_at), "last_ok_at": _iso(p.last_ok_at)}
 
     def close(self, timeout_s: float = 10.0) -> bool:
         """Stop the tick, release waiting spans, flush and close every sink (Loki, the run store) within

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import hmac
 import zlib
+from collections.abc import Mapping
 
 import orjson
 from flask import Response, request
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None, headers=None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: Mapping[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None, headers=None) -> Response:
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: Mapping[str, str] | None = None) -> Response:
     err = {"code": code, "message": message}
     if field:
         err["field"] = field

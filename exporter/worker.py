@@ -76,6 +76,9 @@ class BatchWorker(Generic[T]):
         self.queue_policy = queue_policy
         self.autostart = autostart
         self.on_retry = on_retry
+        # For health reports: (wall time, error) of the last failed attempt, and when an export last succeeded.
+        self.last_error: tuple[float, BaseException] | None = None
+        self.last_ok_at: float | None = None
         self._on_drop = on_drop
         self._queue: deque[T] = deque()
         # offer()'s lock-free appends; moved into _queue (and counted in _queued_total) under the lock
@@ -276,14 +279,28 @@ class BatchWorker(Generic[T]):
         return False once :attr:`stopping` is set.
         """
         policy = self.policy or RetryPolicy(max_attempts=1)
-        return policy.call(fn, interrupt=self._abort, wait=wait, started=started,
-                           on_retry=on_retry or self.on_retry)
+        told = on_retry or self.on_retry
 
-    def deliver(self, fn: Callable[[], object], n: int, **kw) -> bool:
-        """``fn()`` under the policy; True once it succeeded, else False with its ``n`` items counted
-        by reason (``retries_exhausted``, ``rejected``, ``shutdown`` or ``internal_error``)."""
+        def note(error: BaseException, n: int, delay: float) -> None:
+            self.last_error = (time.time(), error)
+            if told is not None:
+                told(error, n, delay)
+
         try:
-            self.retry(fn, **kw)
+            result = policy.call(fn, interrupt=self._abort, wait=wait, started=started, on_retry=note)
+        except Exception as e:
+            self.last_error = (time.time(), getattr(e, "last", None) or e)
+            raise
+        self.last_ok_at = time.time()
+        return result
+
+    def deliver(self, fn: Callable[[], object], n: int, *, started: float | None = None,
+                wait: Callable[[float, BaseException], bool] | None = None,
+                on_retry: Callable[[BaseException, int, float], None] | None = None) -> bool:
+        """``fn()`` under the policy (the keywords are :meth:`retry`'s); True once it succeeded, else False with
+        its ``n`` items counted by reason (``retries_exhausted``, ``rejected``, ``shutdown`` or ``internal_error``)."""
+        try:
+            self.retry(fn, started=started, wait=wait, on_retry=on_retry)
             return True
         except RetryInterrupted:
             self._drop("shutdown", n)

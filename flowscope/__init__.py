@@ -19,12 +19,24 @@ cheap; the server (``flowscope serve``) and the analyses are the ``server`` and 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what a type checker sees; at run time each name is imported on first use (``__getattr__``)
+    from exporter.sdk import configure, current_correlation_id, current_ids, flush, shutdown
+    from exporter.sdk.errors import ErrorLogger, classify_error
+    from exporter.sdk.logging import JsonFormatter
+    from exporter.sdk.middleware import CorrelationIdMiddleware, parse_traceparent
+    from exporter.sdk.monitor import PerformanceMonitor
+    from exporter.sdk.profiler import SamplingProfiler
+    from exporter.sdk.sinks import RemoteSink
+    from exporter.sdk.sqlalchemy import instrument_engine
+    from exporter.sdk.tracer import WorkflowTracer, traced
 
 #: Public name -> the module that defines it. The SDK's implementation lives in ``exporter.sdk``.
 _HOME = {
     "configure": "exporter.sdk",
     "shutdown": "exporter.sdk",
+    "flush": "exporter.sdk",
     "current_ids": "exporter.sdk",
     "current_correlation_id": "exporter.sdk",
     "WorkflowTracer": "exporter.sdk.tracer",
@@ -52,6 +64,7 @@ __all__ = [
     "configure",
     "current_correlation_id",
     "current_ids",
+    "flush",
     "instrument_engine",
     "parse_traceparent",
     "shutdown",

@@ -207,10 +207,13 @@ def _http_service(server, stopped: threading.Event):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from backend.app import create_app, services
+    from exporter.db import StoreUnavailable, first_line
     from exporter.demo import DEMO_RULES_DIR, DEMO_SPEC, DemoTraffic, demo_defaults
-    from exporter.redact import MaskUrlFilter
-    from exporter.runtime import STOP_TIMEOUT_S, Exporter, Lifecycle, Service
+    from exporter.redact import MaskUrlFilter, mask_url
+    from exporter.runtime import STOP_TIMEOUT_S, Exporter, Lifecycle, Service, open_store
     from exporter.server import ServerLimits, make_server
 
     # --demo starts from its own defaults (a 1 h run retention); the file, environment and arguments still win.
@@ -222,16 +225,39 @@ def _serve(args: argparse.Namespace) -> int:
     # waitress warns "Task queue depth is N" on every request that waits for a thread: a log line per
     # request under load. The pool's bound is the point; the queue is visible as request latency.
     logging.getLogger("waitress.queue").setLevel(logging.DEBUG if cfg.log_level == "DEBUG" else logging.ERROR)
-    # Everything this command runs has one owner, started in order (store and workers, detection, demo,
-    # HTTP) and stopped in reverse: the server stops taking requests before the queues it feeds are flushed.
-    ex = Exporter(cfg)  # opens the store; starts nothing
-    app = create_app(ex)
+    stopped = threading.Event()
+    restore = _on_stop_signals(stopped)  # SIGTERM while the store is awaited ends the wait
     try:
-        server = make_server(cfg.host, cfg.port, app, ServerLimits.from_config(cfg))
-    except OSError as e:
-        ex.close()
-        why = e.strerror or str(e) or "address unavailable (in use, or not local)"
-        raise FlowscopeError(f"cannot listen on {cfg.host}:{cfg.port}: {why}") from None
+        # The store first: an unreachable one is retried (a line per attempt) up to FLOWSCOPE_STORE_CONNECT_TIMEOUT_S;
+        # then a one-line error, as for a SQLite path this user cannot write.
+        try:
+            engine = open_store(cfg, interrupt=stopped)
+        except StoreUnavailable:
+            if stopped.is_set():
+                restore()
+                log.info("stopped while waiting for the store")
+                return EXIT_OK
+            raise
+        # Everything this command runs has one owner, started in order (store and workers, detection, demo,
+        # HTTP) and stopped in reverse: the server stops taking requests before the queues it feeds are flushed.
+        try:
+            ex = Exporter(cfg, engine)  # upgrades the store's schema; starts nothing
+        except SQLAlchemyError as e:  # the store went away, or refused the schema upgrade
+            engine.dispose()
+            raise FlowscopeError(f"store {mask_url(cfg.database_url)}: {first_line(e)}") from None
+        try:
+            app = create_app(ex)
+            server = make_server(cfg.host, cfg.port, app, ServerLimits.from_config(cfg))
+        except SQLAlchemyError as e:
+            ex.close()
+            raise FlowscopeError(f"store {mask_url(cfg.database_url)}: {first_line(e)}") from None
+        except OSError as e:
+            ex.close()
+            why = e.strerror or str(e) or "address unavailable (in use, or not local)"
+            raise FlowscopeError(f"cannot listen on {cfg.host}:{cfg.port}: {why}") from None
+    except BaseException:
+        restore()
+        raise
     host, port = server.server_address
     log.info("HTTP server: %d threads, at most %d connections, header timeout %g s, idle timeout %g s",
              cfg.threads, server.connection_limit, cfg.header_timeout_s, cfg.idle_timeout_s)
@@ -256,9 +282,7 @@ def _serve(args: argparse.Namespace) -> int:
         demo = DemoTraffic(deliver, rate=cfg.demo_rate, on_start=ex.pipeline.workflow_started,
                            on_end=ex.pipeline.workflow_ended, on_profile=profile)
         life.add(Service("demo traffic", demo.start, lambda timeout_s: demo.stop()))
-    stopped = threading.Event()
     life.add(_http_service(server, stopped))
-    restore = _on_stop_signals(stopped)
     try:
         tune_gc()
         life.start()

@@ -494,7 +494,7 @@ def test_store_reads_for_attribution_on_sqlite_and_postgresql(database_url):
         steps = store.attribution_step_ms(rows.run_ids, "pg/SELECT")
         assert steps == {f"r{i}": pytest.approx(i + 1.0) for i in range(5)}
         assert store.attribution_step_ms(rows.run_ids, "SELECT") == steps
-        fp = store.error_groups(now - 3600 * 10**9)[0]["fingerprint"]
-        assert {cid for cid, _ in store.error_runs(fp, now - 3600 * 10**9, now + 1)} == {"r0"}
+        fp = store.error_groups(now - 3600 * 10**9)[0].group.fingerprint
+        assert {r.correlation_id for r in store.error_runs(fp, now - 3600 * 10**9, now + 1)} == {"r0"}
     finally:
         store.close()

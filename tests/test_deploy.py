@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -86,3 +87,77 @@ def test_grafana_datasources_are_provisioned_with_trace_and_run_links():
     assert m and m.group(1) == "c-42"
     # `$$` escapes Grafana's env interpolation, leaving `${__value.raw}` for Grafana's link templating
     assert field["url"] == "http://localhost:9464/runs/$${__value.raw}"
+
+
+def _dockerfile(path: Path = ROOT / "Dockerfile") -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per instruction, continuation lines joined and comments left out."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def _env_pairs(args: str) -> dict[str, str]:
+    import shlex
+    return dict(pair.split("=", 1) for pair in shlex.split(args))
+
+
+def test_the_image_keeps_its_store_in_a_volume_its_non_root_user_owns():
+    from exporter.db import sqlite_path
+
+    steps = _dockerfile()
+    kinds = [k for k, _ in steps]
+    volumes = [json.loads(a) if a.startswith("[") else a.split() for k, a in steps if k == "VOLUME"]
+    assert len(volumes) == 1 and len(volumes[0]) == 1, volumes
+    volume = volumes[0][0]
+    assert volume.startswith("/") and not volume.startswith("/app"), volume  # absolute, not under the code
+    user = [a for k, a in steps if k == "USER"][-1]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0 and (not gid or gid.isdigit()), user  # numeric: runAsNonRoot can check
+    env: dict[str, str] = {}
+    for k, a in steps:
+        if k == "ENV":
+            env |= _env_pairs(a)
+    db = sqlite_path(env["FLOWSCOPE_DATABASE_URL"])
+    assert db is not None and os.path.dirname(db) == volume, env["FLOWSCOPE_DATABASE_URL"]
+    # the directory is made and given to the user before VOLUME (what a RUN changes after it is discarded)
+    owned = [i for i, (k, a) in enumerate(steps) if k == "RUN" and f"chown {uid}" in a and volume in a]
+    assert owned and owned[0] < kinds.index("VOLUME") < kinds.index("USER"), steps
+    assert kinds[-2:] == ["ENTRYPOINT", "CMD"]
+
+
+def test_compose_starts_each_service_once_what_it_needs_is_healthy():
+    from exporter import conventions as c
+    from exporter.config import load_config
+
+    r = compose("-f", "docker-compose.yml", "config", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    services = json.loads(r.stdout)["services"]
+    for name, svc in services.items():
+        if name != "demo":  # demo runs from the Flowscope image with no server: nothing to probe
+            assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        for dep, how in svc.get("depends_on", {}).items():
+            assert how["condition"] in ("service_healthy", "service_started"), (name, dep, how)
+            if how["condition"] == "service_healthy":
+                assert services[dep].get("healthcheck"), f"{name} waits for {dep} to be healthy; it has no check"
+    fs = services["flowscope"]
+    assert fs["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["demo"]["depends_on"]["flowscope"]["condition"] == "service_healthy"
+    probe = " ".join(fs["healthcheck"]["test"])
+    assert f"127.0.0.1:9464{c.READY_PATH}" in probe
+    assert services["postgres"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert "-h" in services["postgres"]["healthcheck"]["test"]  # over TCP: the init server is not taken for ready
+    cfg = load_config(environ={k: str(v) for k, v in fs["environment"].items()})
+    assert cfg.store_connect_timeout_s > 0
+    steps = _dockerfile()
+    volume = json.loads(next(a for k, a in steps if k == "VOLUME"))[0]
+    assert volume in {v["target"] for v in fs.get("volumes", [])}

@@ -182,8 +182,8 @@ def test_fingerprints_survive_a_restart(tmp_path):
     s2 = RunStore(make_engine(url))
     s2.write([_err("c", "3" * 16, now, "builtins.KeyError", "user carol not found")])
     [g] = s2.error_groups(now - H)
-    assert g["fingerprint"] == g1["fingerprint"] and len(g["times"]) == 3 and g["count"] == 3
-    assert g["template"] == "user <NAME> not found" and g["error_type"] == "KeyError"
+    assert g.group.fingerprint == g1.group.fingerprint and len(g.times) == 3 and g.group.count == 3
+    assert g.group.template == "user <NAME> not found" and g.group.error_type == "KeyError"
     s2.close()
 
 

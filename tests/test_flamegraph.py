@@ -31,7 +31,7 @@ def test_the_sdk_profiler_attaches_folded_stacks_to_profiled_runs(ex, client):
     stacks = ex.runs.profile_stacks(correlation_id=run.correlation_id)
     hot = [s for s in stacks if "test_flamegraph:burn" in s]
     total = sum(stacks.values())
-    wall = ex.runs.get_run(run.correlation_id)["run"]["duration_ms"] / 1000
+    wall = ex.runs.get_run(run.correlation_id).run.duration_ms / 1000
     assert total == pytest.approx(wall, rel=0.1)   # samples weighted by the achieved rate add up to the run
     assert sum(stacks[s] for s in hot) > 0.8 * total  # and the run spent its time in burn()
     assert all(s.split(";")[-1] != "" for s in stacks)
@@ -55,7 +55,7 @@ def test_remote_sdk_posts_profiles_to_the_exporter(ex, serve):
     sink.close()
     assert ex.pipeline.recorder.flush()
     assert any("test_flamegraph:burn" in s for s in ex.runs.profile_stacks(correlation_id=run.correlation_id))
-    assert ex.runs.get_run(run.correlation_id)["profiles"] == 1
+    assert ex.runs.get_run(run.correlation_id).profiles == 1
 
 
 def _nested_set_ok(values: dict) -> None:

@@ -7,7 +7,9 @@ import pytest
 
 from exporter.decode import native, otlp
 from exporter.model import Span
+from exporter.resolver import WorkflowResolver
 from tests.otlp_data import request, span, to_json
+from tests.test_types import run_mypy
 
 FIELDS = list(inspect.signature(Span).parameters)
 
@@ -65,3 +67,22 @@ def test_native_spans_match_the_constructor_too():
     assert not res.rejected and len(res.spans) == 2
     for s in res.spans:
         assert s.to_dict() == _rebuilt(s).to_dict()
+
+
+def test_a_spans_workflow_may_be_none_and_its_type_says_so(tmp_path):
+    """An OTLP span has no workflow until the resolver names it, so ``Span.workflow`` is ``str | None``:
+    mypy --strict refuses code that reads it as a ``str`` unchecked, and accepts it once narrowed."""
+    root, child = _otlp_spans("protobuf")
+    assert child.workflow is None  # decoded without flowscope.workflow
+    assert child in WorkflowResolver().resolve([root, child], now=0.0) and child.workflow == "orders"
+    probe = tmp_path / "flowscope_workflow_probe.py"
+    probe.write_text(
+        "from exporter.model import Span\n\n\n"
+        "def unchecked(s: Span) -> str:\n"
+        "    return s.workflow\n\n\n"
+        "def checked(s: Span) -> str:\n"
+        "    return s.workflow if s.workflow is not None else 'unknown'\n")
+    status, report = run_mypy(str(probe))
+    assert status == 1, report
+    assert report.count("error:") == 1, report
+    assert ':5: error: Incompatible return value type (got "str | None", expected "str")' in report, report

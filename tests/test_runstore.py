@@ -41,18 +41,18 @@ def test_a_traced_run_is_stored_whole(stored):
             raise TimeoutError("timeout after 5012 ms on 10.0.0.7")
     assert stored.pipeline.recorder.flush()
     got = stored.runs.get_run(run.correlation_id)
-    r = got["run"]
-    assert (r["workflow"], r["status"], r["service"]) == ("checkout", "ok", "shop")
-    assert r["user_hash"] == hash_user("ana@example.com") and "ana@example.com" not in _all_text(stored)
-    ops = [s["operation"] for s in got["spans"]]
+    r = got.run
+    assert (r.workflow, r.status, r.service) == ("checkout", "ok", "shop")
+    assert r.user_hash == hash_user("ana@example.com") and "ana@example.com" not in _all_text(stored)
+    ops = [s.operation for s in got.spans]
     assert ops == ["checkout", "create_order", "insert_order", "charge"]
-    by_op = {s["operation"]: s for s in got["spans"]}
-    assert by_op["insert_order"]["parent_span_id"] == by_op["create_order"]["span_id"]
-    assert by_op["create_order"]["parent_span_id"] == by_op["checkout"]["span_id"]
-    assert by_op["insert_order"]["state"] == {"order_id": 7}
-    assert by_op["charge"]["status"] == "timeout" and "TimeoutError" in by_op["charge"]["stack_trace"]
-    [err] = got["errors"]
-    assert (err["error_type"], err["layer"], err["span_id"]) == ("TimeoutError", "external", by_op["charge"]["span_id"])
+    by_op = {s.operation: s for s in got.spans}
+    assert by_op["insert_order"].parent_span_id == by_op["create_order"].span_id
+    assert by_op["create_order"].parent_span_id == by_op["checkout"].span_id
+    assert by_op["insert_order"].state == {"order_id": 7}
+    assert by_op["charge"].status == "timeout" and "TimeoutError" in by_op["charge"].stack_trace
+    [err] = got.errors
+    assert (err.error_type, err.layer, err.span_id) == ("TimeoutError", "external", by_op["charge"].span_id)
     assert stored.store.value(c.RUNS_STORED_TOTAL) == 1
 
 
@@ -66,14 +66,14 @@ def test_runs_are_listed_with_filters(stored):
     t.complete_workflow(t.start_workflow("checkout"), status="failed", error_type="PaymentDeclined")
     assert stored.pipeline.recorder.flush()
     runs = stored.runs
-    assert {r["workflow"] for r in runs.list_runs()} == {"login", "checkout"}
+    assert {r.workflow for r in runs.list_runs()} == {"login", "checkout"}
     assert len(runs.list_runs(workflow="checkout")) == 3
     [failed] = runs.list_runs(status="error")
-    assert failed["error_type"] == "PaymentDeclined"
+    assert failed.error_type == "PaymentDeclined"
     slow = runs.list_runs(min_duration_ms=25)
-    assert [r["correlation_id"] for r in slow] == [ids[("checkout", 0.03)]]
+    assert [r.correlation_id for r in slow] == [ids[("checkout", 0.03)]]
     newest = runs.list_runs(limit=1)[0]
-    assert runs.list_runs(since_ns=newest["start_ns"])[0]["correlation_id"] == newest["correlation_id"]
+    assert runs.list_runs(since_ns=newest.start_ns)[0].correlation_id == newest.correlation_id
     assert runs.list_runs(until_ns=0) == []
 
 
@@ -95,12 +95,12 @@ def test_secrets_are_redacted_before_the_store_and_loki(make_exporter, database_
         for secret in ("hunter2", "tok-999", "AK-123456", "sekrit-abcdef", "bo@x.io"):
             assert secret not in stored, secret
             assert not any(secret in line for line in lines), secret
-        step = next(s for s in ex.runs.get_run(run.correlation_id)["spans"]
-                    if s["operation"] == "login" and s["is_step"])
-        assert step["state"] == {"form": {"user": "bo", "password": c.REDACTED}, "session_token": c.REDACTED}
-        assert step["attributes"]["api_key"] == c.REDACTED
-        assert step["attributes"]["user.email"] == hash_user("bo@x.io")
-        assert "password=[REDACTED]" in step["error_message"]
+        step = next(s for s in ex.runs.get_run(run.correlation_id).spans
+                    if s.operation == "login" and s.is_step)
+        assert step.state == {"form": {"user": "bo", "password": c.REDACTED}, "session_token": c.REDACTED}
+        assert step.attributes["api_key"] == c.REDACTED
+        assert step.attributes["user.email"] == hash_user("bo@x.io")
+        assert "password=[REDACTED]" in step.error_message
     finally:
         loki.stop()
 
@@ -112,8 +112,8 @@ def test_oversized_state_is_truncated_with_a_marker(make_exporter, database_url)
     with t.workflow("checkout") as run, t.step("api", "cart", "load", state=state):
         pass
     assert ex.pipeline.recorder.flush()
-    [_, step] = ex.runs.get_run(run.correlation_id)["spans"]
-    kept = step["state"]
+    [_, step] = ex.runs.get_run(run.correlation_id).spans
+    kept = step.state
     assert kept["cart_id"] == 42 and kept["note"] == "small" and "items" not in kept
     marker = kept[c.TRUNCATED_KEY]
     assert marker["dropped_keys"] == ["items"] and marker["original_bytes"] > 1000
@@ -140,7 +140,7 @@ def test_retention_sweep_deletes_old_runs_only(make_exporter, database_url):
     # it may have run before the rows were written, or after: between them, the old run is swept exactly once
     ex.tick()
     rec.sweep()
-    assert [r["correlation_id"] for r in ex.runs.list_runs()] == ["new"]
+    assert [r.correlation_id for r in ex.runs.list_runs()] == ["new"]
     assert ex.runs.get_run("old") is None
     assert "Boom" not in _all_text(ex)  # its error and its (unresolved) group went with it
     assert ex.store.value(c.RUN_STORE_SWEPT_TOTAL) == 1
@@ -151,7 +151,7 @@ def test_the_same_span_twice_is_stored_once(stored):
     stored.pipeline.ingest(batch, "native")
     stored.pipeline.ingest(batch, "native")
     assert stored.pipeline.recorder.flush()
-    assert len(stored.runs.get_run("dup")["spans"]) == 1
+    assert len(stored.runs.get_run("dup").spans) == 1
     assert len(stored.runs.list_runs()) == 1
 
 
@@ -159,7 +159,7 @@ def test_a_run_without_its_root_is_shown_in_progress(stored):
     stored.pipeline.ingest([_span("open", "2" * 16, "1" * 16, time.time_ns())], "native")
     assert stored.pipeline.recorder.flush()
     got = stored.runs.get_run("open")
-    assert got["run"]["status"] == "in_progress" and len(got["spans"]) == 1
+    assert got.run.status == "in_progress" and len(got.spans) == 1
     assert stored.runs.get_run("nope") is None
 
 
@@ -190,7 +190,7 @@ def test_a_database_outage_is_retried_counted_and_loses_nothing(make_exporter, p
     with psycopg.connect(admin, autocommit=True) as conn:   # back up
         conn.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
     assert ex.pipeline.recorder.flush(60)
-    assert all(ex.runs.get_run(cid)["run"]["status"] == "ok" for cid in ids)
+    assert all(ex.runs.get_run(cid).run.status == "ok" for cid in ids)
     assert ex.store.value(c.RUNS_STORED_TOTAL) == 4
     assert not ex.store.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "write_failed"})
 
@@ -233,7 +233,7 @@ def test_under_load_the_store_sheds_whole_runs_not_random_spans(tmp_path):
     rec.close()
     kept = store.list_runs(limit=1000)
     assert 25 <= len(kept) < 125 and len(kept) * 2 + shed == 250
-    assert all(len(store.get_run(r["correlation_id"])["spans"]) == 2 for r in kept)  # every kept run is whole
+    assert all(len(store.get_run(r.correlation_id).spans) == 2 for r in kept)  # every kept run is whole
 
 
 # -- poison: one item the database refuses must not stop the store ----------------------------------------------
@@ -294,7 +294,7 @@ def test_one_poisoned_span_is_dropped_and_counted_and_the_next_10000_are_stored(
     rec.spans([_span(f"good-{i}", f"{i:016x}", None, now) for i in range(10_000)])
     assert rec.flush(60)
     assert _count(store, "spans") == 10_000 and _count(store, "runs") == 10_000
-    assert store.get_run("poison") is None and store.get_run("good-9999")["run"]["status"] == "ok"
+    assert store.get_run("poison") is None and store.get_run("good-9999").run.status == "ok"
     assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "poison"}) == 1
     assert metrics.value(c.RUNS_STORED_TOTAL) == 10_000
     assert not metrics.value(c.RUN_STORE_WRITE_FAILURES_TOTAL)  # not taken for an outage: nothing retried
@@ -327,7 +327,7 @@ def test_poison_scattered_through_a_batch_of_every_kind_costs_only_itself(reques
         assert rec.flush(60)
     assert _count(store, "runs") == 2_000 and _count(store, "spans") == 4_000 - 5
     assert _count(store, "errors") == 20 and _count(store, "profiles") == 20
-    assert len(store.get_run("run-199")["spans"]) == 1 and len(store.get_run("run-198")["spans"]) == 2
+    assert len(store.get_run("run-199").spans) == 1 and len(store.get_run("run-198").spans) == 2
     assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "poison"}) == 5
     logged = [r.getMessage() for r in caplog.records if "cannot store" in r.getMessage()]
     assert len(logged) == 1 and "OverflowError" in logged[0]  # once per kind of error, not once per item
@@ -357,7 +357,7 @@ def test_an_outage_is_not_taken_for_poison_and_loses_nothing(tmp_path):
         assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "poison"}) is None  # an outage drops nothing
         (tmp_path / "gone").rename(tmp_path / "vol")
         assert rec.flush(60)
-        assert {r["correlation_id"] for r in store.list_runs()} == {"before", "after"}
+        assert {r.correlation_id for r in store.list_runs()} == {"before", "after"}
         assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "poison"}) == 1
         assert metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "write_failed"}) is None
     finally:
@@ -495,7 +495,7 @@ def test_the_retention_sweep_runs_when_due_from_the_owners_tick(tmp_path):
     assert rec.sweep_if_due() == 0 and store.get_run("old-2") is not None  # not due yet: nothing deleted
     clock[0] += 1
     assert rec.sweep_if_due() == 1 and store.get_run("old-2") is None
-    assert [r["correlation_id"] for r in store.list_runs()] == ["new"]
+    assert [r.correlation_id for r in store.list_runs()] == ["new"]
     assert metrics.value(c.RUN_STORE_SWEPT_TOTAL) == 2
     assert rec.close(10)
     store.close()

@@ -9,9 +9,11 @@ import pytest
 from flask import Flask, jsonify
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from exporter import conventions as c
 from exporter import sdk
+from exporter.db import make_engine
 from exporter.sdk import (
     CorrelationIdMiddleware,
     ErrorLogger,
@@ -65,6 +67,65 @@ def test_static_style_uses_the_default_tracer(ex):
         assert ex.store.value(c.WORKFLOW_RUNS_TOTAL, {"workflow": "login", "status": "ok"}) == 1
     finally:
         sdk.shutdown()
+
+
+def _started_since(before: set[threading.Thread]) -> list[str]:
+    """The names of the threads alive now that were not alive at ``before``."""
+    return sorted(t.name for t in threading.enumerate() if t not in before)
+
+
+@pytest.fixture
+def inprocess_store(tmp_path, monkeypatch):
+    """In-process mode set up as an app does it, from the environment: a run store of its own, no Loki."""
+    url = f"sqlite:///{tmp_path}/app.db"
+    monkeypatch.setenv("FLOWSCOPE_DATABASE_URL", url)
+    monkeypatch.delenv("FLOWSCOPE_LOKI_URL", raising=False)
+    return url
+
+
+def test_shutdown_flushes_then_stops_what_an_in_process_configure_started(inprocess_store):
+    before = set(threading.enumerate())
+    sdk.configure(mode="inprocess")
+    try:
+        assert _started_since(before)  # the exporter it built runs threads: the tick, the run store's writer
+        tracer = WorkflowTracer()
+        with tracer.workflow("checkout") as run:
+            with tracer.step("database", "postgres", "SELECT orders"):
+                pass
+            with tracer.step("api", "orders", "POST /orders", state={"cart": 3}):
+                pass
+    finally:
+        sdk.shutdown()
+    assert _started_since(before) == []
+    sdk.shutdown()  # idempotent
+    assert _started_since(before) == []
+    engine = make_engine(inprocess_store)  # the app's store, read afresh: the exporter closed its own engine
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT operation FROM spans WHERE correlation_id = :cid ORDER BY start_ns"),
+                                  {"cid": run.correlation_id}).scalars().all()
+    finally:
+        engine.dispose()
+    assert stored == ["checkout", "SELECT orders", "POST /orders"], "spans recorded before shutdown are missing"
+
+
+def test_configure_again_closes_the_exporter_it_built_but_never_one_it_was_given(inprocess_store, ex):
+    before = set(threading.enumerate())  # the given exporter (the fixture) is running already
+    sdk.configure(mode="inprocess")
+    try:
+        built = sdk.default_exporter()
+        assert built is not None and built is not ex and _started_since(before)
+        sdk.configure(exporter=ex)  # replaces the one it built: that one is closed
+        assert _started_since(before) == []
+        assert sdk.default_exporter() is ex
+    finally:
+        sdk.shutdown()
+    # ex belongs to whoever passed it: shutdown left it running, and it still stores runs
+    t = WorkflowTracer(InProcessSink(ex.pipeline), service="shop")
+    with t.workflow("login") as run:
+        pass
+    assert ex.pipeline.recorder.flush()
+    assert ex.runs.get_run(run.correlation_id) is not None
 
 
 def test_context_managers_nest_and_record_failures_with_stack(ex, tracer):

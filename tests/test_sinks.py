@@ -129,8 +129,8 @@ def test_an_extra_sink_gets_every_span_error_and_profile_and_is_closed_with_the_
     assert [p.correlation_id for p in extra.profiles] == [run.correlation_id]
     assert ex.recorder.flush()  # the run store, beside it, got the same
     stored = ex.runs.get_run(run.correlation_id)
-    assert [s["operation"] for s in stored["spans"]] == ["checkout", "create_order"]
-    assert [e["error_type"] for e in stored["errors"]] == ["KeyError"]
+    assert [s.operation for s in stored.spans] == ["checkout", "create_order"]
+    assert [e.error_type for e in stored.errors] == ["KeyError"]
     assert ex.runs.get_run("native-1") is not None
     ex.close()
     assert extra.closes == [False, True]  # told to start draining with the others, then waited on
@@ -148,7 +148,7 @@ def test_a_second_fast_sink_gets_the_fast_steps_beside_the_run_store(make_export
     assert [s[3] for s in extra.steps] == ["select_cart"] * 3 and extra.steps[0][0].correlation_id == run.correlation_id
     assert extra.operations() == ["checkout"]  # the root still comes as a Span
     assert ex.recorder.flush()
-    assert [s["operation"] for s in ex.runs.get_run(run.correlation_id)["spans"]] == ["checkout"] + ["select_cart"] * 3
+    assert [s.operation for s in ex.runs.get_run(run.correlation_id).spans] == ["checkout"] + ["select_cart"] * 3
 
 
 def test_a_plain_callable_is_a_sink_of_spans_and_anything_else_is_refused(make_exporter):

@@ -17,6 +17,7 @@ from exporter.db import make_engine
 from exporter.decode import native
 from exporter.model import Span, hash_user
 from exporter.runstore import RunStore
+from exporter.store import LinkedRun
 from tests.otlp_data import request, sdk_provider, span, to_json
 
 PB = {"Content-Type": "application/x-protobuf"}
@@ -99,7 +100,7 @@ def test_bad_flowscope_state_is_kept_by_the_cap_rule_and_counted_never_a_500(ex,
     r = client.post(c.OTLP_TRACES_PATH, data=data, headers=headers)
     assert r.status_code == 200
     assert ex.pipeline.recorder.flush()
-    states = {s["operation"]: s["state"] for s in (ex.runs.get_run(x["trace_id"])["spans"][0] for x in spans)}
+    states = {s.operation: s.state for s in (ex.runs.get_run(x["trace_id"]).spans[0] for x in spans)}
     assert states["not json"] == {"value": "{not json"}
     assert states["a list"] == {"value": [1, 2]}
     marker = states["too large"][c.TRUNCATED_KEY]
@@ -138,21 +139,21 @@ def test_store_keeps_details_links_runs_both_ways_and_sweeps_them(database_url):
         counts = store.write(spans)
         assert counts["spans"] == 3
         cons = store.get_run("cons-1")
-        by_id = {s["span_id"]: s for s in cons["spans"]}
-        root = next(s for s in cons["spans"] if s["parent_span_id"] is None)
-        assert root["kind"] == "consumer" and root["resource"] is None
-        assert root["events"] == [{"name": "retry", "time_ns": root["events"][0]["time_ns"],
-                                   "attributes": {"attempt": 2, "token": c.REDACTED}}]
-        assert [ln["trace_id"] for ln in root["links"]] == [producer, "d" * 32]  # unknown targets kept as given
-        assert root["links"][0]["attributes"] == {"password": c.REDACTED}
-        assert by_id["f" * 16]["kind"] is None and by_id["f" * 16]["events"] == [] == by_id["f" * 16]["links"]
-        assert cons["linked_runs"] == [{"correlation_id": "prod-1", "workflow": "checkout", "trace_id": producer,
-                                        "direction": "links_to"}]
-        assert store.get_run("prod-1")["linked_runs"] == [
-            {"correlation_id": "cons-1", "workflow": "fulfil", "trace_id": consumer, "direction": "linked_from"}]
-        assert store.linked_runs("prod-1") == store.get_run("prod-1")["linked_runs"]
+        by_id = {s.span_id: s for s in cons.spans}
+        root = next(s for s in cons.spans if s.parent_span_id is None)
+        assert root.kind == "consumer" and root.resource is None
+        assert root.events == [{"name": "retry", "time_ns": root.events[0]["time_ns"],
+                                "attributes": {"attempt": 2, "token": c.REDACTED}}]
+        assert [ln["trace_id"] for ln in root.links] == [producer, "d" * 32]  # unknown targets kept as given
+        assert root.links[0]["attributes"] == {"password": c.REDACTED}
+        assert by_id["f" * 16].kind is None and by_id["f" * 16].events == [] == by_id["f" * 16].links
+        assert cons.linked_runs == [LinkedRun(correlation_id="prod-1", workflow="checkout", trace_id=producer,
+                                              direction="links_to")]
+        assert store.get_run("prod-1").linked_runs == [
+            LinkedRun(correlation_id="cons-1", workflow="fulfil", trace_id=consumer, direction="linked_from")]
+        assert store.linked_runs("prod-1") == store.get_run("prod-1").linked_runs
         store.write(spans)  # a batch written twice (a retry) stores nothing twice
-        assert len(store.get_run("cons-1")["linked_runs"]) == 1
+        assert len(store.get_run("cons-1").linked_runs) == 1
         store.sweep(int((now + 60) * 1e9))
         with store.engine.connect() as conn:
             from sqlalchemy import text
@@ -176,8 +177,8 @@ def test_store_shares_one_resource_json_per_batch_and_isolates_a_poisoned_detail
         counts = store.write([*good, bad], poisoned)
         assert counts["spans"] == 3 and [it for it, _ in poisoned] == [bad]
         for i in range(1, 4):
-            (s,) = store.get_run(f"run-{i}")["spans"]
-            assert s["resource"] == {"service.name": "shop", "db.password": c.REDACTED, "k8s.pod.name": "shop-7d9"}
+            (s,) = store.get_run(f"run-{i}").spans
+            assert s.resource == {"service.name": "shop", "db.password": c.REDACTED, "k8s.pod.name": "shop-7d9"}
         assert store.get_run("bad") is None
     finally:
         store.close()

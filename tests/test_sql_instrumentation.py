@@ -81,17 +81,17 @@ def test_queries_become_steps_and_slow_and_n_plus_one_are_flagged(make_exporter,
             with pytest.raises(OperationalError, match="no such table"):
                 conn.execute(text("SELECT nope FROM missing_table"))
         assert ex.pipeline.recorder.flush()
-        spans = [s for s in ex.runs.get_run(run.correlation_id)["spans"] if s["layer"] == "database"]
+        spans = [s for s in ex.runs.get_run(run.correlation_id).spans if s.layer == "database"]
         assert len(spans) == 14
-        selects = [s for s in spans if s["attributes"][c.ATTR_DB_STATEMENT] == "SELECT name FROM items WHERE id = ?"]
-        assert len(selects) == 12 and {s["operation"] for s in selects} == {"SELECT items"}
-        assert {s["component"] for s in spans} == {"sqlite"}
-        flagged = {s["attributes"].get(c.ATTR_DB_PATTERN) for s in spans} - {None}
+        selects = [s for s in spans if s.attributes[c.ATTR_DB_STATEMENT] == "SELECT name FROM items WHERE id = ?"]
+        assert len(selects) == 12 and {s.operation for s in selects} == {"SELECT items"}
+        assert {s.component for s in spans} == {"sqlite"}
+        flagged = {s.attributes.get(c.ATTR_DB_PATTERN) for s in spans} - {None}
         assert flagged == {c.QUERY_N_PLUS_ONE, c.QUERY_SLOW}
-        assert [s["attributes"]["flowscope.db.repeat_count"] for s in selects
-                if s["attributes"].get(c.ATTR_DB_PATTERN) == c.QUERY_N_PLUS_ONE] == [10]   # flagged once
-        failed = [s for s in spans if s["status"] == "error"]
-        assert len(failed) == 1 and failed[0]["error_type"] == "OperationalError"
+        assert [s.attributes["flowscope.db.repeat_count"] for s in selects
+                if s.attributes.get(c.ATTR_DB_PATTERN) == c.QUERY_N_PLUS_ONE] == [10]   # flagged once
+        failed = [s for s in spans if s.status == "error"]
+        assert len(failed) == 1 and failed[0].error_type == "OperationalError"
         for kind in (c.QUERY_N_PLUS_ONE, c.QUERY_SLOW):
             assert ex.store.value(c.QUERY_PATTERNS_TOTAL, {"workflow": "checkout", "kind": kind}) == 1
         lines = [a for a in loki.wait_accepted(16) if '"db_pattern"' in a["line"]]

@@ -13,6 +13,7 @@ The store hands back typed rows (:mod:`exporter.store.rows`); the JSON objects a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from exporter import conventions as c
@@ -34,7 +35,8 @@ def error_groups(store: RunStore, since_ns: int, now_ns: int, workflow: str | No
         g, times = s.group, s.times
         tr = trend(times, g.first_seen_ns, now_ns, recent_s=recent_s, window_s=(now_ns - since_ns) / 1e9)
         row = g._asdict()
-        hist = [h._asdict() for h in store.resolutions(g.fingerprint)] if g.resolved_at_ns else []
+        hist: list[Mapping[str, Any]] = ([h._asdict() for h in store.resolutions(g.fingerprint)]
+                                         if g.resolved_at_ns else [])
         out.append({**row, "count": len(times), "runs": s.runs, "layers": s.layers, "workflows": s.workflows,
                     "components": s.components, "sample_correlation_ids": s.sample_correlation_ids,
                     "propagated_to": [p._asdict() for p in s.propagated_to], "total_count": g.count, **tr,

@@ -26,13 +26,14 @@ from ..query import check_text, is_int, iso_ns, json_response, number_arg, parse
 from . import service
 from .replay import StepOutOfRange, replay
 from .run_page import run_page as run_page_model
+from .service import LoadedRun
 
 RUN_STATUSES = (*c.STATUSES, "in_progress")
 
 bp = Blueprint("runs", __name__, template_folder="templates")
 
 
-def _load(run_id: str) -> dict:
+def _load(run_id: str) -> LoadedRun:
     """The run ``run_id`` of this app's store: 400 for a bad id (checked first), 404 if unknown or no store."""
     service.check_run_id(run_id)
     return service.load_run(run_store(), run_id)
@@ -83,12 +84,12 @@ def replay_step(run_id: str):
     if raw is None or not is_int(raw):  # ASCII digits: "²".isdigit() is True, int("²") fails
         raise HttpError(400, "invalid_query", "step must be a whole number (0-based step index)", "step")
     try:
-        body = replay(got["steps"], int(raw))
+        body = replay(got.steps, int(raw))
     except StepOutOfRange as e:
         return json_response({"error": {"code": "step_out_of_range", "message": str(e), "field": "step",
                                         "valid_range": [0, e.total - 1] if e.total else None}}, 400)
-    body["correlation_id"] = got["run"]["correlation_id"]
-    body["span"]["on_critical_path"] = got["steps"][body["step"]]["on_critical_path"]
+    body["correlation_id"] = got.run.correlation_id
+    body["span"]["on_critical_path"] = got.steps[body["step"]]["on_critical_path"]
     return json_response(body)
 
 
@@ -135,7 +136,7 @@ def flamegraph_diff():
 @bp.get(c.RUN_PAGE_PATH + "/<path:run_id>/flamegraph.svg")
 def run_flamegraph(run_id: str):
     got = _load(run_id)
-    cid = got["run"]["correlation_id"]
+    cid = got.run.correlation_id
     tree = fg.build_tree(run_store().profile_stacks(correlation_id=cid))
     return Response(fg.svg(tree, f"CPU profile of run {cid}"), mimetype="image/svg+xml")
 

@@ -13,12 +13,12 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from exporter import conventions as c
-from exporter.store import RunStore
+from exporter.store import RunStore, RunSummary
 from exporter.web import HttpError
 
 from ..analysis.attribution import Selection
 from ..analysis.groups import status_of, suggestions
-from ..analysis.service import run_attribution
+from ..analysis.service import group_json, run_attribution
 from ..analysis.trend import trend
 from ..query import iso_ns
 
@@ -36,11 +36,10 @@ def window_start(window: str, now_ns: int) -> int | None:
     return None if s is None else now_ns - s * 10**9
 
 
-def _row(r: dict) -> dict:
-    r["start"] = iso_ns(r["start_ns"])[:19].replace("T", " ")
-    r["page"] = f"{c.RUN_PAGE_PATH}/{quote(r['correlation_id'], safe='')}"
-    r["failed"] = r["status"] in c.FAILED_STATUSES
-    return r
+def _row(r: RunSummary) -> dict[str, Any]:
+    """A run as a row of ``_runs_table.html``: its columns, start (UTC, to the second), page and whether it failed."""
+    return {**r._asdict(), "start": iso_ns(r.start_ns)[:19].replace("T", " "),
+            "page": f"{c.RUN_PAGE_PATH}/{quote(r.correlation_id, safe='')}", "failed": r.status in c.FAILED_STATUSES}
 
 
 def runs_link(**filters: Any) -> str:
@@ -58,20 +57,20 @@ def home(store: RunStore, window: str, since_ns: int | None, now_ns: int) -> dic
     newest failed runs, the slowest runs and the open error groups."""
     since_q = since_ns if since_ns is not None else 0
     minutes = (WINDOWS[window] or max((now_ns - since_q) / 1e9, 60)) / 60
-    workflows = store.workflow_summary(since_q)
-    for w in workflows:
-        w["per_min"] = w["runs"] / minutes
-        w["runs_link"] = runs_link(workflow=w["workflow"], window=window)
-        w["failed_link"] = runs_link(workflow=w["workflow"], status="failed", window=window)
+    workflows = [{**w._asdict(), "per_min": w.runs / minutes,
+                  "runs_link": runs_link(workflow=w.workflow, window=window),
+                  "failed_link": runs_link(workflow=w.workflow, status="failed", window=window)}
+                 for w in store.workflow_summary(since_q)]
     failed = [_row(r) for r in store.list_runs(status=c.FAILED_STATUSES, since_ns=since_ns, limit=10)]
     slowest = [_row(r) for r in store.list_runs(since_ns=since_ns, limit=10, slowest_first=True)]
     groups = []
-    for g in store.error_groups(since_q, limit=50):
+    for s in store.error_groups(since_q, limit=50):
+        g = s.group._asdict()
         g["status"] = status_of(g)
         if g["status"] != "resolved":
-            g["occurrences"] = len(g["times"])
-            g["last_seen"] = iso_ns(g["last_seen_ns"])[:19].replace("T", " ")
-            g["link"] = f"{c.ERROR_PAGE_PATH}/{quote(g['fingerprint'], safe='')}"
+            g.update(runs=s.runs, workflows=s.workflows, occurrences=len(s.times),
+                     last_seen=iso_ns(s.group.last_seen_ns)[:19].replace("T", " "),
+                     link=f"{c.ERROR_PAGE_PATH}/{quote(s.group.fingerprint, safe='')}")
             groups.append(g)
     return {"windows": WINDOWS, "window": window, "workflows": workflows, "failed": failed, "slowest": slowest,
             "groups": groups[:10], "all_failed_link": runs_link(status="failed", window=window)}
@@ -99,12 +98,13 @@ def error_page(store: RunStore, fingerprint: str, outcome_keys: tuple[str, ...],
     over 24 h, the runs it hit, what those runs share against the other runs of the workflow it hits most
     (attribution, ``select=error``: findings and each dimension's distribution in both) and what fixed it
     before."""
-    g = store.error_group(fingerprint)
-    if g is None:
+    d = store.error_group(fingerprint)
+    if d is None:
         return None
+    g = group_json(d)
     day = now_ns - 86400 * 10**9
     occ = store.error_occurrences(fingerprint, day)
-    times = [t for t, _ in occ]
+    times = [o.time_ns for o in occ]
     g["status"] = status_of(g)
     g.update(trend(times, g["first_seen_ns"], now_ns))
     hours = [0] * 24
@@ -113,17 +113,17 @@ def error_page(store: RunStore, fingerprint: str, outcome_keys: tuple[str, ...],
     peak = max(hours) or 1
     bars = [{"x": i * 12, "h": round(40 * n / peak, 1), "n": n} for i, n in enumerate(hours)]
     seen: dict[str, None] = {}
-    for _, cid in occ:
-        if cid and cid not in seen and len(seen) < 20:
-            seen[cid] = None
-    affected = {r["correlation_id"]: _row(r) for r in store.runs_by_id(list(seen))}
+    for o in occ:
+        if o.correlation_id and o.correlation_id not in seen and len(seen) < 20:
+            seen[o.correlation_id] = None
+    affected = {r.correlation_id: _row(r) for r in store.runs_by_id(list(seen))}
     runs = [affected[cid] for cid in seen if cid in affected]
-    workflows = [r["workflow"] for r in g["recent"]]
+    workflows = [e.workflow for e in d.recent]
     attribution, attribution_wf, attribution_note = None, None, None
     if workflows:
         # the runs this error hit against the workflow's other runs of the day (select=error)
         attribution_wf = max(sorted(set(workflows)), key=workflows.count)
-        hit = frozenset(cid for _, cid in occ if cid)
+        hit = frozenset(o.correlation_id for o in occ if o.correlation_id)
         try:
             attribution = run_attribution(store, attribution_wf, Selection("error", run_ids=hit), day, now_ns,
                                           outcome_keys=outcome_keys, top=8, dimensions=6)

@@ -1,6 +1,7 @@
 """Time travel through one run: its span tree, critical path, and the state after any step (pure).
 
-Input is the run store's span dicts (``RunStore.get_run(...)["spans"]``), in start order.
+Input is a run's spans as JSON objects, in start order: ``[s._asdict() for s in RunStore.get_run(...).spans]``
+(:func:`backend.runs.service.load_run` builds them once per request; the tree and the API serve the same objects).
 
 - **Steps** are the spans that are steps (not the run's envelope), ordered by
   start, then end, then span_id: the order a reader of the waterfall sees.

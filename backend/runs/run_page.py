@@ -19,7 +19,8 @@ from exporter.store import RunStore
 
 from .. import flamegraph as fg
 from ..analysis.groups import status_of, suggestions
-from .service import run_json
+from ..analysis.service import group_json
+from .service import LoadedRun, run_json
 
 LAYER_COLORS = {"frontend": "#8e6fd8", "api": "#3d85c6", "database": "#e69138", "cache": "#6aa84f",
                 "queue": "#c27ba0", "external": "#45818e", "worker": "#a61c00", "system": "#999999",
@@ -182,7 +183,7 @@ def span_details(rows: list[dict], errors: list[dict], t0: int) -> dict[str, dic
     return out
 
 
-def run_page(store: RunStore, got: dict, cfg: Config) -> dict:
+def run_page(store: RunStore, got: LoadedRun, cfg: Config) -> dict:
     """What ``run.html`` renders for the run ``got`` (:func:`~backend.runs.service.load_run`): the run, its
     span rows depth first (positioned, coloured, folded), failures merged into chains, the time axis, the
     details pane per span, each error's group (how often, whether it came back, what fixed it before) and
@@ -198,7 +199,7 @@ def run_page(store: RunStore, got: dict, cfg: Config) -> dict:
         for child in n["children"]:
             parent[child["span_id"]] = n["span_id"]
         work.extend(reversed(n["children"]))
-    step_index = {s["span_id"]: i for i, s in enumerate(got["steps"])}
+    step_index = {s["span_id"]: i for i, s in enumerate(got.steps)}
     for r in rows:
         r["left_pct"] = 100 * (r["start_ns"] - t0) / total
         r["width_pct"] = max(100 * (r["end_ns"] - r["start_ns"]) / total, 0.15)
@@ -212,8 +213,10 @@ def run_page(store: RunStore, got: dict, cfg: Config) -> dict:
     for e in body["errors"]:
         fp = e["fingerprint"]
         if fp not in groups:
-            g = store.error_group(fp)
-            if g is not None:
+            d = store.error_group(fp)
+            g = None
+            if d is not None:
+                g = group_json(d)
                 g["status"] = status_of(g)
                 g["suggestion"] = next(iter(suggestions(g, g["resolutions"])), None)
             groups[fp] = g
@@ -226,6 +229,6 @@ def run_page(store: RunStore, got: dict, cfg: Config) -> dict:
     return {"run": run, "rows": rows, "body": body, "layers": LAYER_COLORS,
             "run_errors": failure_chains(body["errors"], by_id, parent),
             "axis": time_axis(total / 1e6), "details": span_details(rows, body["errors"], t0),
-            "steps": len(got["steps"]), "api": c.RUNS_PATH, "page": c.RUN_PAGE_PATH,
+            "steps": len(got.steps), "api": c.RUNS_PATH, "page": c.RUN_PAGE_PATH,
             "db_findings": [r for r in rows if r["db_pattern"]], "groups": groups,
             "errors_path": c.ERROR_PAGE_PATH, "flamegraph_svg": flame, "rows_by_id": by_id}

@@ -35,9 +35,10 @@ class LocalSource:
         got = store.get_run(run_id)
         if got is None:
             raise ReplayError(f"no stored run with correlation_id or trace_id {run_id!r}")
-        self.run = got["run"]
-        crit = set(critical_path(got["spans"]))
-        self._steps = steps_of(got["spans"])
+        self.run = got.run._asdict()  # the same object as RemoteSource's, from the API
+        spans = [s._asdict() for s in got.spans]
+        crit = set(critical_path(spans))
+        self._steps = steps_of(spans)
         self.steps = [{**summary(s), "on_critical_path": s["span_id"] in crit} for s in self._steps]
 
     def replay(self, n: int) -> dict:

@@ -39,6 +39,7 @@ import msgspec
 import orjson
 from google.protobuf.message import DecodeError as PbDecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as _PbSpan
 
 from .. import conventions as c
 from .. import semconv
@@ -341,6 +342,31 @@ def _special_events(events, attrs) -> tuple[dict | None, Any]:
     return exc, state
 
 
+def _pb_span_attrs(sp) -> dict[str, Any]:
+    return _PB_LAZY(sp.attributes)
+
+
+_PB_LAZY = _lazy(_pb_attrs)
+_PB_DETAILS = _lazy_details(_pb_details)
+
+
+def pb_span_bytes(s: Span) -> bytes | None:
+    """The protobuf span ``s`` was decoded from, as bytes, while its attributes and its events and links are both
+    still unread (so nothing has changed them): the run store's writer process decodes them itself
+    (:func:`span_from_pb_bytes`). None when ``s`` did not come from :func:`decode_protobuf` or was read."""
+    raw, details = s._raw_attrs, s._details
+    if raw is None or raw[0] is not _pb_span_attrs or type(details) is not list:
+        return None
+    return raw[1].SerializeToString()  # type: ignore[no-any-return]
+
+
+def defer_to_pb_bytes(s: Span, data: bytes) -> None:
+    """Give ``s`` back the attributes, events and links of :func:`pb_span_bytes`, decoded on first read."""
+    sp = _PbSpan.FromString(data)
+    s._attrs, s._raw_attrs = None, (_pb_span_attrs, sp)
+    s._details = [_PB_DETAILS, sp]
+
+
 def decode_protobuf(body: bytes) -> DecodeResult:
     """Decode an ``ExportTraceServiceRequest`` in protobuf binary."""
     req = ExportTraceServiceRequest()
@@ -350,7 +376,6 @@ def decode_protobuf(body: bytes) -> DecodeResult:
         raise DecodeError(f"body is not a valid OTLP ExportTraceServiceRequest protobuf: {e}") from None
     result = DecodeResult()
     append = result.spans.append
-    lazy = _lazy(_pb_attrs)
     index = 0
     for rs in req.resource_spans:
         resource = clean_value(_pb_attrs(rs.resource.attributes))[0]
@@ -384,7 +409,7 @@ def decode_protobuf(body: bytes) -> DecodeResult:
                     result.truncated = cuts  # a refused span's cuts are not counted: it changes nothing
                     result.reject(index, e.reason, e.detail)
                 else:
-                    s.defer_attributes(lazy, raw)
+                    s._attrs, s._raw_attrs = None, (_pb_span_attrs, sp)  # on first read (Span.defer_attributes)
                     # events and links on first read, found by index: keeping each span's message alive costs
                     s._details = [details, k]
                     append(s)

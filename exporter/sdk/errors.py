@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import traceback
 from time import time_ns
+from typing import TYPE_CHECKING, Any
 
 from .. import conventions as c
 from ..classify import classify_error
 from ..model import ErrorRecord
 from .context import current_ids, current_step
 
+if TYPE_CHECKING:
+    from .sinks import SdkSink
+
+__all__ = ["ErrorLogger", "classify_error"]  # classify_error: re-exported for the SDK's public names
+
 
 class ErrorLogger:
-    def __init__(self, sink=None, service: str | None = None):
+    def __init__(self, sink: SdkSink | None = None, service: str | None = None):
         if sink is None:
             from . import default_sink
             sink = default_sink()
@@ -21,8 +27,8 @@ class ErrorLogger:
         self.service = service or _default_service()
 
     def log_error(self, error_type: str, message: str, layer: str = "other", component: str = "unknown",
-                  correlation_id: str | None = None, stack_trace: str | None = None, context: dict | None = None,
-                  workflow: str | None = None) -> ErrorRecord:
+                  correlation_id: str | None = None, stack_trace: str | None = None,
+                  context: dict[str, Any] | None = None, workflow: str | None = None) -> ErrorRecord:
         """Record one error. IDs default to the current run/step; returns the record."""
         if layer not in c.LAYERS:
             raise ValueError(f"layer must be one of {list(c.LAYERS)}, got {layer!r}")
@@ -37,7 +43,7 @@ class ErrorLogger:
         return rec
 
     def log_exception(self, exc: BaseException, layer: str = "other", component: str = "unknown",
-                      correlation_id: str | None = None, context: dict | None = None,
+                      correlation_id: str | None = None, context: dict[str, Any] | None = None,
                       workflow: str | None = None) -> ErrorRecord:
         """Record an exception with its full stack trace."""
         stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

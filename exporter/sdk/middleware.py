@@ -13,9 +13,16 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from .. import conventions as c
 from .context import RequestContext, current_request, current_step
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from _typeshed import OptExcInfo
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _CID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -32,12 +39,12 @@ def parse_traceparent(value: str | None) -> tuple[str, str] | None:
 
 
 class CorrelationIdMiddleware:
-    def __init__(self, app, header: str = c.CORRELATION_HEADER):
+    def __init__(self, app: WSGIApplication, header: str = c.CORRELATION_HEADER):
         self.app = app
         self.header = header
         self._environ_key = "HTTP_" + header.upper().replace("-", "_")
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         tp = parse_traceparent(environ.get("HTTP_TRACEPARENT"))
         cid = environ.get(self._environ_key)
         if not cid or not _CID.match(cid):
@@ -46,7 +53,8 @@ class CorrelationIdMiddleware:
         environ["flowscope.correlation_id"] = cid
         header = self.header
 
-        def _start_response(status, headers, exc_info=None):
+        def _start_response(status: str, headers: list[tuple[str, str]],
+                            exc_info: OptExcInfo | None = None) -> Callable[[bytes], object]:
             headers = [(k, v) for k, v in headers if k.lower() != header.lower()]
             headers.append((header, cid))
             return start_response(status, headers, exc_info)

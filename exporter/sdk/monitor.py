@@ -12,15 +12,20 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from typing import TYPE_CHECKING
 
 from .. import conventions as c
+
+if TYPE_CHECKING:  # the API is imported when a monitor is made, not with the SDK
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.metrics import _Gauge as Gauge  # the synchronous gauge (the API still marks it new)
 
 log = logging.getLogger("flowscope.sdk.monitor")
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 
 class PerformanceMonitor:
-    def __init__(self, meter_provider=None):
+    def __init__(self, meter_provider: MeterProvider | None = None):
         if meter_provider is None:
             from . import default_exporter
             ex = default_exporter()
@@ -30,7 +35,7 @@ class PerformanceMonitor:
                 from opentelemetry import metrics
                 meter_provider = metrics.get_meter_provider()
         self._meter = meter_provider.get_meter("flowscope.sdk")
-        self._gauges: dict[str, object] = {}
+        self._gauges: dict[str, Gauge] = {}
         self._lock = threading.Lock()
 
     @staticmethod

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from types import CodeType
 
 from ..profiles import Profile
 
@@ -39,8 +40,8 @@ class SamplingProfiler:
         self.max_stacks = max_stacks
         self._lock = threading.Lock()
         #: thread id -> [(run key, Counter of folded stacks, start time)], the last one receives the samples
-        self._active: dict[int, list[tuple[str, Counter, float]]] = {}
-        self._names: dict = {}
+        self._active: dict[int, list[tuple[str, Counter[str], float]]] = {}
+        self._names: dict[CodeType, str] = {}
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._stopped = False
@@ -60,7 +61,7 @@ class SamplingProfiler:
                 self._thread = threading.Thread(target=self._run, name="flowscope-profiler", daemon=True)
                 self._thread.start()
 
-    def stop_run(self, key: str) -> tuple[Counter, float]:
+    def stop_run(self, key: str) -> tuple[Counter[str], float]:
         """Stop sampling run ``key`` (from any thread): its folded stacks with sample counts, and seconds sampled."""
         with self._lock:
             for tid, runs in list(self._active.items()):
@@ -72,7 +73,7 @@ class SamplingProfiler:
                         return counts, time.perf_counter() - t0
         return Counter(), 0.0
 
-    def profile_for(self, workflow: str, correlation_id: str, counts: Counter, seconds: float) -> Profile | None:
+    def profile_for(self, workflow: str, correlation_id: str, counts: Counter[str], seconds: float) -> Profile | None:
         """The run's samples as a Profile (self time per leaf, folded stacks), or None with no samples.
 
         Each sample stands for ``seconds / samples``: the *achieved* rate, not the requested
@@ -90,7 +91,7 @@ class SamplingProfiler:
             self_s[leaf] = self_s.get(leaf, 0.0) + k / rate
         return Profile(workflow, self_s, correlation_id, dict(counts), rate)
 
-    def _name(self, code) -> str:
+    def _name(self, code: CodeType) -> str:
         name = self._names.get(code)
         if name is None:
             mod = os.path.splitext(os.path.basename(code.co_filename))[0]

@@ -14,19 +14,20 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlencode
 
 import orjson
-import requests
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from .. import conventions as c
 from ..model import ErrorRecord, Span
 from ..profiles import Profile
-from ..retry import DEFAULT_RETRY, RetryPolicy, SendError, parse_retry_after
+from ..retry import DEFAULT_RETRY, RetryPolicy
 from ..worker import BatchWorker
+from .transport import transport_for
 
 if TYPE_CHECKING:  # the in-process pipeline is the server's: a remote-only app never loads it
     from ..pipeline import Pipeline
@@ -52,6 +53,9 @@ class SdkSink(Protocol):
 
     def profile(self, p: Profile) -> None: ...
 
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Deliver what was recorded before the call; False at ``timeout_s``."""
+
     def close(self) -> object: ...
 
 
@@ -72,6 +76,11 @@ class InProcessSink:
     def profile(self, p: Profile) -> None:
         self.pipeline.record_profile(p, c.FORMAT_SDK)
 
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Steps are aggregated as they are recorded; waits for the run store's writer, if there is one."""
+        recorder = self.pipeline.recorder
+        return True if recorder is None else bool(recorder.flush(timeout_s))
+
     def close(self) -> None:
         pass
 
@@ -83,8 +92,8 @@ def _iso_ns(ns: int) -> float:
 def to_native(s: Span) -> tuple[str, dict[str, object]]:
     """(\"steps\"|\"workflows\", record) in the native JSON shape."""
     rec: dict[str, object] = {"correlation_id": s.correlation_id, "workflow_type": s.workflow, "status": s.status,
-           "started_at": _iso_ns(s.start_ns), "duration_ms": (s.end_ns - s.start_ns) / 1e6,
-           "trace_id": s.trace_id, "service": s.service}
+                              "started_at": _iso_ns(s.start_ns), "duration_ms": (s.end_ns - s.start_ns) / 1e6,
+                              "trace_id": s.trace_id, "service": s.service}
     for k in ("error_type", "error_message"):
         v = getattr(s, k)
         if v:
@@ -106,8 +115,9 @@ def to_native(s: Span) -> tuple[str, dict[str, object]]:
 
 
 def error_to_native(e: ErrorRecord) -> tuple[str, dict[str, object]]:
-    rec: dict[str, object] = {"error_type": e.error_type, "message": e.message, "layer": e.layer, "component": e.component,
-           "workflow_type": e.workflow, "category": e.category, "service": e.service, "context": e.context}
+    rec: dict[str, object] = {"error_type": e.error_type, "message": e.message, "layer": e.layer,
+                              "component": e.component, "workflow_type": e.workflow, "category": e.category,
+                              "service": e.service, "context": e.context}
     if e.time_ns:
         rec["time"] = e.time_ns / 1e9
     for k in ("correlation_id", "trace_id", "span_id", "stack_trace"):
@@ -139,16 +149,31 @@ def _dropped_counter(registry: CollectorRegistry) -> Counter | None:
         return counter
 
 
+#: A plain successful step, as the tracer's hot path queues it in remote mode (no Span is made):
+#: ``(run, layer, component, operation, start_ns, end_ns, span_id, parent_span_id)``; ``run`` has the
+#: run's ``workflow``, ``correlation_id``, ``trace_id`` and ``service``.
+StepTuple = tuple[Any, str, str, str, int, int, str, str]
+_Item = StepTuple | Span | ErrorRecord | Profile
+
+
 class RemoteSink:
     """Sends spans, errors and profiles to a remote exporter from a :class:`~exporter.worker.BatchWorker`.
 
     The worker's thread starts with the first item sent (a sink that is never used starts nothing);
-    :meth:`close` (``sdk.shutdown()``) flushes what is queued within its timeout and stops it.
+    :meth:`flush` waits until what was recorded is delivered, :meth:`close` (``sdk.shutdown()``)
+    flushes what is queued within its timeout and stops it.
+
+    The application's side of a step is a tuple appended to the queue without a lock
+    (:meth:`offer_step`, the tracer's hot path); the sender thread turns a batch into native JSON and
+    posts it (:mod:`~exporter.sdk.transport`), a body of at most ``max_body_bytes`` at a time. The
+    defaults hold a burst of tens of thousands of steps while the sender catches up (``queue_size``,
+    ``FLOWSCOPE_SDK_QUEUE_SIZE``); past it, steps are dropped and counted, never waited for.
     """
 
-    def __init__(self, endpoint: str, queue_size: int = 10_000, batch_size: int = 500, batch_wait_s: float = 1.0,
+    def __init__(self, endpoint: str, queue_size: int = 50_000, batch_size: int = 5_000, batch_wait_s: float = 1.0,
                  token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY,
-                 registry: CollectorRegistry | None = REGISTRY, timeout_s: float = 10.0):
+                 registry: CollectorRegistry | None = REGISTRY, timeout_s: float = 10.0,
+                 max_body_bytes: int = 4 * 1024 * 1024):
         self.url = endpoint.rstrip("/") + c.NATIVE_SPANS_PATH
         self.profiles_url = endpoint.rstrip("/") + c.PROFILES_PATH
         self.token = token
@@ -156,20 +181,25 @@ class RemoteSink:
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
         self.timeout_s = timeout_s
-        self._session = requests.Session()
+        #: a body is split in halves until it is at most this long (or one record); the server's default
+        #: limit is twice this (``FLOWSCOPE_MAX_BODY_BYTES``)
+        self.max_body_bytes = max_body_bytes
+        self._post = transport_for(endpoint, token, timeout_s)
         self.dropped = 0
         self.sent = 0
         self._dropped_metric = _dropped_counter(registry) if registry is not None else None
-        self._worker: BatchWorker[Span | ErrorRecord | Profile] = BatchWorker(
+        self._worker: BatchWorker[_Item] = BatchWorker(
             "flowscope-sdk-remote", self._send, on_drop=self._drop, max_queue=queue_size, max_batch=batch_size,
             linger_s=batch_wait_s, policy=retry, autostart=True, on_retry=self._on_retry)
+        #: the tracer's hot path: queue a :data:`StepTuple` without a lock (dropped and counted when full)
+        self.offer_step: Callable[[StepTuple], int] = self._worker.offer
 
     def _drop(self, reason: str, n: int = 1) -> None:
         self.dropped += n
         if self._dropped_metric is not None:
             self._dropped_metric.labels(reason).inc(n)
 
-    pipeline = None  # remote: every step is sent as a Span
+    pipeline = None  # remote: a step is a StepTuple (offer_step) or a Span (emit)
 
     def emit(self, s: Span) -> None:
         self._worker.submit(s)
@@ -189,40 +219,68 @@ class RemoteSink:
     def queued(self) -> int:
         return self._worker.queued()
 
-    def _send(self, batch: list[Span | ErrorRecord | Profile]) -> None:
-        """One batch: its spans and errors in one POST, each profile in its own; each retried apart."""
-        body: dict[str, list[dict[str, object]]] = {"steps": [], "workflows": [], "errors": []}
+    def _send(self, batch: list[_Item]) -> None:
+        """One batch: its spans and errors in one POST (split when too long), each profile in its own."""
+        steps: list[dict[str, object]] = []
+        workflows: list[dict[str, object]] = []
+        errors: list[dict[str, object]] = []
         profiles: list[Profile] = []
-        for s in batch:
-            if isinstance(s, Profile):
-                profiles.append(s)
-                continue
-            kind, rec = to_native(s) if isinstance(s, Span) else error_to_native(s)
-            body[kind].append(rec)
-        n = len(batch) - len(profiles)
-        if n:
-            data = orjson.dumps(body)
-            self._worker.deliver(partial(self._post, self.url, data, "application/json", n), n)
+        add_step = steps.append
+        last = None
+        cid = wf = tid = svc = None
+        for item in batch:
+            if type(item) is tuple:  # the hot path's step: the dict built inline (a call per step costs)
+                run, layer, component, operation, start, end, sid, parent = item
+                if run is not last:
+                    last = run
+                    cid, wf, tid, svc = run.correlation_id, run.workflow, run.trace_id, run.service
+                add_step({"correlation_id": cid, "workflow_type": wf, "status": "ok", "started_at": start / 1e9,
+                          "duration_ms": (end - start) / 1e6, "trace_id": tid, "service": svc, "layer": layer,
+                          "component": component, "operation": operation, "span_id": sid,
+                          "parent_span_id": parent})
+            elif isinstance(item, Span):
+                kind, rec = to_native(item)
+                (steps if kind == "steps" else workflows).append(rec)
+            elif isinstance(item, ErrorRecord):
+                errors.append(error_to_native(item)[1])
+            else:
+                profiles.append(cast("Profile", item))
+        if steps or workflows or errors:
+            self._send_records(steps, workflows, errors)
         for p in profiles:
-            params: dict[str, str | float | None] = {"format": "folded", "workflow": p.workflow, "sample_rate": p.sample_rate_hz}
+            params: dict[str, str | float | None] = {"format": "folded", "workflow": p.workflow,
+                                                     "sample_rate": p.sample_rate_hz}
             if p.correlation_id:
                 params["correlation_id"] = p.correlation_id
             folded = "\n".join(f"{stack} {k}" for stack, k in p.stacks.items()).encode()
-            url = self.profiles_url + "?" + urlencode(params)
-            self._worker.deliver(partial(self._post, url, folded, "text/plain", 1), 1)
+            target = c.PROFILES_PATH + "?" + urlencode(params)
+            self._worker.deliver(partial(self._attempt, target, folded, "text/plain", 1), 1)
 
-    def _post(self, url: str, data: bytes, ctype: str, n: int) -> None:
-        """One attempt; raises :class:`SendError` for the retry policy to judge."""
-        headers = {"Content-Type": ctype}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        try:
-            r = self._session.post(url, data=data, headers=headers, timeout=self.timeout_s)
-        except requests.RequestException as e:
-            raise SendError(f"exporter unreachable: {e}") from None
-        if r.status_code >= 300:
-            raise SendError(f"exporter answered HTTP {r.status_code}: {r.text[:200]}", status=r.status_code,
-                            retry_after=parse_retry_after(r.headers.get("Retry-After")))
+    def _send_records(self, steps: list[dict[str, object]], workflows: list[dict[str, object]],
+                      errors: list[dict[str, object]]) -> None:
+        """Post the records in one body, or, past ``max_body_bytes``, in halves (each delivered apart)."""
+        body: dict[str, list[dict[str, object]]] = {"steps": steps}
+        if workflows:
+            body["workflows"] = workflows
+        if errors:
+            body["errors"] = errors
+        data = orjson.dumps(body)
+        n = len(steps) + len(workflows) + len(errors)
+        if len(data) > self.max_body_bytes and n > 1:
+            if max(len(steps), len(workflows), len(errors)) > 1:  # halve every list
+                hs, hw, he = len(steps) // 2, len(workflows) // 2, len(errors) // 2
+                parts = [(steps[:hs], workflows[:hw], errors[:he]), (steps[hs:], workflows[hw:], errors[he:])]
+            else:  # at most one record of each kind: each on its own
+                parts = [(steps, [], []), ([], workflows, []), ([], [], errors)]
+            for part in parts:
+                if any(part):
+                    self._send_records(*part)
+            return
+        self._worker.deliver(partial(self._attempt, c.NATIVE_SPANS_PATH, data, "application/json", n), n)
+
+    def _attempt(self, target: str, data: bytes, ctype: str, n: int) -> None:
+        """One attempt; raises :class:`SendError` (its status and ``Retry-After``) for the retry policy to judge."""
+        self._post(target, data, ctype)
         self.sent += n
 
     @staticmethod
@@ -230,11 +288,15 @@ class RemoteSink:
         log.warning("sending to the exporter failed (%s); retry %d in %.2fs", error, attempt, wait)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until what is queued now is sent or counted; False at the deadline."""
+        """Wait until what is queued now is delivered or given up on (counted); False at the deadline.
+
+        It never waits past ``timeout_s``: with the server down it returns False, and what is queued stays
+        queued (retried under the policy, or counted when given up on).
+        """
         return self._worker.force_flush(timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> bool:
         """Send what is queued (bounded by ``timeout_s``), then stop; what is left is counted (shutdown)."""
         ok = self._worker.shutdown(timeout_s)
-        self._session.close()
+        self._post.close()
         return ok

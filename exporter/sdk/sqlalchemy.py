@@ -27,11 +27,17 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from time import time_ns
+from typing import TYPE_CHECKING
 
 from .. import conventions as c
 from .context import current_step
 from .tracer import WorkflowTracer
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine, ExceptionContext
+    from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 
 log = logging.getLogger("flowscope.sql")
 
@@ -63,8 +69,9 @@ def operation_of(normalized: str) -> str:
     return f"{verb} {table}".strip()[:100]
 
 
-def instrument_engine(engine, tracer: WorkflowTracer | None = None, slow_ms: float | None = None,
-                      n_plus_one: int | None = None, component: str | None = None, clock=time_ns) -> None:
+def instrument_engine(engine: Engine, tracer: WorkflowTracer | None = None, slow_ms: float | None = None,
+                      n_plus_one: int | None = None, component: str | None = None,
+                      clock: Callable[[], int] = time_ns) -> None:
     """Record every statement ``engine`` runs as a step of the current run (timed by ``clock``, ns)."""
     from sqlalchemy import event
 
@@ -80,24 +87,25 @@ def instrument_engine(engine, tracer: WorkflowTracer | None = None, slow_ms: flo
         return tracer or WorkflowTracer.default()
 
     @event.listens_for(engine, "before_cursor_execute")
-    def _before(conn, cursor, statement, parameters, context, executemany):
+    def _before(conn: Connection, cursor: DBAPICursor, statement: str, parameters: object,
+                context: ExecutionContext | None, executemany: bool) -> None:
         conn.info.setdefault("flowscope_t0", []).append(clock())
 
-    def _finish(conn, statement, failure: BaseException | None) -> None:
+    def _finish(conn: Connection, statement: str, failure: BaseException | None) -> None:
         stack = conn.info.get("flowscope_t0")
         if not stack:
             return
         start = stack.pop()
         end = clock()
         norm = normalize(statement)
-        attrs = {c.ATTR_DB_STATEMENT: norm, "db.system": engine.dialect.name}
+        attrs: dict[str, object] = {c.ATTR_DB_STATEMENT: norm, "db.system": engine.dialect.name}
         cur = current_step.get()
         pattern = None
         if cur is not None:
             run = cur[0]
             if run.extras is None:
                 run.extras = {}
-            counts = run.extras.setdefault("db_counts", {})
+            counts: dict[str, int] = run.extras.setdefault("db_counts", {})
             n = counts[norm] = counts.get(norm, 0) + 1
             if n == n_plus_one:
                 pattern = c.QUERY_N_PLUS_ONE
@@ -111,10 +119,11 @@ def instrument_engine(engine, tracer: WorkflowTracer | None = None, slow_ms: flo
         _tracer().record_step("database", comp, operation_of(norm), start, end, attrs, failure)
 
     @event.listens_for(engine, "after_cursor_execute")
-    def _after(conn, cursor, statement, parameters, context, executemany):
+    def _after(conn: Connection, cursor: DBAPICursor, statement: str, parameters: object,
+               context: ExecutionContext | None, executemany: bool) -> None:
         _finish(conn, statement, None)
 
     @event.listens_for(engine, "handle_error")
-    def _error(ctx):
+    def _error(ctx: ExceptionContext) -> None:
         if ctx.connection is not None and ctx.statement:
             _finish(ctx.connection, ctx.statement, ctx.original_exception)

@@ -32,11 +32,11 @@ import traceback
 import types
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextvars import Token
 from random import getrandbits
 from time import time_ns
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast
 
 from .. import conventions as c
 from ..config import load_config
@@ -46,7 +46,7 @@ from .context import current_request, current_step
 
 if TYPE_CHECKING:
     from .profiler import SamplingProfiler
-    from .sinks import SdkSink
+    from .sinks import SdkSink, StepTuple
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -158,16 +158,24 @@ class StepScope:
         "state",
     )
 
-    def __init__(self, tracer, layer, component, operation, metadata=None, state=None):
+    # set by __enter__ (no values: the names stay slots)
+    _run: _Run
+    _parent: str
+    _start: int
+    _token: Token[_Current | None]
+    span_id: str
+
+    def __init__(self, tracer: WorkflowTracer, layer: str, component: str, operation: str,
+                 metadata: dict[str, Any] | None = None, state: dict[str, Any] | None = None):
         self._tracer = tracer
         self._layer = layer
         self._component = component
         self._operation = operation
         self._metadata = metadata
         self.state = state
-        self._failure = None
+        self._failure: tuple[str, str, str | None] | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> StepScope:
         cur = current_step.get()
         if cur is None or cur[0].closed:
             run = self._tracer._implicit_run()
@@ -185,18 +193,27 @@ class StepScope:
         """Mark the step failed without raising (e.g. a handled HTTP 503 from a dependency)."""
         self._failure = (_norm_status(status), error_type, message)
 
-    def __exit__(self, et, ev, tb):
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: types.TracebackType | None) -> Literal[False]:
         end = time_ns()
         current_step.reset(self._token)
         run = self._run
         if et is None and self._failure is None and self._metadata is None and self.state is None:
+            offer = self._tracer._offer_step
+            if offer is not None:  # remote: a tuple, queued without a lock; the sender thread encodes it
+                offer((run, self._layer, self._component, self._operation, self._start, end, self.span_id,
+                       self._parent))
+                return False
             pipeline = self._tracer._sink.pipeline
             if pipeline is not None and pipeline.metrics_only:
                 # Metrics-only pipeline: no Span object is needed for a successful step.
                 pipeline.fast_step(run, self._layer, self._component, self._operation, self._start, end,
                                    self.span_id, self._parent)
                 return False
-        status, etype, emsg, stack = "ok", None, None, None
+        status = "ok"
+        etype: str | None = None
+        emsg: str | None = None
+        stack: str | None = None
         if self._failure is not None:
             status, etype, emsg = self._failure
         if et is not None:
@@ -216,21 +233,26 @@ class StepScope:
 class WorkflowScope:
     """``with tracer.workflow(...)``: starts a run, completes or fails it on exit."""
 
-    def __init__(self, tracer, workflow_type, correlation_id, user, metadata):
+    def __init__(self, tracer: WorkflowTracer, workflow_type: str, correlation_id: str | None, user: str | None,
+                 metadata: dict[str, Any] | None):
         self._tracer = tracer
         self._args = (workflow_type, correlation_id, user, metadata)
+        #: the run's correlation_id, once the block is entered
         self.correlation_id: str | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> WorkflowScope:
         self.correlation_id = self._tracer.start_workflow(*self._args)
         return self
 
-    def __exit__(self, et, ev, tb):
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: types.TracebackType | None) -> Literal[False]:
         t = self._tracer
+        cid = self.correlation_id
+        assert cid is not None  # __enter__ set it: __exit__ runs only after __enter__ returned
         if et is None:
-            t.complete_workflow(self.correlation_id)
+            t.complete_workflow(cid)
         else:
-            t.fail_workflow(self.correlation_id, ev, status=_status_of(et))
+            t.fail_workflow(cid, ev, status=_status_of(et))
         return False
 
 
@@ -241,16 +263,19 @@ class WorkflowTracer:
     _default_lock = threading.Lock()
     MAX_OPEN = 10_000
 
-    def __init__(self, sink=None, service: str | None = None, profiler=None):
+    def __init__(self, sink: SdkSink | None = None, service: str | None = None,
+                 profiler: SamplingProfiler | Literal[False] | None = None):
         if sink is None:
             from . import default_sink
             sink = default_sink()
         self._sink = sink
+        #: the remote sink's hot path for a plain successful step (RemoteSink.offer_step), or None
+        self._offer_step: Callable[[StepTuple], object] | None = getattr(sink, "offer_step", None)
         self.service = service or _default_service()
         #: a SamplingProfiler, or None; by default one when FLOWSCOPE_PROFILE_WORKFLOWS names workflows
         #: (``profiler=False``: never)
-        self.profiler = _default_profiler() if profiler is None else (profiler or None)
-        self._runs: OrderedDict[str, tuple[_Run, Any]] = OrderedDict()
+        self.profiler: SamplingProfiler | None = _default_profiler() if profiler is None else (profiler or None)
+        self._runs: OrderedDict[str, tuple[_Run, Token[_Current | None]]] = OrderedDict()
         self._steps: OrderedDict[str, _OpenStep] = OrderedDict()
         self._lock = threading.Lock()
         self.evicted = 0
@@ -278,7 +303,7 @@ class WorkflowTracer:
 
     @hybridmethod
     def start_workflow(self, workflow_type: str, correlation_id: str | None = None, user: str | None = None,
-                       metadata: dict | None = None) -> str:
+                       metadata: dict[str, Any] | None = None) -> str:
         """Start a run and make it current in this context; returns its correlation_id.
 
         The run stays current until :meth:`complete_workflow` (or :meth:`fail_workflow`): call it in a
@@ -288,7 +313,8 @@ class WorkflowTracer:
         if not isinstance(workflow_type, str) or not workflow_type:
             raise ValueError(f"workflow_type must be a non-empty string, got {workflow_type!r}")
         req = current_request.get()
-        trace_id = parent = None
+        trace_id: str | None = None
+        parent: str | None = None
         if req is not None:
             correlation_id = correlation_id or req.correlation_id
             trace_id, parent = req.trace_id, req.parent_span_id
@@ -299,10 +325,10 @@ class WorkflowTracer:
         # Everything that can raise comes before the run is registered and made current: a start that
         # fails must not leave a run that the next, unrelated step on this thread would join.
         self._sink.started(workflow_type)
-        profiled = self.profiler is not None and self.profiler.wants(workflow_type)
-        if profiled:
+        profiler = self.profiler
+        if profiler is not None and profiler.wants(workflow_type):
             try:
-                self.profiler.start_run(correlation_id)
+                profiler.start_run(correlation_id)
             except BaseException:
                 self._sink.ended(workflow_type)
                 raise
@@ -320,7 +346,7 @@ class WorkflowTracer:
 
     @hybridmethod
     def add_trace_step(self, correlation_id: str, layer: str, component: str, operation: str,
-                       metadata: dict | None = None, state: dict | None = None,
+                       metadata: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
                        parent_step_id: str | None = None) -> str:
         """Open a step of a started run; returns its step_id (a span_id)."""
         run = self._run(correlation_id)
@@ -337,8 +363,8 @@ class WorkflowTracer:
 
     @hybridmethod
     def complete_trace_step(self, step_id: str, status: str = "success", error_type: str | None = None,
-                            error_message: str | None = None, state: dict | None = None,
-                            metadata: dict | None = None) -> None:
+                            error_message: str | None = None, state: dict[str, Any] | None = None,
+                            metadata: dict[str, Any] | None = None) -> None:
         status = _norm_status(status)  # before the pop: a bad status must not lose the step
         with self._lock:
             st = self._steps.pop(step_id, None)
@@ -355,7 +381,7 @@ class WorkflowTracer:
                              state=state if state is not None else st.state))
 
     @hybridmethod
-    def complete_workflow(self, correlation_id: str, status: str = "success", metadata: dict | None = None,
+    def complete_workflow(self, correlation_id: str, status: str = "success", metadata: dict[str, Any] | None = None,
                           error_type: str | None = None, error_message: str | None = None) -> None:
         status = _norm_status(status)
         with self._lock:
@@ -377,14 +403,16 @@ class WorkflowTracer:
                              service=run.service, error_type=error_type, error_message=error_message, attributes=meta,
                              is_step=False, user=run.user))
         self._sink.ended(run.workflow)
-        if self.profiler is not None and self.profiler.wants(run.workflow):
-            profile = self.profiler.profile_for(run.workflow, correlation_id, *self.profiler.stop_run(correlation_id))
+        profiler = self.profiler
+        if profiler is not None and profiler.wants(run.workflow):
+            profile = profiler.profile_for(run.workflow, correlation_id, *profiler.stop_run(correlation_id))
             if profile is not None:
                 self._sink.profile(profile)
 
     @hybridmethod
     def fail_workflow(self, correlation_id: str, error: BaseException | str | None = None,
                       error_type: str | None = None, status: str = "error") -> None:
+        message: str | None
         if isinstance(error, BaseException):
             error_type = error_type or type(error).__name__
             message = str(error)
@@ -397,16 +425,16 @@ class WorkflowTracer:
 
     @hybridmethod
     def workflow(self, workflow_type: str, correlation_id: str | None = None, user: str | None = None,
-                 metadata: dict | None = None) -> WorkflowScope:
+                 metadata: dict[str, Any] | None = None) -> WorkflowScope:
         return WorkflowScope(self, workflow_type, correlation_id, user, metadata)
 
     @hybridmethod
-    def step(self, layer: str, component: str, operation: str, metadata: dict | None = None,
-             state: dict | None = None) -> StepScope:
+    def step(self, layer: str, component: str, operation: str, metadata: dict[str, Any] | None = None,
+             state: dict[str, Any] | None = None) -> StepScope:
         return StepScope(self, layer, component, operation, metadata, state)
 
     def record_step(self, layer: str, component: str, operation: str, start_ns: int, end_ns: int,
-                    attributes: dict | None = None, error: BaseException | None = None) -> str:
+                    attributes: dict[str, Any] | None = None, error: BaseException | None = None) -> str:
         """Record a step that was timed elsewhere (an instrumentation's callback) in the current run."""
         cur = current_step.get()
         if cur is None or cur[0].closed:
@@ -414,7 +442,9 @@ class WorkflowTracer:
             parent = run.span_id
         else:
             run, parent = cur
-        status, etype, emsg = "ok", None, None
+        status = "ok"
+        etype: str | None = None
+        emsg: str | None = None
         if error is not None:
             status, etype, emsg = _status_of(type(error)), type(error).__name__, str(error)
         sid = _span_id()
@@ -439,7 +469,7 @@ class WorkflowTracer:
                     req.parent_span_id if req else None, None, None, self.service)
 
 
-def _default_profiler():
+def _default_profiler() -> SamplingProfiler | None:
     try:
         cfg = load_config()
     except Exception:  # noqa: BLE001 a bad setting must not stop the host app; the profiler stays off
@@ -457,21 +487,23 @@ def _default_service() -> str:
         return "flowscope"
 
 
-def traced(layer: str, component: str, operation: str | None = None, tracer: WorkflowTracer | None = None):
+def traced(layer: str, component: str, operation: str | None = None,
+           tracer: WorkflowTracer | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorator: run the function as a step. Works on sync and async functions."""
 
-    def deco(fn):
+    def deco(fn: Callable[P, R]) -> Callable[P, R]:
         op = operation or fn.__qualname__
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
-            async def awrapper(*a, **kw):
+            async def awrapper(*a: P.args, **kw: P.kwargs) -> object:
                 with (tracer or WorkflowTracer.default()).step(layer, component, op):
                     return await fn(*a, **kw)
-            return awrapper
+            # fn is a coroutine function, so R is the coroutine type, and awrapper makes one just like fn's
+            return cast("Callable[P, R]", awrapper)
 
         @functools.wraps(fn)
-        def wrapper(*a, **kw):
+        def wrapper(*a: P.args, **kw: P.kwargs) -> R:
             with (tracer or WorkflowTracer.default()).step(layer, component, op):
                 return fn(*a, **kw)
         return wrapper

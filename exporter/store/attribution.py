@@ -47,7 +47,7 @@ class AttributionQueries:
         IN lists of :data:`ATTRIBUTION_CHUNK` ids; two queries per chunk, no join."""
         ids = [rows.run_ids[i] for i in which]
         index = dict(zip(ids, which))
-        get = index.get
+        run_of = index.__getitem__  # every id read is one of ``ids``
         span_cols = (spans.c.correlation_id, spans.c.layer, spans.c.component, spans.c.operation, spans.c.service,
                      spans.c.start_ns, spans.c.end_ns, spans.c.attributes)
         mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(self.engine.dialect.paramstyle)
@@ -67,7 +67,7 @@ class AttributionQueries:
                     res_rows = conn.execute(select(span_details.c.correlation_id, span_details.c.resource).where(
                         span_details.c.correlation_id.in_(chunk), span_details.c.resource.is_not(None)))
                 for cid, layer, comp, op, service, start, end, attrs in span_rows:  # unpacked, as above
-                    rows.span_run.append(get(cid))
+                    rows.span_run.append(run_of(cid))
                     rows.layer.append(layer)
                     rows.component.append(comp)
                     rows.operation.append(op)
@@ -75,7 +75,7 @@ class AttributionQueries:
                     rows.span_ms.append((end - start) / 1e6)
                     rows.attributes.append(attrs)
                 for cid, res in res_rows:
-                    rows.resource_run.append(get(cid))
+                    rows.resource_run.append(run_of(cid))
                     rows.resource.append(res)
         return rows
 

@@ -4,8 +4,10 @@ SQLAlchemy Core; SQLite by default, PostgreSQL by URL. Made on an engine, it bri
 release's schema first (:func:`~exporter.store.migrate.ensure_schema`).
 
     store = RunStore(make_engine("sqlite:///var/flowscope.db"))
-    store.list_runs(workflow="checkout", status="error", min_duration_ms=500)
-    store.get_run(correlation_id)
+    store.list_runs(workflow="checkout", status="error", min_duration_ms=500)   # [RunSummary, ...]
+    store.get_run(correlation_id).run.status                                     # RunDetail | None
+
+Every read returns typed rows (:mod:`.rows`); the API's JSON is built from them in the backend.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from ..redact import Redactor
 from ..retry import RetriesExhausted, RetryInterrupted, RetryPolicy, SendError
 from ..worker import BatchWorker
 from .migrate import ensure_schema
+from .process import WriterDied, WriterOutage, WriterProcess
 from .rows import DETAIL_COLUMNS, LINK_COLUMNS, SPAN_COLUMNS, DetailRow, LinkRow, SpanRow, to_json
 from .schema import error_aliases, error_groups, errors, profiles, runs, span_details, span_links, spans
 
@@ -100,11 +101,20 @@ def is_outage(error: BaseException) -> bool:
     return isinstance(error, _OUTAGE_ERRORS) or bool(getattr(error, "connection_invalidated", False))
 
 
-def _describe(item) -> str:
+def driver_message(error: BaseException) -> str:
+    """The driver's own message (SQLAlchemy's wrapper would add the statement and every parameter)."""
+    try:
+        return str(getattr(error, "orig", None) or error)[:500]
+    except Exception:  # noqa: BLE001 - an error whose message cannot be shown is still counted and logged
+        return "(no message)"
+
+
+def describe(item) -> str:
     """Which item was dropped, for the log: its kind and ids, never its contents."""
     try:
-        if type(item) is tuple:
-            return f"step of run {str(item[0].correlation_id)[:128]!r}"
+        if type(item) is tuple:  # an SDK fast-path step, or (in the writer process) its row
+            cid = item[0] if isinstance(item[0], str) else item[0].correlation_id
+            return f"step of run {str(cid)[:128]!r}"
         if isinstance(item, Span):
             return f"span {str(item.span_id)[:32]!r} of run {str(item.correlation_id)[:128]!r}"
         return f"{type(item).__name__} of run {str(getattr(item, 'correlation_id', None))[:128]!r}"
@@ -452,6 +462,42 @@ class RunWriter:
     # -- reading --------------------------------------------------------------------------------
 
 
+def write_isolating(store: RunWriter, batch: list) -> tuple[list, BaseException | None, dict[str, int], list]:
+    """Write ``batch``, isolating what the database refuses. Returns ``(left, error, counts, poisoned)``:
+    ``left`` the items not yet written because the database is unavailable (``error`` says why; always a
+    suffix of ``batch``, to be retried as it is), ``counts`` the runs and truncated states written, and
+    ``poisoned`` one ``(item, error)`` per item the database refused while it was up (to be dropped).
+
+    A failed chunk is split in halves until the failing item stands alone (a failed transaction writes
+    nothing, so halves are never written twice). An error is an outage, not poison, when its kind says so
+    (:func:`is_outage`) or when :meth:`RunWriter.probe` fails right after it; the probe runs when the whole
+    batch fails (no bisecting through an outage) and when a single item fails (the database may have gone
+    away mid-split). Chunks are written left to right, so what is left is the end of the batch.
+    """
+    counts = {"runs": 0, "truncated_states": 0}
+    poisoned: list = []
+    pending = [batch]  # chunks still to write, the next one last
+    while pending:
+        chunk = pending.pop()
+        refused: list = []
+        try:
+            done = store.write(chunk, refused)
+        except Exception as e:  # noqa: BLE001 - classified below: outage (kept) or poison (counted, logged)
+            if is_outage(e) or ((chunk is batch or len(chunk) == 1) and not store.probe()):
+                pending.append(chunk)
+                return [it for ch in reversed(pending) for it in ch], e, counts, poisoned
+            if len(chunk) > 1:
+                mid = len(chunk) // 2
+                pending += (chunk[mid:], chunk[:mid])
+                continue
+            refused = [(chunk[0], e)]
+        else:
+            counts["runs"] += done["runs"]
+            counts["truncated_states"] += done["truncated_states"]
+        poisoned += refused
+    return [], None, counts, poisoned
+
+
 class RunRecorder:
     """The pipeline's run-store sink (:class:`~exporter.sinks.FastSink`): a :class:`~exporter.worker.BatchWorker`
     whose one thread writes what ``spans``, ``fast``, ``error`` and ``profile`` queue.
@@ -473,8 +519,10 @@ class RunRecorder:
     def __init__(self, store: RunStore, metrics: MetricStore, queue_max: int = 200_000,
                  flush_interval_s: float = 0.5, retention_s: float = 30 * 86400, sweep_interval_s: float = 3600.0,
                  clock=time.time, shed_interval_s: float = 0.25, batch_max: int = 20_000,
-                 retry: RetryPolicy | None = None):
+                 retry: RetryPolicy | None = None, writer: WriterProcess | None = None):
         self.store = store
+        #: the writer process (:mod:`exporter.store.process`); None: the worker's thread writes itself
+        self.writer = writer
         self.queue_max = queue_max
         self.flush_interval_s = flush_interval_s
         self.retention_s = retention_s
@@ -510,7 +558,13 @@ class RunRecorder:
     # -- the owner's side ----------------------------------------------------------------------------
 
     def start(self) -> RunRecorder:
-        """Start the writer thread (once); whoever calls this calls :meth:`close`."""
+        """Start the writer thread (once), and the writer process when there is one; whoever calls this calls
+        :meth:`close`. A writer process that cannot start is logged and started again by the first write."""
+        if self.writer is not None and not self.worker.started:
+            try:
+                self.writer.start()
+            except WriterDied as e:
+                log.error("%s; retrying with the first batch", e)
         self.worker.start()
         return self
 
@@ -522,7 +576,10 @@ class RunRecorder:
         """Write what is queued (bounded by ``timeout_s``), then stop; what is left is counted as dropped
         (``shutdown``, or ``write_failed`` for a batch the database never took). True if everything was written
         in time. ``wait=False``: stop taking items and start draining, return at once."""
-        return self.worker.shutdown(timeout_s, wait=wait)
+        done = self.worker.shutdown(timeout_s, wait=wait)
+        if wait and self.writer is not None:
+            self.writer.close()
+        return done
 
     def sweep_if_due(self, now: float | None = None) -> int:
         """Run :meth:`sweep` if ``sweep_interval_s`` has passed since the last one (the first call always does);
@@ -632,58 +689,45 @@ class RunRecorder:
             self._on_drop("write_failed", len(left))
 
     def _write(self, batch: list) -> tuple[list, BaseException | None]:
-        """Write ``batch``, isolating what the database refuses: ``([], None)`` when every item was
-        stored or dropped as poison; ``(the items not yet written, the error)`` when the database is
-        unavailable, to be retried as they are.
+        """Write ``batch`` (:func:`write_isolating`, here or in the writer process): ``([], None)`` when every
+        item was stored or dropped as poison; ``(the items not yet written, the error)`` when the database is
+        unavailable, to be retried as they are."""
+        if self.writer is not None:
+            result = self.writer.write(batch, RunWriter.fast_row)
+            for what, kind, msg in result.poisoned:
+                self._poisoned(what, kind, msg)
+            self._count(result.counts)
+            if result.left:
+                return batch[len(batch) - result.left:], WriterOutage(result.error or "unavailable", result.left)
+            return [], None
+        left, error, counts, poisoned = write_isolating(self.store, batch)
+        self._count(counts)
+        for item, e in poisoned:
+            self._poison(item, e)
+        return left, error
 
-        A failed chunk is split in halves until the failing item stands alone (a failed transaction
-        writes nothing, so halves are never written twice). An error is an outage, not poison, when
-        its kind says so (:func:`is_outage`) or when :meth:`RunStore.probe` fails right after it; the
-        probe runs when the whole batch fails (no bisecting through an outage) and when a single
-        item fails (the database may have gone away mid-split).
-        """
-        pending = [batch]  # chunks still to write, the next one last
-        while pending:
-            chunk = pending.pop()
-            poisoned: list = []
-            try:
-                counts = self.store.write(chunk, poisoned)
-            except Exception as e:  # noqa: BLE001 - classified below: outage (kept) or poison (counted, logged)
-                if is_outage(e) or ((chunk is batch or len(chunk) == 1) and not self.store.probe()):
-                    pending.append(chunk)
-                    return [it for ch in reversed(pending) for it in ch], e
-                if len(chunk) > 1:
-                    mid = len(chunk) // 2
-                    pending += (chunk[mid:], chunk[:mid])
-                    continue
-                poisoned = [(chunk[0], e)]
-            else:
-                if counts["runs"] or counts["truncated_states"]:
-                    with self._metrics.lock:
-                        if counts["runs"]:
-                            self.m_runs.inc((), counts["runs"])
-                        if counts["truncated_states"]:
-                            self.m_truncated.inc((), counts["truncated_states"])
-            for item, error in poisoned:
-                self._poison(item, error)
-        return [], None
+    def _count(self, counts: dict[str, int]) -> None:
+        if counts.get("runs") or counts.get("truncated_states"):
+            with self._metrics.lock:
+                if counts.get("runs"):
+                    self.m_runs.inc((), counts["runs"])
+                if counts.get("truncated_states"):
+                    self.m_truncated.inc((), counts["truncated_states"])
 
     def _poison(self, item, error: BaseException) -> None:
         """Drop one item the store refused, count it, and log its kind of error once (then at 10, 100, ...)."""
+        self._poisoned(describe(item), type(error).__name__, driver_message(error))
+
+    def _poisoned(self, what: str, error_type: str, msg: str) -> None:
         self._drop(1, "poison")
-        # the driver's own message: SQLAlchemy's wrapper would add the statement and every parameter
-        try:
-            msg = str(getattr(error, "orig", None) or error)
-        except Exception:  # noqa: BLE001 - an error whose message cannot be shown is still counted and logged
-            msg = "(no message)"
-        kind = f"{type(error).__name__}: {msg[:60]}"
+        kind = f"{error_type}: {msg[:60]}"
         seen = self._poison_seen
         if kind not in seen and len(seen) >= 1000:  # bounded: past a thousand kinds, count without logging
             return
         n = seen[kind] = seen.get(kind, 0) + 1
         if n == 1 or (n >= 10 and str(n).rstrip("0") == "1"):
             log.error("run store dropped a %s it cannot store (%d so far with this error; the rest of its batch "
-                      "was stored): %s: %s", _describe(item), n, type(error).__name__, msg[:500])
+                      "was stored): %s: %s", what, n, error_type, msg[:500])
 
     def sweep(self, now: float | None = None) -> int:
         """Delete what is older than the retention (runs, spans, errors, profiles); returns the runs deleted."""

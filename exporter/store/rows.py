@@ -180,7 +180,7 @@ class ErrorGroup(NamedTuple):
     category: str
     first_seen_ns: int
     last_seen_ns: int
-    count: int
+    count: int  # type: ignore[assignment]  # the column's name; shadows tuple.count, which no row uses
     resolved_at_ns: int | None
     regressed_at_ns: int | None
 
@@ -201,7 +201,7 @@ class RelatedGroup(NamedTuple):
     fingerprint: str
     error_type: str
     template: str
-    count: int
+    count: int  # type: ignore[assignment]  # as ErrorGroup.count
 
 
 class Occurrence(NamedTuple):

@@ -8,6 +8,7 @@ errors and linked runs, as typed rows (:mod:`.rows`).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, func, or_, select
@@ -88,7 +89,7 @@ class RunQueries:
         duration (ms, nearest rank), newest first by traffic. Reads at most ``max_runs`` runs (newest)."""
         q = (select(runs.c.workflow, runs.c.status, runs.c.duration_ms).where(runs.c.start_ns >= since_ns)
              .order_by(runs.c.start_ns.desc()).limit(max_runs))
-        per: dict[str, list] = {}
+        per: dict[str, list[Any]] = {}  # workflow: [failed, durations]
         with self.engine.connect() as conn:
             for wf, status, dur in conn.execute(q):  # unpacked: up to 200,000 rows, and a Row's attributes cost 15x
                 g = per.setdefault(wf, [0, []])
