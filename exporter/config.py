@@ -160,6 +160,9 @@ SETTINGS: tuple[Setting, ...] = (
             "How long `flowscope serve` retries an unreachable store at start-up (backoff, one log line per "
             "attempt) before it exits with an error."),
     Setting("run_store", _bool, True, "Keep every finished run (spans, errors, state, profiles) for replay."),
+    Setting("store_writer", _choice("process", "thread"), "process",
+            "Where the run store is written: a writer process of its own (`process`: decoding and storing do not "
+            "share one GIL) or a thread of the serving process (`thread`; always for an in-memory SQLite store)."),
     Setting("run_retention_s", _pos_float, 30 * 86400.0, "How long runs are kept; a sweep deletes older ones."),
     Setting("state_max_bytes", _pos_int, 16_384, "Cap on one state snapshot (JSON); larger ones keep what fits "
             "plus a truncation marker."),
@@ -240,6 +243,7 @@ class Config:
     database_url: str
     store_connect_timeout_s: float
     run_store: bool
+    store_writer: str
     run_retention_s: float
     state_max_bytes: int
     redact_keys: tuple[str, ...]

@@ -28,13 +28,14 @@ from sqlalchemy import Engine
 
 from . import conventions as c
 from .config import Config, load_config
-from .db import first_line, make_engine, probe, wait_for_store
+from .db import first_line, make_engine, probe, sqlite_path, wait_for_store
 from .loki import LokiConfig, LokiPusher, RetryPolicy
 from .metrics import MetricStore
 from .pipeline import Pipeline
 from .redact import Redactor, mask_url
 from .resolver import WorkflowResolver
 from .store import RunRecorder, RunStore
+from .store.process import WriterProcess
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -196,8 +197,12 @@ class Exporter:
         self.recorder: RunRecorder | None = None
         if config.run_store:
             self.runs = RunStore(self.db, self.redactor, config.state_max_bytes)
+            writer = None
+            url = self.db.url.render_as_string(hide_password=False)
+            if config.store_writer == "process" and (self.db.dialect.name != "sqlite" or sqlite_path(url)):
+                writer = WriterProcess(url, self.redactor.fragments, config.state_max_bytes)
             self.recorder = RunRecorder(self.runs, self.store, retention_s=config.run_retention_s,
-                                        sweep_interval_s=min(3600.0, config.run_retention_s / 10))
+                                        sweep_interval_s=min(3600.0, config.run_retention_s / 10), writer=writer)
             self.pipeline.attach_recorder(self.recorder)
         self._meter_provider: MeterProvider | None = None
         self._stop = threading.Event()
@@ -293,7 +298,15 @@ class Exporter:
     def _writer_health(self) -> dict:
         if self.recorder is None:
             return {"state": DISABLED, "reason": "FLOWSCOPE_RUN_STORE is false"}
-        return self._queue_health("writer", self.recorder.worker, c.RUN_STORE_DROPPED_TOTAL)
+        out = self._queue_health("writer", self.recorder.worker, c.RUN_STORE_DROPPED_TOTAL)
+        process = self.recorder.writer
+        if process is None:
+            out["process"] = None  # FLOWSCOPE_STORE_WRITER=thread, or an in-memory store
+        else:
+            out["process"] = {"pid": process.pid, "alive": process.alive(), "restarts": process.restarts}
+            if not process.alive() and out["state"] == OK and self.recorder.worker.started:
+                out["state"] = DEGRADED
+        return out
 
     def _loki_health(self) -> dict:
         if self.loki is None:

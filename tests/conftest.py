@@ -83,6 +83,8 @@ def make_exporter(tmp_path):
 
     def factory(**settings):
         settings.setdefault("database_url", f"sqlite:///{tmp_path}/flowscope-{len(made)}.db")
+        # a writer process per test would cost the suite a second each: tests/test_writer_process.py covers it
+        settings.setdefault("store_writer", "thread")
         ex = build(load_config(settings, environ={}))
         made.append(ex)
         return ex

@@ -244,9 +244,14 @@ def test_flowscope_serve_answers_and_stops_on_sigterm(tmp_path):
         line = p.stdout.readline()  # blocks until the server prints it, or exits
         assert line.startswith("flowscope serving on http://127.0.0.1:"), (line, p.stderr.read() if p.poll() else "")
         url = line.split()[3]
-        assert requests.get(url + c.HEALTH_PATH, timeout=10).status_code == 200
+        health = requests.get(url + c.HEALTH_PATH, timeout=10)
+        assert health.status_code == 200
+        writer = health.json()["components"]["writer"]["process"]  # the run store's writer process (the default)
+        assert writer["alive"] and writer["pid"] != p.pid
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=30) == 0
+        with pytest.raises(ProcessLookupError):  # it stopped with the server, and was reaped
+            os.kill(writer["pid"], 0)
     finally:
         if p.poll() is None:
             p.kill()

@@ -77,12 +77,15 @@ def run_mypy(*targets: str) -> tuple[int, str]:
     """(exit status, report) of mypy with :data:`MYPY_OPTIONS`, in this process, from the repository root."""
     from mypy import api
 
-    cwd = os.getcwd()
+    cwd, limit = os.getcwd(), sys.getrecursionlimit()
     os.chdir(ROOT)  # --explicit-package-bases names modules from the working directory
     try:
         out, err, status = api.run([*MYPY_OPTIONS, *targets])
     finally:
         os.chdir(cwd)
+        # mypy raises the interpreter's recursion limit to 16384 and leaves it there: every later test in this
+        # process would then decode deeper JSON than the server does (a decoder's 400 for deep nesting flipped)
+        sys.setrecursionlimit(limit)
     return status, out + err
 
 
@@ -106,8 +109,10 @@ def test_the_check_reports_what_strict_mode_forbids(tmp_path):
         def silenced() -> int:
             return "hidden"  # type: ignore
         """))
+    limit = sys.getrecursionlimit()
     status, report = run_mypy(str(bad))
     assert status == 1, report
+    assert sys.getrecursionlimit() == limit  # mypy's 16384 does not leak into the tests that follow
     for code in ("no-untyped-def", "return-value", "ignore-without-code"):
         assert f"[{code}]" in report, report
 

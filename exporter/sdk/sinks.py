@@ -6,7 +6,12 @@ to ``POST /api/v1/spans``, retrying under a :class:`~exporter.retry.RetryPolicy`
 (``Retry-After`` honoured; ``close`` interrupts a backoff at its deadline). What
 is given up on is counted by reason (``queue_full``, ``rejected``,
 ``retries_exhausted``, ``shutdown``) in ``flowscope_sdk_spans_dropped_total``
-in the app's prometheus_client registry.
+in the app's prometheus_client registry. ``flush`` waits, up to its timeout,
+until what was recorded is delivered.
+
+The app's cost per step is what ``bench/sdk_remote.py`` measures (its CPU, the
+sender's included): a plain step is queued as a tuple, not a Span, and the
+sender builds its JSON record inline.
 """
 
 from __future__ import annotations

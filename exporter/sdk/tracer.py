@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec,
 
 from .. import conventions as c
 from ..config import load_config
-from ..decode.native import trace_id_for
+from ..decode.native import root_span_id_for, trace_id_for
 from ..model import Span, hash_user
 from .context import current_request, current_step
 
@@ -322,6 +322,10 @@ class WorkflowTracer:
         if trace_id is None:
             trace_id = trace_id_for(correlation_id)
         run = _Run(workflow_type, correlation_id, trace_id, parent, user, metadata, self.service)
+        if self._sink.pipeline is None:
+            # Remote: the server names a run's envelope root_span_id_for(correlation_id) (a workflow record
+            # carries no span_id in native JSON), so its steps must hang off that id to make one tree.
+            run.span_id = root_span_id_for(correlation_id)
         # Everything that can raise comes before the run is registered and made current: a start that
         # fails must not leave a run that the next, unrelated step on this thread would join.
         self._sink.started(workflow_type)

@@ -105,6 +105,10 @@ def _dropped(conn: http.client.HTTPConnection) -> bool:
     if sock is None:
         return True
     try:
+        if hasattr(select, "poll"):  # poll, not select: an app may hold more than 1,024 descriptors
+            p = select.poll()
+            p.register(sock, select.POLLIN)
+            return bool(p.poll(0))
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True

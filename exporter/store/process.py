@@ -92,25 +92,49 @@ class WriteResult:
     poisoned: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def encode(items: list[Any], fast_row: Any) -> bytes:
-    """One batch as the bytes that cross the pipe (see the module docstring); ``fast_row`` turns an SDK
-    fast-path tuple into its row."""
+def encode(items: list[Any], fast_row: Any) -> tuple[bytes, list[Any], list[tuple[Any, BaseException]]]:
+    """One batch as the bytes that cross the pipe (see the module docstring), the items they hold, and
+    ``(item, error)`` for each item that cannot cross (its row cannot be built, or it cannot be pickled): those
+    are the caller's to drop as poison. ``fast_row`` turns an SDK fast-path tuple into its row."""
     from ..decode.otlp import pb_span_bytes  # here: importing the store must not load the OTLP decoder
 
     out: list[Any] = []
     add = out.append
-    for it in items:
-        if type(it) is tuple:
-            add(fast_row(it))
-        elif isinstance(it, Span):
-            pb = pb_span_bytes(it)
-            if pb is None:
-                add(_span_fields(it))
-            else:  # attributes, events and links still as received: the child decodes them (_N_SPAN + 1 fields)
-                add((*_pb_fields(it), pb))
+    kept = items
+    bad: list[tuple[Any, BaseException]] = []
+    for i, it in enumerate(items):
+        try:
+            if type(it) is tuple:
+                add(fast_row(it))
+            elif isinstance(it, Span):
+                pb = pb_span_bytes(it)
+                if pb is None:
+                    add(_span_fields(it))
+                else:  # attributes, events and links still as received: the child decodes them
+                    add((*_pb_fields(it), pb))
+            else:
+                add(it)
+        except Exception as e:  # noqa: BLE001 - one item's failure must not cost the batch
+            if not bad:
+                kept = items[:i]
+            bad.append((it, e))
         else:
-            add(it)
-    return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
+            if bad:
+                kept.append(it)
+    try:
+        return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL), kept, bad
+    except Exception:  # noqa: BLE001 - rare: find the items that cannot be pickled, one by one
+        pass
+    data, good = [], []
+    for it, wire in zip(kept, out):
+        try:
+            pickle.dumps(wire, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - RecursionError, PicklingError, TypeError: the item is poison
+            bad.append((it, e))
+        else:
+            data.append(wire)
+            good.append(it)
+    return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), good, bad
 
 
 _new_span = object.__new__
@@ -221,15 +245,16 @@ class WriterProcess:
             log.info("run store writer process %d started", detail)
         return self
 
-    def write(self, items: list[Any], fast_row: Any) -> WriteResult:
-        """Write one batch in the child; raises :class:`WriterDied` when the child is gone (restarted on the
-        next call)."""
+    def write(self, items: list[Any], fast_row: Any) -> tuple[WriteResult, list[Any], list[tuple[Any, BaseException]]]:
+        """Write one batch in the child: its :class:`WriteResult`, the items it was sent (``result.left`` counts
+        from their end) and those that could not be sent (:func:`encode`). Raises :class:`WriterDied` when the
+        child is gone (a new one is started on the next call)."""
         if not self.alive():
             self.restarts += self._proc is not None
             self.start()
         conn, proc = self._conn, self._proc
         assert conn is not None and proc is not None
-        data = encode(items, fast_row)
+        data, kept, bad = encode(items, fast_row)
         try:
             conn.send_bytes(data)
             while not conn.poll(1.0):
@@ -239,8 +264,9 @@ class WriterProcess:
         except (EOFError, OSError, pickle.UnpicklingError) as e:
             code = proc.poll()
             self._stop_child()
+            self.restarts += 1
             raise WriterDied(f"the run store's writer process died (exit status {code}): {type(e).__name__}") from e
-        return result
+        return result, kept, bad
 
     def close(self, timeout_s: float = EXIT_TIMEOUT_S) -> None:
         """Close the pipe and wait for the child to exit (it finishes the batch it has); kill it past

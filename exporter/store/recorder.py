@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flowscope.runstore")
 
+N_SPAN_COLUMNS = len(SPAN_COLUMNS)
+
 #: The writer's retry while the database is unavailable: backoff from 0.5 s doubling to 30 s, no deadline (a
 #: store that is down keeps its batch until it is back, or until the recorder closes; meanwhile the queue
 #: sheds runs and counts what it drops).
@@ -258,8 +260,8 @@ class RunWriter:
         fast_row, span_row, details_of = self.fast_row, self.span_row, self.detail_rows
         for it in items:
             try:
-                if type(it) is tuple:
-                    span_rows.append(fast_row(it))
+                if type(it) is tuple:  # an SDK fast-path step; its row already, from the writer process's pipe
+                    span_rows.append(it if len(it) == N_SPAN_COLUMNS else fast_row(it))
                 elif isinstance(it, Span):
                     row, cut = span_row(it)
                     detail, links = details_of(it, resources)
@@ -693,12 +695,14 @@ class RunRecorder:
         item was stored or dropped as poison; ``(the items not yet written, the error)`` when the database is
         unavailable, to be retried as they are."""
         if self.writer is not None:
-            result = self.writer.write(batch, RunWriter.fast_row)
+            result, sent, unsent = self.writer.write(batch, RunWriter.fast_row)
+            for item, e in unsent:
+                self._poison(item, e)
             for what, kind, msg in result.poisoned:
                 self._poisoned(what, kind, msg)
             self._count(result.counts)
             if result.left:
-                return batch[len(batch) - result.left:], WriterOutage(result.error or "unavailable", result.left)
+                return sent[len(sent) - result.left:], WriterOutage(result.error or "unavailable", result.left)
             return [], None
         left, error, counts, poisoned = write_isolating(self.store, batch)
         self._count(counts)
