@@ -74,8 +74,8 @@ def pin(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
-def start_server(port: int, cpu: int = 0, env: dict | None = None) -> subprocess.Popen:
-    """`flowscope serve` in its own process, pinned to one CPU."""
+def start_server(port: int, cpu: int | str = 0, env: dict | None = None) -> subprocess.Popen:
+    """`flowscope serve` in its own process, pinned to ``cpu`` (one CPU, or a taskset list such as "0,1")."""
     e = {**os.environ, "FLOWSCOPE_LOG_LEVEL": "WARNING", **(env or {})}
     p = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-m", "flowscope", "serve", "--port",
                           str(port), "--series-limit", "100000"], cwd=ROOT, env=e,
