@@ -578,9 +578,10 @@ class RunRecorder:
         """Write what is queued (bounded by ``timeout_s``), then stop; what is left is counted as dropped
         (``shutdown``, or ``write_failed`` for a batch the database never took). True if everything was written
         in time. ``wait=False``: stop taking items and start draining, return at once."""
+        end = time.monotonic() + timeout_s
         done = self.worker.shutdown(timeout_s, wait=wait)
-        if wait and self.writer is not None:
-            self.writer.close()
+        if wait and self.writer is not None:  # it has its last batch written by now: this is its exit
+            self.writer.close(max(1.0, end - time.monotonic()))
         return done
 
     def sweep_if_due(self, now: float | None = None) -> int:
