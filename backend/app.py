@@ -14,6 +14,11 @@ service modules beside the views (``runs/service.py``, ``runs/run_page.py``, ``r
 
 ``create_app`` starts no thread: :func:`services` lists what the app needs running (the exporter it
 built, the detection schedule), for the process's owner to start and stop.
+
+The exporter's ``role`` (``FLOWSCOPE_ROLE``) decides what the app serves: ``all`` (the default) everything;
+``ingest`` only the exporter's routes (ingest, /metrics, health: no backend API, no pages, no scheduled work);
+``backend`` everything but ingest (the exporter's blueprint refuses it). Scheduled detection runs under the
+``detection`` lease (:mod:`exporter.lease`), so replicas sharing a PostgreSQL store run it once.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
+from exporter import conventions as c
 from exporter.config import load_config
 from exporter.runtime import Exporter, Service
 from exporter.web import HttpError, error_response
@@ -59,7 +65,8 @@ def _regression_service(ex: Exporter, store: AlertStore) -> RegressionService:
 def services(app: Flask) -> list[Service]:
     """What ``app`` needs running beside it, in start order, for the owner of the process to start and
     stop (:class:`~exporter.runtime.Lifecycle`): the exporter, when :func:`create_app` built it, and the
-    detection schedule, when a Prometheus is configured.
+    detection schedule, when a Prometheus is configured and the role is not ``ingest`` (each turn runs only
+    while this process holds the ``detection`` lease).
 
     :func:`create_app` starts no thread, so tests that build the app leave none behind.
     """
@@ -80,6 +87,10 @@ def _flowscope_http(e: HttpError):
 
 
 def _http(e: HTTPException):
+    if e.code == 404 and current_flowscope().config.role == c.ROLE_INGEST:
+        return error_response(404, "not_found", f"{request.path[:200]} is not served here: this server's role is "
+                              f"{c.ROLE_INGEST} (FLOWSCOPE_ROLE), which serves ingest, /metrics and health; the "
+                              f"backend API and pages are on replicas whose role is {c.ROLE_BACKEND} or {c.ROLE_ALL}")
     return error_response(e.code or 500, (e.name or "error").lower().replace(" ", "_"), e.description or e.name)
 
 
@@ -94,20 +105,23 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
         owned.append(Service("exporter", ex.start, ex.close))
     else:
         ex = exporter
+    backend = ex.config.role != c.ROLE_INGEST
     alert_store = AlertStore(app.config.get("DATABASE_URL") or ex.db)
     regressions = _regression_service(ex, alert_store)
-    if ex.config.detect_prometheus_url:
+    if ex.config.detect_prometheus_url and backend:
         interval = ex.config.detect_interval_s
+        regressions.lease = ex.leases.lease(c.DUTY_DETECTION)  # contended only by replicas that can detect
         owned.append(Service("detection", lambda: regressions.start(interval), regressions.stop))
     # binds the one extension object, and registers the exporter's blueprint (ingest, /metrics, health)
     Flowscope(ex, alert_store, regressions, owned).init_app(app)
-    app.register_blueprint(alerts.bp)
-    app.register_blueprint(provision_api.bp)
-    app.register_blueprint(runs_api.bp)
-    app.register_blueprint(pages.bp)
-    app.register_blueprint(errors_api.bp)
-    app.register_blueprint(regressions_api.bp)
-    app.register_blueprint(openapi.bp)
+    if backend:
+        app.register_blueprint(alerts.bp)
+        app.register_blueprint(provision_api.bp)
+        app.register_blueprint(runs_api.bp)
+        app.register_blueprint(pages.bp)
+        app.register_blueprint(errors_api.bp)
+        app.register_blueprint(regressions_api.bp)
+        app.register_blueprint(openapi.bp)
     app.before_request(_no_nul_in_backend_parameters)
     app.register_error_handler(HttpError, _flowscope_http)
     app.register_error_handler(HTTPException, _http)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .conventions import ATTRIBUTION_OUTCOME_KEYS, DEFAULT_BUCKETS, DEFAULT_SECRET_KEYS
+from .conventions import ATTRIBUTION_OUTCOME_KEYS, DEFAULT_BUCKETS, DEFAULT_SECRET_KEYS, ROLE_ALL, ROLES
 from .errors import ConfigError
 from .redact import mask_url
 
@@ -156,6 +156,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("database_url", str, "sqlite:///var/flowscope.db",
             "SQLAlchemy URL of the store (runs, errors, profiles, alerts); `postgresql://user@host/db` for "
             "PostgreSQL."),
+    Setting("role", _choice(*ROLES), ROLE_ALL,
+            "What `flowscope serve` serves: `ingest` (OTLP, native spans, profiles, /metrics, health; no backend API, "
+            "pages or scheduled work), `backend` (API, pages, webhook and scheduled work; refuses ingest) or `all`."),
+    Setting("lease_retry_s", _pos_float, 5.0,
+            "Replicas sharing a PostgreSQL store: seconds between tries at a duty's lease (retention sweep, "
+            "detection) this replica does not hold, and between checks of one it holds."),
     Setting("store_connect_timeout_s", _pos_float, 60.0,
             "How long `flowscope serve` retries an unreachable store at start-up (backoff, one log line per "
             "attempt) before it exits with an error."),
@@ -241,6 +247,8 @@ class Config:
     sdk_queue_size: int
     demo_rate: float
     database_url: str
+    role: str
+    lease_retry_s: float
     store_connect_timeout_s: float
     run_store: bool
     store_writer: str

@@ -178,6 +178,26 @@ DASHBOARD_ALERTS = "flowscope-alerts"
 ALERTS_WEBHOOK_PATH = "/api/v1/alerts/webhook"
 ALERTS_PATH = "/api/v1/alerts"
 
+# --- replicas: roles and leader leases (issue 13) ------------------------------------------------------
+
+#: What one ``flowscope serve`` replica serves (``FLOWSCOPE_ROLE``): ingest only (OTLP, native spans, profiles,
+#: /metrics, health), the backend only (API, pages, webhook, scheduled work), or both (the default).
+ROLE_INGEST = "ingest"
+ROLE_BACKEND = "backend"
+ROLE_ALL = "all"
+ROLES = (ROLE_INGEST, ROLE_BACKEND, ROLE_ALL)
+#: Work that runs on one replica at a time, each under a lease of its own (``exporter/lease.py``; its advisory
+#: lock key is derived from the name): the values of the ``duty`` label.
+DUTY_RETENTION_SWEEP = "retention-sweep"
+#: Scheduled regression detection, and the Grafana annotations of the findings it records.
+DUTY_DETECTION = "detection"
+DUTIES = (DUTY_RETENTION_SWEEP, DUTY_DETECTION)
+#: Not a duty: the transaction-level advisory lock that serialises recording regression findings, so a finding
+#: is new (and annotated) in one detection run across replicas, whichever replica ran it.
+FINDINGS_LOCK = "regression-findings"
+L_DUTY = "duty"
+LEASE_HELD = "flowscope_lease_held"
+
 # --- run store, replay, run page (issue 5) ----------------------------------------------------------
 
 RUNS_PATH = "/api/v1/runs"

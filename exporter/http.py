@@ -3,6 +3,10 @@
 Views parse the request, call the pipeline, and serialise the result. Every
 refusal is JSON ``{"error": {"code", "message", "field"?}}`` with a 4xx.
 
+A replica whose role is ``backend`` (``FLOWSCOPE_ROLE``) refuses the ingest routes (OTLP, native spans,
+profiles) with a 404 naming its role, counted in ``flowscope_ingest_requests_rejected_total{reason="wrong_role"}``;
+/metrics, health and readiness answer on every role.
+
 The exporter serves on its own, without the backend: :func:`init_app` binds an :class:`Exporter` to an
 app and registers :data:`bp`; every view reaches it through :func:`current_exporter`::
 
@@ -32,6 +36,10 @@ PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
 EXTENSION = "flowscope.exporter"
 
 bp = Blueprint("exporter", __name__)
+
+#: The ingest endpoints and the ``format`` their refusals are counted under; a ``backend`` replica refuses them.
+INGEST_ENDPOINTS = {"exporter.otlp_traces": "otlp", "exporter.native_spans": c.FORMAT_NATIVE,
+                    "exporter.profiles": "profile"}
 
 
 def init_app(app: Flask, exporter: Exporter) -> None:
@@ -89,6 +97,20 @@ def _media_type() -> str:
 @bp.errorhandler(HttpError)
 def _http_error(e: HttpError):
     return error_response(e.status, e.code, e.message, e.field, e.headers)
+
+
+@bp.before_request
+def _ingest_served_here() -> None:
+    """A ``backend`` replica takes no ingest: 404, not 503, so a client pointed at it fails loudly instead of
+    retrying a replica that will never take its spans."""
+    fmt = INGEST_ENDPOINTS.get(request.endpoint or "")
+    if fmt is None:
+        return
+    ex = current_exporter()
+    if ex.config.role == c.ROLE_BACKEND:
+        ex.pipeline.reject_request(fmt, "wrong_role")
+        raise HttpError(404, "wrong_role", f"this server's role is {c.ROLE_BACKEND} (FLOWSCOPE_ROLE): it takes no "
+                        f"ingest; send {request.path} to a replica whose role is {c.ROLE_INGEST} or {c.ROLE_ALL}")
 
 
 @bp.post(c.OTLP_TRACES_PATH)

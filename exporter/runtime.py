@@ -4,8 +4,10 @@
 Use :func:`build` to make a started one from a :class:`~exporter.config.Config`, and
 :meth:`Exporter.close` to stop it; tests build as many as they like, each with its own registries.
 ``Exporter(config)`` itself opens the store but starts no thread of its own: :meth:`Exporter.start`
-does (the Loki pusher, the run store's writer, the tick). The pipeline's sinks (:mod:`exporter.sinks`) are
-the Loki pusher and the run store's recorder; :meth:`Exporter.close` closes them through the pipeline.
+does (the Loki pusher, the run store's writer, the leases' keeper, the tick). The retention sweep runs only
+while this process holds the ``retention-sweep`` lease (:mod:`exporter.lease`: once across replicas). The
+pipeline's sinks (:mod:`exporter.sinks`) are the Loki pusher and the run store's recorder; :meth:`Exporter.close`
+closes them through the pipeline.
 
 :func:`open_store` waits for the store at start-up (``flowscope serve`` builds the exporter on its engine), and
 :meth:`Exporter.health` / :meth:`Exporter.store_error` are what the health and readiness endpoints report,
@@ -29,6 +31,7 @@ from sqlalchemy import Engine
 from . import conventions as c
 from .config import Config, load_config
 from .db import first_line, make_engine, probe, sqlite_path, wait_for_store
+from .lease import Lease, Leases
 from .loki import LokiConfig, LokiPusher, RetryPolicy
 from .metrics import MetricStore
 from .pipeline import Pipeline
@@ -185,8 +188,12 @@ class Exporter:
             log.info("pushing log streams to %s", mask_url(self.loki.config.push_url))
         else:
             log.info("FLOWSCOPE_LOKI_URL is not set: log streams are not pushed to Loki")
-        self.pipeline = Pipeline(self.store, self.loki, WorkflowResolver(timeout_s=config.trace_timeout_s),
-                                 redactor=self.redactor)
+        # replicas without trace affinity: a waiting span's root may be in the PostgreSQL store they share
+        shared = config.run_store and not config.database_url.startswith("sqlite")
+        self.pipeline = Pipeline(self.store, self.loki, WorkflowResolver(
+            timeout_s=config.trace_timeout_s,
+            lookup=(lambda ids: {} if self.runs is None else self.runs.workflows_of_traces(ids)) if shared else None),
+            redactor=self.redactor)
         self.db = engine if engine is not None else make_engine(config.database_url)
         self._store_probe = CachedProbe(lambda: probe(self.db))
         self._probes = {name: CachedProbe(http_probe(url)) for name, url in (
@@ -204,17 +211,27 @@ class Exporter:
             self.recorder = RunRecorder(self.runs, self.store, retention_s=config.run_retention_s,
                                         sweep_interval_s=min(3600.0, config.run_retention_s / 10), writer=writer)
             self.pipeline.attach_recorder(self.recorder)
+        # Work that must run once across replicas sharing a PostgreSQL store runs under a lease (exporter.lease);
+        # the backend registers its own duties (detection) on the same object. An ingest-only replica sweeps nothing.
+        self.leases = Leases(self.db, retry_s=config.lease_retry_s, metrics=self.store)
+        self.sweep_lease: Lease | None = None
+        if self.recorder is not None and config.role != c.ROLE_INGEST:
+            self.sweep_lease = self.leases.lease(c.DUTY_RETENTION_SWEEP)
+        #: Ticks run so far (the tick thread's, or a caller's).
+        self.ticks = 0
         self._meter_provider: MeterProvider | None = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
     def start(self) -> Exporter:
-        """Start the Loki pusher, the run store's writer and the tick (once). Whoever calls this calls :meth:`close`."""
+        """Start the Loki pusher, the run store's writer, the leases' keeper and the tick (once). Whoever calls this
+        calls :meth:`close`."""
         if self._ticker is None and not self._stop.is_set():
             if self.loki is not None:
                 self.loki.start()
             if self.recorder is not None:
                 self.recorder.start()
+            self.leases.start()
             self._ticker = threading.Thread(target=self._tick, name="flowscope-tick", daemon=True)
             self._ticker.start()
         return self
@@ -233,12 +250,15 @@ class Exporter:
 
     def tick(self) -> None:
         """Once a second, on the tick thread: release OTLP spans whose root never came, and sweep the run
-        store past its retention when the sweep is due (every ``sweep_interval_s``, the first at the first tick)."""
+        store past its retention when the sweep is due (every ``sweep_interval_s``, the first at the first tick
+        this process holds the sweep's lease). Only the holder of the ``retention-sweep`` lease sweeps, confirmed
+        (``SELECT 1`` on the lock's connection) each tick it holds it; on SQLite this process always does."""
+        self.ticks += 1
         try:
             self.pipeline.tick()
         except Exception:
             log.exception("periodic pipeline tick failed")
-        if self.recorder is not None:
+        if self.recorder is not None and self.sweep_lease is not None and self.sweep_lease.confirm():
             self.recorder.sweep_if_due()  # logs and counts its own failures
 
     def _tick(self) -> None:
@@ -266,7 +286,8 @@ class Exporter:
         states = {v["state"] for v in components.values()}
         status = DOWN if components["store"]["state"] == DOWN else (
             DEGRADED if states - {OK, DISABLED} else OK)
-        return {"status": status, "components": components}
+        # a lease held elsewhere is a replica's normal state, not a degradation: leases sit beside the components
+        return {"status": status, "role": self.config.role, "components": components, "leases": self.leases.health()}
 
     def _store_health(self) -> dict:
         error = self.store_error()
@@ -333,6 +354,7 @@ class Exporter:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(max(0.0, end - time.monotonic()))
+        self.leases.stop(max(0.0, end - time.monotonic()))  # another replica takes the duties at its next try
         flushed = self.pipeline.close(max(0.0, end - time.monotonic()))
         if self._meter_provider is not None:
             self._meter_provider.shutdown()

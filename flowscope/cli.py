@@ -35,9 +35,10 @@ def _add_settings(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
                        help=f"{s.help} [env {s.env}]")
 
 
-SERVE_SETTINGS = ("host", "port", "service_name", "ingest_token", "max_body_bytes", "threads", "connection_limit",
-                  "idle_timeout_s", "header_timeout_s", "series_limit", "buckets", "trace_timeout_s", "loki_url",
-                  "loki_tenant", "loki_username", "loki_encoding", "demo_rate", "log_level")
+SERVE_SETTINGS = ("host", "port", "role", "service_name", "ingest_token", "max_body_bytes", "threads",
+                  "connection_limit", "idle_timeout_s", "header_timeout_s", "series_limit", "buckets",
+                  "trace_timeout_s", "loki_url", "loki_tenant", "loki_username", "loki_encoding", "lease_retry_s",
+                  "demo_rate", "log_level")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the exporter and backend in one process (the embedded default)",
-                           description="Serve OTLP/HTTP and native ingest, /metrics and the backend API.")
+                           description="Serve OTLP/HTTP and native ingest, /metrics and the backend API; with "
+                                       "--role, only ingest or only the backend (replicas).")
     serve.add_argument("--demo", action="store_true", help="also generate synthetic multi-layer traffic")
     _add_settings(serve, SERVE_SETTINGS)
 
@@ -210,6 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from backend.app import create_app, services
+    from exporter.conventions import ROLE_ALL
     from exporter.db import StoreUnavailable, first_line
     from exporter.demo import DEMO_RULES_DIR, DEMO_SPEC, DemoTraffic, demo_defaults
     from exporter.redact import MaskUrlFilter, mask_url
@@ -261,6 +264,10 @@ def _serve(args: argparse.Namespace) -> int:
     host, port = server.server_address
     log.info("HTTP server: %d threads, at most %d connections, header timeout %g s, idle timeout %g s",
              cfg.threads, server.connection_limit, cfg.header_timeout_s, cfg.idle_timeout_s)
+    duties = ", ".join(ex.leases.leases) or "none"
+    log.info("role %s; duties run once across replicas: %s (%s)", cfg.role, duties,
+             "this process owns the SQLite store" if ex.leases.exclusive
+             else f"PostgreSQL advisory locks, tried every {cfg.lease_retry_s:g} s")
     life = Lifecycle()
     life.add(Service("exporter", ex.start, ex.close))
     for svc in services(app):
@@ -291,6 +298,7 @@ def _serve(args: argparse.Namespace) -> int:
                      "in %s, its rules in %s/", cfg.demo_rate, _duration(cfg.run_retention_s), DEMO_SPEC,
                      DEMO_RULES_DIR)
         print(f"flowscope serving on http://{host}:{port}  (metrics: http://{host}:{port}/metrics"
+              f"{f', role {cfg.role}' if cfg.role != ROLE_ALL else ''}"
               f"{f', demo traffic on, runs kept {_duration(cfg.run_retention_s)}' if demo else ''})", flush=True)
         stopped.wait()
         log.info("stopping")

@@ -161,3 +161,102 @@ def test_compose_starts_each_service_once_what_it_needs_is_healthy():
     steps = _dockerfile()
     volume = json.loads(next(a for k, a in steps if k == "VOLUME"))[0]
     assert volume in {v["target"] for v in fs.get("volumes", [])}
+
+
+# -- the `scale` profile: two replicas behind a Collector that routes by trace id ------------------------------
+
+SCALE_SERVICES = {"flowscope-1", "flowscope-2", "otelcol", "prometheus-scale"}
+
+
+def _scale_services() -> dict:
+    r = compose("-f", "docker-compose.yml", "--profile", "scale", "config", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["services"]
+
+
+def test_the_scale_profile_is_valid_and_only_there():
+    default = compose("-f", "docker-compose.yml", "config", "--services")
+    assert default.returncode == 0, default.stderr
+    assert not SCALE_SERVICES & set(default.stdout.split())  # `docker compose up` starts what it did before
+    services = _scale_services()
+    assert set(services) >= SCALE_SERVICES
+    assert all(services[s]["profiles"] == ["scale"] for s in SCALE_SERVICES)
+
+
+def test_the_scale_profile_runs_two_replicas_on_the_shared_store_started_once_what_they_need_is_healthy():
+    from exporter import conventions as c
+
+    services = _scale_services()
+    single = services["flowscope"]["environment"]
+    replicas = [services["flowscope-1"], services["flowscope-2"]]
+    for i, svc in enumerate(replicas, 1):
+        env = svc["environment"]
+        assert env["FLOWSCOPE_DATABASE_URL"] == single["FLOWSCOPE_DATABASE_URL"]  # one PostgreSQL for both
+        assert env["FLOWSCOPE_DATABASE_URL"].startswith("postgresql://")
+        assert env["FLOWSCOPE_SERVICE_NAME"] == f"flowscope-{i}"
+        assert svc["command"] == ["serve"] and env["FLOWSCOPE_PORT"] == "9464"
+        assert f"127.0.0.1:9464{c.READY_PATH}" in " ".join(svc["healthcheck"]["test"])
+        assert svc["depends_on"]["postgres"]["condition"] == "service_healthy"
+    published = [p["published"] for s in services.values() for p in s.get("ports", [])]
+    assert len(published) == len(set(published))  # both profiles can run side by side
+    assert all(p.get("host_ip") == "127.0.0.1" for s in services.values() for p in s.get("ports", []))
+    for name in SCALE_SERVICES:
+        svc = services[name]
+        if name != "otelcol":  # FROM scratch: nothing inside to run a check with (the compose file says so)
+            assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        for dep, how in svc.get("depends_on", {}).items():
+            assert how["condition"] in ("service_healthy", "service_started"), (name, dep, how)
+            if how["condition"] == "service_healthy":
+                assert services[dep].get("healthcheck"), f"{name} waits for {dep} to be healthy; it has no check"
+    col = services["otelcol"]
+    assert {d: h["condition"] for d, h in col["depends_on"].items()} == {
+        "flowscope-1": "service_healthy", "flowscope-2": "service_healthy"}
+    import re
+    assert re.fullmatch(r"otel/opentelemetry-collector-contrib:\d+\.\d+\.\d+", col["image"]), col["image"]
+    mounts = {v["target"]: v["source"] for v in col["volumes"]}
+    assert mounts["/etc/otelcol-contrib/config.yaml"].endswith("deploy/otelcol-scale.yaml")
+    assert "--config=/etc/otelcol-contrib/config.yaml" in col["command"]
+    prom = {v["target"]: v["source"] for v in services["prometheus-scale"]["volumes"]}
+    assert prom["/etc/prometheus/prometheus.yml"].endswith("deploy/prometheus-scale.yml")
+
+
+def test_the_collector_routes_each_trace_to_one_replica_over_otlp_http():
+    cfg = yaml.safe_load((ROOT / "deploy/otelcol-scale.yaml").read_text())
+    receivers, exporters, pipelines = cfg["receivers"], cfg["exporters"], cfg["service"]["pipelines"]
+    for p in pipelines.values():  # every component a pipeline names is defined
+        assert set(p["receivers"]) <= set(receivers) and set(p["exporters"]) <= set(exporters)
+        assert set(p.get("processors", [])) <= set(cfg.get("processors", {}))
+    assert set(cfg["service"]["extensions"]) <= set(cfg["extensions"])
+    front = pipelines["traces"]
+    assert front["receivers"] == ["otlp"] and front["exporters"] == ["loadbalancing"]
+    assert set(receivers["otlp"]["protocols"]) == {"grpc", "http"}
+    lb = exporters["loadbalancing"]
+    assert lb["routing_key"] == "traceID"
+    assert list(lb["protocol"]) == ["otlp"]  # the one protocol the exporter speaks: OTLP/gRPC
+    assert lb["protocol"]["otlp"]["tls"]["insecure"] is True and "endpoint" not in lb["protocol"]["otlp"]
+    # each backend on the ring is a receiver of this collector whose pipeline posts OTLP/HTTP to one replica
+    by_endpoint = {r["protocols"]["grpc"]["endpoint"]: name for name, r in receivers.items() if name != "otlp"}
+    reached = []
+    for host in lb["resolver"]["static"]["hostnames"]:
+        receiver = by_endpoint[host]
+        (pipeline,) = [p for p in pipelines.values() if p["receivers"] == [receiver]]
+        (exporter,) = pipeline["exporters"]
+        assert exporter.startswith("otlphttp/")
+        reached.append(exporters[exporter]["endpoint"])
+    assert reached == ["http://flowscope-1:9464", "http://flowscope-2:9464"]
+    services = _scale_services()
+    assert {u.removeprefix("http://").split(":")[0] for u in reached} == {"flowscope-1", "flowscope-2"} <= set(services)
+    ports = {p["target"] for p in services["otelcol"]["ports"]}
+    assert {4317, 4318} <= ports and not ports & {14317, 14318}  # the second hop stays inside the container
+
+
+def test_the_scale_prometheus_scrapes_both_replicas():
+    cfg = yaml.safe_load((ROOT / "deploy/prometheus-scale.yml").read_text())
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert jobs["flowscope"]["static_configs"][0]["targets"] == ["flowscope-1:9464", "flowscope-2:9464"]
+    assert cfg["rule_files"] == ["/etc/prometheus/alert_rules/flowscope-rules.yml"]
+    promtool = shutil.which("promtool")
+    if promtool:
+        r = subprocess.run([promtool, "check", "config", "--syntax-only", str(ROOT / "deploy/prometheus-scale.yml")],
+                           capture_output=True, text=True, timeout=30, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr

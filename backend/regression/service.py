@@ -2,6 +2,11 @@
 
 One run at a time: a run that is due while the previous one is still going is skipped
 (and counted), never started in parallel.
+
+Across replicas sharing a PostgreSQL store, scheduled runs happen on the replica that holds the ``detection``
+lease (:mod:`exporter.lease`); the others count each skipped turn as ``outcome="standby"``. Findings are
+recorded under a transaction-level advisory lock, so a finding is new in exactly one run whichever replica ran
+it (a scheduled run, or one asked for through the API), and only that run annotates it in Grafana.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from exporter import conventions as c
+from exporter.lease import Lease, lock_key
 from exporter.store.migrate import ensure_schema
 from exporter.store.schema import regressions
 
@@ -36,8 +42,10 @@ def _key(f: Finding) -> tuple:
 class RegressionService:
     def __init__(self, engine, store, source: PrometheusSource | None, since_s: int = 7 * 86400, step_s: int = 300,
                  q: float = 0.05, annotate=None, season_s: int = -1, queries=DEFAULT_QUERIES,
-                 settings: Settings | None = None):
+                 settings: Settings | None = None, lease: Lease | None = None):
+        """``lease``: the ``detection`` lease; scheduled runs happen only while it is held (None: always)."""
         self.engine = engine
+        self.lease = lease
         self.queries = tuple(queries)
         # season_s < 0: each series' period is found automatically; 0: no seasonal removal
         period = None if season_s < 0 else max(2, round(season_s / step_s)) if season_s > 0 else 0
@@ -55,7 +63,9 @@ class RegressionService:
                                   "Relative change of an active finding (after/before - 1).",
                                   GAUGE_LABELS)
         self.p_value = store.gauge(c.REGRESSION_P_VALUE, "FDR-adjusted p-value of an active finding.", GAUGE_LABELS)
-        self.runs = store.counter(c.REGRESSION_RUNS_TOTAL, "Detection runs, by outcome.", ("outcome",))
+        self.runs = store.counter(c.REGRESSION_RUNS_TOTAL, "Detection runs, by outcome: ok, source_error, "
+                                  "skipped_overlap, and standby (a scheduled turn left to the replica holding the "
+                                  "detection lease).", ("outcome",))
         self._store = store
         self.last_run: dict | None = None
 
@@ -102,6 +112,8 @@ class RegressionService:
         tolerance = 5 * self.step_s
         new = []
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # replicas record one at a time: a finding is new once
+                conn.execute(select(func.pg_advisory_xact_lock(lock_key(c.FINDINGS_LOCK))))
             for f in findings:
                 t = datetime.fromisoformat(f.time.replace("Z", "+00:00")).timestamp()
                 row = None
@@ -154,13 +166,19 @@ class RegressionService:
         return out
 
     def start(self, interval_s: float) -> None:
-        """Detect every ``interval_s`` on a thread named ``flowscope-detect`` (once); whoever starts it stops it."""
+        """Detect every ``interval_s`` on a thread named ``flowscope-detect`` (once); whoever starts it stops it.
+        With a :attr:`lease`, a turn runs only if the lease is confirmed held (a ``SELECT 1`` on its connection
+        right before the run); otherwise it is counted as ``outcome="standby"``."""
         if self._thread is not None:
             return
         self._stop.clear()
 
         def loop():
             while not self._stop.wait(interval_s):
+                if self.lease is not None and not self.lease.confirm():
+                    with self._store.lock:
+                        self.runs.inc(("standby",))
+                    continue
                 try:
                     self.run_once()
                 except RuntimeError as e:

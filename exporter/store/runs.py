@@ -84,6 +84,16 @@ class RunQueries:
             return [RunSummary(*r) for r in conn.execute(select(*columns_of(runs, RunSummary))
                                                          .where(runs.c.correlation_id.in_(correlation_ids)))]
 
+    def workflows_of_traces(self, trace_ids: list[str]) -> dict[str, str]:
+        """The workflow of the stored run of each trace among ``trace_ids`` that has one (``ix_runs_trace``; one
+        IN list: pass at most a few thousand). How a replica names the spans whose root another replica stored
+        (:class:`~exporter.resolver.WorkflowResolver`)."""
+        if not trace_ids:
+            return {}
+        with self.engine.connect() as conn:
+            q = select(runs.c.trace_id, runs.c.workflow).where(runs.c.trace_id.in_(trace_ids))
+            return dict(conn.execute(q).all())  # not dict(result): a Result has keys(), so dict() reads it as a mapping
+
     def workflow_summary(self, since_ns: int, max_runs: int = 200_000) -> list[WorkflowStats]:
         """Per workflow, the runs that started since ``since_ns``: count, failed, error ratio, p50 and p95
         duration (ms, nearest rank), newest first by traffic. Reads at most ``max_runs`` runs (newest)."""
