@@ -252,14 +252,16 @@ class Exporter:
         """Once a second, on the tick thread: release OTLP spans whose root never came, and sweep the run
         store past its retention when the sweep is due (every ``sweep_interval_s``, the first at the first tick
         this process holds the sweep's lease). Only the holder of the ``retention-sweep`` lease sweeps, confirmed
-        (``SELECT 1`` on the lock's connection) each tick it holds it; on SQLite this process always does."""
+        (``SELECT 1`` on the lock's connection) when a sweep is due, not every tick; on SQLite this process always
+        does."""
         self.ticks += 1
         try:
             self.pipeline.tick()
         except Exception:
             log.exception("periodic pipeline tick failed")
-        if self.recorder is not None and self.sweep_lease is not None and self.sweep_lease.confirm():
-            self.recorder.sweep_if_due()  # logs and counts its own failures
+        rec = self.recorder
+        if rec is not None and self.sweep_lease is not None and rec.sweep_due() and self.sweep_lease.confirm():
+            rec.sweep_if_due()  # logs and counts its own failures
 
     def _tick(self) -> None:
         while not self._stop.wait(1.0):

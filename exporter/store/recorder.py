@@ -584,11 +584,16 @@ class RunRecorder:
             self.writer.close(max(1.0, end - time.monotonic()))
         return done
 
-    def sweep_if_due(self, now: float | None = None) -> int:
-        """Run :meth:`sweep` if ``sweep_interval_s`` has passed since the last one (the first call always does);
-        the exporter's tick calls it. Returns the runs deleted."""
+    def sweep_due(self, now: float | None = None) -> bool:
+        """Whether ``sweep_interval_s`` has passed since the last sweep (or none has run yet)."""
         now = self.clock() if now is None else now
-        if self._last_sweep is not None and now - self._last_sweep < self.sweep_interval_s:
+        return self._last_sweep is None or now - self._last_sweep >= self.sweep_interval_s
+
+    def sweep_if_due(self, now: float | None = None) -> int:
+        """Run :meth:`sweep` if it is due (:meth:`sweep_due`; the first call always is); the exporter's tick
+        calls it. Returns the runs deleted."""
+        now = self.clock() if now is None else now
+        if not self.sweep_due(now):
             return 0
         self._last_sweep = now
         return self.sweep(now)
