@@ -88,12 +88,28 @@ TRACES_PENDING = "flowscope_traces_pending_spans"
 WORKFLOW_NAMES_GUESSED_TOTAL = "flowscope_workflow_names_guessed_total"
 PROFILES_RECEIVED_TOTAL = "flowscope_profiles_received_total"
 PROFILES_PATH = "/api/v1/profiles"
+#: Application log lines accepted, by input format (``FORMAT_*``, ``FORMAT_BROWSER``).
+LOG_LINES_RECEIVED_TOTAL = "flowscope_log_lines_received_total"
 
 #: Values of the ``format`` label on spans received.
 FORMAT_OTLP_PROTOBUF = "otlp_protobuf"
 FORMAT_OTLP_JSON = "otlp_json"
 FORMAT_NATIVE = "native"
 FORMAT_SDK = "sdk"
+FORMAT_BROWSER = "browser"
+
+# --- application logs (issue 14) --------------------------------------------------
+
+#: Levels of a stored log line, most severe last (OpenTelemetry's severity ranges, exporter.model.SEVERITY_LEVELS).
+LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
+#: Where a log line came in: the SDK's logging handler, an OTLP logs request, a browser.
+LOG_SOURCE_APP = "app"
+LOG_SOURCE_OTLP = "otlp"
+LOG_SOURCE_BROWSER = "browser"
+LOG_SOURCES = (LOG_SOURCE_APP, LOG_SOURCE_OTLP, LOG_SOURCE_BROWSER)
+OTLP_LOGS_PATH = "/v1/logs"
+#: POST: native JSON log lines (the SDK's remote mode); GET: search the stored lines.
+LOGS_PATH = "/api/v1/logs"
 
 #: Prefix of the metrics recorded through ``PerformanceMonitor.record_metric``.
 CUSTOM_METRIC_PREFIX = "flowscope_custom_"

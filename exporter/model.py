@@ -259,3 +259,39 @@ class WorkflowRun:
     end_ns: int
     user: str | None = None
     spans: list[Span] = field(default_factory=list)
+
+
+#: OpenTelemetry's severity numbers (logs data model): the first number of each range names the level.
+SEVERITY_LEVELS = ((21, "fatal"), (17, "error"), (13, "warn"), (9, "info"), (5, "debug"), (1, "trace"))
+
+
+def severity_level(number: int) -> str:
+    """The level of an OpenTelemetry severity number (1..24); 0 (unspecified) is ``info``."""
+    for first, name in SEVERITY_LEVELS:
+        if number >= first:
+            return name
+    return "info"
+
+
+@dataclass(slots=True)
+class LogLine:
+    """One application log line, from the SDK's logging handler, an OTLP logs request or a browser.
+
+    ``level`` is one of :data:`exporter.conventions.LOG_LEVELS`; ``severity_number`` is OpenTelemetry's (1..24).
+    ``workflow`` is filled by the pipeline from the line's trace when the trace's workflow is known.
+    ``source`` says which input it came through (``conventions.LOG_SOURCES``).
+    """
+
+    time_ns: int
+    level: str
+    body: str
+    service: str = ""
+    severity_number: int = 0
+    logger: str | None = None
+    workflow: str | None = None
+    correlation_id: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    exception: str | None = None
+    source: str = "app"

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 from . import conventions as c
 from .metrics import MetricStore
-from .model import ErrorRecord, Span
+from .model import ErrorRecord, LogLine, Span
 from .redact import Redactor
 from .resolver import PENDING_LIMIT, SHUTDOWN, TIMEOUT, WorkflowResolver
-from .sinks import FastSink, FastStep, Sink, SpanCallback
+from .sinks import FastSink, FastStep, LogSink, Sink, SpanCallback
 from .validate import clean_text, clean_value
 
 if TYPE_CHECKING:
@@ -92,6 +92,8 @@ class Pipeline:
                                         (c.L_WORKFLOW, c.L_KIND))
         self.profile_top_n = 20
         self._profile_functions: dict[str, set[str]] = {}
+        self.log_lines_received = s.counter(c.LOG_LINES_RECEIVED_TOTAL, "Application log lines accepted, by input "
+                                            "format.", (c.L_FORMAT,))
         self.profiles_received = s.counter(c.PROFILES_RECEIVED_TOTAL, "Profiles accepted, by format.",
                                            (c.L_FORMAT,))
         pending = s.gauge(c.TRACES_PENDING, "OTLP spans waiting for their trace's root span to name the workflow.")
@@ -126,6 +128,24 @@ class Pipeline:
             spans = self.resolver.resolve(spans, self.clock())
             self._apply(spans)
         self._fan_out(spans)
+
+    def ingest_logs(self, lines: list[LogLine], fmt: str) -> None:
+        """Record decoded application log lines: count them, name their workflow where their trace's is known,
+        scrub secrets from their text, and hand them to every sink that takes logs (:class:`LogSink`)."""
+        known = self.resolver.workflow_of
+        redact = self.redact
+        for line in lines:
+            if line.workflow is None and line.trace_id:
+                line.workflow = known(line.trace_id)
+            line.body = redact(line.body) or ""
+            if line.exception is not None:
+                line.exception = redact(line.exception)
+        with self.store.lock:
+            self.log_lines_received.inc((fmt,), len(lines))
+        if lines:
+            for sink in self.sinks:
+                if isinstance(sink, LogSink):
+                    sink.logs(lines)
 
     def _fold_sdk_count(self) -> None:
         n, self._sdk_received = self._sdk_received, 0

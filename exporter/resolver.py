@@ -176,6 +176,10 @@ class WorkflowResolver:
         """Store lookups that raised, since the start."""
         return 0 if self._lookup is None else self._lookup.errors
 
+    def workflow_of(self, trace_id: str) -> str | None:
+        """The workflow of a trace this resolver has named recently, or None."""
+        return self._known.get(trace_id)
+
     def _learn(self, trace_id: str, workflow: str) -> None:
         self._known[trace_id] = workflow
         if len(self._known) > self.max_known:

@@ -19,6 +19,9 @@ blocks on I/O and never raises; what it cannot keep it counts. Its owner starts 
 and the pipeline closes it: first every sink with ``wait=False`` so all drain side by side, then each
 with what is left of one deadline.
 
+A sink that also implements ``logs`` (a :class:`LogSink`: the Loki pusher, the run store) takes the
+application's log lines (:class:`~exporter.model.LogLine`) too; the others never see them.
+
 A sink that also implements ``fast`` (a :class:`FastSink`, the run store) takes the in-process SDK's
 successful plain steps as a :data:`FastStep` tuple, no :class:`~exporter.model.Span` built; while every
 sink is a FastSink the SDK builds no Span for such a step (``Pipeline.metrics_only``).
@@ -30,10 +33,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .model import ErrorRecord, Span
+    from .model import ErrorRecord, LogLine, Span
     from .profiles import Profile
 
-__all__ = ["FastSink", "FastStep", "Sink", "SpanCallback"]
+__all__ = ["FastSink", "FastStep", "LogSink", "Sink", "SpanCallback"]
 
 #: One successful SDK step with no state or metadata: ``(run, layer, component, operation, start_ns, end_ns,
 #: span_id, parent_span_id)``, where ``run`` carries ``workflow``, ``trace_id``, ``correlation_id``, ``service``.
@@ -67,6 +70,14 @@ class FastSink(Sink, Protocol):
 
     def fast(self, step: FastStep) -> None:
         """Queue one fast-path step; the hot path of every traced step, so a few tens of nanoseconds."""
+
+
+@runtime_checkable
+class LogSink(Sink, Protocol):
+    """A sink that also takes application log lines."""
+
+    def logs(self, lines: Sequence[LogLine]) -> None:
+        """Queue log lines (workflow filled where the trace is known, text already redacted)."""
 
 
 class SpanCallback:

@@ -33,10 +33,11 @@ from ..classify import classify_error
 from ..db import insert_ignore
 from ..fingerprint import Fingerprinter, failure_causes
 from ..metrics import MetricStore
-from ..model import ErrorRecord, Span, hash_user
+from ..model import ErrorRecord, LogLine, Span, hash_user
 from ..redact import Redactor
 from ..retry import RetriesExhausted, RetryInterrupted, RetryPolicy, SendError
 from ..worker import BatchWorker
+from .logs import insert_logs, log_row
 from .migrate import ensure_schema
 from .process import WriterDied, WriterOutage, WriterProcess
 from .rows import DETAIL_COLUMNS, LINK_COLUMNS, SPAN_COLUMNS, DetailRow, LinkRow, SpanRow, to_json
@@ -255,6 +256,7 @@ class RunWriter:
         run_rows: list[dict] = []
         err_rows: list[dict] = []
         prof_rows: list[dict] = []
+        log_rows: list[dict] = []
         truncated = 0
         red = self.redactor
         fast_row, span_row, details_of = self.fast_row, self.span_row, self.detail_rows
@@ -295,6 +297,8 @@ class RunWriter:
                                      "component": it.component[:200], "error_type": it.error_type[:200],
                                      "message": red.text(it.message), "stack_trace": red.text(it.stack_trace),
                                      "time_ns": it.time_ns or time.time_ns()})
+                elif isinstance(it, LogLine):
+                    log_rows.append(log_row(it, red))
                 else:  # a Profile
                     stacks = it.stacks or dict(it.self_seconds.items())
                     prof_rows.append({"workflow": it.workflow, "correlation_id": it.correlation_id,
@@ -324,8 +328,10 @@ class RunWriter:
                 self._write_errors(conn, err_rows)
             if prof_rows:
                 conn.execute(profiles.insert(), prof_rows)
+            if log_rows:
+                insert_logs(conn, log_rows)
         return {"spans": len(span_rows), "runs": len(run_rows), "errors": len(err_rows),
-                "profiles": len(prof_rows), "truncated_states": truncated}
+                "profiles": len(prof_rows), "logs": len(log_rows), "truncated_states": truncated}
 
     def _write_errors(self, conn, rows: list[dict]) -> None:
         """Fingerprint the batch's errors, link each run's errors into failure chains, and count groups.
@@ -618,6 +624,10 @@ class RunRecorder:
 
     def profile(self, profile) -> None:
         self.spans((profile,))
+
+    def logs(self, lines) -> None:
+        """Application log lines (:class:`~exporter.model.LogLine`): queued with the spans, never shed by run."""
+        self.spans(lines)
 
     def _admit(self, batch) -> list:
         """Shed load by run, not by span: past the high-water mark, whole runs are left out.

@@ -167,6 +167,9 @@ profiles = Table(
     Column("sample_rate_hz", Float, nullable=True),
     #: {folded stack: samples}, or for pstats {function: self seconds} as one-frame stacks
     Column("stacks", Text, nullable=False),
+    #: memory profiles (format alloc | held, revision 0003): the run's peak and net bytes; NULL on CPU rows
+    Column("peak_bytes", BigInteger, nullable=True),
+    Column("net_bytes", BigInteger, nullable=True),
     Index("ix_profiles_wf_time", "workflow", "time_ns"),
 )
 
