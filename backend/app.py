@@ -33,20 +33,25 @@ from exporter.web import HttpError, error_response
 
 from . import alerts, openapi, provision_api
 from .analysis import api as errors_api
+from .endpoints import api as endpoints_api
+from .endpoints.metrics import init_metrics as init_endpoint_metrics
 from .ext import Flowscope, current_flowscope
+from .logs import api as logs_api
 from .provision import GrafanaProvisioner
 from .provision_api import grafana_config
 from .regression import api as regressions_api
 from .regression.analyze import DEFAULT_QUERIES, Settings
 from .regression.service import RegressionService, grafana_annotator
 from .regression.sources import PrometheusSource, load_queries
+from .reports import api as reports_api
 from .runs import api as runs_api
 from .runs import pages
 from .store import AlertStore
 
 #: The backend's blueprints, whose filters and path parameters are checked for NUL before their views run.
 BACKEND_BLUEPRINTS = tuple(bp.name for bp in (alerts.bp, provision_api.bp, runs_api.bp, errors_api.bp,
-                                              regressions_api.bp, pages.bp))
+                                              regressions_api.bp, pages.bp, logs_api.bp,
+                                              reports_api.bp, endpoints_api.bp))
 
 
 def _regression_service(ex: Exporter, store: AlertStore) -> RegressionService:
@@ -121,6 +126,10 @@ def create_app(exporter: Exporter | None = None, test_config: dict | None = None
         app.register_blueprint(pages.bp)
         app.register_blueprint(errors_api.bp)
         app.register_blueprint(regressions_api.bp)
+        app.register_blueprint(logs_api.bp)
+        app.register_blueprint(reports_api.bp)
+        app.register_blueprint(endpoints_api.bp)
+        init_endpoint_metrics(ex)  # the inventory's gauges on /metrics: the dashboard row and the no-traffic alert
         app.register_blueprint(openapi.bp)
     app.before_request(_no_nul_in_backend_parameters)
     app.register_error_handler(HttpError, _flowscope_http)

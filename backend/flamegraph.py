@@ -1,6 +1,7 @@
 """Flame graphs from folded stacks: Grafana's Flame Graph data frame, an SVG, and a diff (pure).
 
-Input is ``{folded stack: seconds}`` (``RunStore.profile_stacks``). Output:
+Input is ``{folded stack: value}`` (``RunStore.profile_stacks``): CPU seconds, or bytes for a
+memory profile (``unit="bytes"``: allocated, or still held). Output:
 
 - :func:`dataframe`: the shape Grafana's Flame Graph panel reads, a nested set
   in depth-first order with fields ``label``, ``level``, ``value`` (total,
@@ -15,6 +16,7 @@ Input is ``{folded stack: seconds}`` (``RunStore.profile_stacks``). Output:
     tree = build_tree({"main;handle;db_query": 0.42, "main;handle;render": 0.1})
     frame = dataframe(tree)              # JSON for the Flame Graph panel
     picture = svg(tree, "checkout")      # str, image/svg+xml
+    svg(build_tree({"main;load;read_rows": 4_194_304}), "held", unit="bytes")   # tooltips in KiB/MiB
 
 Profiles are client data, so every walk here is iterative and bounded: a stack deeper than
 ``MAX_FRAMES`` keeps its outermost frames and its leaf, with one ``… N more frames`` node between
@@ -29,6 +31,9 @@ from typing import Any, NotRequired, TypedDict
 
 MAX_FRAMES = 512
 MAX_SECONDS = 1e12  # per stack: ~31,700 years of CPU; anything above is a broken profile, and sums stay finite
+MAX_VALUE = MAX_SECONDS  # the same bound for bytes: 1 TB allocated by one stack
+#: Units of a flame graph's values: Grafana's unit ids (seconds; bytes in IEC multiples).
+UNITS = ("s", "bytes")
 
 
 class Node:
@@ -45,7 +50,7 @@ def build_tree(stacks: dict[str, float], right: dict[str, float] | None = None) 
     root = Node("total")
     for side, data in ((0, stacks), (1, right or {})):
         for stack, v in data.items():
-            if not (isinstance(v, (int, float)) and 0 < v <= MAX_SECONDS):  # NaN fails this too
+            if not (isinstance(v, (int, float)) and 0 < v <= MAX_VALUE):  # NaN fails this too
                 continue
             node = root
             _add(node, side, v, leaf=False)
@@ -93,19 +98,24 @@ class _Field(TypedDict):
     unit: NotRequired[str]
 
 
-def dataframe(tree: Node, diff: bool = False, name: str = "profile") -> dict[str, Any]:
-    """Grafana DataFrameJSON for the Flame Graph panel, values in seconds."""
+def dataframe(tree: Node, diff: bool = False, name: str = "profile", unit: str = "s") -> dict[str, Any]:
+    """Grafana DataFrameJSON for the Flame Graph panel, values in ``unit`` (``s``, or ``bytes``: whole bytes)."""
     rows = list(_walk(tree))
+    digits = 0 if unit == "bytes" else 9
+
+    def num(v: float) -> float:
+        return round(v, digits) if digits else float(round(v))
+
     fields: list[_Field] = [
         {"name": "level", "type": "number", "values": [lvl for _, lvl in rows]},
-        {"name": "value", "type": "number", "unit": "s", "values": [round(n.value, 9) for n, _ in rows]},
-        {"name": "self", "type": "number", "unit": "s", "values": [round(n.self, 9) for n, _ in rows]},
+        {"name": "value", "type": "number", "unit": unit, "values": [num(n.value) for n, _ in rows]},
+        {"name": "self", "type": "number", "unit": unit, "values": [num(n.self) for n, _ in rows]},
         {"name": "label", "type": "string", "values": [n.label for n, _ in rows]},
     ]
     if diff:
         fields += [
-            {"name": "valueRight", "type": "number", "unit": "s", "values": [round(n.value_right, 9) for n, _ in rows]},
-            {"name": "selfRight", "type": "number", "unit": "s", "values": [round(n.self_right, 9) for n, _ in rows]},
+            {"name": "valueRight", "type": "number", "unit": unit, "values": [num(n.value_right) for n, _ in rows]},
+            {"name": "selfRight", "type": "number", "unit": unit, "values": [num(n.self_right) for n, _ in rows]},
         ]
     return {
         "schema": {"name": name, "meta": {"preferredVisualisationType": "flamegraph"},
@@ -136,8 +146,20 @@ def _diff_color(n: Node, total_l: float, total_r: float) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def svg(tree: Node, title: str, diff: bool = False, width: int = 1200) -> str:
-    """An icicle SVG: one row per stack depth, frame width by (left + right) total; tooltips carry the numbers.
+def fmt_value(v: float, unit: str = "s") -> str:
+    """A value for a tooltip: ``0.125s``, or bytes in IEC units (``512 B``, ``1.5 KiB``, ``12.0 MiB``)."""
+    if unit != "bytes":
+        return f"{v:.3f}s"
+    for u in ("B", "KiB", "MiB", "GiB"):
+        if abs(v) < 1024 or u == "GiB":
+            return f"{v:.0f} {u}" if u == "B" else f"{v:.1f} {u}"
+        v /= 1024
+    return f"{v:.1f} GiB"  # unreachable: the loop returns at GiB
+
+
+def svg(tree: Node, title: str, diff: bool = False, width: int = 1200, unit: str = "s") -> str:
+    """An icicle SVG: one row per stack depth, frame width by (left + right) total; tooltips carry the numbers
+    (seconds, or bytes with ``unit="bytes"``).
 
     ``width`` is the viewBox's width (the unit labels are cut to); the picture itself is 100% of its
     container's width, its height following from the viewBox.
@@ -155,11 +177,12 @@ def svg(tree: Node, title: str, diff: bool = False, width: int = 1200) -> str:
         y = 24 + level * _ROW
         if diff:
             fill = _diff_color(node, tree.value, tree.value_right)
-            tip = (f"{node.label}\nbaseline {node.value:.3f}s ({_pct(node.value, tree.value)})"
-                   f"\nrecent {node.value_right:.3f}s ({_pct(node.value_right, tree.value_right)})")
+            tip = (f"{node.label}\nbaseline {fmt_value(node.value, unit)} ({_pct(node.value, tree.value)})"
+                   f"\nrecent {fmt_value(node.value_right, unit)} ({_pct(node.value_right, tree.value_right)})")
         else:
             fill = _color(node.label)
-            tip = f"{node.label}\n{node.value:.3f}s total ({_pct(node.value, total)}), {node.self:.3f}s self"
+            tip = (f"{node.label}\n{fmt_value(node.value, unit)} total ({_pct(node.value, total)}), "
+                   f"{fmt_value(node.self, unit)} self")
         label = escape(node.label if w > 7 * len(node.label) else node.label[:max(0, int(w / 7) - 1)] + "…"
                        if w > 20 else "")
         rects.append(f'<g class="frame"><title>{escape(tip)}</title>'
@@ -172,7 +195,8 @@ def svg(tree: Node, title: str, diff: bool = False, width: int = 1200) -> str:
             cx += (child.value + child.value_right) / total * width
         work.extend(reversed(kids))
     height = 24 + (depth + 1) * _ROW + 6
-    head = escape(title) + (" — diff: red hotter, blue cooler (share of each window)" if diff else "")
+    change = "red hotter, blue cooler" if unit == "s" else "red more bytes, blue fewer"
+    head = escape(title) + (f" — diff: {change} (share of each side)" if diff else "")
     if not total:
         head = escape(title) + " — no profile samples"
     # width 100% and no height: the picture scales with its container, the viewBox keeping its proportions

@@ -75,8 +75,9 @@ def pin(cpu: int) -> None:
 
 
 def start_server(port: int, cpu: int | str = 0, env: dict | None = None) -> subprocess.Popen:
-    """`flowscope serve` in its own process, pinned to ``cpu`` (one CPU, or a taskset list such as "0,1")."""
-    e = {**os.environ, "FLOWSCOPE_LOG_LEVEL": "WARNING", **(env or {})}
+    """`flowscope serve` in its own process, pinned to ``cpu`` (one CPU, or a taskset list such as "0,1").
+    One HTTP worker (the serving process itself) unless ``env`` says otherwise: the benches read its CPU time."""
+    e = {**os.environ, "FLOWSCOPE_LOG_LEVEL": "WARNING", "FLOWSCOPE_WORKERS": "1", **(env or {})}
     p = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-m", "flowscope", "serve", "--port",
                           str(port), "--series-limit", "100000"], cwd=ROOT, env=e,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

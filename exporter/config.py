@@ -79,6 +79,17 @@ def _words(v: Any) -> tuple[str, ...]:
     return tuple(w.strip() for w in items if str(w).strip())
 
 
+def _origins(v: Any) -> tuple[str, ...]:
+    """Browser origins: ``*`` alone, or ``scheme://host[:port]`` each (no path: a browser's Origin has none)."""
+    out = tuple(w.rstrip("/") for w in _words(v))
+    if "*" in out and len(out) > 1:
+        raise ValueError("`*` allows every origin: list origins or give `*` alone")
+    for o in out:
+        if o != "*" and (not o.startswith(("http://", "https://")) or "/" in o.split("://", 1)[1]):
+            raise ValueError(f"an origin is scheme://host[:port], got {o!r}")
+    return out
+
+
 def _season(v: Any) -> int:
     if isinstance(v, str) and v.strip().lower() == "auto":
         return -1
@@ -99,6 +110,18 @@ def _opt_str(v: Any) -> str | None:
     return None if v is None or str(v) == "" else str(v)
 
 
+def _forward(v: Any) -> tuple[Any, ...]:
+    from .forward import parse_destinations  # the forwarder's vocabulary (exporter/forward.py), loaded when used
+
+    return parse_destinations(v)
+
+
+def _show_forward(v: Any) -> Any:
+    from .forward import public_destinations
+
+    return public_destinations(v)
+
+
 def _opt_pos_int(v: Any) -> int | None:
     return None if v is None or str(v).strip() in ("", "auto") else _pos_int(v)
 
@@ -110,6 +133,8 @@ class Setting:
     default: Any
     help: str
     secret: bool = False
+    #: How ``Config.public`` shows a structured value (secrets inside masked); None: as is.
+    show: Callable[[Any], Any] | None = None
 
     @property
     def env(self) -> str:
@@ -122,7 +147,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("service_name", str, "flowscope", "Service name stamped on SDK spans and log streams."),
     Setting("ingest_token", _opt_str, None, "If set, ingest requires `Authorization: Bearer <token>`.", True),
     Setting("max_body_bytes", _pos_int, 8 * 1024 * 1024, "Largest accepted request body, after decompression."),
-    Setting("threads", _pos_int, 8, "Worker threads of the HTTP server: requests the application runs at once."),
+    Setting("browser_origins", _origins, (),
+            "Origins (`https://shop.example.com`) whose pages may post console errors and user actions to "
+            "`/api/v1/logs/browser`, comma-separated; `*`: any origin, without credentials. Unset: no browser may."),
+    Setting("browser_max_body_bytes", _pos_int, 64 * 1024,
+            "Largest browser log request (`/api/v1/logs/browser`), after decompression."),
+    Setting("threads", _pos_int, 8, "Threads of each HTTP worker process: requests one worker runs at once."),
+    Setting("workers", _opt_pos_int, None,
+            "HTTP worker processes of `flowscope serve`; past one, the serving process aggregates (metrics, run store, "
+            "Loki) and the workers decode and serve. `auto`: the cores less two (aggregator and writer), one below "
+            "four cores (see Serving in the README)."),
     Setting("connection_limit", _opt_pos_int, None,
             "Most open client connections; at the limit a new one closes the longest-idle one. Unset: "
             "1000, or fewer if the open-files limit (less a reserve) allows fewer."),
@@ -147,6 +181,17 @@ SETTINGS: tuple[Setting, ...] = (
             "On a full Loki queue, drop the lines offered (`drop_newest`) or the oldest queued (`drop_oldest`); "
             "counted as `queue_full` either way."),
     Setting("loki_retry_deadline_s", _pos_float, 300.0, "How long one batch is retried before it is dropped."),
+    Setting("forward_destinations", _forward, (),
+            "Names of OTLP/HTTP receivers every trace `/v1/traces` accepts is forwarded to, unchanged, comma-separated "
+            "(`datadog,newrelic`). Each name's URL and headers come from `FLOWSCOPE_FORWARD_<NAME>_URL`, "
+            "`FLOWSCOPE_FORWARD_<NAME>_HEADERS` and `FLOWSCOPE_FORWARD_<NAME>_HEADERS_FILE` (see Forwarding traces).",
+            show=_show_forward),
+    Setting("forward_queue_bytes", _pos_int, 64 * 1024 * 1024,
+            "Queue bound per forward destination, in body bytes; requests past it are dropped and counted."),
+    Setting("forward_compression", _choice("gzip", "none"), "gzip", "Body compression of forwarded requests."),
+    Setting("forward_timeout_s", _pos_float, 10.0, "Seconds one forwarded request may take to be answered."),
+    Setting("forward_retry_deadline_s", _pos_float, 300.0,
+            "How long a forwarded request is retried (408, 429, 5xx, connection errors) before it is dropped."),
     Setting("sdk_mode", _choice("inprocess", "remote"), "remote",
             "The SDK sends spans to a Flowscope server (`remote`, the default: no files, no server in the app) or "
             "into a pipeline in the app's own process (`inprocess`, needs `flowscope[server]`)."),
@@ -176,6 +221,13 @@ SETTINGS: tuple[Setting, ...] = (
             "is stored or pushed to Loki, comma-separated."),
     Setting("profile_workflows", _words, (), "Workflows the SDK's sampling profiler profiles (`*`: all)."),
     Setting("profile_hz", _pos_float, 100.0, "Sampling rate of the SDK's profiler."),
+    Setting("memory_profile_workflows", _words, (),
+            "Workflows whose runs the SDK's profiler may trace with tracemalloc (`*`: all), within the budget."),
+    Setting("memory_profile_budget", _ratio, 0.02,
+            "Share of the process's CPU time the SDK's memory profiler may spend tracing runs (bounds its "
+            "slowdown; 0: off)."),
+    Setting("memory_step_growth_bytes", _pos_int, 10 * 1024 * 1024,
+            "The run page flags a step whose memory grew by more than this many bytes."),
     Setting("slow_query_ms", _pos_float, 100.0,
             "A SQL statement at least this slow is flagged `slow_query` by the SDK's query instrumentation (the "
             "shipped alert spec's database warning threshold)."),
@@ -212,6 +264,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("detect_min_segment", _pos_int, 5, "Points on each side of a detected change, at least."),
     Setting("detect_max_changes", _pos_int, 20, "Changes reported per series, at most."),
     Setting("detect_step_s", _pos_int, 300, "query_range step of detection runs, in seconds."),
+    Setting("endpoints_window_s", _pos_int, 7 * 86400,
+            "Seconds of server spans the endpoint gauges read (`flowscope_endpoint_*`): an endpoint not called in "
+            "them reads as last called at the window's start (or its registration, if later)."),
+    Setting("endpoints_refresh_s", _pos_float, 60.0,
+            "Seconds a scrape reuses the endpoint gauges before reading the store again."),
     Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level of the process."),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -224,7 +281,10 @@ class Config:
     service_name: str
     ingest_token: str | None
     max_body_bytes: int
+    browser_origins: tuple[str, ...]
+    browser_max_body_bytes: int
     threads: int
+    workers: int | None
     connection_limit: int | None
     idle_timeout_s: float
     header_timeout_s: float
@@ -242,6 +302,11 @@ class Config:
     loki_queue_lines: int
     loki_queue_policy: str
     loki_retry_deadline_s: float
+    forward_destinations: tuple[Any, ...]
+    forward_queue_bytes: int
+    forward_compression: str
+    forward_timeout_s: float
+    forward_retry_deadline_s: float
     sdk_mode: str
     sdk_endpoint: str
     sdk_queue_size: int
@@ -257,6 +322,9 @@ class Config:
     redact_keys: tuple[str, ...]
     profile_workflows: tuple[str, ...]
     profile_hz: float
+    memory_profile_workflows: tuple[str, ...]
+    memory_profile_budget: float
+    memory_step_growth_bytes: int
     slow_query_ms: float
     n_plus_one_threshold: int
     attribution_outcome_keys: tuple[str, ...]
@@ -279,6 +347,8 @@ class Config:
     detect_min_segment: int
     detect_max_changes: int
     detect_step_s: int
+    endpoints_window_s: int
+    endpoints_refresh_s: float
     log_level: str
 
     def replace(self, **changes: Any) -> Config:
@@ -289,7 +359,7 @@ class Config:
         out = {}
         for s in SETTINGS:
             v = getattr(self, s.name)
-            out[s.name] = "***" if s.secret and v else mask_url(v) if isinstance(v, str) else v
+            out[s.name] = "***" if s.secret and v else s.show(v) if s.show else mask_url(v) if isinstance(v, str) else v
         return out
 
 
@@ -334,6 +404,10 @@ def load_config(args: Mapping[str, Any] | None = None, environ: Mapping[str, str
         values[k] = _parse(_BY_NAME[k], v, f"argument --{k.replace('_', '-')}")
     if not str(values["sdk_endpoint"]).startswith(("http://", "https://")):
         raise ConfigError(f"sdk_endpoint must be an http:// or https:// URL, got {values['sdk_endpoint']!r}")
+    if values["forward_destinations"]:  # each destination's URL and headers (secrets) from the environment
+        from .forward import resolve_destinations
+
+        values["forward_destinations"] = resolve_destinations(values["forward_destinations"], environ)
     return Config(**values)
 
 

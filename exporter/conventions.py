@@ -44,6 +44,9 @@ L_FORMAT = "format"
 L_REASON = "reason"
 L_METRIC = "metric"
 L_DETECTOR = "detector"
+#: A forward destination's name (``FLOWSCOPE_FORWARD_DESTINATIONS``) and how one attempt to reach it ended.
+L_DESTINATION = "destination"
+L_OUTCOME = "outcome"
 
 # --- workflow metrics ----------------------------------------------------------
 
@@ -53,6 +56,9 @@ STEP_DURATION_SECONDS = "flowscope_step_duration_seconds"
 STEP_ERRORS_TOTAL = "flowscope_step_errors_total"
 WORKFLOWS_IN_PROGRESS = "flowscope_workflows_in_progress"
 PROFILE_CPU_SECONDS_TOTAL = "flowscope_profile_cpu_seconds_total"
+PROFILE_ALLOC_BYTES_TOTAL = "flowscope_profile_alloc_bytes_total"
+#: Function series per workflow of each profile counter (CPU seconds, bytes allocated); the rest is function="other".
+PROFILE_TOP_FUNCTIONS = 20
 REGRESSION_ACTIVE = "flowscope_regression_active"
 REGRESSION_RELATIVE_CHANGE = "flowscope_regression_relative_change"
 REGRESSION_P_VALUE = "flowscope_regression_p_value"
@@ -73,6 +79,8 @@ EXEMPLAR_SPAN_ID = "span_id"
 # --- exporter self-metrics -----------------------------------------------------
 
 SPANS_RECEIVED_TOTAL = "flowscope_spans_received_total"
+#: HTTP worker processes (``flowscope serve --workers N``) that exited and were started again.
+HTTP_WORKER_RESTARTS_TOTAL = "flowscope_http_worker_restarts_total"
 SPANS_REJECTED_TOTAL = "flowscope_spans_rejected_total"
 SERIES_OVERFLOW_TOTAL = "flowscope_series_overflow_total"
 LOKI_PUSH_FAILURES_TOTAL = "flowscope_loki_push_failures_total"
@@ -80,6 +88,12 @@ LOKI_QUEUE_LINES = "flowscope_loki_queue_lines"
 LOKI_LINES_SENT_TOTAL = "flowscope_loki_lines_sent_total"
 LOKI_LINES_DROPPED_TOTAL = "flowscope_loki_lines_dropped_total"
 SDK_SPANS_DROPPED_TOTAL = "flowscope_sdk_spans_dropped_total"
+#: Forwarding received OTLP traces to other receivers (issue 15, exporter/forward.py), per destination.
+FORWARD_REQUESTS_TOTAL = "flowscope_forward_requests_total"
+FORWARD_SENT_TOTAL = "flowscope_forward_sent_total"
+FORWARD_DROPPED_TOTAL = "flowscope_forward_dropped_total"
+FORWARD_QUEUE_BYTES = "flowscope_forward_queue_bytes"
+FORWARD_QUEUE_REQUESTS = "flowscope_forward_queue_requests"
 REQUESTS_REJECTED_TOTAL = "flowscope_ingest_requests_rejected_total"
 #: Accepted values cut to the boundary's caps (names to the label length, nesting to the depth/size caps).
 VALUES_TRUNCATED_TOTAL = "flowscope_values_truncated_total"
@@ -110,6 +124,12 @@ LOG_SOURCES = (LOG_SOURCE_APP, LOG_SOURCE_OTLP, LOG_SOURCE_BROWSER)
 OTLP_LOGS_PATH = "/v1/logs"
 #: POST: native JSON log lines (the SDK's remote mode); GET: search the stored lines.
 LOGS_PATH = "/api/v1/logs"
+#: The logs page: a search box and the matching lines (or their templates), each linked to its run.
+LOGS_PAGE_PATH = "/logs"
+#: POST: a browser's console errors and user actions (small JSON, CORS: ``browser_origins``).
+BROWSER_LOGS_PATH = "/api/v1/logs/browser"
+#: The layer (a Loki stream label) of application log lines: a browser's are ``frontend``, the others this.
+LOG_LAYER = "app"
 
 #: Prefix of the metrics recorded through ``PerformanceMonitor.record_metric``.
 CUSTOM_METRIC_PREFIX = "flowscope_custom_"
@@ -190,6 +210,17 @@ DASHBOARD_ERRORS = "flowscope-errors"
 DASHBOARD_PROFILES = "flowscope-profiles"
 DASHBOARD_ALERTS = "flowscope-alerts"
 
+# --- Datadog and New Relic (issue 15, backend/integrations) ---------------------------------------
+#: The Datadog Agent's openmetrics check namespace: flowscope_step_duration_seconds becomes
+#: flowscope.step_duration_seconds (a distribution), counters <name>.count.
+DATADOG_NAMESPACE = "flowscope"
+#: The tag on every Datadog monitor, SLO and dashboard `flowscope integrations push` owns (it finds them by it).
+DATADOG_MANAGED_TAG = "managed-by:flowscope"
+#: The prefix of every generated monitor, SLO, dashboard and NRQL condition name (push matches by name).
+INTEGRATION_NAME_PREFIX = "[Flowscope] "
+#: The New Relic alert policy that holds the NRQL conditions.
+NEWRELIC_POLICY = "Flowscope"
+
 #: The backend's Alertmanager webhook.
 ALERTS_WEBHOOK_PATH = "/api/v1/alerts/webhook"
 ALERTS_PATH = "/api/v1/alerts"
@@ -221,6 +252,8 @@ RUN_PAGE_PATH = "/runs"
 ERROR_PAGE_PATH = "/errors"  # one error group's page: /errors/<fingerprint>
 ERRORS_PATH = "/api/v1/errors"
 ATTRIBUTION_PATH = "/api/v1/attribution"
+#: The debugging report over a window (issue 15): html, md or json (backend.reports).
+REPORTS_PATH = "/api/v1/reports"
 #: Attribution's dimension prefixes: a span attribute, a resource attribute (OTLP), run metadata (the native
 #: ``workflows[].metadata``, the SDK's ``workflow(..., metadata=)``). Built-in dimensions: layer, component,
 #: operation, service.
@@ -267,4 +300,32 @@ TRUNCATED_KEY = "__flowscope_truncated__"
 #: Span attributes the SDK's SQLAlchemy instrumentation sets on database steps.
 ATTR_DB_STATEMENT = "db.statement"
 ATTR_DB_PATTERN = "flowscope.db.pattern"
+#: A step's memory growth in bytes (traced at its end less at its start), on steps of runs the SDK's memory
+#: profiler traced; the run page flags steps above ``memory_step_growth_bytes``.
+ATTR_MEMORY_GROWTH = "flowscope.memory.growth_bytes"
 ATTR_DB_ROWS = "db.rows"
+
+# --- endpoint inventory (issue 15, point 3; exporter.sdk.routes, exporter.store.endpoints, backend.endpoints) ----
+
+ENDPOINTS_PATH = "/api/v1/endpoints"
+ENDPOINTS_PAGE_PATH = "/endpoints"
+#: An inventory entry's method when the route takes any (a Django function view without a method decorator).
+METHOD_ANY = "*"
+#: Where an inventory entry came from (``endpoints.source``).
+ENDPOINT_SOURCES = ("flask", "django", "fastapi", "starlette", "openapi", "manual")
+L_SERVICE = "service"
+L_METHOD = "method"
+L_ROUTE = "route"
+#: Per documented endpoint (service, method, route): the time of its last call seen in the run store's server spans,
+#: floored at its registration and at the start of the window read (``FLOWSCOPE_ENDPOINTS_WINDOW_S``).
+ENDPOINT_LAST_CALL_TIMESTAMP = "flowscope_endpoint_last_call_timestamp_seconds"
+#: Per documented endpoint: its calls in the window read.
+ENDPOINT_CALLS = "flowscope_endpoint_calls"
+#: Per service: routes seen in traffic that its inventory does not list.
+ENDPOINTS_UNDOCUMENTED = "flowscope_endpoints_undocumented"
+#: Documented endpoints left out of the two per-endpoint gauges past the series cap.
+ENDPOINT_SERIES_DROPPED = "flowscope_endpoint_series_dropped"
+ALERT_ENDPOINT_NO_TRAFFIC = "FlowscopeEndpointNoTraffic"
+RULE_GROUP_ENDPOINTS = "flowscope-endpoints"
+#: The service and workflow ``flowscope endpoints check`` records its failures under.
+ENDPOINT_CHECK_WORKFLOW = "endpoint-check"

@@ -16,17 +16,19 @@ app and registers :data:`bp`; every view reaches it through :func:`current_expor
 
 from __future__ import annotations
 
+import time
+
 import orjson
 from flask import Blueprint, Flask, Response, current_app, request
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from prometheus_client import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_latest_om
 
 from . import conventions as c
 from .decode import DecodeResult, native, otlp
+from .decode import otlp_logs as log_decode
 from .errors import DecodeError
-from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, finish, render_iter, wants_openmetrics
-from .profiles import Profile, ProfileError, parse_folded, parse_pstats
+from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, wants_openmetrics
+from .profiles import MEMORY_FORMATS, Profile, ProfileError, check_bytes, parse_folded, parse_memory, parse_pstats
 from .runtime import Exporter
 from .validate import MAX_ID_CHARS, MAX_LABEL_CHARS, clean_label
 from .web import HttpError, bearer_ok, error_response, read_body
@@ -39,7 +41,8 @@ bp = Blueprint("exporter", __name__)
 
 #: The ingest endpoints and the ``format`` their refusals are counted under; a ``backend`` replica refuses them.
 INGEST_ENDPOINTS = {"exporter.otlp_traces": "otlp", "exporter.native_spans": c.FORMAT_NATIVE,
-                    "exporter.profiles": "profile"}
+                    "exporter.profiles": "profile", "exporter.otlp_logs": "otlp",
+                    "exporter.native_logs": c.FORMAT_NATIVE, "exporter.browser_logs": c.FORMAT_BROWSER}
 
 
 def init_app(app: Flask, exporter: Exporter) -> None:
@@ -113,13 +116,28 @@ def _ingest_served_here() -> None:
                         f"ingest; send {request.path} to a replica whose role is {c.ROLE_INGEST} or {c.ROLE_ALL}")
 
 
+def _accept_traces(ex: Exporter, fmt: str, decode) -> DecodeResult:
+    """:func:`_accept` for ``/v1/traces``; once accepted, the body as received (decompressed) goes to the forward
+    destinations' queues (:mod:`exporter.forward`), never blocking this request."""
+    body = b""
+
+    def read_and_decode() -> DecodeResult:
+        nonlocal body
+        body = read_body(ex.config.max_body_bytes)
+        return decode(body)
+
+    result = _accept(ex, fmt, read_and_decode)
+    ex.forward(fmt, body)  # in an HTTP worker process (exporter.prefork), through the aggregator's forwarders
+    return result
+
+
 @bp.post(c.OTLP_TRACES_PATH)
 def otlp_traces():
     ex = current_exporter()
     mt = _media_type()
     if mt in PROTOBUF_TYPES:
         fmt = c.FORMAT_OTLP_PROTOBUF
-        result = _accept(ex, fmt, lambda: otlp.decode_protobuf(read_body(ex.config.max_body_bytes)))
+        result = _accept_traces(ex, fmt, otlp.decode_protobuf)
         resp = ExportTraceServiceResponse()
         if result.rejected:
             resp.partial_success.rejected_spans = len(result.rejected)
@@ -127,7 +145,7 @@ def otlp_traces():
         return Response(resp.SerializeToString(), status=200, mimetype="application/x-protobuf")
     if mt == "application/json":
         fmt = c.FORMAT_OTLP_JSON
-        result = _accept(ex, fmt, lambda: otlp.decode_json(read_body(ex.config.max_body_bytes)))
+        result = _accept_traces(ex, fmt, otlp.decode_json)
         body = {}
         if result.rejected:
             body = {"partialSuccess": {"rejectedSpans": len(result.rejected), "errorMessage": result.summary()}}
@@ -157,7 +175,8 @@ def native_spans():
 
 @bp.post(c.PROFILES_PATH)
 def profiles():
-    """Folded stacks (text/plain) or a pstats dump (application/octet-stream), tied to ?workflow=."""
+    """Folded stacks (text/plain) or a pstats dump (application/octet-stream), tied to ?workflow=; memory
+    profiles are folded stacks of bytes (``format=alloc|held``, optional ``peak_bytes`` and ``net_bytes``)."""
     ex = current_exporter()
     try:
         _check_auth(ex)
@@ -175,11 +194,28 @@ def profiles():
                         "correlation_id")
     cid = clean_label(cid)[0] if cid is not None else None
     fmt = args.get("format") or ("pstats" if _media_type() == "application/octet-stream" else "folded")
-    if fmt not in ("folded", "pstats"):
-        raise HttpError(400, "invalid_value", f"format must be folded or pstats, got {fmt[:40]!r}", "format")
+    if fmt not in ("folded", "pstats", *MEMORY_FORMATS):
+        raise HttpError(400, "invalid_value", f"format must be folded, pstats, alloc or held, got {fmt[:40]!r}",
+                        "format")
+    peak = net = None
+    if fmt in MEMORY_FORMATS:  # checked before the body is read, each named in its own 400
+        for name in ("peak_bytes", "net_bytes"):
+            if name in args:
+                try:
+                    n = check_bytes(args[name], name, signed=name == "net_bytes")
+                except ProfileError as e:
+                    raise HttpError(400, "invalid_value", str(e), name) from None
+                peak, net = (n, net) if name == "peak_bytes" else (peak, n)
     body = read_body(ex.config.max_body_bytes)
     try:
-        if fmt == "folded":
+        if fmt in MEMORY_FORMATS:
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProfileError("folded stacks must be UTF-8 text") from None
+            profile = parse_memory(text, fmt, peak, net)
+            profile.workflow, profile.correlation_id = workflow, cid
+        elif fmt == "folded":
             try:
                 rate = float(args.get("sample_rate", "100")[:40])
             except ValueError:
@@ -196,6 +232,13 @@ def profiles():
         ex.pipeline.reject_request("profile", "malformed_body")
         raise HttpError(400, "malformed_profile", str(e), "body") from None
     ex.pipeline.record_profile(profile, fmt)
+    if profile.is_memory:
+        leaves = profile.self_bytes()
+        top_b = sorted(leaves.items(), key=lambda kv: -kv[1])[:5]
+        return Response(orjson.dumps({"accepted": True, "format": fmt, "functions": len(leaves),
+                                      "bytes": sum(leaves.values()),
+                                      "top": [{"function": f, "bytes": v} for f, v in top_b]}),
+                        mimetype="application/json")
     top = sorted(profile.self_seconds.items(), key=lambda kv: -kv[1])[:5]
     return Response(orjson.dumps({"accepted": True, "format": fmt, "functions": len(profile.self_seconds),
                                   "cpu_seconds": round(sum(profile.self_seconds.values()), 6),
@@ -207,33 +250,14 @@ def profiles():
 def metrics():
     ex = current_exporter()
     om = wants_openmetrics(request.headers.get("Accept"))
-    if om:
-        extra = generate_latest_om(ex.registry)
-        extra = extra.removesuffix(b"# EOF\n")
-    else:
-        extra = generate_latest(ex.registry)
-
-    def body():
-        yield from render_iter(ex.store, om)
-        yield extra
-        yield finish(om)
-
-    return Response(body(), mimetype=None,
+    return Response(ex.metrics_body(om), mimetype=None,
                     content_type=OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE)
 
 
 @bp.get(c.HEALTH_PATH)
 def health():
     """Liveness (always 200 while the process answers) and each component's state; see :meth:`Exporter.health`."""
-    ex = current_exporter()
-    loki = ex.loki
-    body = ex.health() | {
-        "loki": {"enabled": loki is not None,
-                 "queued_lines": loki.queued() if loki else 0},
-        "series": {f.name: len(f) for f in ex.store.families if len(f)},
-        "pending_otlp_spans": ex.pipeline.resolver.pending_spans,
-    }
-    return Response(orjson.dumps(body), mimetype="application/json")
+    return Response(orjson.dumps(current_exporter().health_body()), mimetype="application/json")
 
 
 @bp.get(c.READY_PATH)
@@ -249,3 +273,135 @@ def ready():
         code, message = "store_unreachable", f"the store does not answer: {error}"
     body = {"status": "not_ready", "error": {"code": code, "message": message}}
     return Response(orjson.dumps(body), status=503, mimetype="application/json", headers={"Retry-After": "1"})
+
+
+# --- application logs (issue 14) ------------------------------------------------------------------------
+
+
+def _accept_logs(ex: Exporter, fmt: str, decode, auth: bool = True) -> log_decode.LogDecodeResult:
+    """Authenticate, read, decode and ingest log lines; a request none of whose lines is valid is a 400 naming
+    the first bad field, and nothing of it is kept."""
+    try:
+        if auth:
+            _check_auth(ex)
+        result = decode()
+    except HttpError as e:
+        ex.pipeline.reject_request(fmt, e.code)
+        raise
+    except DecodeError as e:
+        ex.pipeline.reject_request(fmt, "malformed_body")
+        raise HttpError(400, "malformed_body", str(e), e.field) from None
+    if result.rejected and not result.lines:
+        ex.pipeline.reject_request(fmt, "no_valid_lines")
+        raise HttpError(400, "no_valid_lines", result.summary(), result.rejected[0].field)
+    ex.pipeline.ingest_logs(result.lines, fmt)
+    return result
+
+
+def _log_json(body: bytes):
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise HttpError(400, "malformed_body", f"body is not valid JSON: {e}", "body") from None
+
+
+def _log_result(result: log_decode.LogDecodeResult) -> dict:
+    return {"accepted": len(result.lines), "rejected": len(result.rejected),
+            "errors": [{"index": r.index, "reason": r.reason, "field": r.field, "message": r.detail}
+                       for r in result.rejected[:20]]}
+
+
+@bp.post(c.OTLP_LOGS_PATH)
+def otlp_logs():
+    """OTLP/HTTP logs (``ExportLogsServiceRequest``), protobuf or JSON: what any OpenTelemetry SDK's log exporter
+    posts. Records that can't be kept are counted in ``partialSuccess``, each named in its ``errorMessage``."""
+    ex = current_exporter()
+    mt = _media_type()
+    now = time.time_ns()
+    limit = ex.config.max_body_bytes
+    if mt in PROTOBUF_TYPES:
+        result = _accept_logs(ex, c.FORMAT_OTLP_PROTOBUF, lambda: log_decode.decode_protobuf(read_body(limit), now))
+        resp = ExportLogsServiceResponse()
+        if result.rejected:
+            resp.partial_success.rejected_log_records = len(result.rejected)
+            resp.partial_success.error_message = result.summary()
+        return Response(resp.SerializeToString(), status=200, mimetype="application/x-protobuf")
+    if mt == "application/json":
+        result = _accept_logs(ex, c.FORMAT_OTLP_JSON, lambda: log_decode.decode_json(read_body(limit), now))
+        body = {}
+        if result.rejected:
+            body = {"partialSuccess": {"rejectedLogRecords": len(result.rejected), "errorMessage": result.summary()}}
+        return Response(orjson.dumps(body), status=200, mimetype="application/json")
+    ex.pipeline.reject_request("otlp", "unsupported_media_type")
+    raise HttpError(415, "unsupported_media_type",
+                    f"Content-Type {mt or '(none)'!r} is not supported; use application/x-protobuf "
+                    "or application/json", field="Content-Type")
+
+
+@bp.post(c.LOGS_PATH)
+def native_logs():
+    """Native JSON log lines (``{"lines": [...]}``, :mod:`exporter.decode.otlp_logs`): the SDK's remote mode."""
+    ex = current_exporter()
+    if _media_type() != "application/json":
+        ex.pipeline.reject_request(c.FORMAT_NATIVE, "unsupported_media_type")
+        raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json",
+                        field="Content-Type")
+    result = _accept_logs(ex, c.FORMAT_NATIVE,
+                          lambda: log_decode.decode_native(_log_json(read_body(ex.config.max_body_bytes))))
+    return Response(orjson.dumps(_log_result(result)), mimetype="application/json")
+
+
+#: Request headers a page may send cross-origin (``fetch`` with a JSON body sets Content-Type).
+BROWSER_ALLOW_HEADERS = "Content-Type, Content-Encoding"
+
+
+def _cors(ex: Exporter) -> dict[str, str] | None:
+    """The CORS headers for this request's ``Origin``: None without one; 403 for an origin not allowed.
+
+    Listed origins get their own origin back with ``Access-Control-Allow-Credentials`` (``navigator.sendBeacon``
+    always sends credentials); ``*`` gets ``*`` and never credentials, as the Fetch standard requires."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    allowed = ex.config.browser_origins
+    if "*" in allowed:
+        return {"Access-Control-Allow-Origin": "*"}
+    if origin in allowed:
+        return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true", "Vary": "Origin"}
+    raise HttpError(403, "origin_not_allowed", f"Origin {origin[:200]!r} may not post browser logs; allowed: "
+                    f"{', '.join(allowed) or 'none (FLOWSCOPE_BROWSER_ORIGINS is unset)'}", "Origin",
+                    headers={"Vary": "Origin"})
+
+
+@bp.route(c.BROWSER_LOGS_PATH, methods=["POST", "OPTIONS"])
+def browser_logs():
+    """A browser's console errors and user actions (:func:`exporter.decode.otlp_logs.decode_browser`).
+
+    A page can't keep a secret, so a request from an allowed ``Origin`` needs no ingest token; one with no
+    ``Origin`` (not a browser) needs it, when it is set, like every other ingest. ``Origin`` is no proof
+    outside a browser: the size cap (``FLOWSCOPE_BROWSER_MAX_BODY_BYTES``) and the event cap bound what an
+    anonymous client can post."""
+    ex = current_exporter()
+    try:
+        cors = _cors(ex)
+    except HttpError as e:
+        ex.pipeline.reject_request(c.FORMAT_BROWSER, e.code)
+        raise
+    if request.method == "OPTIONS":  # the preflight of a cross-origin fetch with a JSON body
+        headers = {**(cors or {}), "Access-Control-Allow-Methods": "POST, OPTIONS",
+                   "Access-Control-Allow-Headers": BROWSER_ALLOW_HEADERS, "Access-Control-Max-Age": "600"}
+        return Response(status=204, headers=headers)
+    try:
+        if _media_type() not in ("application/json", "text/plain"):  # text/plain: sendBeacon, no preflight
+            ex.pipeline.reject_request(c.FORMAT_BROWSER, "unsupported_media_type")
+            raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json or text/plain "
+                            "(JSON text)", field="Content-Type")
+        now = time.time_ns()
+        agent = request.headers.get("User-Agent")
+        result = _accept_logs(ex, c.FORMAT_BROWSER, lambda: log_decode.decode_browser(
+            _log_json(read_body(ex.config.browser_max_body_bytes)), now, agent), auth=cors is None)
+    except HttpError as e:
+        if cors:
+            raise HttpError(e.status, e.code, e.message, e.field, {**(e.headers or {}), **cors}) from None
+        raise
+    return Response(orjson.dumps(_log_result(result)), mimetype="application/json", headers=cors)

@@ -40,7 +40,7 @@ import requests
 
 from . import conventions as c
 from .metrics import MetricStore
-from .model import ErrorRecord, Span
+from .model import ErrorRecord, LogLine, Span
 from .retry import RetriesExhausted, RetryInterrupted, RetryPolicy, SendError, parse_retry_after
 from .worker import BatchWorker
 
@@ -135,6 +135,46 @@ def error_entry(e: ErrorRecord, redact=_same) -> Entry:
             e.time_ns or time.time_ns(), orjson.dumps(rec).decode(), meta)
 
 
+def _value_redactor(redact):
+    """The structure-aware redaction of the Redactor whose ``text`` method ``redact`` is (``Redactor.value``:
+    secret keys' values replaced), else ``redact`` applied to every string inside a value."""
+    value = getattr(getattr(redact, "__self__", None), "value", None)
+    if value is not None:
+        return value
+
+    def walk(v, depth=0):
+        if isinstance(v, str):
+            return redact(v)
+        if depth < 64 and isinstance(v, dict):
+            return {k: walk(x, depth + 1) for k, x in v.items()}
+        if depth < 64 and isinstance(v, list):
+            return [walk(x, depth + 1) for x in v]
+        return v
+    return walk
+
+
+def log_entry(line: LogLine, redact=_same, redact_value=None) -> Entry:
+    """The Loki entry of one application log line (pure): its stream is the same bounded labels as the steps'
+    (service, workflow, layer: ``frontend`` for a browser's, else :data:`~exporter.conventions.LOG_LAYER`, and
+    its level); its ids go in the line and in structured metadata. ``redact`` scrubs the message and the
+    exception, ``redact_value`` the attributes (default: :func:`_value_redactor` of ``redact``)."""
+    rec: dict[str, Any] = {"message": redact(line.body) or "", "level": line.level, "source": line.source}
+    for k in ("logger", "correlation_id", "trace_id", "span_id"):
+        v = getattr(line, k)
+        if v:
+            rec[k] = v
+    if line.exception:
+        rec["exception"] = redact(line.exception)
+    if line.attributes:
+        rec["attributes"] = (redact_value or _value_redactor(redact))(line.attributes)
+    meta = {k: v for k, v in (("correlation_id", line.correlation_id), ("trace_id", line.trace_id),
+                              ("span_id", line.span_id)) if v}
+    layer = "frontend" if line.source == c.LOG_SOURCE_BROWSER else c.LOG_LAYER
+    level = line.level if line.level in c.LOG_LEVELS else c.LEVEL_INFO
+    return ((line.service or "unknown_service", line.workflow or c.UNKNOWN_WORKFLOW, layer, level),
+            line.time_ns, orjson.dumps(rec, default=str).decode(), meta)
+
+
 def _group(entries: list[Entry]) -> dict[tuple, list]:
     streams: dict[tuple, list] = {}
     for labels, ts, line, meta in entries:
@@ -208,7 +248,8 @@ class LokiPusher:
                                      "batch was sent), rejected, retries_exhausted, shutdown, internal_error.",
                                      (c.L_REASON,))
         self._store = store
-        self.worker: BatchWorker[Entry | Span] = BatchWorker(
+        self._redact_value = _value_redactor(config.redact)
+        self.worker: BatchWorker[Entry | Span | LogLine] = BatchWorker(
             "flowscope-loki", self._send_batch, on_drop=lambda reason, n: self._count(self.dropped, (reason,), n),
             max_queue=config.queue_lines, max_batch=config.batch_lines, linger_s=config.batch_wait_s,
             policy=config.retry, queue_policy=config.queue_policy)
@@ -245,6 +286,11 @@ class LokiPusher:
     def profile(self, profile: Profile) -> None:
         """Loki keeps no profiles."""
 
+    def logs(self, lines: Sequence[LogLine]) -> None:
+        """Queue application log lines (:class:`~exporter.sinks.LogSink`); each becomes an entry on the pusher
+        thread (:func:`log_entry`), queued and dropped like the steps' lines."""
+        self.worker.submit_many(lines)
+
     def _count(self, counter, key, n=1) -> None:
         with self._store.lock:
             counter.inc(key, n)
@@ -263,7 +309,7 @@ class LokiPusher:
                 out.append(e)
                 continue
             try:
-                out.append(span_entry(e, redact))
+                out.append(log_entry(e, redact, self._redact_value) if type(e) is LogLine else span_entry(e, redact))
             except Exception as err:  # noqa: BLE001 - one span's odd values must not cost its batch
                 self._poison(f"cannot encode a line: {type(err).__name__}: {err}")
         return out

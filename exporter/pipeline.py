@@ -90,8 +90,13 @@ class Pipeline:
         self.query_patterns = s.counter(c.QUERY_PATTERNS_TOTAL, "Database steps flagged by the SDK's SQL "
                                         "instrumentation, by workflow and kind (slow_query, n_plus_one).",
                                         (c.L_WORKFLOW, c.L_KIND))
-        self.profile_top_n = 20
+        self.profile_alloc = s.counter(c.PROFILE_ALLOC_BYTES_TOTAL,
+                                       "Bytes allocated by function from memory profiles (format alloc); past the "
+                                       "top N functions per workflow, as function=\"other\".",
+                                       (c.L_WORKFLOW, c.L_FUNCTION))
+        self.profile_top_n = c.PROFILE_TOP_FUNCTIONS
         self._profile_functions: dict[str, set[str]] = {}
+        self._alloc_functions: dict[str, set[str]] = {}
         self.log_lines_received = s.counter(c.LOG_LINES_RECEIVED_TOTAL, "Application log lines accepted, by input "
                                             "format.", (c.L_FORMAT,))
         self.profiles_received = s.counter(c.PROFILES_RECEIVED_TOTAL, "Profiles accepted, by format.",
@@ -295,20 +300,27 @@ class Pipeline:
         Each workflow keeps at most ``profile_top_n`` function series: a profile's
         functions are admitted hottest first while there is room; the rest of its
         time goes to ``function="other"``. Cardinality stays bounded whatever the code.
+        A memory profile of format ``alloc`` adds its bytes per leaf function to
+        ``flowscope_profile_alloc_bytes_total`` the same way (``held`` is stored only).
         """
         other = 0.0
         profile.workflow = self.name(profile.workflow)
+        if profile.is_memory:
+            values: dict[str, float] = dict(profile.self_bytes()) if profile.format == "alloc" else {}
+            counter, functions = self.profile_alloc, self._alloc_functions
+        else:
+            values, counter, functions = profile.self_seconds, self.profile_cpu, self._profile_functions
         with self.store.lock:
-            known = self._profile_functions.setdefault(profile.workflow, set())
-            for fn, secs in sorted(profile.self_seconds.items(), key=lambda kv: -kv[1]):
+            known = functions.setdefault(profile.workflow, set())
+            for fn, v in sorted(values.items(), key=lambda kv: -kv[1]):
                 if fn not in known and len(known) < self.profile_top_n:
                     known.add(fn)
                 if fn in known:
-                    self.profile_cpu.inc((profile.workflow, fn), secs)
+                    counter.inc((profile.workflow, fn), v)
                 else:
-                    other += secs
+                    other += v
             if other:
-                self.profile_cpu.inc((profile.workflow, "other"), other)
+                counter.inc((profile.workflow, "other"), other)
             self.profiles_received.inc((fmt,))
         for sink in self.sinks:
             sink.profile(profile)

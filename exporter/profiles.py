@@ -1,4 +1,5 @@
-"""CPU profiles in: folded stacks or cProfile pstats dumps → self time per function (pure).
+"""Profiles in: CPU folded stacks or cProfile pstats dumps → self time per function; memory folded stacks
+→ bytes per function (pure).
 
 Folded stacks are what py-spy (``--format raw``), perf + stackcollapse and
 async-profiler (``collapsed``) write: one line per distinct stack, root first,
@@ -10,6 +11,11 @@ The leaf frame's self time is ``count / sample_rate_hz`` seconds. A pstats
 dump (``cProfile ... -o out.pstats``, ``Profile.dump_stats``) carries each
 function's own time (``tt``) directly; it is read by a bounded reader of its
 marshal subset, never by ``marshal.loads`` (unsafe on untrusted bytes).
+
+A memory profile is folded stacks whose counts are bytes, in one of two formats:
+``alloc`` (bytes each stack allocated during the run) and ``held`` (bytes each
+stack allocated that were still held when the run ended), with the run's peak and
+net bytes beside them (:func:`parse_memory`; the SDK's tracemalloc profiler makes them).
 """
 
 from __future__ import annotations
@@ -32,16 +38,56 @@ class ProfileError(FlowscopeError):
     """A profile could not be read; the message names the line or the format."""
 
 
+#: Memory profile formats: bytes allocated per stack during a run, and bytes still held per stack at its end.
+FORMAT_ALLOC, FORMAT_HELD = "alloc", "held"
+MEMORY_FORMATS = (FORMAT_ALLOC, FORMAT_HELD)
+#: CPU profile formats: folded stacks with sample counts, and cProfile pstats dumps.
+CPU_FORMATS = ("folded", "pstats")
+#: Peak and net bytes of one run are refused past this (1 PiB): a number beyond it is a broken profile.
+MAX_BYTES = 2**50
+
+
 @dataclass(slots=True)
 class Profile:
+    """One profile of a workflow (or of one run, with ``correlation_id``): CPU or memory.
+
+    A CPU profile has ``self_seconds`` per function and ``stacks`` of sample counts (folded; none for
+    pstats). A memory profile has ``format`` ``alloc`` or ``held``, ``stacks`` of bytes, ``self_seconds``
+    empty, and the run's ``peak_bytes`` / ``net_bytes``. Picklable: the writer process receives it whole.
+
+        Profile("checkout", {}, "c-1", {"main;load;read_rows": 4_194_304}, format="held", peak_bytes=9_000_000)
+    """
+
     workflow: str
     self_seconds: dict[str, float]
     correlation_id: str | None = None
-    #: folded stacks with sample counts, kept for flame graphs (issue 5); pstats gives none
+    #: folded stacks with sample counts, kept for flame graphs (issue 5); pstats gives none; bytes in memory profiles
     stacks: dict[str, int] = field(default_factory=dict)
     sample_rate_hz: float | None = None
     #: when the profile was taken (ns since the epoch); 0 means when it is stored
     time_ns: int = 0
+    #: ``alloc`` or ``held`` for a memory profile; empty for CPU (``folded`` with stacks, else ``pstats``)
+    format: str = ""
+    #: a memory profile's run: the most bytes traced at once, and the bytes allocated and still held at its end
+    peak_bytes: int | None = None
+    net_bytes: int | None = None
+
+    @property
+    def is_memory(self) -> bool:
+        return self.format in MEMORY_FORMATS
+
+    @property
+    def kind(self) -> str:
+        """The stored format: ``alloc``, ``held``, ``folded`` or ``pstats``."""
+        return self.format or ("folded" if self.stacks else "pstats")
+
+    def self_bytes(self) -> dict[str, int]:
+        """A memory profile's bytes per leaf function (what its own lines allocated)."""
+        out: dict[str, int] = {}
+        for stack, n in self.stacks.items():
+            leaf = stack.rsplit(";", 1)[-1]
+            out[leaf] = out.get(leaf, 0) + n
+        return out
 
 
 #: Sample rates outside this range are refused: below it one sample weighs hours, above it no sampler runs.
@@ -86,7 +132,41 @@ def parse_folded(text: str, sample_rate_hz: float) -> tuple[dict[str, float], di
     so every stack fits the store, the flame graphs and the exposition.
     """
     rate = check_rate(sample_rate_hz)
-    self_s: dict[str, float] = {}
+    counts, stacks = _parse_counts(text, "sample count", "samples")
+    return {leaf: n / rate for leaf, n in counts.items()}, stacks
+
+
+def check_bytes(value: Any, name: str, signed: bool = False) -> int:
+    """A byte count given as text or a number: a whole number within ±``MAX_BYTES`` (>= 0 unless ``signed``)."""
+    text = str(value).strip()[:40]
+    body = text[1:] if signed and text.startswith("-") else text
+    if not (isinstance(value, (int, str)) and not isinstance(value, bool) and _COUNT(body)):
+        raise ProfileError(f"{name} must be a whole number of bytes, got {text!r}")
+    n = int(text)
+    if abs(n) > MAX_BYTES:
+        raise ProfileError(f"{name} must be at most {MAX_BYTES} bytes (1 PiB), got {text!r}")
+    return n
+
+
+def parse_memory(text: str, fmt: str, peak_bytes: Any = None, net_bytes: Any = None) -> Profile:
+    """A memory profile (workflow still to be set) from folded stacks whose counts are bytes.
+
+    ``fmt`` is ``alloc`` or ``held``; ``peak_bytes`` (>= 0) and ``net_bytes`` (signed: a run may free
+    more than it allocates under other tools) are optional. ProfileError names the bad line or field.
+
+        parse_memory("main;load;read_rows 4194304\n", "held", peak_bytes="9000000").stacks
+    """
+    if fmt not in MEMORY_FORMATS:
+        raise ProfileError(f"a memory profile's format is alloc or held, got {str(fmt)[:40]!r}")
+    peak = None if peak_bytes is None else check_bytes(peak_bytes, "peak_bytes")
+    net = None if net_bytes is None else check_bytes(net_bytes, "net_bytes", signed=True)
+    _, stacks = _parse_counts(text, "byte count", "bytes")
+    return Profile("", {}, None, stacks, None, format=fmt, peak_bytes=peak, net_bytes=net)
+
+
+def _parse_counts(text: str, what: str, unit: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(count per leaf, count per stack) of folded lines ``frame;frame;... count``."""
+    self_s: dict[str, int] = {}
     stacks: dict[str, int] = {}
     seen: dict[str, tuple[str, str]] = {}  # stack text -> (key, leaf): a profile repeats its stacks
     for n, line in enumerate(text.splitlines(), 1):
@@ -97,7 +177,7 @@ def parse_folded(text: str, sample_rate_hz: float) -> tuple[dict[str, float], di
         if not sep or not stack.strip():
             raise ProfileError(f"line {n}: expected 'frame;frame;... count', got {line[:80]!r}")
         if not _COUNT(count) or not 0 < int(count) <= MAX_COUNT:
-            raise ProfileError(f"line {n}: the sample count must be a positive whole number up to {MAX_COUNT}, "
+            raise ProfileError(f"line {n}: the {what} must be a positive whole number up to {MAX_COUNT}, "
                                f"got {count[:20]!r}")
         stack = stack.strip()
         known = seen.get(stack)
@@ -106,10 +186,10 @@ def parse_folded(text: str, sample_rate_hz: float) -> tuple[dict[str, float], di
             known = seen[stack] = (";".join(frames), frames[-1])
         key, leaf = known
         samples = int(count)
-        self_s[leaf] = self_s.get(leaf, 0.0) + samples / rate
+        self_s[leaf] = self_s.get(leaf, 0) + samples
         stacks[key] = stacks.get(key, 0) + samples
     if not stacks:
-        raise ProfileError("the profile has no samples")
+        raise ProfileError(f"the profile has no {unit}")
     return self_s, stacks
 
 

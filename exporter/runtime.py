@@ -19,18 +19,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import requests
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_latest_om
 from sqlalchemy import Engine
 
 from . import conventions as c
 from .config import Config, load_config
 from .db import first_line, make_engine, probe, sqlite_path, wait_for_store
+from .exposition import finish, render_iter
+from .forward import Forwarders
 from .lease import Lease, Leases
 from .loki import LokiConfig, LokiPusher, RetryPolicy
 from .metrics import MetricStore
@@ -188,6 +191,8 @@ class Exporter:
             log.info("pushing log streams to %s", mask_url(self.loki.config.push_url))
         else:
             log.info("FLOWSCOPE_LOKI_URL is not set: log streams are not pushed to Loki")
+        #: OTLP/HTTP receivers every accepted /v1/traces body is forwarded to (exporter.forward); empty when none is set
+        self.forwarders = Forwarders.from_config(config, self.store)
         # replicas without trace affinity: a waiting span's root may be in the PostgreSQL store they share
         shared = config.run_store and not config.database_url.startswith("sqlite")
         self.pipeline = Pipeline(self.store, self.loki, WorkflowResolver(
@@ -231,6 +236,7 @@ class Exporter:
                 self.loki.start()
             if self.recorder is not None:
                 self.recorder.start()
+            self.forwarders.start()
             self.leases.start()
             self._ticker = threading.Thread(target=self._tick, name="flowscope-tick", daemon=True)
             self._ticker.start()
@@ -285,11 +291,35 @@ class Exporter:
         components = {"store": self._store_health(), "writer": self._writer_health(), "loki": self._loki_health(),
                       "prometheus": self._probe_health("prometheus", "FLOWSCOPE_DETECT_PROMETHEUS_URL"),
                       "grafana": self._probe_health("grafana", "FLOWSCOPE_GRAFANA_URL")}
+        if self.forwarders:  # listed when FLOWSCOPE_FORWARD_DESTINATIONS names any: each destination's state
+            components["forward"] = self.forwarders.health()
         states = {v["state"] for v in components.values()}
         status = DOWN if components["store"]["state"] == DOWN else (
             DEGRADED if states - {OK, DISABLED} else OK)
         # a lease held elsewhere is a replica's normal state, not a degradation: leases sit beside the components
         return {"status": status, "role": self.config.role, "components": components, "leases": self.leases.health()}
+
+    def forward(self, fmt: str, body: bytes) -> None:
+        """Hand an accepted OTLP traces body to every forward destination's queue (never blocks, never raises)."""
+        self.forwarders.forward(fmt, body)
+
+    def health_body(self) -> dict:
+        """What ``GET /api/v1/health`` answers: :meth:`health` with the Loki queue, the series per metric
+        and the OTLP spans waiting for their root."""
+        loki = self.loki
+        return self.health() | {
+            "loki": {"enabled": loki is not None, "queued_lines": loki.queued() if loki else 0},
+            "series": {f.name: len(f) for f in self.store.families if len(f)},
+            "pending_otlp_spans": self.pipeline.resolver.pending_spans,
+        }
+
+    def metrics_body(self, om: bool) -> Iterator[bytes]:
+        """What ``GET /metrics`` answers, in chunks: the metric store, then the process's own registry (the
+        OpenTelemetry bridge, process and GC metrics); OpenMetrics when ``om``, else Prometheus' text format."""
+        extra = generate_latest_om(self.registry).removesuffix(b"# EOF\n") if om else generate_latest(self.registry)
+        yield from render_iter(self.store, om)
+        yield extra
+        yield finish(om)
 
     def _store_health(self) -> dict:
         error = self.store_error()
@@ -357,7 +387,9 @@ class Exporter:
         if self._ticker is not None:
             self._ticker.join(max(0.0, end - time.monotonic()))
         self.leases.stop(max(0.0, end - time.monotonic()))  # another replica takes the duties at its next try
+        self.forwarders.close(0.0, wait=False)  # drains beside the sinks, then gets what is left of the deadline
         flushed = self.pipeline.close(max(0.0, end - time.monotonic()))
+        flushed = self.forwarders.close(max(0.0, end - time.monotonic())) and flushed
         if self._meter_provider is not None:
             self._meter_provider.shutdown()
         self.db.dispose()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 import logging
 import resource
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -194,7 +195,7 @@ class BoundedServer(TcpWSGIServer):
 
     channel_class = BoundedChannel
 
-    def __init__(self, application, limits: ServerLimits, adj: Adjustments):
+    def __init__(self, application, limits: ServerLimits, adj: Adjustments, sock: socket.socket | None = None):
         self.limits = limits
         self.connection_limit = adj.connection_limit
         self.closed = {"evicted": 0, "header_timeout": 0, "idle_timeout": 0, "send_timeout": 0}
@@ -203,7 +204,9 @@ class BoundedServer(TcpWSGIServer):
         self._sweep_s = min(1.0, limits.header_timeout_s / 4, limits.idle_timeout_s / 4)
         self._next_sweep = 0.0
         self._stop = threading.Event()
-        super().__init__(application, dispatcher=ThreadedTaskDispatcher(), adj=adj, sockinfo=adj.listen[0])
+        # sock: a listening socket to serve instead of binding one (the HTTP workers of exporter.prefork share one)
+        super().__init__(application, dispatcher=ThreadedTaskDispatcher(), adj=adj, sockinfo=adj.listen[0],
+                         _sock=sock, bind_socket=sock is None)
 
     def bind_server_socket(self) -> None:
         try:
@@ -316,8 +319,10 @@ class BoundedServer(TcpWSGIServer):
             pass
 
 
-def make_server(host: str, port: int, app, limits: ServerLimits | None = None) -> BoundedServer:
-    """Bind ``host:port`` (port 0: any free port) for ``app``. Raises ``OSError`` when it cannot listen."""
+def make_server(host: str, port: int, app, limits: ServerLimits | None = None,
+                sock: socket.socket | None = None) -> BoundedServer:
+    """Bind ``host:port`` (port 0: any free port) for ``app``, or serve ``sock``, a socket already listening there.
+    Raises ``OSError`` when it cannot listen."""
     limits = limits or ServerLimits()
     try:
         adj = Adjustments(
@@ -337,4 +342,4 @@ def make_server(host: str, port: int, app, limits: ServerLimits | None = None) -
         )
     except ValueError as e:  # waitress's word for an address it cannot resolve
         raise OSError(f"{e} ({host}:{port})") from None
-    return BoundedServer(app, limits, adj)
+    return BoundedServer(app, limits, adj, sock)

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what a type checker sees; at run time each name is imported on first use (``__getattr__``)
     from exporter.sdk import configure, current_correlation_id, current_ids, flush, shutdown
     from exporter.sdk.errors import ErrorLogger, classify_error
-    from exporter.sdk.logging import JsonFormatter
+    from exporter.sdk.logging import JsonFormatter, LogHandler
     from exporter.sdk.middleware import CorrelationIdMiddleware, parse_traceparent
     from exporter.sdk.monitor import PerformanceMonitor
     from exporter.sdk.profiler import SamplingProfiler
+    from exporter.sdk.routes import Route, discover_routes, register_endpoints, routes_from_openapi
     from exporter.sdk.sinks import RemoteSink
     from exporter.sdk.sqlalchemy import instrument_engine
     from exporter.sdk.tracer import WorkflowTracer, traced
@@ -47,26 +48,36 @@ _HOME = {
     "CorrelationIdMiddleware": "exporter.sdk.middleware",
     "parse_traceparent": "exporter.sdk.middleware",
     "JsonFormatter": "exporter.sdk.logging",
+    "LogHandler": "exporter.sdk.logging",
     "RemoteSink": "exporter.sdk.sinks",
     "SamplingProfiler": "exporter.sdk.profiler",
     "instrument_engine": "exporter.sdk.sqlalchemy",
+    "Route": "exporter.sdk.routes",
+    "discover_routes": "exporter.sdk.routes",
+    "register_endpoints": "exporter.sdk.routes",
+    "routes_from_openapi": "exporter.sdk.routes",
 }
 
 __all__ = [
     "CorrelationIdMiddleware",
     "ErrorLogger",
     "JsonFormatter",
+    "LogHandler",
     "PerformanceMonitor",
     "RemoteSink",
+    "Route",
     "SamplingProfiler",
     "WorkflowTracer",
     "classify_error",
     "configure",
     "current_correlation_id",
     "current_ids",
+    "discover_routes",
     "flush",
     "instrument_engine",
     "parse_traceparent",
+    "register_endpoints",
+    "routes_from_openapi",
     "shutdown",
     "traced",
 ]  # every key of _HOME (tests/test_sdk_package.py)

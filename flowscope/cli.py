@@ -35,7 +35,7 @@ def _add_settings(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
                        help=f"{s.help} [env {s.env}]")
 
 
-SERVE_SETTINGS = ("host", "port", "role", "service_name", "ingest_token", "max_body_bytes", "threads",
+SERVE_SETTINGS = ("host", "port", "role", "service_name", "ingest_token", "max_body_bytes", "workers", "threads",
                   "connection_limit", "idle_timeout_s", "header_timeout_s", "series_limit", "buckets",
                   "trace_timeout_s", "loki_url", "loki_tenant", "loki_username", "loki_encoding", "lease_retry_s",
                   "demo_rate", "log_level")
@@ -92,6 +92,28 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--loki-url", dest="grafana_loki_url", help="Loki URL as Grafana reaches it")
     dp.add_argument("--public-url", dest="public_url", help="this backend's URL for run-page links")
 
+    integ = sub.add_parser("integrations", help="Datadog and New Relic: scrape configs, monitors, SLOs, NRQL "
+                           "conditions and dashboards from the same spec (and push them)",
+                           description="Generate the Datadog and New Relic side of the alert spec and dashboards.")
+    integ_sub = integ.add_subparsers(dest="integrations_command", required=True, metavar="ACTION")
+    ib = integ_sub.add_parser("build", help="write integrations/ (datadog/, newrelic/, UNMAPPED.md)",
+                              description="Write integrations/ from the alert spec and the panel definitions.")
+    ib.add_argument("--spec", default="alert_rules/spec/flowscope.yaml", help="alert spec (thresholds, SLOs)")
+    ib.add_argument("--out", default="integrations", help="output directory")
+    ib.add_argument("--target", default="http://flowscope:9464",
+                    help="Flowscope's base URL as the Datadog Agent and Prometheus reach it (its /metrics)")
+    ib.add_argument("--check", action="store_true", help="write nothing; exit 1 if the files on disk are stale")
+    ip = integ_sub.add_parser("push", help="create or update the monitors, SLOs, dashboards and NRQL conditions",
+                              description="Send them through the vendors' APIs; a second run changes nothing. Keys "
+                                          "only from the environment: DD_API_KEY[_FILE], DD_APP_KEY[_FILE], "
+                                          "NEW_RELIC_API_KEY[_FILE].")
+    ip.add_argument("--spec", default="alert_rules/spec/flowscope.yaml", help="alert spec (thresholds, SLOs)")
+    ip.add_argument("--datadog", action="store_true", help="push to Datadog")
+    ip.add_argument("--newrelic", action="store_true", help="push to New Relic")
+    ip.add_argument("--datadog-url", help="Datadog API base URL (default https://api.$DD_SITE)")
+    ip.add_argument("--newrelic-url", help="NerdGraph URL (default https://api.newrelic.com/graphql)")
+    ip.add_argument("--newrelic-account-id", type=int, help="New Relic account id [env NEW_RELIC_ACCOUNT_ID]")
+
     det = sub.add_parser("detect", help="find regressions and improvements in the workflow metrics",
                          description="Change points and recent-window shifts per series, Benjamini-Hochberg across "
                                      "all of them. Series: p95 step latency per workflow/layer/component, error "
@@ -127,18 +149,28 @@ def _parser() -> argparse.ArgumentParser:
     det.add_argument("--verbose", action="store_true", help="list every series not analysed, with its reason")
 
     rep = sub.add_parser("replay", help="step through one stored run in the terminal (time travel)",
-                         description="Step through a run: n(ext), p(rev), j(ump) N, s(tate), d(iff), l(ist), q(uit). "
+                         description="Step through a run: n(ext), p(rev), j(ump) N, s(tate), d(iff), l(ist), "
+                                     "w(atch) PATH, b(reak) EXPR, c(ontinue), q(uit). "
                                      "Commands may also come on stdin, one per line.")
     rep.add_argument("run_id", metavar="CORRELATION_ID", help="the run's correlation_id (or its trace_id)")
     rsrc = rep.add_mutually_exclusive_group()
     rsrc.add_argument("--url", help="read the run from a running backend (e.g. http://127.0.0.1:9464)")
     rsrc.add_argument("--database-url", dest="database_url", help="read the run from this store [env "
                       "FLOWSCOPE_DATABASE_URL]")
+    rep.add_argument("--watch", action="append", default=[], metavar="PATH",
+                     help="watch a state path (cart.total): its value at every step shown; repeatable")
+    rep.add_argument("--break", action="append", default=[], dest="breaks", metavar="EXPR",
+                     help="start at the first step where EXPR holds (layer=database, error, duration > 250, "
+                          "cart.total > 100, user.id changed; and/or/not); c runs to the next; repeatable")
+    rep.add_argument("--from", type=int, default=None, dest="from_step", metavar="N",
+                     help="with --break: search the steps after step N (default: from the start)")
 
     cfg = sub.add_parser("config", help="print the effective settings",
                          description="Print the effective settings (secrets masked) as JSON.")
     cfg.add_argument("--markdown", action="store_true", help="print the table of every FLOWSCOPE_* variable")
     _db_parser(sub)
+    _report_parser(sub)
+    _endpoints_parser(sub)
     return p
 
 
@@ -208,6 +240,46 @@ def _http_service(server, stopped: threading.Event):
     return Service("http", start, stop)
 
 
+#: What an HTTP worker process runs (``python -c``): :func:`worker_main` under this module's own name.
+WORKER_MAIN = "from flowscope.cli import worker_main; worker_main()"
+
+
+def worker_main() -> None:
+    """An HTTP worker of ``flowscope serve --workers N`` (:mod:`exporter.prefork`): the backend's app on the
+    aggregator's exporter."""
+    from backend.app import create_app
+    from exporter.prefork import serve_worker
+
+    serve_worker(create_app)
+
+
+def _workers_service(ex, sock, n: int, stopped: threading.Event):
+    """N HTTP worker processes on ``sock``, fed by this process as their aggregator (:mod:`exporter.prefork`),
+    as a :class:`~exporter.runtime.Service`. Stopping it stops the workers (they finish their requests) first."""
+    from exporter.prefork import Aggregator, WorkerPool
+    from exporter.runtime import Service
+
+    agg = Aggregator(ex)
+    pool = WorkerPool(n, sock, agg, ex.store, main=WORKER_MAIN)
+
+    def start() -> None:
+        agg.start()
+        try:
+            pool.start()
+        except RuntimeError as e:
+            agg.close()
+            sock.close()
+            raise FlowscopeError(str(e)) from None
+
+    def stop(timeout_s: float) -> bool:
+        sock.close()  # no new connections: the workers' copies are theirs to close
+        clean = pool.stop(timeout_s)
+        agg.close()
+        return clean
+
+    return Service(f"{n} HTTP workers", start, stop)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -215,6 +287,7 @@ def _serve(args: argparse.Namespace) -> int:
     from exporter.conventions import ROLE_ALL
     from exporter.db import StoreUnavailable, first_line
     from exporter.demo import DEMO_RULES_DIR, DEMO_SPEC, DemoTraffic, demo_defaults
+    from exporter.prefork import auto_workers, listen
     from exporter.redact import MaskUrlFilter, mask_url
     from exporter.runtime import STOP_TIMEOUT_S, Exporter, Lifecycle, Service, open_store
     from exporter.server import ServerLimits, make_server
@@ -248,9 +321,13 @@ def _serve(args: argparse.Namespace) -> int:
         except SQLAlchemyError as e:  # the store went away, or refused the schema upgrade
             engine.dispose()
             raise FlowscopeError(f"store {mask_url(cfg.database_url)}: {first_line(e)}") from None
+        workers = cfg.workers or auto_workers()
         try:
             app = create_app(ex)
-            server = make_server(cfg.host, cfg.port, app, ServerLimits.from_config(cfg))
+            if workers > 1:  # this process aggregates; the workers serve the socket (exporter.prefork)
+                server = listen(cfg.host, cfg.port)
+            else:
+                server = make_server(cfg.host, cfg.port, app, ServerLimits.from_config(cfg))
         except SQLAlchemyError as e:
             ex.close()
             raise FlowscopeError(f"store {mask_url(cfg.database_url)}: {first_line(e)}") from None
@@ -261,9 +338,14 @@ def _serve(args: argparse.Namespace) -> int:
     except BaseException:
         restore()
         raise
-    host, port = server.server_address
-    log.info("HTTP server: %d threads, at most %d connections, header timeout %g s, idle timeout %g s",
-             cfg.threads, server.connection_limit, cfg.header_timeout_s, cfg.idle_timeout_s)
+    if workers > 1:
+        host, port = server.getsockname()[:2]
+        log.info("HTTP server: %d worker processes of %d threads each, header timeout %g s, idle timeout %g s; this "
+                 "process aggregates", workers, cfg.threads, cfg.header_timeout_s, cfg.idle_timeout_s)
+    else:
+        host, port = server.server_address
+        log.info("HTTP server: %d threads, at most %d connections, header timeout %g s, idle timeout %g s",
+                 cfg.threads, server.connection_limit, cfg.header_timeout_s, cfg.idle_timeout_s)
     duties = ", ".join(ex.leases.leases) or "none"
     log.info("role %s; duties run once across replicas: %s (%s)", cfg.role, duties,
              "this process owns the SQLite store" if ex.leases.exclusive
@@ -289,7 +371,7 @@ def _serve(args: argparse.Namespace) -> int:
         demo = DemoTraffic(deliver, rate=cfg.demo_rate, on_start=ex.pipeline.workflow_started,
                            on_end=ex.pipeline.workflow_ended, on_profile=profile)
         life.add(Service("demo traffic", demo.start, lambda timeout_s: demo.stop()))
-    life.add(_http_service(server, stopped))
+    life.add(_workers_service(ex, server, workers, stopped) if workers > 1 else _http_service(server, stopped))
     try:
         tune_gc()
         life.start()
@@ -397,6 +479,42 @@ def _dashboards(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _integrations(args: argparse.Namespace) -> int:
+    from backend.integrations.build import render_all
+    from backend.rules.spec import load_spec
+
+    if args.integrations_command == "build":
+        from urllib.parse import urlsplit
+
+        target = urlsplit(args.target)
+        if target.scheme not in ("http", "https") or not target.netloc:
+            raise ConfigError(f"--target must be an http(s) URL like http://flowscope:9464, got {args.target!r}")
+        return _write_or_check(render_all(args.spec, target=args.target), args.out, args.check)
+    from backend.integrations.push import DatadogConfig, DatadogPusher, NewRelicConfig, NewRelicPusher
+
+    if not (args.datadog or args.newrelic):
+        raise ConfigError("say where to push: --datadog and/or --newrelic")
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = load_spec(args.spec)
+    reports = []
+    if args.datadog:
+        pusher = DatadogPusher(DatadogConfig.from_env(args.datadog_url))
+        try:
+            reports.append(pusher.push(spec))
+        finally:
+            pusher.close()
+    if args.newrelic:
+        reports.append(NewRelicPusher(NewRelicConfig.from_env(args.newrelic_url, args.newrelic_account_id)).push(spec))
+    for r in reports:
+        states = [v for k, group in r.items() if isinstance(group, dict) for v in group.values()]
+        vendor = "Datadog" if "datadog" in r else "New Relic"
+        r["summary"] = (f"{vendor}: up to date, nothing changed" if all(v == "unchanged" for v in states) else
+                        f"{vendor}: " + ", ".join(f"{states.count(k)} {k}" for k in ("created", "updated", "unchanged")
+                                                  if states.count(k)))
+        print(orjson.dumps(r, option=orjson.OPT_INDENT_2).decode())
+    return EXIT_OK
+
+
 def _detect(args: argparse.Namespace) -> int:
     from backend.regression.analyze import DEFAULT_QUERIES, SeriesQuery, Settings, analyze, as_dicts, plot, table
     from backend.regression.sources import PrometheusSource, SourceError, load_queries, parse_duration, read_csv
@@ -489,7 +607,7 @@ def _replay(args: argparse.Namespace) -> int:
             source = LocalSource(store, args.run_id)
         finally:
             store.close()
-    Stepper(source).loop()
+    Stepper(source, watches=args.watch, breaks=args.breaks, start_from=args.from_step).loop()
     return EXIT_OK
 
 
@@ -522,6 +640,117 @@ def _existing_store(url: str):
     engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=10,
                                                                         check_same_thread=False))
     return engine, path
+
+
+def _report_parser(sub) -> None:
+    """``flowscope report``: the debugging report over a window, read from the store (:mod:`backend.reports`)."""
+    rp = sub.add_parser("report", help="write a debugging report (SLOs, regressions, errors, slow steps, alerts)",
+                        description="A self-contained summary of a window, read from the store: SLO and error "
+                                    "budget status, regressions, top error groups with attribution and "
+                                    "suggestions, slowest steps and their trend, alerts, endpoint gaps; with links "
+                                    "to runs, dashboards and log queries.")
+    rp.add_argument("--since", default="7d", help="a duration before --until (90m, 24h, 7d) or a time (default 7d)")
+    rp.add_argument("--until", default=None, help="end of the window, RFC 3339 or Unix seconds (default: now)")
+    rp.add_argument("--workflow", default=None, help="only this workflow")
+    rp.add_argument("--format", default="html", choices=("html", "md", "json"), help="output format (default html)")
+    rp.add_argument("--out", metavar="FILE", default=None, help="write here instead of stdout")
+    rp.add_argument("--spec", default="alert_rules/spec/flowscope.yaml", help="alert spec (its SLOs)")
+    rp.add_argument("--database-url", dest="database_url", help="the store [env FLOWSCOPE_DATABASE_URL]")
+
+
+def _report(args: argparse.Namespace) -> int:
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from backend.reports import ReportError, make_report
+    from exporter.store import RunStore
+
+    cfg = load_config({"database_url": args.database_url}, file=args.config)
+    engine, where = _existing_store(cfg.database_url)
+    try:
+        try:
+            store = RunStore(engine)
+        except OperationalError as e:
+            raise FlowscopeError(f"cannot read the store at {where} ({e.orig}); a store written by an older release "
+                                 "is upgraded by `flowscope serve` or `flowscope db upgrade`") from None
+        try:
+            body, _ = make_report(store, cfg, args.since, args.until, args.workflow, args.format, time.time_ns(),
+                                  spec_path=args.spec)
+        except ReportError as e:
+            print(f"flowscope: --{e.field}: {e.message}", file=sys.stderr)
+            return EXIT_USAGE
+    finally:
+        engine.dispose()
+    if args.out:
+        with open(args.out, "wb") as f:
+            f.write(body)
+    else:
+        sys.stdout.write(body.decode())
+    return EXIT_OK
+
+
+def _endpoints_parser(sub) -> None:
+    """``flowscope endpoints check``: a live API against its OpenAPI document (:mod:`backend.endpoints.check`)."""
+    ep = sub.add_parser("endpoints", help="check a live API against its OpenAPI document (schemathesis)",
+                        description="The endpoint inventory's command line.")
+    ep_sub = ep.add_subparsers(dest="endpoints_command", required=True, metavar="ACTION")
+    ck = ep_sub.add_parser("check", help="validate a live API against its OpenAPI document; failures become a run",
+                           description="Valid and invalid requests generated from the document (schemathesis), "
+                                       "responses checked against it, auth required where it is declared. The "
+                                       "result is one run of the workflow endpoint-check, sent to --flowscope. "
+                                       "Exit 0: no failure; 1: failures; 2: a document that cannot be parsed.")
+    ck.add_argument("--openapi", required=True, metavar="URL|FILE", help="the OpenAPI document (JSON or YAML)")
+    ck.add_argument("--base-url", required=True, dest="base_url", help="where the API answers")
+    ck.add_argument("--flowscope", metavar="URL", default=None,
+                    help="a Flowscope to send the run to (its ingest token: env FLOWSCOPE_INGEST_TOKEN)")
+    ck.add_argument("--service", default="api", help="the service name the run is recorded under (default api)")
+    ck.add_argument("--examples", type=int, default=20, help="requests generated per operation and mode")
+    ck.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                    help="sent with every valid request (credentials); left out of the auth probe")
+    ck.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
+
+
+def _endpoints(args: argparse.Namespace) -> int:
+    import time
+
+    from backend.endpoints.check import CheckError, load_document, post_batch, run_batch, run_check
+    from exporter.conventions import RUN_PAGE_PATH
+
+    headers = {}
+    for h in args.header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            print(f"flowscope: --header must be 'Name: value', got {h[:80]!r}", file=sys.stderr)
+            return EXIT_USAGE
+        headers[name.strip()] = value.strip()
+    if not 1 <= args.examples <= 10_000:
+        print("flowscope: --examples must be between 1 and 10000", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        doc = load_document(args.openapi, args.timeout)
+        result = run_check(doc, args.base_url, examples=args.examples, headers=headers, timeout=args.timeout)
+    except CheckError as e:
+        print(f"flowscope: --openapi {args.openapi}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    for op in result.operations:
+        state = "FAIL" if op.failures else "ok"
+        skipped = f", {','.join(op.skipped)} skipped" if op.skipped else ""
+        print(f"{state:4} {op.method:7} {op.path}  ({op.requests} requests"
+              f"{', auth required' if op.auth else ''}{skipped})")
+        for f in op.failures:
+            print(f"       [{f.mode}] {f.check}: {f.message.splitlines()[0][:200]}\n       {f.curl[:300]}")
+    failed = sum(1 for op in result.operations if op.failures)
+    print(f"{len(result.operations)} operations, {result.requests} requests, {failed} failed")
+    if args.flowscope:
+        batch = run_batch(result, args.service, time.time_ns(), document=args.openapi)
+        try:
+            cid = post_batch(batch, args.flowscope, os.environ.get("FLOWSCOPE_INGEST_TOKEN"), args.timeout)
+        except CheckError as e:
+            print(f"flowscope: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"run: {args.flowscope.rstrip('/')}{RUN_PAGE_PATH}/{cid}")
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def _db_parser(sub) -> None:
@@ -609,12 +838,18 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _rules(args)
         if args.command == "dashboards":
             return _dashboards(args)
+        if args.command == "integrations":
+            return _integrations(args)
         if args.command == "detect":
             return _detect(args)
         if args.command == "replay":
             return _replay(args)
         if args.command == "db":
             return _db(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "endpoints":
+            return _endpoints(args)
         if args.command == "config":
             if args.markdown:
                 print(markdown_table())
@@ -641,7 +876,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 _EXTRA_OF = {**dict.fromkeys(("numpy", "scipy", "pandas", "matplotlib"), "analysis"),
              **dict.fromkeys(("flask", "waitress", "sqlalchemy", "alembic", "psycopg", "msgspec", "cramjam",
                               "google", "opentelemetry", "grafana_client", "grafana_foundation_sdk", "werkzeug",
-                              "jinja2"), "server")}
+                              "jinja2"), "server"),
+             "datadog_api_client": "integrations", "schemathesis": "fuzz", "hypothesis": "fuzz"}
 
 
 if __name__ == "__main__":

@@ -117,6 +117,10 @@ def test_promql_parser_rejects_a_broken_expression():
 @pytest.mark.servers
 def test_every_panel_query_returns_data_from_prometheus_scraping_a_demo_fed_exporter(ex, serve, prometheus, tmp_path):
     srv = serve(ex)
+    from exporter.store.endpoints import EndpointEntry
+
+    # an endpoint inventory, so the endpoint gauges (the overview's Endpoints row) have series
+    ex.runs.register_endpoints("shop", [EndpointEntry("GET", "/api/search", None, None, "manual")], time.time_ns())
     rules = tmp_path / "rules.yml"
     rules.write_text(render_rules(str(ROOT / "alert_rules/spec/flowscope.yaml"))["flowscope-rules.yml"]
                      .replace("for: 5m", "for: 1s"))  # alerts fire within the test, so ALERTS has data

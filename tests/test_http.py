@@ -181,7 +181,7 @@ def test_the_exporter_serves_alone_without_the_backend(ex):
     client = app.test_client()
     served = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
     assert served == {c.OTLP_TRACES_PATH, c.NATIVE_SPANS_PATH, c.PROFILES_PATH, c.METRICS_PATH, c.HEALTH_PATH,
-                      c.READY_PATH}
+                      c.READY_PATH, c.OTLP_LOGS_PATH, c.LOGS_PATH, c.BROWSER_LOGS_PATH}
     r = client.post(c.NATIVE_SPANS_PATH, json={"steps": [STEP]})
     assert r.status_code == 200 and r.json["accepted"] == 1
     assert b'flowscope_step_duration_seconds_count{workflow="login"' in client.get(c.METRICS_PATH).data

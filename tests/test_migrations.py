@@ -20,7 +20,7 @@ from exporter.decode import native
 from exporter.errors import ConfigError
 from exporter.store import RunStore, migrate
 from exporter.store.rows import DETAIL_COLUMNS, LINK_COLUMNS, SPAN_COLUMNS, DetailRow, LinkRow, SpanRow
-from exporter.store.schema import metadata
+from exporter.store.schema import include_name, metadata
 from flowscope.cli import main
 
 #: The schema as the previous release's ``create_all`` calls made it (exporter/runstore.py, backend/store.py,
@@ -177,8 +177,15 @@ def _chain(cid: str, now: int) -> list:
                        "duration_ms": 50}]}).spans
 
 
-#: Columns and indexes the revisions after 0002 add, by table (revision 0003: memory profiles).
-ADDED_SINCE = {"profiles": (["net_bytes", "peak_bytes"], [])}
+#: Columns and indexes the revisions after 0002 add, by table (revision 0003: memory profiles; 0004: log lines,
+#: less the full-text objects metadata cannot express, which ``schema.include_name`` leaves out; 0005: the endpoint
+#: inventory).
+ADDED_SINCE = {"profiles": (["net_bytes", "peak_bytes"], []),
+               "logs": (["attributes", "body", "correlation_id", "exception", "id", "level", "logger",
+                         "service", "severity_number", "source", "span_id", "time_ns", "trace_id", "workflow"],
+                        ["ix_logs_cid", "ix_logs_level", "ix_logs_service", "ix_logs_trace", "ix_logs_workflow"]),
+               "log_fields": (["log_id", "name", "number", "value"], ["ix_log_fields_number", "ix_log_fields_value"]),
+               "endpoints": (["auth", "method", "path", "registered_at_ns", "service", "source", "view"], [])}
 
 
 def _schema(url: str) -> dict:
@@ -186,8 +193,10 @@ def _schema(url: str) -> dict:
     engine = make_engine(url)
     try:
         insp = sa.inspect(engine)
-        out = {t: (sorted(col["name"] for col in insp.get_columns(t)), sorted(ix["name"] for ix in insp.get_indexes(t)))
-               for t in insp.get_table_names()}
+        keep = include_name  # the full-text objects metadata cannot express are left out here too
+        out = {t: (sorted(col["name"] for col in insp.get_columns(t) if keep(col["name"], "column", {"table_name": t})),
+                   sorted(ix["name"] for ix in insp.get_indexes(t) if keep(ix["name"], "index", {"table_name": t})))
+               for t in insp.get_table_names() if keep(t, "table", {})}
         with engine.connect() as conn:
             out["revision"] = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() \
                 if "alembic_version" in out else None
@@ -201,7 +210,8 @@ def _migrations_match_the_schema(url: str) -> list:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+            return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True,
+                                                                           "include_name": include_name}), metadata)
     finally:
         engine.dispose()
 

@@ -78,7 +78,7 @@ def test_functions_past_the_top_n_become_other(ex, client):
 
 @pytest.mark.parametrize("query,body,ctype,status,text", [
     ({}, FOLDED, "text/plain", 400, "workflow query parameter is required"),
-    ({"workflow": "w", "format": "svg"}, FOLDED, "text/plain", 400, "format must be folded or pstats"),
+    ({"workflow": "w", "format": "svg"}, FOLDED, "text/plain", 400, "format must be folded, pstats, alloc or held"),
     ({"workflow": "w", "sample_rate": "fast"}, FOLDED, "text/plain", 400, "sample_rate must be a number"),
     ({"workflow": "w"}, "main;a x\n", "text/plain", 400, "line 1"),
     ({"workflow": "w"}, b"\xff\xfe", "text/plain", 400, "UTF-8"),

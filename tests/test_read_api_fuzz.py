@@ -100,7 +100,8 @@ def _check(r, path: str) -> None:
         assert r.mimetype == "application/json", (path, r.status_code, r.data[:300])
         err = orjson.loads(r.data)["error"]
         assert isinstance(err["code"], str) and isinstance(err["message"], str), err
-        assert set(err) <= {"code", "message", "field", "valid_range"}, err
+        # position and expression: where a breakpoint or a log query stopped parsing
+        assert set(err) <= {"code", "message", "field", "valid_range", "position", "expression"}, err
 
 
 @pytest.mark.parametrize("path, op", ROUTES, ids=[p for p, _ in ROUTES])

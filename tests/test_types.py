@@ -57,6 +57,16 @@ STRICT_MODULES = (
     "exporter/worker.py",
     "exporter/retry.py",
     "exporter/web.py",
+    # the multi-worker server's aggregator channel
+    "exporter/prefork.py",
+    # forwarding to other OTLP receivers; the Datadog and New Relic outputs
+    "exporter/forward.py",
+    "exporter/store/pgcopy.py",
+    "exporter/store/logs.py",
+    "exporter/store/endpoints.py",
+    "backend/integrations",
+    # the OTLP, native and browser log decoders
+    "exporter/decode/otlp_logs.py",
     # the public face of the SDK
     "flowscope/__init__.py",
 )

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard, heatmap, logs, stat, table, timeseries
 from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models.dashboard import Threshold, ThresholdsMode
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from backend.rules.generate import L_SLO_TYPE, quote
+from backend.rules.generate import L_SLO_TYPE, prom_seconds, quote
 from backend.rules.spec import Spec
 from exporter import conventions as c
 
@@ -60,7 +61,37 @@ def overview(spec: Spec) -> dashboard.Dashboard:
                                "Workflow run duration percentiles; the dots are exemplars linking to a run.")
                     .span(12).height(9))
         .with_panel(burn.span(12).height(9))
+        .with_row(dashboard.Row("Endpoints"))
+        .with_panel(_endpoint_quiet(spec).span(12).height(9))
+        .with_panel(ts("Calls per documented endpoint", "Calls of each documented endpoint in the server spans of "
+                       "the window the exporter reads (FLOWSCOPE_ENDPOINTS_WINDOW_S); the /endpoints page has "
+                       "error ratios, p95 and workflows.", "short").span(8).height(9)
+                    .with_target(prom(f"topk(20, max by ({_EP}) ({c.ENDPOINT_CALLS}))",
+                                      "{{method}} {{route}} ({{service}})")))
+        .with_panel(stat.Panel().title("Routes called but not documented").description(
+            "Routes in server spans that the service's endpoint inventory does not list.").datasource(PROM)
+            .span(4).height(9).with_target(prom(f"max by ({c.L_SERVICE}) ({c.ENDPOINTS_UNDOCUMENTED})",
+                                                f"{{{{{c.L_SERVICE}}}}}")))
     )
+
+
+_EP = f"{c.L_SERVICE}, {c.L_METHOD}, {c.L_ROUTE}"
+
+
+def _endpoint_quiet(spec: Spec) -> table.Panel:
+    """Documented endpoints by time since their last call; red past the spec's ``endpoints.no_traffic_for``."""
+    idle = prom_seconds(spec.endpoint_no_traffic_for) if spec.endpoint_no_traffic_for else None
+    p = (table.Panel().title("Documented endpoints: time since the last call").description(
+        "Per endpoint of the inventory (POST /api/v1/endpoints): seconds since its last call in the server spans "
+        "(since its registration if it had none). FlowscopeEndpointNoTraffic fires past "
+        f"{spec.endpoint_no_traffic_for or 'endpoints.no_traffic_for (unset in this spec)'}.")
+         .datasource(PROM).unit("s")
+         .with_target(prom(f"sort_desc(time() - max by ({_EP}) ({c.ENDPOINT_LAST_CALL_TIMESTAMP}))", instant=True)
+                      .format(PromQueryFormat.TABLE)))
+    if idle is not None:
+        p = p.thresholds(dashboard.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([
+            Threshold(value=None, color="green"), Threshold(value=idle, color="red")]))
+    return p
 
 
 def layers(spec: Spec) -> dashboard.Dashboard:

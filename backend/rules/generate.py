@@ -256,6 +256,36 @@ def regression_alert(spec: Spec) -> dict[str, Any]:
     }
 
 
+def prom_seconds(duration: str) -> float:
+    """Seconds in a Prometheus duration (``1d12h``, ``90m``)."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", duration))
+
+
+def endpoint_no_traffic_alert(spec: Spec) -> dict[str, Any]:
+    """A documented endpoint (the inventory's gauge, :mod:`backend.endpoints.metrics`) whose last call is longer ago
+    than ``endpoints.no_traffic_for``. The gauge floors a call-less endpoint at its registration, so a new endpoint
+    gets the full time before it counts as unused."""
+    idle = spec.endpoint_no_traffic_for
+    if idle is None:
+        raise ValueError("the spec sets no endpoints.no_traffic_for")
+    by = f"{c.L_SERVICE}, {c.L_METHOD}, {c.L_ROUTE}"
+    who = "{{ $labels.method }} {{ $labels.route }} of {{ $labels.service }}"
+    return {
+        "alert": c.ALERT_ENDPOINT_NO_TRAFFIC,
+        "expr": f"time() - max by ({by}) ({c.ENDPOINT_LAST_CALL_TIMESTAMP}) > {_num(prom_seconds(idle))}",
+        "for": spec.for_,
+        "labels": {c.L_SEVERITY: c.SEVERITY_WARNING},
+        "annotations": {
+            "summary": f"{who} has had no traffic for {idle}",
+            "description": (f"The documented endpoint {who} has had no call in the server spans for more than "
+                            f"{idle} (since it was registered, if it never had one): dead code, a client that "
+                            f"stopped calling it, or routing that no longer reaches it. See {c.ENDPOINTS_PAGE_PATH}."),
+            "dashboard_url": f"{spec.grafana_url}/d/{c.DASHBOARD_OVERVIEW}",
+        },
+    }
+
+
 def rule_groups(spec: Spec) -> dict[str, Any]:
     """The whole Prometheus rule file as a dict, in a fixed order."""
     groups = []
@@ -271,6 +301,8 @@ def rule_groups(spec: Spec) -> dict[str, Any]:
         groups.append({"name": c.RULE_GROUP_SLO_ALERTS,
                        "rules": [a for s in spec.slos for a in slo_alerts(spec, s)] + absent})
     groups.append({"name": c.RULE_GROUP_REGRESSIONS, "rules": [regression_alert(spec)]})
+    if spec.endpoint_no_traffic_for is not None:
+        groups.append({"name": c.RULE_GROUP_ENDPOINTS, "rules": [endpoint_no_traffic_alert(spec)]})
     return {"groups": groups}
 
 

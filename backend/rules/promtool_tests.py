@@ -15,7 +15,16 @@ from exporter import conventions as c
 from exporter.metrics import float_to_go_string
 
 from ..errors import SpecError
-from .generate import absent_alert, quote, regression_alert, seen_absent_alert, slo_alerts, threshold_alert
+from .generate import (
+    absent_alert,
+    endpoint_no_traffic_alert,
+    prom_seconds,
+    quote,
+    regression_alert,
+    seen_absent_alert,
+    slo_alerts,
+    threshold_alert,
+)
 from .spec import SLO, Spec, Threshold
 
 WF, COMP, OP = "checkout", "svc", "op"
@@ -239,6 +248,24 @@ def _regression_cases(spec: Spec) -> list[dict[str, Any]]:
     return cases
 
 
+def _endpoint_cases(spec: Spec) -> list[dict[str, Any]]:
+    """One endpoint last called at time 0 (fires once the idle time and ``for`` have passed), one called every
+    minute (never fires), and the first one before its time (quiet)."""
+    rule = endpoint_no_traffic_alert(spec)
+    step = 5  # minutes between samples and evaluations (the file's evaluation_interval)
+    idle_steps = int(prom_seconds(spec.endpoint_no_traffic_for or "0s") // 60) // step
+    end = idle_steps + int(_minutes(spec.for_)) // step + 2
+    idle = {c.L_SERVICE: "shop", c.L_METHOD: "GET", c.L_ROUTE: "/admin/export"}
+    busy = {c.L_SERVICE: "shop", c.L_METHOD: "GET", c.L_ROUTE: "/items/{id}"}
+    inputs = [{"series": _series(c.ENDPOINT_LAST_CALL_TIMESTAMP, idle), "values": _constant(0, end)},
+              {"series": _series(c.ENDPOINT_LAST_CALL_TIMESTAMP, busy), "values": _counter(60 * step, end)}]
+    return [{"interval": f"{step}m", "input_series": inputs, "alert_rule_test": [
+        {"eval_time": f"{end * step}m", "alertname": c.ALERT_ENDPOINT_NO_TRAFFIC,
+         "exp_alerts": [_expected(rule, idle)]},
+        {"eval_time": f"{max(1, idle_steps - 1) * step}m", "alertname": c.ALERT_ENDPOINT_NO_TRAFFIC,
+         "exp_alerts": []}]}]
+
+
 def promtool_tests(spec: Spec, rule_file: str) -> dict[str, Any]:
     """Threshold, absent-data and regression cases, evaluated every minute (``for:`` needs it)."""
     tests = [case for t in spec.thresholds for case in _threshold_cases(spec, t)] + _regression_cases(spec)
@@ -250,6 +277,9 @@ def promtool_tests(spec: Spec, rule_file: str) -> dict[str, Any]:
 
 
 def promtool_slo_tests(spec: Spec, rule_file: str) -> dict[str, Any]:
-    """Burn-rate cases over three hours of data, evaluated every 5 minutes to keep promtool quick."""
-    return {"rule_files": [rule_file], "evaluation_interval": "5m",
-            "tests": [case for s in spec.slos for case in _slo_cases(spec, s)]}
+    """Burn-rate cases over three hours of data, and the endpoint no-traffic cases over a day or so, evaluated every
+    5 minutes to keep promtool quick."""
+    tests = [case for s in spec.slos for case in _slo_cases(spec, s)]
+    if spec.endpoint_no_traffic_for is not None:
+        tests += _endpoint_cases(spec)
+    return {"rule_files": [rule_file], "evaluation_interval": "5m", "tests": tests}

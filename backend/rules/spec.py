@@ -126,6 +126,9 @@ class Spec:
     rate_window: str
     buckets: tuple[float, ...] = field(default=c.DEFAULT_BUCKETS)
     routing: Routing = field(default_factory=Routing)
+    #: ``endpoints.no_traffic_for``: how long a documented endpoint may go without a call before
+    #: ``FlowscopeEndpointNoTraffic`` fires (a Prometheus duration); None: no such alert.
+    endpoint_no_traffic_for: str | None = None
 
     @property
     def named_workflows(self) -> tuple[str, ...]:
@@ -300,7 +303,7 @@ def parse_spec(doc: Any, source: str | None = None) -> Spec:
     """Check and map an already-parsed spec document."""
     r = _Reader(source)
     d = r.mapping(doc, "", {"apiVersion", "kind", "grafana_url", "defaults", "buckets", "thresholds",
-                            "default_slos", "slos", "routing"}, {"apiVersion", "kind"})
+                            "default_slos", "slos", "routing", "endpoints"}, {"apiVersion", "kind"})
     if d["apiVersion"] != API_VERSION:
         r.fail("apiVersion", f"unsupported version {d['apiVersion']!r}; this Flowscope reads {API_VERSION!r}")
     if d["kind"] != KIND:
@@ -340,7 +343,12 @@ def parse_spec(doc: Any, source: str | None = None) -> Spec:
     slos = (*default_slos, *slos)
     grafana = d.get("grafana_url", "http://localhost:3000")
     grafana = r.string(grafana, "grafana_url").rstrip("/")
-    return Spec(thresholds, slos, grafana, for_, rate_window, buckets, _routing(r, d.get("routing")))
+    endpoint_idle = None
+    if d.get("endpoints") is not None:
+        ep = r.mapping(d["endpoints"], "endpoints", {"no_traffic_for"}, {"no_traffic_for"})
+        endpoint_idle = r.prom_duration(ep["no_traffic_for"], "endpoints.no_traffic_for")
+    return Spec(thresholds, slos, grafana, for_, rate_window, buckets, _routing(r, d.get("routing")),
+                endpoint_no_traffic_for=endpoint_idle)
 
 
 def load_spec(path: str) -> Spec:

@@ -18,20 +18,33 @@ Input is a run's spans as JSON objects, in start order: ``[s._asdict() for s in 
   nesting at ``MAX_TREE_NESTING`` (JSON encoders refuse deep documents): a span at that depth lists
   all its descendants, depth first with their true ``depth``, as its children.
 
+- **Watches and breakpoints** (:mod:`.breakpoints` parses them) walk the states once, step by step:
+  a watch is a state path's value after every step and the steps that changed it; a breakpoint is the
+  next step after ``from`` where any of its conditions holds.
+
     steps = steps_of(spans)
     replay(steps, 3)   # {"step": 3, "state": {...}, "diff": [...], ...}
     critical_path(spans)  # [span_id, ...] in time order
+    watch(steps, ["cart.total"])           # [{"path": ..., "values": [...], "changed_at": [...]}]
+    next_break(steps, [parse("error")], 3)  # the first failed step after step 3, or None
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import orjson
+
 from ..errors import BackendError
+from .breakpoints import ABSENT, Condition, lookup, parse_path, same_json
 
 MAX_TREE_NESTING = 64  # levels of nested "children"; each costs two of a JSON encoder's ~255
 MAX_VALUE_DEPTH = 200  # state values nest at most this deep in a replay response
+MAX_WATCHES = 16  # watch paths per request
+MAX_BREAKPOINTS = 16  # breakpoint expressions per request
+MAX_WATCH_VALUE_BYTES = 2048  # a watched value bigger than this (as JSON) is in full at the step shown only
 
 
 class StepOutOfRange(BackendError):
@@ -68,6 +81,64 @@ def state_at(steps: list[dict], n: int) -> dict:
         if isinstance(snap, dict):
             state = _merge(state, snap)
     return state
+
+
+def states(steps: list[dict]) -> Iterator[tuple[dict, dict]]:
+    """(state before, state after) each step, in order: one fold over the run, each state a copy of the one
+    before with only the dicts its snapshot touches copied (O(keys touched) a step, not O(state))."""
+    state: dict = {}
+    for s in steps:
+        snap = s.get("state")
+        after = _merge(dict(state), snap) if isinstance(snap, dict) else state
+        yield state, after
+        state = after
+
+
+def watch(steps: list[dict], paths: Sequence[str], full_at: int | None = None) -> list[dict]:
+    """Each state path's value after every step, and the steps where it changed (appeared, went, differs).
+
+    ``{"path": "cart.total", "values": [{"present": False}, {"present": True, "value": 30}, ...],
+    "changed_at": [1]}``, one value per step. A path that leads nowhere is absent at every step, not an
+    error. Paths are split on dots (:func:`.breakpoints.parse_path`, which raises for an empty segment).
+
+    A value whose JSON is over :data:`MAX_WATCH_VALUE_BYTES` (a whole sub-tree, watched) is given in full at
+    step ``full_at`` only, and elsewhere as ``{"present": True, "elided": True, "bytes": N}``: a response holds
+    every step's value, and a 60 KiB cart at each of 1,000 steps would be 60 MB.
+    """
+    parsed = [parse_path(p) for p in paths]
+    out = [{"path": p, "values": [], "changed_at": []} for p in paths]
+    last: list[Any] = [ABSENT] * len(paths)
+    entry: list[tuple[dict, dict]] = [({"present": False}, {"present": False})] * len(paths)  # (full, elsewhere)
+    for i, (_, after) in enumerate(states(steps)):
+        for k, (w, segs) in enumerate(zip(out, parsed, strict=True)):
+            v = lookup(after, segs)
+            if (v is ABSENT) != (last[k] is ABSENT) or (v is not ABSENT and not same_json(v, last[k])):
+                w["changed_at"].append(i)
+                if v is ABSENT:
+                    entry[k] = ({"present": False}, {"present": False})
+                else:
+                    full = {"present": True, "value": clip(v)}
+                    try:
+                        size = len(orjson.dumps(full["value"], default=str))
+                    except TypeError:  # orjson.JSONEncodeError: an integer over 64 bits; the response says it
+                        size = MAX_WATCH_VALUE_BYTES + 1
+                    entry[k] = (full, full if size <= MAX_WATCH_VALUE_BYTES else
+                                {"present": True, "elided": True, "bytes": size})
+            last[k] = v
+            w["values"].append(entry[k][0] if i == full_at else entry[k][1])
+    return out
+
+
+def next_break(steps: list[dict], conditions: Sequence[Condition], after: int = -1) -> dict | None:
+    """The first step after step ``after`` (−1: from the start) where any condition holds:
+    ``{"step": N, "matched": [the expressions that hold there]}``, or None when no later step matches."""
+    for i, (before, state) in enumerate(states(steps)):
+        if i <= after:
+            continue
+        hit = [c.text for c in conditions if c.holds(steps[i], before, state, i)]
+        if hit:
+            return {"step": i, "matched": hit}
+    return None
 
 
 def diff(before: Any, after: Any, path: str = "") -> list[dict]:
@@ -130,6 +201,29 @@ def replay(steps: list[dict], n: int) -> dict:
     after = _merge(dict(before), snap) if isinstance(snap, dict) else before
     changes = [{**d, "before": clip(d["before"]), "after": clip(d["after"])} for d in diff(before, after)]
     return {"step": n, "total_steps": len(steps), "span": summary(steps[n]), "state": clip(after), "diff": changes}
+
+
+def debug(steps: list[dict], step: int | None = None, watches: Sequence[str] = (),
+          breaks: Sequence[Condition] = (), after: int = -1) -> dict:
+    """:func:`replay` with watches and breakpoints, as ``GET /api/v1/runs/<id>/replay`` and ``flowscope replay``
+    serve it. Without ``breaks``: step ``step``. With them: the next step after ``after`` where one holds;
+    when none does, the response stays at ``after`` (step 0 from the start) and its ``breakpoint.hit`` is None.
+
+        debug(steps, watches=["cart.total"], breaks=[parse("cart.total > 100")], after=3)
+    """
+    hit = None
+    if breaks:
+        hit = next_break(steps, breaks, after)
+        step = hit["step"] if hit else min(max(after, 0), max(len(steps) - 1, 0))
+    if step is None:
+        raise ValueError("debug() needs a step or breakpoints")
+    body = replay(steps, step)
+    if watches:
+        body["watches"] = watch(steps, watches, full_at=step)
+    if breaks:
+        body["breakpoint"] = {"expressions": [c.text for c in breaks], "from": after,
+                              "hit": hit["step"] if hit else None, "matched": hit["matched"] if hit else []}
+    return body
 
 
 def summary(s: dict) -> dict:

@@ -20,6 +20,7 @@ from exporter.store import RunStore
 from .. import flamegraph as fg
 from ..analysis.groups import status_of, suggestions
 from ..analysis.service import group_json
+from ..logs.service import run_timeline
 from .service import LoadedRun, run_json
 
 LAYER_COLORS = {"frontend": "#8e6fd8", "api": "#3d85c6", "database": "#e69138", "cache": "#6aa84f",
@@ -183,6 +184,34 @@ def span_details(rows: list[dict], errors: list[dict], t0: int) -> dict[str, dic
     return out
 
 
+def memory_section(store: RunStore, cid: str, rows: list[dict], threshold: int, with_profiles: bool = True) -> dict:
+    """The run page's memory: peak and net bytes, the flame graphs of bytes allocated and still held (when the
+    run has memory profiles), and the steps whose memory grew by more than ``threshold`` bytes (the SDK's
+    ``flowscope.memory.growth_bytes`` attribute), largest first.
+
+        memory_section(store, "c-1", rows, 10 << 20)["flagged"][0]["growth"]   # "+12.0 MiB"
+    """
+    flagged = []
+    for r in rows:
+        g = (r.get("attributes") or {}).get(c.ATTR_MEMORY_GROWTH)
+        if isinstance(g, int) and not isinstance(g, bool) and g > threshold:
+            flagged.append({"row": r, "bytes": g, "growth": "+" + fg.fmt_value(g, "bytes")})
+    flagged.sort(key=lambda f: -f["bytes"])
+    out: dict = {"flagged": flagged, "threshold": fg.fmt_value(threshold, "bytes"), "profile": None}
+    mem = store.run_memory(cid) if with_profiles else None
+    if mem is not None:
+        graphs = {}
+        for kind, what in (("alloc", "Allocated during the run"), ("held", "Still held at its end")):
+            stacks = store.profile_stacks(correlation_id=cid, kind=kind)
+            graphs[kind] = Markup(fg.svg(fg.build_tree(stacks), f"{what}: run {cid}", unit="bytes"))
+        out["profile"] = {
+            "peak": None if mem.peak_bytes is None else fg.fmt_value(mem.peak_bytes, "bytes"),
+            "net": None if mem.net_bytes is None else fg.fmt_value(mem.net_bytes, "bytes"),
+            "alloc": fg.fmt_value(mem.alloc_bytes, "bytes"), "alloc_svg": graphs["alloc"],
+            "held_svg": graphs["held"]}
+    return out
+
+
 def run_page(store: RunStore, got: LoadedRun, cfg: Config) -> dict:
     """What ``run.html`` renders for the run ``got`` (:func:`~backend.runs.service.load_run`): the run, its
     span rows depth first (positioned, coloured, folded), failures merged into chains, the time axis, the
@@ -223,12 +252,17 @@ def run_page(store: RunStore, got: LoadedRun, cfg: Config) -> dict:
     by_id = {r["span_id"]: r for r in rows}
     fold(rows)
     flame = None
-    if body["profiles"]:
+    if body["profiles"]:  # CPU and memory profiles: the CPU graph only when the run has CPU samples
         cid = run["correlation_id"]
-        flame = Markup(fg.svg(fg.build_tree(store.profile_stacks(correlation_id=cid)), f"CPU profile of run {cid}"))
+        cpu = store.profile_stacks(correlation_id=cid)
+        flame = Markup(fg.svg(fg.build_tree(cpu), f"CPU profile of run {cid}")) if cpu else None
+    memory = memory_section(store, run["correlation_id"], rows, cfg.memory_step_growth_bytes,
+                            with_profiles=bool(body["profiles"]))
     return {"run": run, "rows": rows, "body": body, "layers": LAYER_COLORS,
             "run_errors": failure_chains(body["errors"], by_id, parent),
             "axis": time_axis(total / 1e6), "details": span_details(rows, body["errors"], t0),
             "steps": len(got.steps), "api": c.RUNS_PATH, "page": c.RUN_PAGE_PATH,
             "db_findings": [r for r in rows if r["db_pattern"]], "groups": groups,
-            "errors_path": c.ERROR_PAGE_PATH, "flamegraph_svg": flame, "rows_by_id": by_id}
+            "errors_path": c.ERROR_PAGE_PATH, "flamegraph_svg": flame, "memory": memory, "rows_by_id": by_id,
+            # the run's application log lines between its steps (backend.logs)
+            "log_timeline": run_timeline(store, run["correlation_id"], run["trace_id"], got.steps, t0)}

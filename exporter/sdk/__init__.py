@@ -7,7 +7,8 @@ Choose the mode once, at start-up (or let ``FLOWSCOPE_SDK_MODE`` choose)::
     sdk.configure(exporter=my_exporter)                               # in-process pipeline
 
 then use :class:`WorkflowTracer`, :func:`traced`, :class:`PerformanceMonitor`,
-:class:`ErrorLogger`, :class:`CorrelationIdMiddleware` and :class:`JsonFormatter`.
+:class:`ErrorLogger`, :class:`CorrelationIdMiddleware`, :class:`JsonFormatter` and :class:`LogHandler`
+(the app's log records to Flowscope, batched like its spans).
 """
 
 from __future__ import annotations
@@ -119,16 +120,19 @@ def shutdown() -> None:
 
 
 from .errors import ErrorLogger, classify_error  # noqa: E402
-from .logging import JsonFormatter  # noqa: E402
+from .logging import JsonFormatter, LogHandler  # noqa: E402
 from .middleware import CorrelationIdMiddleware, parse_traceparent  # noqa: E402
 from .monitor import PerformanceMonitor  # noqa: E402
+from .routes import Route, discover_routes, register_endpoints, routes_from_openapi  # noqa: E402
 from .tracer import WorkflowTracer, traced  # noqa: E402
 
 __all__ = [
     "CorrelationIdMiddleware",
     "ErrorLogger",
     "JsonFormatter",
+    "LogHandler",
     "PerformanceMonitor",
+    "Route",
     "WorkflowTracer",
     "classify_error",
     "configure",
@@ -136,8 +140,11 @@ __all__ = [
     "current_ids",
     "default_exporter",
     "default_sink",
+    "discover_routes",
     "flush",
     "parse_traceparent",
+    "register_endpoints",
+    "routes_from_openapi",
     "shutdown",
     "traced",
 ]

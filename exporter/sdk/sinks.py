@@ -1,4 +1,4 @@
-"""Where SDK spans go: straight into a pipeline, or to a remote exporter in batches.
+"""Where SDK spans (and log lines) go: straight into a pipeline, or to a remote exporter in batches.
 
 :class:`RemoteSink` never blocks the application: spans go into a bounded
 queue that a background thread (a :class:`~exporter.worker.BatchWorker`) drains
@@ -9,6 +9,9 @@ is given up on is counted by reason (``queue_full``, ``rejected``,
 in the app's prometheus_client registry. ``flush`` waits, up to its timeout,
 until what was recorded is delivered.
 
+Log lines (:class:`~exporter.sdk.logging.LogHandler`) take the same queue and thread: the sender posts
+them as native JSON lines to ``POST /api/v1/logs``, retried and counted like the spans.
+
 The app's cost per step is what ``bench/sdk_remote.py`` measures (its CPU, the
 sender's included): a plain step is queued as a tuple, not a Span, and the
 sender builds its JSON record inline.
@@ -17,9 +20,10 @@ sender builds its JSON record inline.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlencode
@@ -28,9 +32,10 @@ import orjson
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from .. import conventions as c
-from ..model import ErrorRecord, Span
+from ..model import ErrorRecord, LogLine, Span
 from ..profiles import Profile
 from ..retry import DEFAULT_RETRY, RetryPolicy
+from ..validate import MAX_ID_CHARS, clean_label, clean_text, clean_value
 from ..worker import BatchWorker
 from .transport import transport_for
 
@@ -58,6 +63,9 @@ class SdkSink(Protocol):
 
     def profile(self, p: Profile) -> None: ...
 
+    def logs(self, lines: Sequence[LogLine]) -> None:
+        """Application log lines (:class:`~exporter.sdk.logging.LogHandler`); never blocks, never raises."""
+
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Deliver what was recorded before the call; False at ``timeout_s``."""
 
@@ -80,6 +88,10 @@ class InProcessSink:
 
     def profile(self, p: Profile) -> None:
         self.pipeline.record_profile(p, c.FORMAT_SDK)
+
+    def logs(self, lines: Sequence[LogLine]) -> None:
+        """Lines through the boundary check (no decoder runs in-process), then the pipeline's sinks."""
+        self.pipeline.ingest_logs([clean_line(line) for line in lines], c.FORMAT_SDK)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Steps are aggregated as they are recorded; waits for the run store's writer, if there is one."""
@@ -117,6 +129,48 @@ def to_native(s: Span) -> tuple[str, dict[str, object]]:
     if s.stack_trace:
         rec["stack_trace"] = s.stack_trace
     return "steps", rec
+
+
+_HEX32 = re.compile(r"[0-9a-f]{32}").fullmatch
+_HEX16 = re.compile(r"[0-9a-f]{16}").fullmatch
+
+
+def _name(v: str | None) -> str | None:
+    return None if v is None or v == "" else clean_label(v)[0]
+
+
+def clean_line(line: LogLine) -> LogLine:
+    """``line`` cut to what every sink holds, as a decoder would have cut it (in place; returned): bounded
+    names, text and attributes, and ids a W3C id is (another ``trace_id`` / ``span_id`` is left out)."""
+    line.body = clean_text(line.body) or ""
+    line.exception = clean_text(line.exception)
+    line.service = _name(line.service) or "unknown_service"
+    line.logger, line.workflow = _name(line.logger), _name(line.workflow)
+    cid = _name(line.correlation_id)
+    line.correlation_id = cid[:MAX_ID_CHARS] if cid else None
+    if line.trace_id is not None and not _HEX32(line.trace_id):
+        line.trace_id = None
+    if line.span_id is not None and not _HEX16(line.span_id):
+        line.span_id = None
+    attrs = clean_value(line.attributes)[0] if line.attributes else {}
+    line.attributes = attrs if type(attrs) is dict else {}
+    return line
+
+
+def line_to_native(line: LogLine) -> dict[str, object]:
+    """One line in the native JSON shape ``POST /api/v1/logs`` takes (:mod:`exporter.decode.otlp_logs`)."""
+    line = clean_line(line)
+    rec: dict[str, object] = {"time_ns": line.time_ns, "level": line.level, "body": line.body,
+                              "service": line.service}
+    if line.severity_number:
+        rec["severity_number"] = line.severity_number
+    for k in ("logger", "workflow", "correlation_id", "trace_id", "span_id", "exception"):
+        v = getattr(line, k)
+        if v:
+            rec[k] = v
+    if line.attributes:
+        rec["attributes"] = line.attributes
+    return rec
 
 
 def error_to_native(e: ErrorRecord) -> tuple[str, dict[str, object]]:
@@ -158,7 +212,7 @@ def _dropped_counter(registry: CollectorRegistry) -> Counter | None:
 #: ``(run, layer, component, operation, start_ns, end_ns, span_id, parent_span_id)``; ``run`` has the
 #: run's ``workflow``, ``correlation_id``, ``trace_id`` and ``service``.
 StepTuple = tuple[Any, str, str, str, int, int, str, str]
-_Item = StepTuple | Span | ErrorRecord | Profile
+_Item = StepTuple | Span | ErrorRecord | Profile | LogLine
 
 
 class RemoteSink:
@@ -221,6 +275,13 @@ class RemoteSink:
     def profile(self, p: Profile) -> None:
         self._worker.submit(p)
 
+    def logs(self, lines: Sequence[LogLine]) -> None:
+        """Queue log lines for the sender thread (dropped and counted when the queue is full)."""
+        if len(lines) == 1:
+            self._worker.submit(lines[0])
+        else:
+            self._worker.submit_many(list(lines))
+
     def queued(self) -> int:
         return self._worker.queued()
 
@@ -230,6 +291,7 @@ class RemoteSink:
         workflows: list[dict[str, object]] = []
         errors: list[dict[str, object]] = []
         profiles: list[Profile] = []
+        lines: list[dict[str, object]] = []
         add_step = steps.append
         last = None
         cid = wf = tid = svc = None
@@ -248,13 +310,22 @@ class RemoteSink:
                 (steps if kind == "steps" else workflows).append(rec)
             elif isinstance(item, ErrorRecord):
                 errors.append(error_to_native(item)[1])
+            elif isinstance(item, LogLine):
+                lines.append(line_to_native(item))
             else:
                 profiles.append(cast("Profile", item))
         if steps or workflows or errors:
             self._send_records(steps, workflows, errors)
+        if lines:
+            self._send_lines(lines)
         for p in profiles:
             params: dict[str, str | float | None] = {"format": "folded", "workflow": p.workflow,
                                                      "sample_rate": p.sample_rate_hz}
+            if p.is_memory:  # alloc / held: folded stacks of bytes, with the run's peak and net bytes
+                if not p.stacks:
+                    continue  # nothing to post: the endpoint refuses an empty profile
+                params = {"format": p.format, "workflow": p.workflow}
+                params |= {k: v for k, v in (("peak_bytes", p.peak_bytes), ("net_bytes", p.net_bytes)) if v is not None}
             if p.correlation_id:
                 params["correlation_id"] = p.correlation_id
             folded = "\n".join(f"{stack} {k}" for stack, k in p.stacks.items()).encode()
@@ -282,6 +353,16 @@ class RemoteSink:
                     self._send_records(*part)
             return
         self._worker.deliver(partial(self._attempt, c.NATIVE_SPANS_PATH, data, "application/json", n), n)
+
+    def _send_lines(self, lines: list[dict[str, object]]) -> None:
+        """Post log lines in one body, or, past ``max_body_bytes``, in halves (each delivered apart)."""
+        data = orjson.dumps({"lines": lines})
+        if len(data) > self.max_body_bytes and len(lines) > 1:
+            half = len(lines) // 2
+            self._send_lines(lines[:half])
+            self._send_lines(lines[half:])
+            return
+        self._worker.deliver(partial(self._attempt, c.LOGS_PATH, data, "application/json", len(lines)), len(lines))
 
     def _attempt(self, target: str, data: bytes, ctype: str, n: int) -> None:
         """One attempt; raises :class:`SendError` (its status and ``Retry-After``) for the retry policy to judge."""

@@ -86,6 +86,7 @@ class _Run:
         "closed",
         "correlation_id",
         "extras",
+        "memory",
         "metadata",
         "parent_span_id",
         "service",
@@ -108,17 +109,21 @@ class _Run:
         self.metadata = metadata
         self.service = service
         self.extras: dict[str, Any] | None = None  # per-run state of instrumentations (statement counts for N+1)
+        #: traced by the profiler's tracemalloc: its steps record their memory growth
+        self.memory = False
         #: completed or evicted: a context that still holds it (it was completed from another thread or
         #: task, or never) treats it as no run, so an unrelated step never joins a finished run
         self.closed = False
 
 
 class _OpenStep:
-    __slots__ = ("component", "layer", "metadata", "operation", "parent", "run", "span_id", "start_ns", "state")
+    __slots__ = ("component", "layer", "mem0", "metadata", "operation", "parent", "run", "span_id", "start_ns",
+                 "state")
 
     # no values: the names stay slots
     component: str
     layer: str
+    mem0: int | None
     metadata: dict[str, Any] | None
     operation: str
     parent: str
@@ -147,6 +152,7 @@ class StepScope:
         "_component",
         "_failure",
         "_layer",
+        "_mem0",
         "_metadata",
         "_operation",
         "_parent",
@@ -186,6 +192,7 @@ class StepScope:
         self._parent = parent
         self.span_id = sid = _span_id()
         self._token = current_step.set((run, sid))
+        self._mem0 = self._tracer._memory_now() if run.memory else None
         self._start = time_ns()
         return self
 
@@ -198,6 +205,8 @@ class StepScope:
         end = time_ns()
         current_step.reset(self._token)
         run = self._run
+        if self._mem0 is not None:
+            self._metadata = self._tracer._with_growth(self._metadata, self._mem0)
         if et is None and self._failure is None and self._metadata is None and self.state is None:
             offer = self._tracer._offer_step
             if offer is not None:  # remote: a tuple, queued without a lock; the sender thread encodes it
@@ -332,7 +341,7 @@ class WorkflowTracer:
         profiler = self.profiler
         if profiler is not None and profiler.wants(workflow_type):
             try:
-                profiler.start_run(correlation_id)
+                run.memory = profiler.start_run(correlation_id, workflow_type)
             except BaseException:
                 self._sink.ended(workflow_type)
                 raise
@@ -357,6 +366,7 @@ class WorkflowTracer:
         st = _OpenStep()
         st.run, st.span_id, st.parent = run, _span_id(), parent_step_id or run.span_id
         st.layer, st.component, st.operation = layer, component, operation
+        st.mem0 = self._memory_now() if run.memory else None
         st.start_ns, st.metadata, st.state = time_ns(), metadata, state
         with self._lock:
             self._steps[st.span_id] = st
@@ -378,6 +388,8 @@ class WorkflowTracer:
             error_type = status
         run = st.run
         meta = {**(st.metadata or {}), **(metadata or {})} or None
+        if st.mem0 is not None:
+            meta = self._with_growth(meta, st.mem0)
         self._sink.emit(Span(trace_id=run.trace_id, span_id=st.span_id, workflow=run.workflow, layer=st.layer,
                              component=st.component, operation=st.operation, start_ns=st.start_ns, end_ns=time_ns(),
                              status=status, parent_span_id=st.parent, correlation_id=run.correlation_id,
@@ -409,8 +421,7 @@ class WorkflowTracer:
         self._sink.ended(run.workflow)
         profiler = self.profiler
         if profiler is not None and profiler.wants(run.workflow):
-            profile = profiler.profile_for(run.workflow, correlation_id, *profiler.stop_run(correlation_id))
-            if profile is not None:
+            for profile in profiler.finish_run(correlation_id, run.workflow):
                 self._sink.profile(profile)
 
     @hybridmethod
@@ -458,6 +469,15 @@ class WorkflowTracer:
                              error_type=etype, error_message=emsg, attributes=attributes))
         return sid
 
+    def _memory_now(self) -> int | None:
+        """Bytes traced now, for a step of a memory-traced run (the profiler traces it)."""
+        return self.profiler.memory_now() if self.profiler is not None else None
+
+    def _with_growth(self, metadata: dict[str, Any] | None, start_bytes: int) -> dict[str, Any] | None:
+        """A traced step's attributes with its memory growth (bytes traced now less at its start)."""
+        growth = self.profiler.step_growth(start_bytes) if self.profiler is not None else None
+        return metadata if growth is None else {**(metadata or {}), c.ATTR_MEMORY_GROWTH: growth}
+
     def _run(self, correlation_id: str) -> _Run:
         with self._lock:
             entry = self._runs.get(correlation_id)
@@ -478,10 +498,11 @@ def _default_profiler() -> SamplingProfiler | None:
         cfg = load_config()
     except Exception:  # noqa: BLE001 a bad setting must not stop the host app; the profiler stays off
         return None
-    if not cfg.profile_workflows:
+    if not (cfg.profile_workflows or cfg.memory_profile_workflows):
         return None
     from .profiler import SamplingProfiler
-    return SamplingProfiler(cfg.profile_hz, cfg.profile_workflows)
+    return SamplingProfiler(cfg.profile_hz, cfg.profile_workflows, memory_workflows=cfg.memory_profile_workflows,
+                            memory_budget=cfg.memory_profile_budget)
 
 
 def _default_service() -> str:

@@ -13,16 +13,20 @@ Every read returns typed rows (:mod:`.rows`); the API's JSON is built from them 
 from __future__ import annotations
 
 from .attribution import AttributionQueries
+from .endpoints import EndpointQueries
 from .errors import ErrorQueries
+from .logs import LogQueries
 from .profiles import ProfileQueries
 from .recorder import RunWriter
 from .runs import RunQueries
 
 
-class RunStore(RunWriter, RunQueries, ErrorQueries, AttributionQueries, ProfileQueries):
+class RunStore(RunWriter, RunQueries, ErrorQueries, AttributionQueries, ProfileQueries, LogQueries,
+               EndpointQueries):
     """The store client: writes from the recorder (:class:`~exporter.store.recorder.RunWriter`), reads for
-    replay and the run page (:mod:`.runs`), error analysis (:mod:`.errors`), attribution (:mod:`.attribution`)
-    and profiles (:mod:`.profiles`)."""
+    replay and the run page (:mod:`.runs`), error analysis (:mod:`.errors`), attribution (:mod:`.attribution`),
+    profiles (:mod:`.profiles`), application log lines (:mod:`.logs`) and the endpoint inventory
+    (:mod:`.endpoints`)."""
 
     def close(self) -> None:
         self.engine.dispose()

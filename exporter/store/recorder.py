@@ -37,8 +37,9 @@ from ..model import ErrorRecord, LogLine, Span, hash_user
 from ..redact import Redactor
 from ..retry import RetriesExhausted, RetryInterrupted, RetryPolicy, SendError
 from ..worker import BatchWorker
-from .logs import insert_logs, log_row
+from .logs import delete_logs_before, insert_logs, log_row
 from .migrate import ensure_schema
+from .pgcopy import BulkInsert, bulk_method_from_env
 from .process import WriterDied, WriterOutage, WriterProcess
 from .rows import DETAIL_COLUMNS, LINK_COLUMNS, SPAN_COLUMNS, DetailRow, LinkRow, SpanRow, to_json
 from .schema import error_aliases, error_groups, errors, profiles, runs, span_details, span_links, spans
@@ -127,11 +128,15 @@ def describe(item) -> str:
 
 class RunWriter:
     """The write half of :class:`~exporter.store.RunStore`: rows from spans, errors and profiles, error
-    fingerprints and failure chains, the retention sweep."""
+    fingerprints and failure chains, the retention sweep.
+
+    On PostgreSQL (psycopg 3) the big tables go in bulk, by ``pg_method`` (:data:`~exporter.store.pgcopy.METHODS`;
+    default COPY through a staging table, or what a benchmark's ``FLOWSCOPE_BENCH_PG_INSERT`` names)."""
 
     engine: Engine
 
-    def __init__(self, engine, redactor: Redactor | None = None, state_max_bytes: int = 16_384):
+    def __init__(self, engine, redactor: Redactor | None = None, state_max_bytes: int = 16_384,
+                 pg_method: str | None = None):
         self.engine = engine
         self.redactor = redactor or Redactor()
         self.state_max_bytes = state_max_bytes
@@ -145,6 +150,11 @@ class RunWriter:
         self._detail_sql = _insert_ignore_sql(engine.dialect, "span_details", DETAIL_COLUMNS)
         self._insert_link = insert_ignore(engine, span_links)
         self._link_sql = _insert_ignore_sql(engine.dialect, "span_links", LINK_COLUMNS)
+        #: PostgreSQL: the big tables' rows go in bulk (:mod:`exporter.store.pgcopy`), not row by row
+        self._bulk: dict[str, BulkInsert] = {}
+        if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+            method = pg_method or bulk_method_from_env()
+            self._bulk = {t.name: BulkInsert(t, method) for t in (spans, span_details, span_links)}
         self._lock = threading.Lock()  # one writer at a time owns the fingerprinter
 
     #: At most this many stored messages of legacy groups are read on start to find their aliases.
@@ -299,25 +309,30 @@ class RunWriter:
                                      "time_ns": it.time_ns or time.time_ns()})
                 elif isinstance(it, LogLine):
                     log_rows.append(log_row(it, red))
-                else:  # a Profile
-                    stacks = it.stacks or dict(it.self_seconds.items())
+                else:  # a Profile: CPU (folded, pstats) or memory (alloc, held: bytes per stack, peak and net)
+                    stacks = it.stacks if it.stacks or it.is_memory else dict(it.self_seconds.items())
                     prof_rows.append({"workflow": it.workflow, "correlation_id": it.correlation_id,
-                                      "time_ns": it.time_ns or time.time_ns(),
-                                      "format": "folded" if it.stacks else "pstats",
-                                      "sample_rate_hz": it.sample_rate_hz, "stacks": to_json(stacks)})
+                                      "time_ns": it.time_ns or time.time_ns(), "format": it.kind,
+                                      "sample_rate_hz": it.sample_rate_hz, "stacks": to_json(stacks),
+                                      "peak_bytes": it.peak_bytes, "net_bytes": it.net_bytes})
             except Exception as e:  # whatever one item raises must not cost the batch
                 if poisoned is None:
                     raise
                 poisoned.append((it, e))
+        bulk = self._bulk
         with self._lock, self.engine.begin() as conn:
-            if span_rows:
+            if bulk:  # PostgreSQL: one statement per table (pgcopy), still ON CONFLICT DO NOTHING
+                bulk["spans"].insert(conn, span_rows)
+                bulk["span_details"].insert(conn, detail_rows)
+                bulk["span_links"].insert(conn, link_rows)
+            elif span_rows:
                 if self._span_sql is not None:  # straight to the driver's executemany: no per-row compiling
                     conn.exec_driver_sql(self._span_sql, span_rows)
                 else:
                     conn.execute(self._insert_span, [dict(zip(SPAN_COLUMNS, r)) for r in span_rows])
             for rows, sql, stmt, cols in ((detail_rows, self._detail_sql, self._insert_detail, DETAIL_COLUMNS),
                                           (link_rows, self._link_sql, self._insert_link, LINK_COLUMNS)):
-                if rows:
+                if rows and not bulk:
                     if sql is not None:
                         conn.exec_driver_sql(sql, rows)
                     else:
@@ -453,7 +468,7 @@ class RunWriter:
             return False
 
     def sweep(self, older_than_ns: int) -> int:
-        """Delete runs, spans, errors and profiles that ended before ``older_than_ns``; returns runs deleted."""
+        """Delete runs, spans, errors, profiles and log lines older than ``older_than_ns``; returns runs deleted."""
         with self.engine.begin() as conn:
             n = conn.execute(delete(runs).where(runs.c.end_ns < older_than_ns)).rowcount
             conn.execute(delete(spans).where(spans.c.end_ns < older_than_ns))
@@ -465,6 +480,7 @@ class RunWriter:
             alive = select(errors.c.fingerprint).distinct()
             conn.execute(delete(error_groups).where(and_(error_groups.c.fingerprint.not_in(alive),
                                                          error_groups.c.resolved_at_ns.is_(None))))
+        delete_logs_before(self.engine, older_than_ns)  # application log lines: in chunks, their own transactions
         return n or 0
 
     # -- reading --------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -172,6 +173,89 @@ profiles = Table(
     Column("net_bytes", BigInteger, nullable=True),
     Index("ix_profiles_wf_time", "workflow", "time_ns"),
 )
+
+# -- application log lines (issue 14; exporter.store.logs) -----------------------------------------------
+
+#: The key of ``logs``: BIGINT on PostgreSQL, INTEGER on SQLite (there the rowid itself, which FTS5's external
+#: content table is keyed by).
+LogId = BigInteger().with_variant(Integer(), "sqlite")
+
+logs = Table(
+    "logs", metadata,
+    #: the line's time in ns, moved a few ns later when another line has it (exporter.store.logs.insert_logs)
+    Column("id", LogId, primary_key=True, autoincrement=False),
+    Column("time_ns", BigInteger, nullable=False),
+    Column("level", String(8), nullable=False),
+    Column("severity_number", Integer, nullable=False),
+    Column("service", String(200), nullable=False),
+    Column("workflow", String(200), nullable=True),
+    Column("logger", String(200), nullable=True),
+    Column("correlation_id", String(128), nullable=True),
+    Column("trace_id", String(32), nullable=True),
+    Column("span_id", String(16), nullable=True),
+    Column("source", String(16), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("exception", Text, nullable=True),
+    Column("attributes", Text, nullable=True),
+    Index("ix_logs_cid", "correlation_id", "id"),
+    Index("ix_logs_trace", "trace_id", "id"),
+    Index("ix_logs_service", "service", "id"),
+    Index("ix_logs_workflow", "workflow", "id"),
+    Index("ix_logs_level", "level", "id"),
+)
+
+#: One row per attribute of a line (nested ones as dotted names): ``field=value`` and ``field>number`` as index
+#: lookups. A number (or a string that is one) is kept in ``number`` only, other values in ``value`` only, so each
+#: row has one entry in one of the two partial indexes; on SQLite the table is its primary key (WITHOUT ROWID).
+log_fields = Table(
+    "log_fields", metadata,
+    Column("log_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", String(200), primary_key=True),
+    Column("value", String(200), nullable=True),
+    Column("number", Float, nullable=True),
+    Index("ix_log_fields_value", "name", "value", "log_id", sqlite_where=text("value IS NOT NULL"),
+          postgresql_where=text("value IS NOT NULL")),
+    Index("ix_log_fields_number", "name", "number", "log_id", sqlite_where=text("number IS NOT NULL"),
+          postgresql_where=text("number IS NOT NULL")),
+    sqlite_with_rowid=False,
+)
+
+#: What revision 0004 makes by hand for full-text search, which metadata cannot express: SQLite's FTS5 table
+#: ``logs_fts`` (and the shadow tables FTS5 keeps, ``logs_fts_*``), PostgreSQL's generated column
+#: ``logs.search`` and its GIN index ``ix_logs_search``.
+SEARCH_INDEX_OBJECTS = ("logs_fts", "search", "ix_logs_search")
+
+
+def include_name(name: str | None, type_: str, parent_names: dict[str, str | None]) -> bool:
+    """Alembic's ``include_name`` hook: False for the full-text objects of :data:`SEARCH_INDEX_OBJECTS`, so
+    comparing the database with :data:`metadata` (autogenerate, ``alembic check``) leaves them out."""
+    if name is None:
+        return True
+    if type_ == "table":
+        return not (name == "logs_fts" or name.startswith("logs_fts_"))
+    if type_ == "column":
+        return not (name == "search" and parent_names.get("table_name") == "logs")
+    if type_ == "index":
+        return name != "ix_logs_search"
+    return True
+
+
+# -- endpoint inventory (issue 15; exporter.store.endpoints, revision 0005) -----------------------------------
+
+#: A service's documented endpoints, as the SDK discovered them or an OpenAPI document lists them; joined with the
+#: server spans' ``http.route`` to find endpoints no traffic reaches and traffic no inventory lists.
+endpoints = Table(
+    "endpoints", metadata,
+    Column("service", String(200), primary_key=True),
+    Column("method", String(16), primary_key=True),
+    Column("path", String(500), primary_key=True),
+    Column("view", String(300), nullable=True),
+    #: requires auth, as the SDK's heuristic or the document's ``security`` says; NULL: not known
+    Column("auth", Boolean, nullable=True),
+    Column("source", String(16), nullable=False),
+    Column("registered_at_ns", BigInteger, nullable=False),
+)
+
 
 # -- alerts (backend.store) --------------------------------------------------------------------------
 
