@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import threading
 import time
 import types
 
@@ -20,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
-from werkzeug.serving import make_server
 
 import flowscope
 from backend.app import create_app
@@ -31,6 +29,7 @@ from exporter.sdk.routes import OpenAPIError, Route, normalize_route, routes_fro
 from exporter.store import RunStore
 from exporter.store.endpoints import EndpointEntry, p95
 from flowscope.cli import main
+from tests.conftest import LiveServer
 from tests.otlp_data import sdk_provider
 
 FUZZ = {"deadline": None, "derandomize": True, "database": None, "max_examples": 60,
@@ -109,21 +108,9 @@ def shop_document() -> dict:
         }}
 
 
-class Live:
-    def __init__(self, app):
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.thread.join(5)
-
-
 @pytest.fixture
 def shop():
-    live = Live(shop_app())
+    live = LiveServer(shop_app())
     yield live
     live.stop()
 
