@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Engine, String, any_, bindparam, select
+from sqlalchemy import Column, Engine, String, any_, bindparam, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
+from exporter import conventions as c
 from exporter.db import make_engine
+from exporter.lease import lock_key
 from exporter.store.migrate import ensure_schema
 from exporter.store.schema import alert_events, alerts
 
@@ -86,6 +88,8 @@ class AlertStore:
         counts = {"created": 0, "updated": 0, "unchanged": 0}
         keys = {(a.fingerprint, _utc(a.starts_at)) for a in incoming}
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # replicas (or Alertmanager HA pairs) posting at once: one at a time
+                conn.execute(select(func.pg_advisory_xact_lock(lock_key(c.ALERTS_LOCK))))
             known = self._existing(conn, keys)   # key -> [id, status]
             new: dict[tuple, dict] = {}          # key -> insert row, carrying the notification's last word
             new_events: list[tuple[tuple, str]] = []

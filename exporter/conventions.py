@@ -242,6 +242,9 @@ DUTIES = (DUTY_RETENTION_SWEEP, DUTY_DETECTION)
 #: Not a duty: the transaction-level advisory lock that serialises recording regression findings, so a finding
 #: is new (and annotated) in one detection run across replicas, whichever replica ran it.
 FINDINGS_LOCK = "regression-findings"
+#: The transaction advisory lock the alert webhook records a notification under (PostgreSQL): replicas sharing the
+#: store write each alert's state change, and its history event, once.
+ALERTS_LOCK = "alert-webhook"
 L_DUTY = "duty"
 LEASE_HELD = "flowscope_lease_held"
 

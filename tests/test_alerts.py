@@ -173,3 +173,37 @@ def test_alert_list_filters_out_of_range_get_400_naming_the_field(client, query,
     r = client.get(c.ALERTS_PATH + "?" + query)
     assert r.status_code == 400 and r.json["error"]["field"] == field, r.data
     assert client.get(c.ALERTS_PATH + "?since=9999-12-31T23:59:59Z").json == {"alerts": []}
+
+
+def test_replicas_receiving_the_same_notifications_at_once_record_each_state_change_once(postgres):
+    """Two backends on one PostgreSQL store (replicas, or an Alertmanager HA pair posting to both): the alert, its
+    resolution and its history are written once whoever receives what, under the webhook's advisory lock."""
+    from backend.alerts import validate
+    from backend.store import AlertStore
+    from exporter.store.schema import alert_events
+
+    url = postgres.fresh_database()
+    stores = [AlertStore(url), AlertStore(url)]
+    try:
+        for status in ("firing", "resolved"):
+            ends = "2026-11-23T10:05:00Z" if status == "resolved" else "0001-01-01T00:00:00Z"
+            doc = payload(status=status, ends=ends)
+            receiver, incoming = validate(doc)
+            barrier = threading.Barrier(8)
+
+            def post(store, receiver=receiver, incoming=incoming, barrier=barrier):
+                barrier.wait(10)
+                store.record(incoming, receiver)
+            threads = [threading.Thread(target=post, args=(stores[i % 2],)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        listed = stores[0].list()
+        assert [a["status"] for a in listed] == ["resolved"]
+        with stores[1].engine.connect() as conn:
+            history = [r.status for r in conn.execute(alert_events.select().order_by(alert_events.c.id))]
+        assert history == ["firing", "resolved"]
+    finally:
+        for s in stores:
+            s.close()
