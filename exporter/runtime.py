@@ -211,7 +211,9 @@ class Exporter:
             self.runs = RunStore(self.db, self.redactor, config.state_max_bytes)
             writer = None
             url = self.db.url.render_as_string(hide_password=False)
-            if config.store_writer == "process" and (self.db.dialect.name != "sqlite" or sqlite_path(url)):
+            # a backend replica takes no ingest: its recorder only sweeps, so no writer process for it
+            if config.store_writer == "process" and config.role != c.ROLE_BACKEND and (
+                    self.db.dialect.name != "sqlite" or sqlite_path(url)):
                 writer = WriterProcess(url, self.redactor.fragments, config.state_max_bytes)
             self.recorder = RunRecorder(self.runs, self.store, retention_s=config.run_retention_s,
                                         sweep_interval_s=min(3600.0, config.run_retention_s / 10), writer=writer)

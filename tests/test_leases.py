@@ -253,6 +253,14 @@ def test_a_backend_replica_refuses_ingest_with_a_json_404_naming_its_role(make_e
     assert ex.sweep_lease is ex.leases.lease(c.DUTY_RETENTION_SWEEP)  # and it does the scheduled work
 
 
+
+def test_a_backend_replica_sweeps_the_store_but_starts_no_writer_process(make_exporter):
+    backend = make_exporter(role=c.ROLE_BACKEND, store_writer="process")
+    assert backend.recorder is not None and backend.recorder.writer is None  # nothing to write: no process
+    assert backend.sweep_lease is not None
+    assert make_exporter(role=c.ROLE_ALL, store_writer="process").recorder.writer is not None
+
+
 def test_an_ingest_replica_takes_spans_and_serves_no_backend_and_no_scheduled_work(make_exporter):
     ex = make_exporter(role=c.ROLE_INGEST, detect_prometheus_url="http://127.0.0.1:9")
     app = create_app(ex)
