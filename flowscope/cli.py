@@ -607,11 +607,16 @@ def _replay(args: argparse.Namespace) -> int:
             source = LocalSource(store, args.run_id)
         finally:
             store.close()
-    Stepper(source, watches=args.watch, breaks=args.breaks, start_from=args.from_step).loop()
+    try:  # every ReplayError here is about the arguments (--watch, --break, --from): a usage error
+        stepper = Stepper(source, watches=args.watch, breaks=args.breaks, start_from=args.from_step)
+    except FlowscopeError as e:
+        print(f"flowscope: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    stepper.loop()
     return EXIT_OK
 
 
-def _existing_store(url: str):
+def _existing_store(url: str, alternative: str = "--url of a running backend"):
     """(engine, where) on the store at ``url``, never creating one: a SQLite file must exist, and is opened
     read-only. ``replay`` from another directory than the server's would otherwise make an empty
     ``./var/flowscope.db`` and report the run missing."""
@@ -634,8 +639,8 @@ def _existing_store(url: str):
     if path is None or not os.path.isfile(path):
         raise FlowscopeError(
             f"no run store at {path or url}: `flowscope serve` keeps its runs in var/flowscope.db under the "
-            "directory it runs in (FLOWSCOPE_DATABASE_URL). Pass --database-url sqlite:////path/to/flowscope.db, "
-            "or --url of a running backend")
+            "directory it runs in (FLOWSCOPE_DATABASE_URL). Pass --database-url sqlite:////path/to/flowscope.db"
+            + (f", or {alternative}" if alternative else ""))
     uri = f"file:{quote(path)}?mode=ro"
     engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=10,
                                                                         check_same_thread=False))
@@ -667,7 +672,7 @@ def _report(args: argparse.Namespace) -> int:
     from exporter.store import RunStore
 
     cfg = load_config({"database_url": args.database_url}, file=args.config)
-    engine, where = _existing_store(cfg.database_url)
+    engine, where = _existing_store(cfg.database_url, alternative="")
     try:
         try:
             store = RunStore(engine)
@@ -739,7 +744,8 @@ def _endpoints(args: argparse.Namespace) -> int:
         print(f"{state:4} {op.method:7} {op.path}  ({op.requests} requests"
               f"{', auth required' if op.auth else ''}{skipped})")
         for f in op.failures:
-            print(f"       [{f.mode}] {f.check}: {f.message.splitlines()[0][:200]}\n       {f.curl[:300]}")
+            first = (f.message.splitlines() or [f.check])[0]  # schemathesis' "Server error" has no message
+            print(f"       [{f.mode}] {f.check}: {first[:200]}\n       {f.curl[:300]}")
     failed = sum(1 for op in result.operations if op.failures)
     print(f"{len(result.operations)} operations, {result.requests} requests, {failed} failed")
     if args.flowscope:

@@ -331,12 +331,12 @@ def test_flowscope_replay_against_a_backend_and_its_bad_arguments(ex, serve, cli
     assert "breakpoint: user.id changed" in r.stdout and "[4/5] api/auth/relogin ok" in r.stdout
     assert '  watch user.id = "u2" (changed here)' in r.stdout and "no step after 4 matches" in r.stdout
     r = cli("replay", cid, "--url", srv.url, "--break", "cart.total > > 1")
-    assert r.returncode == 1 and "--break 'cart.total > > 1': expected a value" in r.stderr
+    assert r.returncode == 2 and "--break 'cart.total > > 1': expected a value" in r.stderr
     assert "  cart.total > > 1\n               ^ expected" in r.stderr
     r = cli("replay", cid, "--url", srv.url, "--from", "2")
-    assert r.returncode == 1 and "--from goes with --break" in r.stderr
+    assert r.returncode == 2 and "--from goes with --break" in r.stderr
     r = cli("replay", cid, "--url", srv.url, "--watch", "a..b")
-    assert r.returncode == 1 and "empty segment" in r.stderr
+    assert r.returncode == 2 and "empty segment" in r.stderr
 
 
 # -- the run page, in Chromium ------------------------------------------------------------------------------------
@@ -443,3 +443,14 @@ def test_the_run_page_watches_breaks_and_browses_the_state(ex, serve, browser):
     page.locator("h2", has_text="Time travel").scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "replay-debugger.png"), full_page=True)
     page.close()
+
+
+def test_a_nested_number_turning_into_a_boolean_is_a_change():
+    """JSON equality at every depth: ``[1]`` → ``[true]`` and ``{"n": 0}`` → ``{"n": false}`` are changes that a
+    watch and ``changed`` report, as ``1`` → ``true`` at the top is."""
+    states = [{"flags": [1], "cfg": {"n": 0}}, {"flags": [True]}, {"cfg": {"n": False}}, {"flags": [1.0]}]
+    steps = [{**s, "state": st_} for s, st_ in zip(STEPS, states, strict=False)]
+    by = {w["path"]: w for w in watch(steps, ["flags", "cfg"])}
+    assert by["flags"]["changed_at"] == [0, 1, 3] and by["cfg"]["changed_at"] == [0, 2]
+    assert [i for i, _ in enumerate(steps) if next_break(steps, [parse("flags changed")], i - 1) == {
+        "step": i, "matched": ["flags changed"]}] == [0, 1, 3]
