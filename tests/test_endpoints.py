@@ -297,6 +297,30 @@ def test_registering_again_keeps_first_registration_times_and_replaces_the_list(
     assert len(store.inventory("svc")) == 3
 
 
+
+def test_two_replicas_registering_at_once_both_succeed(ex):
+    """Replica B reads the inventory (empty), replica A registers and commits, then B inserts: B must not fail on
+    the primary key (start-up registration of a service with several workers). The interleaving is made exact by
+    running A from B's insert (a real engine event, no timing)."""
+    from sqlalchemy import event
+
+    store: RunStore = ex.runs
+    a, b = EndpointEntry("GET", "/a", None, None, "manual"), EndpointEntry("GET", "/b", None, None, "manual")
+    interleaved: list[bool] = []
+
+    def replica_a_first(conn, cursor, statement, params, context, executemany):
+        if not interleaved and statement.lstrip().upper().startswith("INSERT INTO ENDPOINTS"):
+            interleaved.append(True)
+            store.register_endpoints("svc", [a], now_ns=100)
+
+    event.listen(store.engine, "before_cursor_execute", replica_a_first)
+    try:
+        got = store.register_endpoints("svc", [a, b], now_ns=200)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", replica_a_first)
+    assert interleaved and (got.added, got.kept) == (1, 1)
+    assert {(r.path, r.registered_at_ns) for r in store.inventory("svc")} == {("/a", 100), ("/b", 200)}
+
 def test_the_inventory_and_report_work_on_postgresql_too(database_url, make_exporter):
     """Native server steps (kind server, http.route in metadata) through ingest and the writer, on both stores."""
     ex = make_exporter(database_url=database_url)
@@ -462,3 +486,22 @@ def test_check_exits_2_naming_the_problem_of_a_document_it_cannot_parse(tmp_path
 
 def test_the_cli_entry_point_is_main():
     assert main(["endpoints", "check", "--openapi", "/nonexistent.json", "--base-url", "http://127.0.0.1:9"]) == 2
+
+
+def test_a_document_nested_deeper_than_the_stack_is_refused_not_a_500(client):
+    from exporter.sdk.routes import parse_document
+
+    with pytest.raises(OpenAPIError, match="nested too deeply"):
+        parse_document("[" * 100_000)
+    r = client.post(c.ENDPOINTS_PATH, data=json.dumps({"service": "s", "openapi": "[" * 100_000}),
+                    content_type="application/json")
+    assert r.status_code == 400 and r.json["error"]["field"] == "openapi", r.data[:300]
+
+
+def test_check_never_shows_or_records_the_header_credentials(shop):
+    from backend.endpoints.check import run_batch, run_check
+
+    result = run_check(shop_document(), shop.url, examples=2, headers={"X-Api-Key": "topsecret-123"})
+    broken = [f for f in result.failures if f.path == "/broken"]
+    assert broken and "X-Api-Key: [REDACTED]" in broken[0].curl
+    assert "topsecret-123" not in json.dumps(run_batch(result, "shop", 1)), "a --header value leaked into the run"

@@ -615,3 +615,25 @@ def test_secrets_come_from_a_file_or_the_environment_and_an_empty_file_is_refuse
         secret("X", {"X_FILE": str(tmp_path / "empty")})
     with pytest.raises(IntegrationError, match="cannot read"):
         secret("X", {"X_FILE": str(tmp_path / "missing")})
+
+
+def test_the_endpoint_no_traffic_alert_is_in_a_vendor_output_or_listed_as_not_mapped():
+    assert SPEC.endpoint_no_traffic_for is not None
+    names = [m.name for m in datadog.monitors(SPEC)] + [x["name"] for x in newrelic.conditions(SPEC)]
+    if not any(c.ALERT_ENDPOINT_NO_TRAFFIC in n for n in names):
+        assert c.ALERT_ENDPOINT_NO_TRAFFIC in render_all(SPEC_PATH, SPEC)[UNMAPPED]
+
+
+def test_a_burn_monitor_names_its_own_slo_when_one_slo_name_begins_another(fake_dd):
+    spec = parse_spec({"apiVersion": "flowscope/v1", "kind": "AlertSpec", "grafana_url": "https://grafana.example",
+                       "slos": [{"workflow": "pay", "type": "availability", "objective": "99.5%"},
+                                {"workflow": "pay-availability-eu", "type": "availability", "objective": "99%"}]})
+    report = _dd(fake_dd.url).push(spec)
+    assert not fake_dd.errors, fake_dd.errors
+    by_name = {s["name"]: sid for sid, s in fake_dd.slos.items()}
+    assert set(report["slos"]) == set(by_name)
+    burns = [m for m in fake_dd.monitors.values() if m["type"] == "slo alert"]
+    assert burns
+    for m in burns:
+        wf = next(v.split(":", 1)[1] for v in m["tags"] if v.startswith(f"{c.L_SLO}:"))
+        assert m["query"].startswith(f'burn_rate("{by_name["[Flowscope] SLO · " + wf]}")'), (wf, m["query"])

@@ -313,3 +313,18 @@ def test_the_html_report_renders_in_chromium_with_nothing_loaded(ex, serve, brow
     assert page.locator(".empty").count() == 5
     page.screenshot(path=str(SHOTS / "report-empty.png"), full_page=True)
     page.close()
+
+
+def test_links_an_alert_carried_stay_links_and_only_http_ones(ex, client):
+    """An alert's generator_url and dashboard_url are client data: a ``)`` cannot end the Markdown link and start
+    an image a ticket would load, and a ``javascript:`` URL is never a link."""
+    when = datetime.now(UTC) - timedelta(minutes=5)
+    AlertStore(ex.db).record([IncomingAlert(
+        "fp-hostile", "firing", {"alertname": "Hostile", "severity": "warning", "workflow": "checkout"},
+        {"summary": "s", "dashboard_url": "javascript:alert(1)"}, when, None,
+        "http://prometheus.test/graph) ![t](http://evil.test/p.png")], "webhook")
+    md = client.get(f"{c.REPORTS_PATH}?since=1h&format=md").data.decode()
+    assert "Hostile" in md and "](http://evil.test/p.png" not in md
+    assert "[rule (Prometheus)](http://prometheus.test/graph%29%20!%5Bt%5D%28http://evil.test/p.png)" in md
+    html = client.get(f"{c.REPORTS_PATH}?since=1h").data.decode()
+    assert "Hostile" in html and "javascript:" not in html and "javascript:" not in md

@@ -107,11 +107,18 @@ def _schema(doc: Mapping[str, Any]) -> Any:
         raise CheckError(f"the OpenAPI document cannot be loaded: {str(e).splitlines()[0][:300]}") from None
 
 
-def _curl(kwargs: Mapping[str, Any], drop: tuple[str, ...] = ()) -> str:
+#: Headers whose values a reproducer never shows (besides the ``--header`` ones: credentials by definition).
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def _curl(kwargs: Mapping[str, Any], secret: frozenset[str] = frozenset()) -> str:
+    """A curl line that reproduces the request; the values of ``secret`` headers (lower case: the ``--header``
+    ones) and of :data:`_SECRET_HEADERS` are redacted, as the line is printed and stored in the run."""
     parts = ["curl", "-X", str(kwargs.get("method", "GET"))]
     for k, v in (kwargs.get("headers") or {}).items():
-        if k.lower() not in drop and k.lower() not in ("user-agent", "accept-encoding", "connection", "accept"):
-            parts += ["-H", f"{k}: {'[REDACTED]' if k.lower() == 'authorization' else v}"]
+        if k.lower() not in ("user-agent", "accept-encoding", "connection", "accept"):
+            hidden = k.lower() in _SECRET_HEADERS or k.lower() in secret
+            parts += ["-H", f"{k}: {'[REDACTED]' if hidden else v}"]
     body = kwargs.get("data") if kwargs.get("data") is not None else kwargs.get("json")
     if body is not None:
         import json
@@ -154,6 +161,7 @@ def _run_mode(operation: Any, op: OperationResult, mode: str, base_url: str, hea
     from schemathesis.core.failures import Failure, FailureGroup
 
     checks = _checks(mode)
+    secret = frozenset(k.lower() for k in headers)
     gen = GenerationMode.POSITIVE if mode == "positive" else GenerationMode.NEGATIVE
     auth_checked = [not op.auth or mode != "positive"]
 
@@ -163,7 +171,7 @@ def _run_mode(operation: Any, op: OperationResult, mode: str, base_url: str, hea
             return session.request(**kwargs, timeout=timeout)
         except requests.RequestException as e:
             _keep(op, CheckFailure(op.method, op.path, mode, "No answer", f"{type(e).__name__}: {e}"[:500], None,
-                                   _curl(kwargs)))
+                                   _curl(kwargs, secret)))
             return None
 
     @seed(0)
@@ -180,10 +188,10 @@ def _run_mode(operation: Any, op: OperationResult, mode: str, base_url: str, hea
         except FailureGroup as group:
             for x in group.exceptions:
                 _keep(op, CheckFailure(op.method, op.path, mode, x.title, x.message[:2000], resp.status_code,
-                                       _curl(kwargs)))
+                                       _curl(kwargs, secret)))
         except Failure as x:
             _keep(op, CheckFailure(op.method, op.path, mode, x.title, x.message[:2000], resp.status_code,
-                                   _curl(kwargs)))
+                                   _curl(kwargs, secret)))
         if not auth_checked[0]:
             auth_checked[0] = True
             bare = case.as_transport_kwargs(base_url=base_url, headers={})
@@ -195,7 +203,7 @@ def _run_mode(operation: Any, op: OperationResult, mode: str, base_url: str, hea
                 _keep(op, CheckFailure(op.method, op.path, "auth", "Auth not enforced",
                                        f"the document requires credentials for {op.method} {op.path}, but a request "
                                        f"without them was answered {got.status_code} (expected 401 or 403)",
-                                       got.status_code, _curl(bare)))
+                                       got.status_code, _curl(bare, secret)))
 
     try:
         run()

@@ -14,6 +14,7 @@ import yaml
 
 from backend.dashboards.build import dashboards as grafana_dashboards
 from backend.rules.spec import Spec, load_spec
+from exporter import conventions as c
 
 from . import datadog, newrelic
 from .datadog import Unmapped, as_dict
@@ -58,6 +59,16 @@ ROUTING = Unmapped("Datadog and New Relic", "the spec's routing (Alertmanager re
                    "(Datadog) or a workflow on the Flowscope policy (New Relic) by hand")
 
 
+def _endpoint_alert(spec: Spec) -> list[Unmapped]:
+    """The spec's ``endpoints.no_traffic_for`` alert: Prometheus-only (neither tool gets its gauge or an alert)."""
+    if spec.endpoint_no_traffic_for is None:
+        return []
+    return [Unmapped("Datadog and New Relic", f"{c.ALERT_ENDPOINT_NO_TRAFFIC} (endpoints.no_traffic_for "
+                     f"{spec.endpoint_no_traffic_for})",
+                     "the endpoint inventory's gauges are not among the scraped metrics, and an alert on the time "
+                     "since a timestamp gauge has no generated monitor or condition: it fires in Prometheus only")]
+
+
 def render_all(spec_path: str, spec: Spec | None = None, target: str = DEFAULT_TARGET) -> dict[str, str]:
     spec = spec or load_spec(spec_path)
     source = os.path.relpath(spec_path) if os.path.isabs(spec_path) else spec_path
@@ -72,7 +83,8 @@ def render_all(spec_path: str, spec: Spec | None = None, target: str = DEFAULT_T
                               "to New Relic.\n"),
         NEWRELIC_POLICY: to_json({"policy": newrelic.policy()}),
         NEWRELIC_CONDITIONS: to_json([{"condition": x} for x in newrelic.conditions(spec)]),
-        UNMAPPED: unmapped_markdown(skipped + datadog.unmapped(spec) + newrelic.unmapped(spec) + [ROUTING], source),
+        UNMAPPED: unmapped_markdown(skipped + datadog.unmapped(spec) + newrelic.unmapped(spec) + _endpoint_alert(spec)
+                                     + [ROUTING], source),
     }
     for uid, d in dash.items():
         files[DATADOG_DASHBOARDS.format(uid=uid)] = to_json(as_dict(d))

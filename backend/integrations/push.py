@@ -268,8 +268,8 @@ class DatadogPusher(_Retrying):
                 monitor_tags=c.DATADOG_MANAGED_TAG, page=p, page_size=PAGE_SIZE), None), id_type=int)
         for m in datadog.monitors(spec):
             query = m.query
-            for name, slo_id in ids.items():
-                query = query.replace(datadog.SLO_REF_PREFIX + name, slo_id)
+            for name, slo_id in ids.items():  # quoted: one SLO's name may begin another's (pay-…, pay-…-eu-…)
+                query = query.replace(f'"{datadog.SLO_REF_PREFIX}{name}"', f'"{slo_id}"')
             if datadog.SLO_REF_PREFIX in query:
                 raise IntegrationError(f"monitor {m.name}: its SLO was not pushed")
             want = Monitor(**{**{k: getattr(m, k) for k in as_dict(m)}, "query": query})

@@ -186,6 +186,12 @@ class Links:
             {"schemaVersion": 1, "orgId": 1, "panes": json.dumps(panes, separators=(",", ":"))})
 
 
+def _web_url(url: object) -> bool:
+    """Is a URL an alert carried (client data) an http(s) link? Anything else (``javascript:``, ``data:``) is
+    never made a link in a report."""
+    return isinstance(url, str) and url[:8].lower().startswith(("http://", "https://"))
+
+
 def _iso(ns: int) -> str:
     return iso_ns(ns)[:19] + "Z"
 
@@ -496,9 +502,9 @@ def alert_section(engine: Engine, links: Links, w: Window, workflow: str | None)
         lk = {"runs while it fired": links.runs(span, wf, "error" if wf else None),
               "logs while it fired (Loki)": links.explore(_selector(workflow=wf, layer=r["layer"], level="error"),
                                                           span)}
-        if ann.get("dashboard_url"):
+        if _web_url(ann.get("dashboard_url")):
             lk["dashboard"] = ann["dashboard_url"]
-        if r["generator_url"]:
+        if _web_url(r["generator_url"]):
             lk["rule (Prometheus)"] = r["generator_url"]
         out.append({"alertname": r["alertname"], "severity": r["severity"], "workflow": wf, "layer": r["layer"],
                     "status": r["status"], "starts_at": _iso(start), "ends_at": _iso(end) if end else None,

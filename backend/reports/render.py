@@ -96,8 +96,15 @@ def _code(v: Any) -> str:
     return f"`{text}`" if text else ""
 
 
+def _href(url: str) -> str:
+    """A link target that stays one Markdown link destination: characters that would close it or start markup
+    (``)``, spaces, ``<``, …) are percent-encoded, as a stored alert's ``generator_url`` is client data."""
+    return "".join(f"%{ord(ch):02X}" if ch in " ()[]<>`\\\"'" or ord(ch) < 33 or ord(ch) == 127 else ch
+                   for ch in url)
+
+
 def _links(links: dict[str, str]) -> str:
-    return " · ".join(f"[{name}]({href})" for name, href in links.items())
+    return " · ".join(f"[{name}]({_href(href)})" for name, href in links.items())
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> list[str]:

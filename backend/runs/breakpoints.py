@@ -407,10 +407,27 @@ class Condition:
 
 
 def same_json(a: Any, b: Any) -> bool:
-    """JSON equality: ``1`` and ``true`` differ, ``1`` and ``1.0`` do not."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return bool(a == b)
+    """JSON equality, at any depth: ``1`` and ``true`` differ (``[1]`` and ``[true]`` too), ``1`` and ``1.0`` do
+    not. Iterative (state values nest as deep as a client sent them); a shared sub-tree is compared once."""
+    work = [(a, b)]
+    while work:
+        x, y = work.pop()
+        if x is y:
+            continue
+        if isinstance(x, bool) or isinstance(y, bool):
+            if type(x) is not type(y) or x != y:
+                return False
+        elif isinstance(x, dict):
+            if not isinstance(y, dict) or x.keys() != y.keys():
+                return False
+            work.extend((v, y[k]) for k, v in x.items())
+        elif isinstance(x, list):
+            if not isinstance(y, list) or len(x) != len(y):
+                return False
+            work.extend(zip(x, y, strict=True))
+        elif isinstance(y, (dict, list)) or x != y:
+            return False
+    return True
 
 
 def parse(text: str) -> Condition:

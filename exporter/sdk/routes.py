@@ -301,14 +301,15 @@ def read_document(source: str | Path, timeout: float) -> bytes:
     s = str(source)
     if s.startswith(("http://", "https://")):
         import requests
+        import urllib3
 
         try:
-            resp = requests.get(s, timeout=timeout, stream=True)
-            body = resp.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
-        except requests.RequestException as e:
+            with requests.get(s, timeout=timeout, stream=True) as resp:  # closed: a streamed body holds its socket
+                if resp.status_code != 200:
+                    raise OpenAPIError(f"cannot fetch the OpenAPI document {s}: HTTP {resp.status_code}")
+                body = resp.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as e:  # raw reads raise urllib3's
             raise OpenAPIError(f"cannot fetch the OpenAPI document {s}: {e}") from None
-        if resp.status_code != 200:
-            raise OpenAPIError(f"cannot fetch the OpenAPI document {s}: HTTP {resp.status_code}")
     else:
         try:
             with open(s, "rb") as f:
@@ -325,6 +326,8 @@ def parse_document(raw: bytes | str) -> dict[str, Any]:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     try:
         doc = json.loads(text)
+    except RecursionError:  # json's decoder recurses per level: "[[[[…" of the depth of the stack
+        raise OpenAPIError("the OpenAPI document is nested too deeply") from None
     except ValueError:
         import yaml
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from sqlalchemy import Engine, and_, delete, insert, or_, select
+from sqlalchemy.exc import IntegrityError
 
 from .. import conventions as c
 from ..sdk.routes import normalize_route
@@ -31,6 +32,8 @@ from .schema import endpoints, span_details, spans
 
 __all__ = ["EndpointEntry", "EndpointQueries", "EndpointReport", "EndpointUsage", "RegisterResult", "p95"]
 
+#: Tries of a registration whose insert lost a race with another registration of the same service.
+REGISTER_ATTEMPTS = 3
 #: Most server spans one report reads (newest first).
 MAX_SPANS = 200_000
 _METHOD_KEYS = ("http.request.method", "http.method")
@@ -154,7 +157,20 @@ class EndpointQueries:
                            replace: bool = True) -> RegisterResult:
         """Make ``entries`` ``service``'s inventory (``replace``: its other rows go; otherwise they stay). An entry
         already listed keeps its first registration time, so re-registering at every deploy does not make an
-        endpoint that is never called look new."""
+        endpoint that is never called look new.
+
+        Replicas of a service registering at once race between the read and the insert: the loser's insert hits
+        the primary key and its transaction is tried again (bounded), now seeing the winner's rows."""
+        for attempt in range(REGISTER_ATTEMPTS):
+            try:
+                return self._register_once(service, entries, now_ns, replace)
+            except IntegrityError:
+                if attempt == REGISTER_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _register_once(self, service: str, entries: Sequence[EndpointEntry], now_ns: int,
+                       replace: bool) -> RegisterResult:
         unique = {(e.method, e.path): e for e in entries}
         with self.engine.begin() as conn:
             rows = conn.execute(select(endpoints.c.method, endpoints.c.path, endpoints.c.registered_at_ns)
