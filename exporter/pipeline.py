@@ -139,9 +139,12 @@ class Pipeline:
         scrub secrets from their text, and hand them to every sink that takes logs (:class:`LogSink`)."""
         known = self.resolver.workflow_of
         redact = self.redact
+        name = self.name
         for line in lines:
             if line.workflow is None and line.trace_id:
                 line.workflow = known(line.trace_id)
+            elif line.workflow is not None:  # a name like any span's: a label in Loki, never a secret
+                line.workflow = name(line.workflow)
             line.body = redact(line.body) or ""
             if line.exception is not None:
                 line.exception = redact(line.exception)

@@ -254,9 +254,17 @@ def test_native_lines_are_accepted_and_each_bad_one_named(client, ex, sink):
     assert received(ex, c.FORMAT_NATIVE) == 2
 
 
+def test_a_lines_workflow_is_a_name_like_a_spans_with_its_secrets_redacted(client, sink):
+    r = client.post(c.LOGS_PATH, json={"lines": [{"time_ns": T0, "body": "x", "workflow": "GET /login?token=s3cr3t"}]})
+    assert r.status_code == 200 and r.json["accepted"] == 1
+    assert sink.lines[0].workflow == "GET /login?token=[REDACTED]"  # the Loki label and the stored name alike
+
+
 @pytest.mark.parametrize(("doc", "field"), [
     ({"lines": [{"time_ns": T0}]}, "lines[0].body"),
     ({"lines": [{"body": "no time"}]}, "lines[0].time_ns"),
+    ({"lines": [{"body": "x", "time": 1e-7}]}, "lines[0].time"),  # 0 ns once in whole microseconds: the epoch
+    ({"lines": [{"body": "x", "time": 0}]}, "lines[0].time"),
     ({"lines": [{"body": "x", "time_ns": T0, "colour": "red"}]}, "lines[0].colour"),
     ({"lines": "x"}, "lines"),
     ({"lines": [], "steps": []}, "steps"),

@@ -176,3 +176,38 @@ def test_a_full_queue_drops_and_counts_without_blocking_and_a_broken_sink_never_
     # a record whose arguments don't fit its format still becomes a line, with what was logged
     line = handler.to_line(logging.makeLogRecord({"msg": "%d apples", "args": ("three",), "levelno": 25}))
     assert line.body == "%d apples ('three',)" and line.level == "info"
+
+
+class _Detached:
+    """An app object whose text fails once its session is gone (an ORM instance read from another thread)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("instance is not bound to a session")
+
+    __repr__ = __str__
+
+
+def test_extras_are_taken_when_logged_and_one_that_cannot_be_read_costs_nothing_else(ex, serve, received, app_log):
+    """Remote mode: the sender encodes lines later, on its thread. An extra is read when it is logged (a dict the
+    app changes afterwards is the line's as it was), and one whose text raises is its type's name: neither the
+    line nor the steps and lines batched with it are lost."""
+    srv = serve(ex)
+    registry = CollectorRegistry()
+    remote = RemoteSink(srv.url, batch_wait_s=WAIT_S, registry=registry)  # lingers: only flush sends
+    handler = LogHandler(sink=remote)
+    app_log.addHandler(handler)
+    cart = {"items": ["book"]}
+    try:
+        with WorkflowTracer(remote, service="shop").workflow("checkout", correlation_id="order-9"):
+            app_log.info("before")
+            app_log.info("cart priced", extra={"cart": cart, "user_obj": _Detached()})
+            cart["items"].append("pen")  # after the call: not the line's
+            app_log.info("after")
+        assert remote.flush(WAIT_S)
+    finally:
+        remote.close(WAIT_S)
+    assert [ln.body for ln in received.lines] == ["before", "cart priced", "after"]
+    priced = received.lines[1]
+    assert priced.attributes == {"cart": {"items": ["book"]}, "user_obj": "<_Detached>"}
+    assert remote.dropped == 0 and handler.dropped == 0
+    assert ex.store.value(c.WORKFLOW_RUNS_TOTAL, {"workflow": "checkout", "status": "ok"}) == 1  # its run too

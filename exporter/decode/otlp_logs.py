@@ -478,9 +478,10 @@ def _seconds_ns(v: Any, key: str, scale: float) -> int:
             raise _Bad("invalid_time", f"is not RFC 3339 with a timezone: {show(v)}", key)
     else:
         ts = v * scale
-    if not 0 < ts < MAX_EPOCH_S:
+    ns = int(ts * 1_000_000) * 1000 if 0 < ts < MAX_EPOCH_S else 0
+    if ns <= 0:  # a time under a microsecond past the epoch would be 0 ns: refused like the epoch itself
         raise _Bad("invalid_time", f"must be after 1970 and before 2262-04-11, got {show(v)}", key)
-    return int(ts * 1_000_000) * 1000
+    return ns
 
 
 def _level(rec: dict[str, Any], default: str, key: str = "level") -> str:

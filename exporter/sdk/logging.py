@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .. import conventions as c
 from ..model import LogLine
+from ..validate import clean_value
 from .context import active_step, current_ids
 
 if TYPE_CHECKING:
@@ -92,6 +93,15 @@ class LogHandler(logging.Handler):
         self._busy = _Busy()
         self._fallback_service: str | None = None  # FLOWSCOPE_SERVICE_NAME, read once, for lines outside a run
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        """``emit`` without the handler's lock: emit is thread-safe (a queue, or the pipeline's own lock), and
+        holding the handler's lock while the pipeline takes the metric store's would deadlock against a thread
+        that logs while holding the store's lock (a scrape reporting a series it cannot write)."""
+        ok = bool(self.filter(record))
+        if ok:
+            self.emit(record)
+        return ok
+
     def emit(self, record: logging.LogRecord) -> None:
         busy = self._busy
         if busy.active or record.name.partition(".")[0] in OWN_LOGGERS \
@@ -126,7 +136,7 @@ class LogHandler(logging.Handler):
             exception = record.exc_text or _exc_formatter.formatException(record.exc_info)
         if record.stack_info:
             exception = f"{exception}\n{record.stack_info}" if exception else record.stack_info
-        attrs = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+        attrs = _attributes(record)
         cid = attrs.pop("correlation_id", None)
         tid = attrs.pop("trace_id", None)
         sid = attrs.pop("span_id", None)
@@ -149,6 +159,23 @@ class LogHandler(logging.Handler):
                        severity_number=number, logger=record.name, workflow=_str(workflow),
                        correlation_id=_str(cid), trace_id=_str(tid), span_id=_str(sid), attributes=attrs,
                        exception=exception, source=c.LOG_SOURCE_APP)
+
+
+def _attributes(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's ``extra=`` fields as values every sink holds, taken now, on the logging thread: the sender reads
+    them later, when the app may have changed them (a dict resized mid-read) or their text may fail (a detached
+    ORM object); a value whose text fails is its type's name, so it costs its line nothing, and no other line."""
+    raw = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+    try:
+        out = clean_value(raw)[0]
+    except Exception:  # noqa: BLE001 - an extra whose __str__ raises: isolate it, key by key
+        out = {}
+        for k, v in raw.items():
+            try:
+                out[k] = clean_value(v)[0]
+            except Exception:  # noqa: BLE001
+                out[k] = f"<{type(v).__name__}>"
+    return out if type(out) is dict else {}
 
 
 def _str(v: object) -> str | None:

@@ -311,7 +311,11 @@ class RemoteSink:
             elif isinstance(item, ErrorRecord):
                 errors.append(error_to_native(item)[1])
             elif isinstance(item, LogLine):
-                lines.append(line_to_native(item))
+                try:
+                    lines.append(line_to_native(item))
+                except Exception:  # one line that cannot be encoded costs itself, not its batch
+                    self._drop("internal_error", 1)
+                    log.exception("dropped a log line that cannot be encoded")
             else:
                 profiles.append(cast("Profile", item))
         if steps or workflows or errors:
