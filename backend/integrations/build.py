@@ -65,8 +65,8 @@ def _endpoint_alert(spec: Spec) -> list[Unmapped]:
         return []
     return [Unmapped("Datadog and New Relic", f"{c.ALERT_ENDPOINT_NO_TRAFFIC} (endpoints.no_traffic_for "
                      f"{spec.endpoint_no_traffic_for})",
-                     "the endpoint inventory's gauges are not among the scraped metrics, and an alert on the time "
-                     "since a timestamp gauge has no generated monitor or condition: it fires in Prometheus only")]
+                     "the endpoint inventory's gauges are scraped, but an alert on the time since a timestamp "
+                     "gauge has no generated monitor or condition: it fires in Prometheus only")]
 
 
 def render_all(spec_path: str, spec: Spec | None = None, target: str = DEFAULT_TARGET) -> dict[str, str]:

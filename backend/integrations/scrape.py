@@ -62,6 +62,10 @@ METRICS = (
     ScrapedMetric(c.SPANS_REJECTED_TOTAL, "counter"),
     ScrapedMetric(c.SERIES_OVERFLOW_TOTAL, "counter"),
     ScrapedMetric(c.RUN_STORE_DROPPED_TOTAL, "counter"),
+    # the endpoint inventory's gauges (backend/endpoints/metrics.py): never-called endpoints, calls, undocumented
+    ScrapedMetric(c.ENDPOINT_LAST_CALL_TIMESTAMP, "gauge"),
+    ScrapedMetric(c.ENDPOINT_CALLS, "gauge"),
+    ScrapedMetric(c.ENDPOINTS_UNDOCUMENTED, "gauge"),
 )
 BY_NAME = {m.name: m for m in METRICS}
 
