@@ -64,7 +64,7 @@ BIN_CHOICES_S = (300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
 MAX_BINS = 28
 TOP_GROUPS, ATTRIBUTED_GROUPS, TOP_STEPS, MAX_REGRESSIONS, MAX_ALERTS = 10, 3, 10, 20, 50
 #: Reads are bounded: at most this many runs, step spans and errors (the newest) in the window.
-MAX_ROWS = 2_000_000
+MAX_ROWS = 500_000
 
 
 class ReportError(BackendError):
@@ -252,7 +252,8 @@ def slo_section(store: RunStore, spec: Spec | None, spec_note: str | None, links
                 workflow: str | None, b: Bins) -> dict[str, Any]:
     """Each objective of the spec against the runs of the window (see the module docstring)."""
     q = (select(runs.c.workflow, runs.c.status, runs.c.duration_ms, runs.c.start_ns)
-         .where(runs.c.start_ns >= w.since_ns, runs.c.start_ns <= w.until_ns).limit(MAX_ROWS))
+         .where(runs.c.start_ns >= w.since_ns, runs.c.start_ns <= w.until_ns)
+         .order_by(runs.c.start_ns.desc()).limit(MAX_ROWS))
     if workflow:
         q = q.where(runs.c.workflow == workflow)
     per: dict[str, list[tuple[bool, float, int]]] = {}
@@ -422,7 +423,7 @@ def step_section(store: RunStore, links: Links, w: Window, workflow: str | None,
     q = (select(spans.c.workflow, spans.c.layer, spans.c.component, spans.c.operation, spans.c.start_ns,
                 spans.c.end_ns, spans.c.correlation_id)
          .where(spans.c.is_step.is_(True), spans.c.end_ns >= w.since_ns, spans.c.end_ns <= w.until_ns)
-         .limit(MAX_ROWS))
+         .order_by(spans.c.end_ns.desc()).limit(MAX_ROWS))
     if workflow:
         q = q.where(spans.c.workflow == workflow)
     per: dict[tuple[str, str, str, str], list[tuple[float, int, str]]] = {}
@@ -462,7 +463,9 @@ def step_section(store: RunStore, links: Links, w: Window, workflow: str | None,
                               "logs (Loki)": links.explore(_selector(workflow=wf, layer=layer), w),
                               "logs (Flowscope)": links.logs(w, f"workflow:{_logql_str(wf)}", wf)}})
     who = f" of workflow {workflow!r}" if workflow else ""
-    return {"title": "Slowest steps", "rows": out, "steps_in_window": sum(len(r) for r in per.values()),
+    seen = sum(len(r) for r in per.values())
+    return {"title": "Slowest steps", "rows": out, "steps_in_window": seen,
+            "note": f"from the newest {MAX_ROWS:,} steps of the window" if seen >= MAX_ROWS else None,
             "empty": None if out else f"No step{who} finished in this window."}
 
 
