@@ -379,6 +379,9 @@ class Forwarder:
         self._queued_bytes = 0
         self._closed = False
         self._last_drop: float | None = None  # monotonic time of the last drop, for health
+        #: wall time a request was last accepted (2xx), for health: the worker's own last_ok_at is also set when
+        #: a batch whose every request failed has been settled (each part's failure is counted apart)
+        self._last_ok_at: float | None = None
         self.worker: BatchWorker[Item] = BatchWorker(
             f"flowscope-forward-{target.name}", self._export, on_drop=self._dropped,
             max_queue=options.queue_requests, max_batch=MAX_BATCH, linger_s=LINGER_S, policy=options.retry)
@@ -468,6 +471,7 @@ class Forwarder:
             raise SendError(f"{mask_url(self.target.url)} unreachable ({type(e).__name__})",
                             reason="connection") from None
         if 200 <= r.status_code < 300:
+            self._last_ok_at = time.time()
             with m.store.lock:
                 m.attempts.inc((name, "ok"))
                 m.sent.inc((name,), n)
@@ -506,8 +510,8 @@ class Forwarder:
         with m.store.lock:
             dropped = {k[1]: int(v.value) for k, v in m.dropped.series.items() if k[0] == name and v.value}
             sent = int(m.sent.get((name,)) or 0)
-        last = w.last_error
-        failing = last is not None and (w.last_ok_at is None or last[0] > w.last_ok_at)
+        last, last_ok = w.last_error, self._last_ok_at
+        failing = last is not None and (last_ok is None or last[0] > last_ok)
         recent_drop = self._last_drop is not None and time.monotonic() - self._last_drop <= RECENT_S
         dead = w.started and not w.alive() and not self._closed  # its thread ended: nothing is sent any more
         unreachable = failing and last is not None and getattr(last[1], "reason", None) in ("connection", "timeout")
@@ -522,7 +526,7 @@ class Forwarder:
                 "queued_bytes": self._queued_bytes, "capacity_requests": w.max_queue,
                 "capacity_bytes": self.options.queue_bytes, "sent": sent, "dropped": dropped,
                 "last_error": str(last[1]).splitlines()[0][:300] if last else None,
-                "last_error_at": _iso(last[0]) if last else None, "last_ok_at": _iso(w.last_ok_at)}
+                "last_error_at": _iso(last[0]) if last else None, "last_ok_at": _iso(last_ok)}
 
 
 def _iso(t: float | None) -> str | None:

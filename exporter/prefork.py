@@ -131,7 +131,13 @@ class Aggregator:
                 try:
                     request = pickle.loads(data)
                     if request[:2] == ("exporter", "metrics_bytes"):  # streamed: no 300 MB body copied whole
-                        self._stream(conn, self.ex.metrics_body(*request[2]))
+                        try:
+                            self._stream(conn, self.ex.metrics_body(*request[2]))
+                        except OSError:
+                            return
+                        except Exception:  # past the header no reply fits: closing cuts the answer (the worker
+                            log.exception("a streamed answer to a worker failed")  # sees EOF), never a hang
+                            return
                         continue
                     reply: tuple[bool, Any] = (True, self.call(*request))
                 except OSError:
@@ -259,11 +265,15 @@ class WorkerPool:
                 code = proc.returncode
                 self._failures[i] += 1
                 wait = min(MAX_RESTART_BACKOFF_S, 0.5 * 2 ** min(self._failures[i] - 1, 5))
+                next_try[i] = now + wait
                 log.warning("HTTP worker %d (pid %d) exited with status %s: starting it again", i, proc.pid, code)
+                try:
+                    self._procs[i] = self._spawn(i)
+                except (OSError, ValueError) as e:  # fork refused (EAGAIN, ENOMEM), the directory gone: not the end
+                    log.error("HTTP worker %d could not be started: %s; trying again in %g s", i, e, wait)
+                    continue
                 with self._metrics.lock:
                     self.restarts.inc(())
-                self._procs[i] = self._spawn(i)
-                next_try[i] = now + wait
 
     def stop(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> bool:
         """SIGTERM every worker (each stops accepting and finishes its requests), wait, kill what is left."""

@@ -277,6 +277,30 @@ def test_a_hung_destination_delays_neither_ingest_nor_the_other_destination(tmp_
         ex.close(5)
 
 
+def test_a_destination_given_up_on_stays_down_in_health_until_a_request_is_accepted(receivers):
+    """Retries exhausted against a dead destination: health says down and never reached (no last_ok_at), not ok or
+    degraded as if the batch that failed had gone out; once it accepts a request, last_ok_at says when."""
+    rx = receivers()
+    port = rx.port
+    rx.stop()
+    store = MetricStore()
+    short = RetryPolicy(retry_statuses=FAST.retry_statuses, initial_backoff_s=0.02, max_backoff_s=0.05, deadline_s=0.3)
+    fw = forwarders(ForwardTarget("rx", rx.url + c.OTLP_TRACES_PATH), store=store, retry=short).start()
+    try:
+        fw.forward(c.FORMAT_OTLP_PROTOBUF, body_of(["lost"])[0])
+        assert fw.flush(10)
+        assert value(store, c.FORWARD_DROPPED_TOTAL, destination="rx", reason="retries_exhausted") == 1
+        h = fw.health()["destinations"]["rx"]
+        assert (h["state"], h["last_ok_at"], h["sent"]) == ("down", None, 0), h
+        back = receivers(port)
+        fw.forward(c.FORMAT_OTLP_PROTOBUF, body_of(["kept"])[0])
+        assert fw.flush(10) and len(back.spans) == 1
+        h = fw.health()["destinations"]["rx"]
+        assert h["state"] == "degraded" and h["last_ok_at"] is not None  # degraded: the drop within the minute
+    finally:
+        fw.close(5)
+
+
 def test_other_4xx_and_redirects_are_dropped_at_once_and_408_429_are_retried(receivers):
     rx = receivers()
     store = MetricStore()

@@ -138,6 +138,50 @@ def test_a_trace_that_never_ends_is_abandoned_and_tracemalloc_stops():
     assert prof.finish_run("lost", "w") == [] and prof.memory_now() is None
 
 
+def test_after_an_abandoned_trace_later_runs_are_traced_and_its_steps_get_no_foreign_growth(mex):
+    """The README: a trace still open after memory_max_trace_s is dropped. The runs after it are traced again, and
+    a step of the dropped run that ends while another run is traced is not given that run's bytes as its growth."""
+    wall, cpu = Clock(), Clock()
+    prof = SamplingProfiler(hz=200, workflows=(), memory_workflows=("*",), memory_max_trace_s=5.0, wall_clock=wall,
+                            clock=cpu)
+    t = WorkflowTracer(InProcessSink(mex.pipeline), profiler=prof)
+    lost = t.start_workflow("w", correlation_id="lost")  # completed only at the end of the test
+    long_step = t.add_trace_step(lost, "api", "svc", "long step")
+    assert tracemalloc.is_tracing()
+    wall.t += 6.0
+    wait_until(lambda: not tracemalloc.is_tracing(), 10, "the abandoned trace to stop")
+    keep: list = []
+    with t.workflow("w", correlation_id="next"):
+        assert tracemalloc.is_tracing()  # traced: the abandoned run holds nothing back
+        with t.step("api", "svc", "grow"):
+            keep.append(bytearray(2 * MiB))
+        t.complete_trace_step(long_step)
+    assert not tracemalloc.is_tracing()
+    t.complete_workflow(lost)
+    assert mex.pipeline.recorder.flush()
+    growth = {s.operation: (s.attributes or {}).get(c.ATTR_MEMORY_GROWTH)
+              for cid in ("lost", "next") for s in mex.runs.get_run(cid).spans}
+    assert growth["grow"] >= 2 * MiB and growth["long step"] is None
+    assert mex.runs.run_memory("next") is not None and mex.runs.run_memory("lost") is None
+
+
+def test_an_application_that_stops_tracemalloc_inside_a_traced_run_sees_no_error(mex):
+    """The app's own look at memory (start, measure, stop) inside a traced run stops the profiler's trace too: the
+    run ends without an error raised into the app, without a memory profile, and the next run is traced."""
+    t = WorkflowTracer(InProcessSink(mex.pipeline), profiler=SamplingProfiler(workflows=(), memory_workflows=("*",)))
+    with t.workflow("w", correlation_id="own-look"):
+        assert tracemalloc.is_tracing()
+        tracemalloc.start()
+        tracemalloc.stop()
+    keep: list = []
+    with t.workflow("w", correlation_id="after"):
+        assert tracemalloc.is_tracing()
+        keep.append(bytearray(MiB))
+    assert not tracemalloc.is_tracing()
+    assert mex.pipeline.recorder.flush()
+    assert mex.runs.run_memory("own-look") is None and mex.runs.run_memory("after") is not None
+
+
 def test_the_application_s_own_tracemalloc_is_left_alone():
     tracemalloc.start()
     try:

@@ -164,6 +164,32 @@ def test_a_connection_cut_under_the_bulk_insert_is_an_outage_not_poison(postgres
     assert len(_rows(w, "cut")["spans"]) == 1
 
 
+def test_a_role_that_may_not_create_temporary_tables_still_stores_every_span(postgres):
+    """A hardened database revokes TEMPORARY from its application role: the staging table cannot be made, and the
+    default COPY path must not turn every batch into poison (the row-at-a-time path stored them): it stores the
+    same rows by unnest, which needs no table."""
+    url = postgres.fresh_database()
+    owner = RunWriter(make_engine(url), pg_method="executemany")  # the schema, made by its owner
+    db = url.rsplit("/", 1)[1]
+    role = f"notemp_{db}"  # roles are the cluster's: one per database
+    with psycopg.connect(postgres.admin_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC")
+    with owner.engine.begin() as conn:
+        conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.exec_driver_sql(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    w = RunWriter(make_engine(url.replace("flowscope@", f"{role}@")), pg_method="copy")
+    try:
+        left, error, counts, poisoned = write_isolating(w, _batch("notemp"))
+        assert (left, error, poisoned) == ([], None, [])
+        assert counts["runs"] == 31
+        got = _rows(owner, "notemp")
+        assert [len(got[t]) for t in TABLES] == [66, 60, 60, 30, 10]
+    finally:
+        w.engine.dispose()
+        owner.engine.dispose()
+
+
 def test_the_method_is_chosen_by_the_environment_for_benchmarks_only():
     assert bulk_method_from_env({}) == "copy"
     assert bulk_method_from_env({METHOD_ENV: "executemany"}) == "executemany"

@@ -144,6 +144,83 @@ def test_a_worker_that_dies_is_started_again_and_counted_and_sigterm_stops_all(s
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
+def test_a_metrics_answer_that_fails_midway_is_cut_not_hung(make_exporter):
+    """/metrics from a worker is streamed from the aggregator. A collector that raises once the stream has begun
+    (its header sent) must end the worker's read with an error, as a cut answer, not leave the worker's request
+    thread waiting for a frame that never comes (nor yield the error as metrics text); the next call works."""
+    import threading
+
+    from exporter.prefork import Aggregator, AggregatorClient, AggregatorGone
+
+    ex = make_exporter()
+
+    class Broken:
+        def describe(self) -> list:
+            return []
+
+        def collect(self):
+            raise RuntimeError("collector broke")
+
+    ex.registry.register(Broken())
+    agg = Aggregator(ex).start()
+    try:
+        client = AggregatorClient(agg.address, agg.key)
+        got: dict[str, object] = {}
+
+        def scrape() -> None:
+            try:
+                got["chunks"] = list(client.stream("exporter", "metrics_bytes", False))
+            except AggregatorGone as e:
+                got["error"] = e
+
+        t = threading.Thread(target=scrape, daemon=True)
+        t.start()
+        t.join(30)
+        assert not t.is_alive(), "the worker's read hung"
+        assert isinstance(got.get("error"), AggregatorGone), got
+        assert client.call("exporter", "closing_now") is False  # a fresh connection serves the next call
+    finally:
+        agg.close()
+
+
+#: A worker that says it serves, then waits for a signal: what the pool supervises, without an HTTP server.
+IDLE_WORKER = ("import os, signal\n"
+               "from exporter.prefork import AggregatorClient\n"
+               "c = AggregatorClient(os.environ['FLOWSCOPE_WORKER_AGGREGATOR'], "
+               "bytes.fromhex(os.environ['FLOWSCOPE_WORKER_KEY']))\n"
+               "c.call('exporter', 'worker_ready', int(os.environ['FLOWSCOPE_WORKER_INDEX']), os.getpid())\n"
+               "signal.pause()\n")
+
+
+def test_a_worker_that_cannot_be_started_again_at_once_is_started_later(make_exporter, tmp_path, monkeypatch, caplog):
+    """A restart that fails (here the directory the server runs in was removed, as a fork refused for memory would)
+    must not end the supervision: the worker is started once it can be, and counted once."""
+    import logging
+
+    from exporter.prefork import Aggregator, WorkerPool, listen
+
+    caplog.set_level(logging.INFO, logger="flowscope.workers")
+    ex = make_exporter()
+    agg = Aggregator(ex).start()
+    sock = listen("127.0.0.1", 0)
+    gone = tmp_path / "release-1"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    pool = WorkerPool(1, sock, agg, ex.store, main=IDLE_WORKER).start()
+    try:
+        (victim,) = pool.pids()
+        gone.rmdir()  # the cwd a new worker would be started in no longer exists
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: "could not be started" in caplog.text, timeout=30, what="the failed restart")
+        monkeypatch.chdir(tmp_path)  # the directory is back (a new release)
+        wait_until(lambda: agg.ready.get(0) not in (None, victim), timeout=60, what="the worker started again")
+        assert ex.store.value(c.HTTP_WORKER_RESTARTS_TOTAL, {}) == 1
+    finally:
+        pool.stop(5)
+        agg.close()
+        sock.close()
+
+
 def test_auto_leaves_a_core_each_to_the_aggregator_and_the_writer():
     from exporter.prefork import auto_workers
 

@@ -188,17 +188,22 @@ class SamplingProfiler:
             self.memory_traced += 1
             return True
 
-    def memory_now(self) -> int | None:
-        """Bytes traced now, while a run is traced (a step's start); None otherwise."""
+    def memory_now(self, key: str | None = None) -> int | None:
+        """Bytes traced now, while a run (``key``: that run) is traced (a step's start); None otherwise."""
         run = self._mem
-        return tracemalloc.get_traced_memory()[0] if run is not None and not run.abandoned else None
+        if run is None or run.abandoned or (key is not None and run.key != key):
+            return None
+        return tracemalloc.get_traced_memory()[0]
 
-    def step_growth(self, start_bytes: int) -> int | None:
-        """Bytes traced now less ``start_bytes`` (a step's end); takes a snapshot if memory rose enough."""
+    def step_growth(self, start_bytes: int, key: str | None = None) -> int | None:
+        """Bytes traced now less ``start_bytes`` (a step's end), while the run (``key``: that run) that was traced at
+        the step's start still is; takes a snapshot if memory rose enough."""
         run = self._mem
-        if run is None or run.abandoned:
+        if run is None or run.abandoned or (key is not None and run.key != key):
             return None
         now = tracemalloc.get_traced_memory()[0]
+        if self._mem is not run:  # finished or abandoned meanwhile (``_mem`` is cleared before tracemalloc stops)
+            return None
         if now >= run.next_level:
             self._observe_if_rising(run)
         return now - start_bytes
@@ -228,6 +233,9 @@ class SamplingProfiler:
                 return []
             try:
                 if run.abandoned:
+                    return []
+                if not tracemalloc.is_tracing():  # the application stopped it under the run: no profile, no raise
+                    self._spend(run)
                     return []
                 _, peak = tracemalloc.get_traced_memory()  # before the snapshot's own work adds to it
                 self._observe(run)
@@ -268,6 +276,7 @@ class SamplingProfiler:
             with self._mem_lock:
                 if self._mem is run and not run.abandoned:
                     run.abandoned = True  # its finish gives no profile; the budget pays what it cost
+                    self._mem = None  # a run never completed must not keep every later run from being traced
                     tracemalloc.stop()
                     self._spend(run)
             return

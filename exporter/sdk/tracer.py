@@ -192,7 +192,7 @@ class StepScope:
         self._parent = parent
         self.span_id = sid = _span_id()
         self._token = current_step.set((run, sid))
-        self._mem0 = self._tracer._memory_now() if run.memory else None
+        self._mem0 = self._tracer._memory_now(run) if run.memory else None
         self._start = time_ns()
         return self
 
@@ -206,7 +206,7 @@ class StepScope:
         current_step.reset(self._token)
         run = self._run
         if self._mem0 is not None:
-            self._metadata = self._tracer._with_growth(self._metadata, self._mem0)
+            self._metadata = self._tracer._with_growth(self._metadata, self._mem0, run)
         if et is None and self._failure is None and self._metadata is None and self.state is None:
             offer = self._tracer._offer_step
             if offer is not None:  # remote: a tuple, queued without a lock; the sender thread encodes it
@@ -366,7 +366,7 @@ class WorkflowTracer:
         st = _OpenStep()
         st.run, st.span_id, st.parent = run, _span_id(), parent_step_id or run.span_id
         st.layer, st.component, st.operation = layer, component, operation
-        st.mem0 = self._memory_now() if run.memory else None
+        st.mem0 = self._memory_now(run) if run.memory else None
         st.start_ns, st.metadata, st.state = time_ns(), metadata, state
         with self._lock:
             self._steps[st.span_id] = st
@@ -389,7 +389,7 @@ class WorkflowTracer:
         run = st.run
         meta = {**(st.metadata or {}), **(metadata or {})} or None
         if st.mem0 is not None:
-            meta = self._with_growth(meta, st.mem0)
+            meta = self._with_growth(meta, st.mem0, run)
         self._sink.emit(Span(trace_id=run.trace_id, span_id=st.span_id, workflow=run.workflow, layer=st.layer,
                              component=st.component, operation=st.operation, start_ns=st.start_ns, end_ns=time_ns(),
                              status=status, parent_span_id=st.parent, correlation_id=run.correlation_id,
@@ -469,13 +469,14 @@ class WorkflowTracer:
                              error_type=etype, error_message=emsg, attributes=attributes))
         return sid
 
-    def _memory_now(self) -> int | None:
-        """Bytes traced now, for a step of a memory-traced run (the profiler traces it)."""
-        return self.profiler.memory_now() if self.profiler is not None else None
+    def _memory_now(self, run: _Run) -> int | None:
+        """Bytes traced now, for a step of ``run`` while the profiler traces it."""
+        return self.profiler.memory_now(run.correlation_id) if self.profiler is not None else None
 
-    def _with_growth(self, metadata: dict[str, Any] | None, start_bytes: int) -> dict[str, Any] | None:
-        """A traced step's attributes with its memory growth (bytes traced now less at its start)."""
-        growth = self.profiler.step_growth(start_bytes) if self.profiler is not None else None
+    def _with_growth(self, metadata: dict[str, Any] | None, start_bytes: int, run: _Run) -> dict[str, Any] | None:
+        """A traced step's attributes with its memory growth (bytes traced now less at its start), while the
+        profiler still traces its run (not once another run is traced: its bytes are not this step's)."""
+        growth = self.profiler.step_growth(start_bytes, run.correlation_id) if self.profiler is not None else None
         return metadata if growth is None else {**(metadata or {}), c.ATTR_MEMORY_GROWTH: growth}
 
     def _run(self, correlation_id: str) -> _Run:

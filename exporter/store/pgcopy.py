@@ -34,6 +34,7 @@ finds it the same way. Use::
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -51,6 +52,8 @@ DEFAULT_METHOD = "copy"
 METHOD_ENV = "FLOWSCOPE_BENCH_PG_INSERT"
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+log = logging.getLogger("flowscope.runstore")
 
 
 def bulk_method_from_env(environ: dict[str, str] | None = None) -> str:
@@ -88,6 +91,9 @@ class BulkInsert:
                                  "ON COMMIT DELETE ROWS")
         self.copy_sql = f"COPY {self.stage} ({names}) FROM STDIN (FORMAT BINARY)"
         self.merge_sql = f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {self.stage} ON CONFLICT DO NOTHING"
+        #: whether the role may create the staging table (asked once): a database that revokes TEMPORARY from it
+        #: gets ``unnest``, which needs no table, rather than every batch refused and dropped as poison
+        self.temp_allowed: bool | None = None
 
     def insert(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
         """Insert ``rows`` (tuples in the table's column order) in ``conn``'s transaction, skipping every key that
@@ -97,7 +103,13 @@ class BulkInsert:
         if self.method == "executemany":
             conn.exec_driver_sql(self.executemany_sql, list(rows))
             return
-        if self.method == "unnest":
+        if self.method == "copy" and self.temp_allowed is None:
+            self.temp_allowed = bool(conn.exec_driver_sql(
+                "SELECT has_database_privilege(current_database(), 'TEMPORARY')").scalar())
+            if not self.temp_allowed:
+                log.warning("%s: this role may not create temporary tables (TEMPORARY privilege), so no COPY through a "
+                            "staging table: its rows go by unnest", self.table.name)
+        if self.method == "unnest" or self.temp_allowed is False:
             conn.exec_driver_sql(self.unnest_sql, tuple(list(col) for col in zip(*rows, strict=True)))
             return
         conn.exec_driver_sql(self.create_stage_sql)
