@@ -79,6 +79,10 @@ class BatchWorker(Generic[T]):
         # For health reports: (wall time, error) of the last failed attempt, and when an export last succeeded.
         self.last_error: tuple[float, BaseException] | None = None
         self.last_ok_at: float | None = None
+        # retry() nests (an export that retries its own pushes inside the worker's delivery): a nested call that
+        # gave up keeps the outer call's success from counting as one (the batch was dropped, not delivered)
+        self._depth = 0
+        self._gave_up = False
         self._on_drop = on_drop
         self._queue: deque[T] = deque()
         # offer()'s lock-free appends; moved into _queue (and counted in _queued_total) under the lock
@@ -286,12 +290,19 @@ class BatchWorker(Generic[T]):
             if told is not None:
                 told(error, n, delay)
 
+        if self._depth == 0:
+            self._gave_up = False
+        self._depth += 1
         try:
             result = policy.call(fn, interrupt=self._abort, wait=wait, started=started, on_retry=note)
         except Exception as e:
             self.last_error = (time.time(), getattr(e, "last", None) or e)
+            self._gave_up = True
             raise
-        self.last_ok_at = time.time()
+        finally:
+            self._depth -= 1
+        if not self._gave_up:
+            self.last_ok_at = time.time()
         return result
 
     def deliver(self, fn: Callable[[], object], n: int, *, started: float | None = None,

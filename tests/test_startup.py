@@ -400,6 +400,19 @@ def test_an_unreachable_loki_is_down_with_its_last_error(make_exporter):
     ex.close(0.5)  # the line can never be pushed: no need to wait out the flush
 
 
+def test_a_loki_given_up_on_stays_down_until_a_push_is_accepted(make_exporter):
+    """The pusher gives up on a batch past its retry deadline (counted as dropped): that is not a success."""
+    ex = make_exporter(loki_url=f"http://127.0.0.1:{free_port()}", loki_batch_wait_s=0.05,
+                       loki_retry_deadline_s=0.2)
+    client = create_app(ex).test_client()
+    assert client.post(c.NATIVE_SPANS_PATH, json={"steps": [STEP]}).status_code == 200
+    wait_until(lambda: any(v.value for v in ex.store.get(c.LOKI_LINES_DROPPED_TOTAL).series.values()),
+               timeout=WAIT_S, what="the line to be given up on")
+    comp = client.get(c.HEALTH_PATH).json["components"]["loki"]
+    assert comp["state"] == "down" and comp["last_ok_at"] is None, comp
+    ex.close(0.5)
+
+
 def test_the_writer_and_the_store_follow_the_database_out_and_back(make_exporter, relay):
     relay.restore()
     ex = make_exporter(database_url=relay.database_url)
