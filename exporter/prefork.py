@@ -65,6 +65,9 @@ WORKER_START_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 10.0
 #: Longest wait between two restarts of a worker that keeps exiting at once.
 MAX_RESTART_BACKOFF_S = 10.0
+#: Seconds a worker waits for the aggregator's answer (or for the next frame of a streamed one) before it gives the
+#: connection up and answers its client 503: a stuck aggregator must not hold every worker thread for good.
+CALL_TIMEOUT_S = 60.0
 
 _ENV_FD, _ENV_ADDRESS, _ENV_KEY, _ENV_INDEX = ("FLOWSCOPE_WORKER_LISTEN_FD", "FLOWSCOPE_WORKER_AGGREGATOR",
                                                "FLOWSCOPE_WORKER_KEY", "FLOWSCOPE_WORKER_INDEX")
@@ -306,6 +309,11 @@ class AggregatorClient:
         self.address, self.key = address, key
         self._local = threading.local()
 
+    def _recv(self, conn: Connection, what: str) -> bytes:
+        if not conn.poll(CALL_TIMEOUT_S):
+            raise TimeoutError(f"no answer to {what} in {CALL_TIMEOUT_S:g} s")
+        return conn.recv_bytes()
+
     def _conn(self) -> Connection:
         conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None:
@@ -323,15 +331,15 @@ class AggregatorClient:
         done = False
         try:
             conn.send_bytes(pickle.dumps((target, method, args, {}), protocol=pickle.HIGHEST_PROTOCOL))
-            ok, result = pickle.loads(conn.recv_bytes())
+            ok, result = pickle.loads(self._recv(conn, method))
             if not ok:
                 done = True
                 raise RuntimeError(f"the aggregator failed {target}.{method}: {result}")
-            while chunk := conn.recv_bytes():
+            while chunk := self._recv(conn, method):
                 yield chunk
             done = True
-        except (EOFError, OSError) as e:
-            raise AggregatorGone(f"the aggregator does not answer: {type(e).__name__}") from None
+        except (EOFError, OSError) as e:  # TimeoutError is an OSError
+            raise AggregatorGone(f"the aggregator does not answer: {e or type(e).__name__}") from None
         finally:
             if not done:
                 self._local.conn = None
@@ -343,10 +351,11 @@ class AggregatorClient:
         conn = self._conn()
         try:
             conn.send_bytes(data)
-            ok, result = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError) as e:
+            ok, result = pickle.loads(self._recv(conn, method))
+        except (EOFError, OSError) as e:  # TimeoutError is an OSError: the late answer must not meet the next call
             self._local.conn = None
-            raise AggregatorGone(f"the aggregator does not answer: {type(e).__name__}") from None
+            conn.close()
+            raise AggregatorGone(f"the aggregator does not answer: {e or type(e).__name__}") from None
         if not ok:
             raise RuntimeError(f"the aggregator failed {target}.{method}: {result}")
         return result

@@ -183,6 +183,31 @@ def test_a_metrics_answer_that_fails_midway_is_cut_not_hung(make_exporter):
         agg.close()
 
 
+def test_a_stuck_aggregator_costs_a_worker_a_503_not_its_threads(make_exporter, monkeypatch):
+    """An aggregator that does not answer (stuck in a call) is given up on after CALL_TIMEOUT_S: the call raises
+    AggregatorGone (a 503 to the client), and the late answer never reaches the thread's next call."""
+    import threading
+
+    from exporter import prefork
+    from exporter.prefork import Aggregator, AggregatorClient, AggregatorGone
+
+    ex = make_exporter()
+    release = threading.Event()
+    real = ex.health_body
+    ex.health_body = lambda: (release.wait(30), real())[1]  # stuck until released
+    monkeypatch.setattr(prefork, "CALL_TIMEOUT_S", 0.5)
+    agg = Aggregator(ex).start()
+    try:
+        client = AggregatorClient(agg.address, agg.key)
+        with pytest.raises(AggregatorGone, match="no answer to health_body"):
+            client.call("exporter", "health_body")
+        release.set()
+        assert client.call("exporter", "closing_now") is False  # not the stuck call's late answer
+    finally:
+        release.set()
+        agg.close()
+
+
 #: A worker that says it serves, then waits for a signal: what the pool supervises, without an HTTP server.
 IDLE_WORKER = ("import os, signal\n"
                "from exporter.prefork import AggregatorClient\n"
