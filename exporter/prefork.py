@@ -160,12 +160,14 @@ class Aggregator:
         buf: list[bytes] = []
         size = 0
         for chunk in chunks:
+            if not chunk:  # an empty frame is the end: never send one before it (text format's finish() is b"")
+                continue
             buf.append(chunk)
             size += len(chunk)
             if size >= 1 << 20:  # frames of about a megabyte: few syscalls, bounded memory
                 conn.send_bytes(b"".join(buf))
                 buf, size = [], 0
-        if buf:
+        if size:
             conn.send_bytes(b"".join(buf))
         conn.send_bytes(b"")
 

@@ -250,3 +250,20 @@ def test_auto_leaves_a_core_each_to_the_aggregator_and_the_writer():
     from exporter.prefork import auto_workers
 
     assert [auto_workers(n) for n in (1, 2, 3, 4, 8)] == [1, 1, 1, 2, 6]
+
+
+def test_a_streamed_answer_whose_last_chunks_are_empty_ends_once(make_exporter):
+    """The text format ends with an empty chunk: a stream that flushed a full frame just before it must still end
+    with one terminator, so the connection's next call reads its own answer."""
+    from exporter.prefork import Aggregator, AggregatorClient
+
+    ex = make_exporter()
+    big = b"# HELP x y\n" * ((1 << 20) // 11 + 1)  # one chunk past the frame size: flushed on its own
+    ex.metrics_body = lambda om: iter([big, b"", b""])
+    agg = Aggregator(ex).start()
+    try:
+        client = AggregatorClient(agg.address, agg.key)
+        assert b"".join(client.stream("exporter", "metrics_bytes", False)) == big
+        assert client.call("exporter", "closing_now") is False  # the same connection, in step
+    finally:
+        agg.close()
