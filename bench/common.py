@@ -61,6 +61,13 @@ def otlp_batch(n_spans: int = 1000, spans_per_trace: int = 10, seed: int = 1):
         "telemetry.sdk.version": "1.27.0", "host.name": "node-3", "process.pid": 4242})
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int | None = None) -> float:
     with open(f"/proc/{pid or os.getpid()}/status") as f:
         for line in f:

@@ -20,7 +20,6 @@ destination got.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import tempfile
@@ -30,15 +29,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
-from common import otlp_batch, pin, start_server
+from common import cpu_seconds, otlp_batch, pin, start_server
+from ingest import blast
 
 from exporter import conventions as c
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -77,24 +71,6 @@ class Receiver:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-def blast(url: str, body: bytes, seconds: float, connections: int) -> int:
-    sent = [0] * connections
-    stop = time.perf_counter() + seconds
-
-    def worker(i: int) -> None:
-        sess = requests.Session()
-        while time.perf_counter() < stop:
-            sess.post(url, data=body, headers={"Content-Type": "application/x-protobuf"}, timeout=30).raise_for_status()
-            sent[i] += 1
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(sent)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -149,7 +125,8 @@ def main() -> dict:
             for name in configs:
                 url = f"http://127.0.0.1:{ports[name]}"
                 cpu0, t0 = cpu_seconds(pids[name]), time.perf_counter()
-                n = blast(url + c.OTLP_TRACES_PATH, body, args.seconds, args.connections)
+                n = blast(url + c.OTLP_TRACES_PATH, body, "application/x-protobuf", args.seconds,
+                          args.connections) // 1000  # requests of 1,000 spans
                 dt, cpu = time.perf_counter() - t0, cpu_seconds(pids[name]) - cpu0
                 posted[name] += n
                 runs[name].append((n * 1000 / dt, n * 1000 / cpu))

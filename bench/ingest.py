@@ -14,7 +14,6 @@ reference, what parsing the same OTLP JSON with orjson alone costs.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import orjson
 import requests
-from common import otlp_batch, pin, start_server
+from common import cpu_seconds, otlp_batch, pin, start_server
 
 from exporter import conventions as c
 from exporter.decode import otlp
@@ -40,12 +39,6 @@ def per_span_us(fn, n_spans: int, repeat: int = 20) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best / n_spans * 1e6
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def blast(url: str, body: bytes, ctype: str, seconds: float, connections: int) -> int:

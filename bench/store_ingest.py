@@ -37,7 +37,7 @@ import threading
 import time
 
 import requests
-from common import otlp_batch, start_server
+from common import cpu_seconds, otlp_batch, start_server
 
 from exporter import conventions as c
 from exporter.db import make_engine
@@ -59,12 +59,6 @@ def unique_batches(n_spans: int = 1000):
     def body_for(i: int) -> bytes:
         return body.replace(PREFIX, (0x10000000 + i).to_bytes(4, "big"))
     return body_for
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _metric(text: str, name: str, label: str = "") -> float:
