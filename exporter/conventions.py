@@ -104,6 +104,8 @@ PROFILES_RECEIVED_TOTAL = "flowscope_profiles_received_total"
 PROFILES_PATH = "/api/v1/profiles"
 #: Application log lines accepted, by input format (``FORMAT_*``, ``FORMAT_BROWSER``).
 LOG_LINES_RECEIVED_TOTAL = "flowscope_log_lines_received_total"
+#: Application log lines refused (the rest of their request kept), by input format and reason.
+LOG_LINES_REJECTED_TOTAL = "flowscope_log_lines_rejected_total"
 
 #: Values of the ``format`` label on spans received.
 FORMAT_OTLP_PROTOBUF = "otlp_protobuf"

@@ -66,28 +66,38 @@ def _check_auth(ex: Exporter) -> None:
                         headers={"WWW-Authenticate": 'Bearer realm="flowscope"'})
 
 
-def _json(body: bytes):
+def _json(body: bytes, field: str | None = None):
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise HttpError(400, "malformed_body", f"body is not valid JSON: {e}") from None
+        raise HttpError(400, "malformed_body", f"body is not valid JSON: {e}", field) from None
 
 
-def _accept(ex: Exporter, fmt: str, decode) -> DecodeResult:
-    """Authenticate, read, decode and ingest; count whole-request refusals."""
+def _decoded(ex: Exporter, fmt: str, decode, auth: bool = True):
+    """Authenticate and decode; a whole-request refusal is counted and answered as its 4xx."""
     try:
-        _check_auth(ex)
-        result = decode()
+        if auth:
+            _check_auth(ex)
+        return decode()
     except HttpError as e:
         ex.pipeline.reject_request(fmt, e.code)
         raise
     except DecodeError as e:
         ex.pipeline.reject_request(fmt, "malformed_body")
         raise HttpError(400, "malformed_body", str(e), e.field) from None
+
+
+def _reasons(rejected) -> list[tuple[str, int]]:
     counts: dict[str, int] = {}
-    for r in result.rejected:
+    for r in rejected:
         counts[r.reason] = counts.get(r.reason, 0) + 1
-    ex.pipeline.ingest(result.spans, fmt, counts.items(), result.truncated)
+    return list(counts.items())
+
+
+def _accept(ex: Exporter, fmt: str, decode) -> DecodeResult:
+    """Authenticate, read, decode and ingest; count whole-request refusals."""
+    result: DecodeResult = _decoded(ex, fmt, decode)
+    ex.pipeline.ingest(result.spans, fmt, _reasons(result.rejected), result.truncated)
     for e in result.errors:
         ex.pipeline.record_error(e)
     return result
@@ -280,29 +290,18 @@ def ready():
 
 def _accept_logs(ex: Exporter, fmt: str, decode, auth: bool = True) -> log_decode.LogDecodeResult:
     """Authenticate, read, decode and ingest log lines; a request none of whose lines is valid is a 400 naming
-    the first bad field, and nothing of it is kept."""
-    try:
-        if auth:
-            _check_auth(ex)
-        result = decode()
-    except HttpError as e:
-        ex.pipeline.reject_request(fmt, e.code)
-        raise
-    except DecodeError as e:
-        ex.pipeline.reject_request(fmt, "malformed_body")
-        raise HttpError(400, "malformed_body", str(e), e.field) from None
+    the first bad field, and nothing of it is kept. Each line refused is counted by reason either way."""
+    result: log_decode.LogDecodeResult = _decoded(ex, fmt, decode, auth)
     if result.rejected and not result.lines:
+        ex.pipeline.ingest_logs([], fmt, _reasons(result.rejected))
         ex.pipeline.reject_request(fmt, "no_valid_lines")
         raise HttpError(400, "no_valid_lines", result.summary(), result.rejected[0].field)
-    ex.pipeline.ingest_logs(result.lines, fmt)
+    ex.pipeline.ingest_logs(result.lines, fmt, _reasons(result.rejected), result.truncated)
     return result
 
 
-def _log_json(body: bytes):
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise HttpError(400, "malformed_body", f"body is not valid JSON: {e}", "body") from None
+def _json_body(body: bytes):
+    return _json(body, "body")
 
 
 def _log_result(result: log_decode.LogDecodeResult) -> dict:
@@ -347,7 +346,7 @@ def native_logs():
         raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json",
                         field="Content-Type")
     result = _accept_logs(ex, c.FORMAT_NATIVE,
-                          lambda: log_decode.decode_native(_log_json(read_body(ex.config.max_body_bytes))))
+                          lambda: log_decode.decode_native(_json_body(read_body(ex.config.max_body_bytes))))
     return Response(orjson.dumps(_log_result(result)), mimetype="application/json")
 
 
@@ -399,7 +398,7 @@ def browser_logs():
         now = time.time_ns()
         agent = request.headers.get("User-Agent")
         result = _accept_logs(ex, c.FORMAT_BROWSER, lambda: log_decode.decode_browser(
-            _log_json(read_body(ex.config.browser_max_body_bytes)), now, agent), auth=cors is None)
+            _json_body(read_body(ex.config.browser_max_body_bytes)), now, agent), auth=cors is None)
     except HttpError as e:
         if cors:
             raise HttpError(e.status, e.code, e.message, e.field, {**(e.headers or {}), **cors}) from None

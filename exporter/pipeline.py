@@ -99,6 +99,8 @@ class Pipeline:
         self._alloc_functions: dict[str, set[str]] = {}
         self.log_lines_received = s.counter(c.LOG_LINES_RECEIVED_TOTAL, "Application log lines accepted, by input "
                                             "format.", (c.L_FORMAT,))
+        self.log_lines_rejected = s.counter(c.LOG_LINES_REJECTED_TOTAL, "Application log lines refused, by input "
+                                            "format and reason.", (c.L_FORMAT, c.L_REASON))
         self.profiles_received = s.counter(c.PROFILES_RECEIVED_TOTAL, "Profiles accepted, by format.",
                                            (c.L_FORMAT,))
         pending = s.gauge(c.TRACES_PENDING, "OTLP spans waiting for their trace's root span to name the workflow.")
@@ -134,9 +136,11 @@ class Pipeline:
             self._apply(spans)
         self._fan_out(spans)
 
-    def ingest_logs(self, lines: list[LogLine], fmt: str) -> None:
-        """Record decoded application log lines: count them, name their workflow where their trace's is known,
-        scrub secrets from their text, and hand them to every sink that takes logs (:class:`LogSink`)."""
+    def ingest_logs(self, lines: list[LogLine], fmt: str, rejected: Iterable[tuple[str, int]] = (),
+                    truncated: int = 0) -> None:
+        """Record decoded application log lines: count them (and ``rejected``, the lines the decoder refused, by
+        reason; ``truncated``, the values it cut), name their workflow where their trace's is known, scrub secrets
+        from their text, and hand them to every sink that takes logs (:class:`LogSink`)."""
         known = self.resolver.workflow_of
         redact = self.redact
         name = self.name
@@ -150,6 +154,10 @@ class Pipeline:
                 line.exception = redact(line.exception)
         with self.store.lock:
             self.log_lines_received.inc((fmt,), len(lines))
+            for reason, n in rejected:
+                self.log_lines_rejected.inc((fmt, reason), n)
+            if truncated:
+                self.truncated.inc((fmt,), truncated)
         if lines:
             for sink in self.sinks:
                 if isinstance(sink, LogSink):

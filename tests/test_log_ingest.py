@@ -254,6 +254,19 @@ def test_native_lines_are_accepted_and_each_bad_one_named(client, ex, sink):
     assert received(ex, c.FORMAT_NATIVE) == 2
 
 
+def test_refused_lines_are_counted_by_reason_whether_or_not_the_rest_is_kept(client, ex, sink):
+    def refused(reason: str) -> float:
+        return ex.store.value(c.LOG_LINES_REJECTED_TOTAL, {c.L_FORMAT: c.FORMAT_NATIVE, c.L_REASON: reason})
+
+    good, bad = {"time_ns": T0, "body": "ok"}, {"time_ns": T0, "body": "x", "level": "loud"}
+    r = client.post(c.LOGS_PATH, json={"lines": [good, bad, bad]})
+    assert r.status_code == 200 and r.json["accepted"] == 1 and len(sink.lines) == 1
+    reason = r.json["errors"][0]["reason"]
+    assert refused(reason) == 2
+    r = client.post(c.LOGS_PATH, json={"lines": [bad]})  # none valid: a 400, nothing kept, the line still counted
+    assert r.status_code == 400 and len(sink.lines) == 1 and refused(reason) == 3
+
+
 def test_a_lines_workflow_is_a_name_like_a_spans_with_its_secrets_redacted(client, sink):
     r = client.post(c.LOGS_PATH, json={"lines": [{"time_ns": T0, "body": "x", "workflow": "GET /login?token=s3cr3t"}]})
     assert r.status_code == 200 and r.json["accepted"] == 1
