@@ -80,6 +80,7 @@ from .otlp import (
     _KeyValue,
     _pb_attrs,
     _pb_value,
+    _Resource,
 )
 
 __all__ = ["MAX_BROWSER_EVENTS", "LogDecodeResult", "LogRejection", "decode_browser", "decode_json",
@@ -315,10 +316,6 @@ class _ScopeLogs(msgspec.Struct, **_FROZEN):
     log_records: list[_Record] | None = None
 
 
-class _Resource(msgspec.Struct, **_FROZEN):
-    attributes: list[_KeyValue] | None = None
-
-
 class _ResourceLogs(msgspec.Struct, **_FROZEN):
     resource: _Resource | None = None
     scope_logs: list[_ScopeLogs] | None = None
@@ -498,13 +495,18 @@ _NATIVE_KEYS = frozenset(("time_ns", "time", "level", "severity_number", "body",
                           "correlation_id", "trace_id", "span_id", "workflow", "attributes", "exception"))
 
 
-def _native_line(rec: Any, result: LogDecodeResult) -> LogLine:
-    if type(rec) is not dict:
-        raise _Bad("invalid_value", f"a line must be an object, got {show(rec)}", "")
-    unknown = rec.keys() - _NATIVE_KEYS
+def _object(v: Any, what: str, keys: frozenset[str]) -> None:
+    """Refuse ``v`` unless it is an object of only ``keys`` (the first unknown one is named)."""
+    if type(v) is not dict:
+        raise _Bad("invalid_value", f"{what} must be an object, got {show(v)}", "")
+    unknown = v.keys() - keys
     if unknown:
         name = _key(unknown)
         raise _Bad("unknown_field", f"unknown field {show(name)}", name)
+
+
+def _native_line(rec: Any, result: LogDecodeResult) -> LogLine:
+    _object(rec, "a line", _NATIVE_KEYS)
     body = rec.get("body")
     if type(body) is not str:
         raise _Bad("missing_field" if body is None else "invalid_value", "body is required, a string", "body")
@@ -564,12 +566,7 @@ _BROWSER_EVENT = frozenset(("type", "level", "message", "time", "stack", "logger
 
 
 def _browser_event(ev: Any, top: dict[str, Any], now_ns: int, result: LogDecodeResult) -> LogLine:
-    if type(ev) is not dict:
-        raise _Bad("invalid_value", f"an event must be an object, got {show(ev)}", "")
-    unknown = ev.keys() - _BROWSER_EVENT
-    if unknown:
-        name = _key(unknown)
-        raise _Bad("unknown_field", f"unknown field {show(name)}", name)
+    _object(ev, "an event", _BROWSER_EVENT)
     kind = ev.get("type", "console")
     if kind not in BROWSER_TYPES:
         raise _Bad("invalid_value", f"must be one of {', '.join(BROWSER_TYPES)}, got {show(kind)}", "type")
