@@ -359,6 +359,42 @@ def test_the_gauges_stop_at_the_series_cap_and_floor_at_the_window():
     assert got[c.ENDPOINT_LAST_CALL_TIMESTAMP].samples[0].value == 150.0
 
 
+def test_a_stale_scrape_serves_the_last_read_and_refreshes_behind_it(ex):
+    """A scrape past the refresh interval does not wait on the store's join: it gets the last read, and a read in
+    the background brings the change for the next scrape."""
+    import threading
+
+    from backend.endpoints.metrics import EndpointCollector
+    from tests.conftest import wait_until
+
+    store: RunStore = ex.runs
+    gate = threading.Event()
+    gate.set()
+
+    class Slow:  # the real store, whose join can be held (a big window on a busy database)
+        def endpoint_report(self, *args, **kwargs):
+            assert gate.wait(30)
+            return store.endpoint_report(*args, **kwargs)
+
+    now = [1_000 * S]
+    gauges = EndpointCollector(Slow(), window_s=3600, refresh_s=60, series_limit=100, clock=lambda: now[0])
+
+    def routes() -> set[str]:
+        fam = {f.name: f for f in gauges.collect()}[c.ENDPOINT_CALLS]
+        return {s.labels[c.L_ROUTE] for s in fam.samples}
+
+    store.register_endpoints("svc", [EndpointEntry("GET", "/a", None, None, "manual")], now_ns=now[0])
+    assert routes() == {"/a"}  # the first scrape reads the store itself
+    store.register_endpoints("svc", [EndpointEntry("GET", "/b", None, None, "manual")], now_ns=now[0],
+                             replace=False)
+    assert routes() == {"/a"}  # within the refresh interval: the last read
+    now[0] += 61 * S
+    gate.clear()
+    assert routes() == {"/a"}  # stale, the store held: the last read, without waiting for the store
+    gate.set()
+    wait_until(lambda: routes() == {"/a", "/b"}, what="the background read")
+
+
 def test_p95_is_the_nearest_rank():
     assert p95([]) is None and p95([3.0]) == 3.0
     assert p95([float(i) for i in range(1, 101)]) == 95.0 and p95([1.0, 2.0]) == 2.0

@@ -12,8 +12,9 @@ Per documented endpoint (``service``, ``method``, ``route``), from the store's j
 
 And per service ``flowscope_endpoints_undocumented`` (routes called that the inventory does not list). At most
 ``FLOWSCOPE_SERIES_LIMIT`` endpoints get series (sorted by service, route, method); the rest are counted in
-``flowscope_endpoint_series_dropped``. A scrape reuses the last read for ``FLOWSCOPE_ENDPOINTS_REFRESH_S``; a
-store that fails is logged and the last good read served (the exporter never fails a scrape over it).
+``flowscope_endpoint_series_dropped``. The last read serves for ``FLOWSCOPE_ENDPOINTS_REFRESH_S``, then is
+refreshed behind a scrape; a store that fails is logged and the last good read served (the exporter never fails
+a scrape over it).
 
     ex.registry.register(EndpointCollector(ex.runs, window_s=7 * 86400, refresh_s=60, series_limit=10_000))
 """
@@ -63,7 +64,8 @@ def families(report: EndpointReport, series_limit: int) -> list[GaugeMetricFamil
 
 
 class EndpointCollector(Collector):
-    """Reads the store at most once per ``refresh_s`` (under a lock: concurrent scrapes share one read)."""
+    """Reads the store at most once per ``refresh_s``. The first scrape reads it itself; a later one that finds the
+    read stale serves it and starts one background read, so a scrape never waits on the store's join again."""
 
     def __init__(self, store: RunStore, window_s: int, refresh_s: float, series_limit: int,
                  clock: Callable[[], int] = time.time_ns) -> None:
@@ -71,19 +73,35 @@ class EndpointCollector(Collector):
         self.series_limit, self.clock = series_limit, clock
         self._lock = threading.Lock()
         self._read_at: int | None = None
+        self._reading = False
         self._families: list[GaugeMetricFamily] = []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
             now = self.clock()
-            if self._read_at is None or now - self._read_at >= self.refresh_ns:
-                try:
-                    report = self.store.endpoint_report(max(0, now - self.window_ns), now + 1)
-                    self._families = families(report, self.series_limit)
-                except Exception:  # a scrape never fails over the store: the last read is served
-                    log.warning("endpoint gauges: reading the store failed; serving the last read", exc_info=True)
-                self._read_at = now
+            first = self._read_at is None
+            stale = first or now - self._read_at >= self.refresh_ns  # type: ignore[operator]
+            if stale and not self._reading:
+                self._reading, self._read_at = True, now
+                if not first:
+                    threading.Thread(target=self._read, args=(now,), name="flowscope-endpoint-gauges",
+                                     daemon=True).start()
+        if first and self._reading:
+            self._read(now)
+        with self._lock:
             return iter(list(self._families))
+
+    def _read(self, now: int) -> None:
+        try:
+            report = self.store.endpoint_report(max(0, now - self.window_ns), now + 1)
+            got = families(report, self.series_limit)
+        except Exception:  # a scrape never fails over the store: the last read is served
+            log.warning("endpoint gauges: reading the store failed; serving the last read", exc_info=True)
+            got = None
+        with self._lock:
+            if got is not None:
+                self._families = got
+            self._reading = False
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         """The names, without reading the store (the registry asks when the collector is registered)."""
