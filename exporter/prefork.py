@@ -199,8 +199,12 @@ class Aggregator:
         """Stop answering (after the workers stopped): the accepting thread ends, the socket's directory goes."""
         self._stop.set()
         if self._listener is not None:
-            try:  # accept() does not return when its socket closes under it: wake it with a connection
-                Client(self.address, family="AF_UNIX", authkey=self.key).close()
+            # accept() does not return when its socket closes under it: wake it with a bare connection, never a
+            # Client, whose handshake would wait for ever if the thread saw _stop first and accepts no more
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake:
+                    wake.settimeout(2.0)
+                    wake.connect(self.address)
             except OSError:
                 pass
             for t in self._threads:

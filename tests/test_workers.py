@@ -267,3 +267,23 @@ def test_a_streamed_answer_whose_last_chunks_are_empty_ends_once(make_exporter):
         assert client.call("exporter", "closing_now") is False  # the same connection, in step
     finally:
         agg.close()
+
+
+def test_close_returns_when_the_accepting_thread_already_saw_the_stop(make_exporter):
+    """The race a fresh clone's suite hung on: the accepting thread ends between two accepts, then close() wakes
+    it. The wake-up must not wait for an answer that thread will never give."""
+    import socket as sock
+    import threading
+
+    from exporter.prefork import Aggregator
+
+    agg = Aggregator(make_exporter()).start()
+    agg._stop.set()
+    with sock.socket(sock.AF_UNIX, sock.SOCK_STREAM) as s:  # the thread wakes, sees the stop, ends
+        s.connect(agg.address)
+    for t in agg._threads:
+        t.join(10)
+    closer = threading.Thread(target=agg.close, daemon=True)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "Aggregator.close() hung"
