@@ -179,8 +179,10 @@ def _chain(cid: str, now: int) -> list:
 
 #: Columns and indexes the revisions after 0002 add, by table (revision 0003: memory profiles; 0004: log lines,
 #: less the full-text objects metadata cannot express, which ``schema.include_name`` leaves out; 0005: the endpoint
-#: inventory).
+#: inventory; 0006: span kinds and resources on the spans row, each resource once).
 ADDED_SINCE = {"profiles": (["net_bytes", "peak_bytes"], []),
+               "spans": (["kind", "resource_id"], []),
+               "resources": (["attributes", "id", "last_seen_ns"], ["ix_resources_last_seen"]),
                "logs": (["attributes", "body", "correlation_id", "exception", "id", "level", "logger",
                          "service", "severity_number", "source", "span_id", "time_ns", "trace_id", "workflow"],
                         ["ix_logs_cid", "ix_logs_level", "ix_logs_service", "ix_logs_trace", "ix_logs_workflow"]),

@@ -26,7 +26,7 @@ def _all_text(ex) -> str:
     """Every stored row of every table, as one string: what a database reader could see."""
     out = []
     with ex.db.connect() as conn:
-        for table in ("runs", "spans", "errors", "error_groups"):
+        for table in ("runs", "spans", "span_details", "resources", "errors", "error_groups"):
             out.extend(str(tuple(r)) for r in conn.execute(text(f"SELECT * FROM {table}")))
     return "\n".join(out)
 
@@ -130,8 +130,8 @@ def test_retention_sweep_deletes_old_runs_only(make_exporter, database_url):
     ex = make_exporter(database_url=database_url, run_retention_s=86400)
     now_ns = time.time_ns()
     old, new = now_ns - 2 * 86400 * 10**9, now_ns - 3600 * 10**9
-    ex.pipeline.ingest([_span("old", "1" * 16, None, old), _span("old", "2" * 16, "1" * 16, old),
-                        _span("new", "3" * 16, None, new),
+    ex.pipeline.ingest([_span("old", "1" * 16, None, old, resource={"service.name": "old-shop"}),
+                        _span("old", "2" * 16, "1" * 16, old), _span("new", "3" * 16, None, new),
                         _span("old", "4" * 16, "1" * 16, old, status="error", error_type="Boom",
                               error_message="boom")], "native")
     rec = ex.pipeline.recorder
@@ -143,7 +143,38 @@ def test_retention_sweep_deletes_old_runs_only(make_exporter, database_url):
     assert [r.correlation_id for r in ex.runs.list_runs()] == ["new"]
     assert ex.runs.get_run("old") is None
     assert "Boom" not in _all_text(ex)  # its error and its (unresolved) group went with it
+    assert "old-shop" not in _all_text(ex)  # and the resource no kept span names
     assert ex.store.value(c.RUN_STORE_SWEPT_TOTAL) == 1
+
+
+def test_a_resource_is_stored_once_redacted_and_read_back_with_each_span(stored):
+    """Every span of a process carries the same resource: it is one ``resources`` row (redacted like attributes),
+    and each span of a run reads it back whole, with its kind."""
+    now = time.time_ns()
+    for cid in ("res-a", "res-b"):  # two batches, each with its own (equal) resource dict
+        resource = {"service.name": "shop", "host.name": "node-3", "api_key": "sk-live-123"}
+        stored.pipeline.ingest([_span(cid, "1" * 16, None, now, kind="server", resource=resource),
+                                _span(cid, "2" * 16, "1" * 16, now, kind="client", resource=resource)], "native")
+    assert stored.pipeline.recorder.flush()
+    with stored.db.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM resources")).scalar_one() == 1
+    assert "sk-live-123" not in _all_text(stored)
+    spans = stored.runs.get_run("res-b").spans
+    assert [(s.kind, s.resource) for s in spans] == \
+        [(k, {"service.name": "shop", "host.name": "node-3", "api_key": c.REDACTED}) for k in ("server", "client")]
+
+
+def test_a_span_stored_before_revision_0006_keeps_its_kind_and_resource(stored):
+    """Before revision 0006 a span's kind and resource were in its ``span_details`` row: they still read back."""
+    now = time.time_ns()
+    stored.pipeline.ingest([_span("legacy", "1" * 16, None, now)], "native")
+    assert stored.pipeline.recorder.flush()
+    with stored.db.begin() as conn:
+        conn.execute(text("INSERT INTO span_details (correlation_id, span_id, end_ns, kind, resource) "
+                          "VALUES ('legacy', :sid, :end, 'server', :res)"),
+                     {"sid": "1" * 16, "end": now, "res": '{"service.name":"old"}'})
+    (span,) = stored.runs.get_run("legacy").spans
+    assert (span.kind, span.resource) == ("server", {"service.name": "old"})
 
 
 def test_the_same_span_twice_is_stored_once(stored):

@@ -298,13 +298,15 @@ def _pb_attrs(kvs) -> dict[str, Any]:
     out = {}
     for kv in kvs:
         v = kv.value
-        which = v.WhichOneof("value")
-        out[kv.key] = v.string_value if which == "string_value" else _pb_value(v)
+        s = v.string_value  # most values are text: one read, and WhichOneof only for the rest ("" included)
+        out[kv.key] = s if s else _pb_value(v)
     return out
 
 
 def _pb_details(sp) -> tuple[list, list]:
     """A protobuf span's events and links, unsanitised (:func:`_clean_details` follows)."""
+    if not sp.events and not sp.links:  # most spans: nothing to build
+        return [], []
     events = [{"name": ev.name, "time_ns": _event_time(ev.time_unix_nano), "attributes": _pb_attrs(ev.attributes)}
               for ev in sp.events]
     links = []

@@ -7,10 +7,10 @@ bulk and left for :mod:`backend.analysis.attribution` to parse.
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, and_, func, or_, select, union_all
 
 from .rows import AttributionRows
-from .schema import runs, span_details, spans
+from .schema import resources, runs, span_details, spans
 
 __all__ = ["ATTRIBUTION_CHUNK", "AttributionQueries", "AttributionRows"]
 
@@ -44,7 +44,8 @@ class AttributionQueries:
         """Fill ``rows``' span and resource columns for the runs at the indices ``which``: every span's names,
         duration and raw attribute JSON, and the raw resource JSON of each span that has one. JSON is left
         unparsed: identical texts (a resource's, attributes without IDs) are parsed once by the caller.
-        IN lists of :data:`ATTRIBUTION_CHUNK` ids; two queries per chunk, no join."""
+        IN lists of :data:`ATTRIBUTION_CHUNK` ids; two queries per chunk (resources: the ``resources`` row a span
+        names, or a ``span_details`` copy written before revision 0006)."""
         ids = [rows.run_ids[i] for i in which]
         index = dict(zip(ids, which))
         run_of = index.__getitem__  # every id read is one of ``ids``
@@ -61,11 +62,17 @@ class AttributionQueries:
                         f"FROM spans WHERE correlation_id IN ({marks})", tuple(chunk))
                     res_rows = conn.exec_driver_sql(
                         f"SELECT correlation_id, resource FROM span_details WHERE correlation_id IN ({marks}) "
-                        "AND resource IS NOT NULL", tuple(chunk))
+                        "AND resource IS NOT NULL UNION ALL SELECT s.correlation_id, r.attributes FROM spans s "
+                        f"JOIN resources r ON r.id = s.resource_id WHERE s.correlation_id IN ({marks})",
+                        tuple(chunk) * 2)
                 else:
                     span_rows = conn.execute(select(*span_cols).where(spans.c.correlation_id.in_(chunk)))
-                    res_rows = conn.execute(select(span_details.c.correlation_id, span_details.c.resource).where(
-                        span_details.c.correlation_id.in_(chunk), span_details.c.resource.is_not(None)))
+                    res_rows = conn.execute(union_all(
+                        select(span_details.c.correlation_id, span_details.c.resource).where(
+                            span_details.c.correlation_id.in_(chunk), span_details.c.resource.is_not(None)),
+                        select(spans.c.correlation_id, resources.c.attributes)
+                        .join(resources, resources.c.id == spans.c.resource_id)
+                        .where(spans.c.correlation_id.in_(chunk))))
                 for cid, layer, comp, op, service, start, end, attrs in span_rows:  # unpacked, as above
                     rows.span_run.append(run_of(cid))
                     rows.layer.append(layer)

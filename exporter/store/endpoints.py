@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
-from sqlalchemy import Engine, and_, delete, insert, or_, select
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from .. import conventions as c
@@ -199,13 +199,14 @@ class EndpointQueries:
                         max_spans: int = MAX_SPANS) -> EndpointReport:
         """The inventory joined with the server spans that ended in ``[since_ns, until_ns)``."""
         inv = self.inventory(service)
+        kind = func.coalesce(spans.c.kind, span_details.c.kind)  # in span_details before revision 0006
         q = (select(spans.c.service, spans.c.workflow, spans.c.start_ns, spans.c.end_ns, spans.c.status,
                     spans.c.attributes)
              .select_from(spans.outerjoin(span_details, and_(span_details.c.correlation_id == spans.c.correlation_id,
                                                              span_details.c.span_id == spans.c.span_id)))
              .where(spans.c.end_ns >= since_ns, spans.c.end_ns < until_ns,
                     spans.c.attributes.like('%"http.route"%'),
-                    or_(span_details.c.kind == "server", and_(span_details.c.kind.is_(None), spans.c.layer == "api")))
+                    or_(kind == "server", and_(kind.is_(None), spans.c.layer == "api")))
              .order_by(spans.c.end_ns.desc()).limit(max_spans + 1))
         if service is not None:
             q = q.where(spans.c.service == service)

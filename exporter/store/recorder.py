@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import zlib
+from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, and_, bindparam, delete, select, update
@@ -43,6 +44,7 @@ from .pgcopy import BulkInsert, bulk_method_from_env
 from .process import WriterDied, WriterOutage, WriterProcess
 from .rows import DETAIL_COLUMNS, LINK_COLUMNS, SPAN_COLUMNS, DetailRow, LinkRow, SpanRow, to_json
 from .schema import error_aliases, error_groups, errors, profiles, runs, span_details, span_links, spans
+from .schema import resources as resources_table
 
 if TYPE_CHECKING:
     from .client import RunStore
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flowscope.runstore")
 
 N_SPAN_COLUMNS = len(SPAN_COLUMNS)
+_END_NS, _RESOURCE_ID = SPAN_COLUMNS.index("end_ns"), SPAN_COLUMNS.index("resource_id")
 
 #: The writer's retry while the database is unavailable: backoff from 0.5 s doubling to 30 s, no deadline (a
 #: store that is down keeps its batch until it is back, or until the recorder closes; meanwhile the queue
@@ -147,6 +150,7 @@ class RunWriter:
         self._span_sql = _insert_ignore_sql(engine.dialect, "spans", SPAN_COLUMNS)
         self._insert_run = insert_ignore(engine, runs)
         self._insert_detail = insert_ignore(engine, span_details)
+        self._insert_resource = insert_ignore(engine, resources_table)
         self._detail_sql = _insert_ignore_sql(engine.dialect, "span_details", DETAIL_COLUMNS)
         self._insert_link = insert_ignore(engine, span_links)
         self._link_sql = _insert_ignore_sql(engine.dialect, "span_links", LINK_COLUMNS)
@@ -204,20 +208,25 @@ class RunWriter:
             return None
         return to_json(self._redact(attrs))
 
-    def detail_rows(self, s: Span, resources: dict[int, tuple]) -> tuple[DetailRow | None, list[LinkRow]]:
-        """The span's :data:`DETAIL_COLUMNS` row (None when it has no details) and its :data:`LINK_COLUMNS` rows,
-        redacted like attributes. ``resources`` caches each resource's JSON by identity for one batch
-        (decoders share one dict per resource)."""
+    def resource_id(self, res: dict | None, resources: dict[int, tuple]) -> str | None:
+        """The ``resources`` id of a span's resource (a hash of its redacted JSON; None without one).
+        ``resources`` caches each resource by identity for one batch (decoders share one dict per resource):
+        ``id(res) -> (res, id, json)``."""
+        if not res:
+            return None
+        got = resources.get(id(res))
+        if got is None or got[0] is not res:  # holding res keeps its id from being reused
+            text = self._attrs(res)
+            got = resources[id(res)] = (res, blake2b(text.encode(), digest_size=8).hexdigest() if text else None,
+                                        text)
+        return got[1]  # type: ignore[no-any-return]
+
+    def detail_rows(self, s: Span) -> tuple[DetailRow | None, list[LinkRow]]:
+        """The span's :data:`DETAIL_COLUMNS` row (None when it has no events or links) and its
+        :data:`LINK_COLUMNS` rows, redacted like attributes."""
         events, links = s.events, s.links
-        res = s.resource
-        if not (s.kind or res or events or links):
+        if not (events or links):
             return None, []
-        res_json = None
-        if res:
-            got = resources.get(id(res))
-            if got is None or got[0] is not res:
-                got = resources[id(res)] = (res, self._attrs(res))  # holding res keeps its id from being reused
-            res_json = got[1]
         text = self.redactor.text
         ev_json = to_json([{"name": text(e.get("name")), "time_ns": e.get("time_ns"),
                           "attributes": self._redact(e.get("attributes") or {})} for e in events]) if events else None
@@ -227,11 +236,11 @@ class RunWriter:
             ln_json = to_json([{"trace_id": ln["trace_id"], "span_id": ln["span_id"],
                               "attributes": self._redact(ln.get("attributes") or {})} for ln in links])
             link_rows = [LinkRow(s.correlation_id, s.span_id, ln["trace_id"], ln["span_id"], s.end_ns) for ln in links]
-        kind = s.kind[:16] if s.kind else None
-        return DetailRow(s.correlation_id, s.span_id, s.end_ns, kind, res_json, ev_json, ln_json), link_rows
+        return DetailRow(s.correlation_id, s.span_id, s.end_ns, None, None, ev_json, ln_json), link_rows
 
-    def span_row(self, s: Span) -> tuple[SpanRow, bool]:
-        """The span as a row in :data:`SPAN_COLUMNS` order, redacted and capped; and whether its state was cut."""
+    def span_row(self, s: Span, resources: dict[int, tuple]) -> tuple[SpanRow, bool]:
+        """The span as a row in :data:`SPAN_COLUMNS` order, redacted and capped; and whether its state was cut.
+        ``resources``: as :meth:`resource_id`."""
         red = self.redactor
         truncated = False
         state = None
@@ -241,7 +250,8 @@ class RunWriter:
         return SpanRow(s.correlation_id, s.span_id, s.trace_id, s.parent_span_id or None,
                        s.workflow or c.UNKNOWN_WORKFLOW, s.service or "", s.layer, s.component[:200], s.operation[:500],
                        s.start_ns, s.end_ns, s.status, s.error_type, red.text(s.error_message), red.text(s.stack_trace),
-                       self._attrs(s.attributes), state, bool(s.is_step)), truncated
+                       self._attrs(s.attributes), state, bool(s.is_step), s.kind[:16] if s.kind else None,
+                       self.resource_id(s.resource, resources)), truncated
 
     @staticmethod
     def fast_row(t: tuple) -> tuple:
@@ -249,7 +259,7 @@ class RunWriter:
         path, and nothing reads it back by name)."""
         run, layer, component, operation, start_ns, end_ns, span_id, parent = t
         return (run.correlation_id, span_id, run.trace_id, parent, run.workflow, run.service or "", layer, component,
-                operation, start_ns, end_ns, "ok", None, None, None, None, None, True)
+                operation, start_ns, end_ns, "ok", None, None, None, None, None, True, None, None)
 
     def write(self, items: list, poisoned: list | None = None) -> dict[str, int]:
         """Store one drained batch (Spans, fast-step tuples, ErrorRecords, Profiles) in one transaction.
@@ -275,8 +285,8 @@ class RunWriter:
                 if type(it) is tuple:  # an SDK fast-path step; its row already, from the writer process's pipe
                     span_rows.append(it if len(it) == N_SPAN_COLUMNS else fast_row(it))
                 elif isinstance(it, Span):
-                    row, cut = span_row(it)
-                    detail, links = details_of(it, resources)
+                    row, cut = span_row(it, resources)
+                    detail, links = details_of(it)
                     run_row = err_row = None
                     if it.is_root:
                         run_row = {
@@ -319,8 +329,16 @@ class RunWriter:
                 if poisoned is None:
                     raise
                 poisoned.append((it, e))
+        res_rows = self._resource_rows(resources, span_rows)
         bulk = self._bulk
         with self._lock, self.engine.begin() as conn:
+            if res_rows:  # before the spans that name them (few: one per process that sent spans)
+                conn.execute(self._insert_resource, res_rows)
+                seen = bindparam("seen")
+                conn.execute(update(resources_table).where(resources_table.c.id == bindparam("rid"),
+                                                           resources_table.c.last_seen_ns < seen)
+                             .values(last_seen_ns=seen),
+                             [{"rid": r["id"], "seen": r["last_seen_ns"]} for r in res_rows])
             if bulk:  # PostgreSQL: one statement per table (pgcopy), still ON CONFLICT DO NOTHING
                 bulk["spans"].insert(conn, span_rows)
                 bulk["span_details"].insert(conn, detail_rows)
@@ -347,6 +365,22 @@ class RunWriter:
                 insert_logs(conn, log_rows)
         return {"spans": len(span_rows), "runs": len(run_rows), "errors": len(err_rows),
                 "profiles": len(prof_rows), "logs": len(log_rows), "truncated_states": truncated}
+
+    @staticmethod
+    def _resource_rows(resources: dict[int, tuple], span_rows: list[tuple]) -> list[dict]:
+        """One ``resources`` row per resource of the batch, seen as late as the latest end of its spans (the write
+        raises a stored ``last_seen_ns``, never lowers it: the sweep, which keeps spans by their end, never deletes
+        a resource a kept span names)."""
+        if not resources:
+            return []
+        latest: dict[str, int] = {}
+        for row in span_rows:
+            rid, end = row[_RESOURCE_ID], row[_END_NS]
+            if rid is not None and latest.get(rid, 0) < end:
+                latest[rid] = end
+        return [{"id": rid, "attributes": text, "last_seen_ns": latest[rid]}
+                for rid, text in {got[1]: got[2] for got in resources.values() if got[1] is not None}.items()
+                if rid in latest]
 
     def _write_errors(self, conn, rows: list[dict]) -> None:
         """Fingerprint the batch's errors, link each run's errors into failure chains, and count groups.
@@ -473,6 +507,7 @@ class RunWriter:
             n = conn.execute(delete(runs).where(runs.c.end_ns < older_than_ns)).rowcount
             conn.execute(delete(spans).where(spans.c.end_ns < older_than_ns))
             conn.execute(delete(span_details).where(span_details.c.end_ns < older_than_ns))
+            conn.execute(delete(resources_table).where(resources_table.c.last_seen_ns < older_than_ns))
             conn.execute(delete(span_links).where(span_links.c.end_ns < older_than_ns))
             conn.execute(delete(errors).where(errors.c.time_ns < older_than_ns))
             conn.execute(delete(profiles).where(profiles.c.time_ns < older_than_ns))

@@ -52,10 +52,13 @@ class SpanRow(NamedTuple):
     attributes: str | None
     state: str | None
     is_step: bool
+    kind: str | None
+    resource_id: str | None
 
 
 class DetailRow(NamedTuple):
-    """One ``span_details`` row: the span's kind, resource, events and links as redacted JSON."""
+    """One ``span_details`` row: the span's events and links as redacted JSON (``kind`` and ``resource`` only on
+    rows written before revision 0006, which moved them to ``spans``; the write path leaves them None)."""
 
     correlation_id: str
     span_id: str

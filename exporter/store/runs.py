@@ -25,7 +25,7 @@ from .rows import (
     columns_of,
     to_json,
 )
-from .schema import errors, profiles, runs, span_details, span_links, spans
+from .schema import errors, profiles, resources, runs, span_details, span_links, spans
 
 #: At most this many linked runs per direction are returned with a run.
 MAX_LINKED_RUNS = 100
@@ -146,14 +146,20 @@ class RunQueries:
             details = {sid: (kind, res, events, links) for sid, kind, res, events, links in conn.execute(
                 select(span_details.c.span_id, span_details.c.kind, span_details.c.resource, span_details.c.events,
                        span_details.c.links).where(span_details.c.correlation_id == correlation_id))}
+            rids = {r.resource_id for r in rows} - {None}
+            res_json = dict(conn.execute(select(resources.c.id, resources.c.attributes)
+                                         .where(resources.c.id.in_(rids))).all()) if rids else {}
             trace_ids = {r.trace_id for r in rows} | ({run.trace_id} if run is not None else set())
             linked = self._linked_runs(conn, correlation_id, trace_ids)
         loads = orjson.loads
         none = (None, None, None, None)
         span_list = []
         for (cid, sid, tid, parent, wf, service, layer, comp, op, start, end, status, etype, emsg, stack, attrs,
-             state, is_step) in rows:  # unpacked: a run may hold tens of thousands of spans
-            kind, res, events, links = details.get(sid, none)
+             state, is_step, kind, rid) in rows:  # unpacked: a run may hold tens of thousands of spans
+            old_kind, res, events, links = details.get(sid, none)  # kind and resource: here before revision 0006
+            kind = kind or old_kind
+            if rid is not None:
+                res = res_json.get(rid)
             span_list.append(SpanView(
                 cid, sid, tid, parent, wf, service, layer, comp, op, start, end, status, etype, emsg, stack,
                 loads(attrs) if attrs else {}, loads(state) if state is not None else None, is_step, kind,

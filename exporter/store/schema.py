@@ -71,11 +71,26 @@ spans = Table(
     Column("attributes", Text, nullable=True),
     Column("state", Text, nullable=True),
     Column("is_step", Boolean, nullable=False),
+    #: the span's kind (server, client, ...); revision 0006 (before it, ``span_details.kind``)
+    Column("kind", String(16), nullable=True),
+    #: the ``resources`` row of the span's resource; revision 0006 (before it, ``span_details.resource``)
+    Column("resource_id", String(16), nullable=True),
     Index("ix_spans_end", "end_ns"),
 )
 
-#: Span details beyond the spans table: kind, resource attributes, events and links, as redacted JSON.
-#: One row per span that has any.
+#: Each resource (the redacted attributes of the process that sent spans) once, not once per span: its id is a
+#: hash of its JSON. ``last_seen_ns`` is at least the end of every span stored with it, so the retention sweep
+#: deletes a resource only once no span it keeps can name it. Revision 0006.
+resources = Table(
+    "resources", metadata,
+    Column("id", String(16), primary_key=True),
+    Column("attributes", Text, nullable=False),
+    Column("last_seen_ns", BigInteger, nullable=False),
+    Index("ix_resources_last_seen", "last_seen_ns"),
+)
+
+#: Span details beyond the spans table: events and links as redacted JSON, one row per span that has any.
+#: Rows written before revision 0006 also hold the span's kind and resource (since then in ``spans``).
 span_details = Table(
     "span_details", metadata,
     Column("correlation_id", String(128), primary_key=True),
