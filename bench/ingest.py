@@ -7,13 +7,17 @@ wall-clock throughput and spans per second of *server CPU time* (from
 /proc/<pid>/stat) are printed: the second is "sustained on one core".
 Also prints the pure decode cost per span and, as the named
 reference, what parsing the same OTLP JSON with orjson alone costs.
+Then (issue 13) the run store on the whole machine: spans/s accepted and the
+fraction stored, SQLite and with ``--postgres`` PostgreSQL (bench/store_ingest.py
+has the offered-rate sweeps), and ``--workers`` scaling (bench/workers.py).
 
-    .venv/bin/python bench/ingest.py [--seconds 5]
+    .venv/bin/python bench/ingest.py [--seconds 5] [--store-seconds 20] [--postgres] [--workers 1,2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import tempfile
@@ -64,6 +68,14 @@ def main() -> dict:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--connections", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per format; the median is reported")
+    ap.add_argument("--store-seconds", type=float, default=20.0,
+                    help="then the run store on the whole machine (bench/store_ingest.py's run, writer process, "
+                         "as fast as the server answers) for this long per database; 0 skips it")
+    ap.add_argument("--postgres", action="store_true",
+                    help="the store-on run on a throwaway PostgreSQL too (as the tests start one)")
+    ap.add_argument("--workers", default="1,2",
+                    help="then --workers N scaling on the whole machine (bench/workers.py's ingest), metrics only "
+                         "and store on, for these counts; empty skips it")
     args = ap.parse_args([] if __name__ != "__main__" else None)
     pin(1)
     from flowscope.cli import tune_gc
@@ -97,6 +109,56 @@ def main() -> dict:
             print(f"  stored {r['stored']:,} of {r['received']:,} spans; not stored under load: {r['dropped']:,} "
                   f"({r['shed']:,} as whole runs shed, the rest at a full queue); the writer drained "
                   f"{r['drain_s']:.1f} s after the last request")
+    if args.store_seconds:
+        out["store"] = store_on(args)
+    if args.workers:
+        out["workers"] = worker_scaling(args, pb)
+    return out
+
+
+def store_on(args) -> dict:
+    """The run store on (the default), on the whole machine: spans/s accepted and the fraction stored, SQLite and
+    (``--postgres``) PostgreSQL; :mod:`store_ingest` has the offered-rate sweeps and the writer alone."""
+    import store_ingest
+
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))  # unpinned again: the server takes this process's CPUs
+    out = {}
+    print(f"== run store on (writer process), whole machine, as fast as it answers, {args.store_seconds:g} s ==")
+    dbs = [("sqlite", None)]
+    pg = None
+    if args.postgres:
+        from tests.conftest import Postgres
+        pg = Postgres()
+        dbs.append(("postgresql", pg))
+    try:
+        for name, server in dbs:
+            url = server.fresh_database() if server is not None else None
+            r = out[name] = store_ingest.run("process", args.store_seconds, args.connections, url)
+            print(f"  {name:10s} {r['spans_per_s']:9,.0f} spans/s accepted; stored {r['stored']:,} of "
+                  f"{r['accepted']:,} = {r['stored_fraction']:.2%} ({r['stored_per_s']:,.0f} spans/s); the rest shed "
+                  f"as whole runs ({r['shed']:,}), counted")
+    finally:
+        if pg is not None:
+            pg.stop()
+    return out
+
+
+def worker_scaling(args, pb: bytes) -> dict:
+    """``--workers N`` for each N of ``args.workers`` on the whole machine, metrics only and store on."""
+    import workers
+
+    counts = [int(w) for w in args.workers.split(",")]
+    out: dict = {}
+    print(f"== worker scaling, whole machine, {args.connections} connections, {args.store_seconds or 10:g} s each ==")
+    for store in (False, True):
+        rows = {w: workers.ingest(w, store, args.store_seconds or 10, args.connections, pb) for w in counts}
+        label = "metrics + run store (SQLite)" if store else "metrics only"
+        for w, r in rows.items():
+            kept = "" if not store else f"; store kept {1 - r['dropped'] / max(1, r['received']):.1%}"
+            print(f"  {label:30s} --workers {w}: {r['spans_per_s']:9,.0f} spans/s{kept}"
+                  + (f"  ({r['spans_per_s'] / rows[counts[0]]['spans_per_s']:.2f}x --workers {counts[0]})"
+                     if w != counts[0] else ""))
+        out["store" if store else "metrics"] = rows
     return out
 
 

@@ -6,7 +6,7 @@ format and OpenMetrics. The outputs are checked to parse, with
 prometheus_client's own parsers, to identical samples. RSS is measured in a
 fresh process per implementation (series built, one scrape rendered).
 
-    .venv/bin/python bench/scrape.py [--sizes 10000,100000] [--verify-max 100000]
+    .venv/bin/python bench/scrape.py [--sizes 10000,100000] [--verify-max 100000] [--workers-series 100000]
 """
 
 from __future__ import annotations
@@ -111,6 +111,9 @@ def main() -> dict:
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--verify-max", type=int, default=100_000,
                     help="parse-and-compare outputs up to this many series (parsing is slow)")
+    ap.add_argument("--workers-series", type=int, default=100_000,
+                    help="then the scrape of this many series through `serve --workers`' aggregator channel against "
+                         "the single process (bench/workers.py's scrape); 0 skips it")
     ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args([] if __name__ != "__main__" else None)
     if args.memory_child:
@@ -145,6 +148,15 @@ def main() -> dict:
     print(f"  RSS with {n:,} series: flowscope {m_ours['rss_mb']:.0f} MB (+{m_ours['delta_mb']:.0f} MB for the series)"
           f", prometheus_client {m_theirs['rss_mb']:.0f} MB (+{m_theirs['delta_mb']:.0f} MB)"
           f" = {m_theirs['delta_mb'] / m_ours['delta_mb']:.1f}x less memory for the series")
+    if args.workers_series:
+        import workers
+
+        results["workers"] = w = workers.scrape(args.workers_series, repeat=3)
+        print(f"== scrape of {args.workers_series:,} series with `serve --workers N`: one process against the "
+              "aggregator channel (rendered by the aggregator, streamed to the worker that was scraped) ==")
+        for fmt, r in w.items():
+            print(f"  {fmt:12s} {r['bytes'] / 1e6:6.1f} MB   one process {r['direct_ms']:7.0f} ms   through the "
+                  f"aggregator {r['channel_ms']:7.0f} ms   = {r['channel_ms'] / r['direct_ms']:.2f}x")
     return results
 
 

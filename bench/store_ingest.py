@@ -198,25 +198,30 @@ def main() -> dict:
     ap.add_argument("--rate", type=float, default=0.0,
                     help="offered spans/s (paced); 0 (default): as fast as the server answers")
     ap.add_argument("--rates", default=None,
-                    help="PostgreSQL runs: several offered rates, comma-separated (0: as fast as it answers)")
+                    help="several offered rates, comma-separated (0: as fast as it answers)")
     ap.add_argument("--closed-loop", type=int, default=0, metavar="BATCHES",
-                    help="PostgreSQL only: instead of HTTP, the writer alone writing BATCHES batches of 5,000 spans "
-                         "per method and round")
+                    help="instead of HTTP, the writer alone writing BATCHES batches of 5,000 spans per round "
+                         "(on PostgreSQL, per method and round)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of --closed-loop")
     args = ap.parse_args([] if __name__ != "__main__" else None)
     if args.postgres or (args.database_url or "").startswith("postgres"):
         return main_postgres(args)
+    if args.closed_loop:
+        return closed_loop_sqlite(args)
     results = {}
-    offered = f"offered {args.rate:,.0f} spans/s" if args.rate else "as fast as the server answers"
-    print(f"== store ingest: {args.seconds:g} s of 1,000-span OTLP protobuf batches, {args.connections} connections, "
-          f"{offered}, {os.cpu_count()} cores, server unpinned ==")
-    for writer in args.writers.split(","):
-        r = results[writer] = run(writer, args.seconds, args.connections, args.database_url, args.rate)
-        print(f"  writer={writer:8s} {r['spans_per_s']:9,.0f} spans/s accepted; stored {r['stored']:,} of "
-              f"{r['accepted']:,} = {r['stored_fraction']:.4%}; shed {r['shed']:,}, dropped in all {r['dropped']:,}; "
-              f"drained {r['drain_s']:.1f} s after the last request; CPU per 1,000 spans: server "
-              f"{r['server_cpu_ms_per_1k']:.1f} ms, writer process {r['writer_cpu_ms_per_1k']:.1f} ms")
-    if "thread" in results and "process" in results:
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else [args.rate]
+    for rate in rates:
+        offered = f"offered {rate:,.0f} spans/s" if rate else "as fast as the server answers"
+        print(f"== store ingest: {args.seconds:g} s of 1,000-span OTLP protobuf batches, {args.connections} "
+              f"connections, {offered}, {os.cpu_count()} cores, server unpinned ==", flush=True)
+        for writer in args.writers.split(","):
+            r = results[writer] = run(writer, args.seconds, args.connections, args.database_url, rate)
+            print(f"  writer={writer:8s} {r['spans_per_s']:9,.0f} spans/s accepted; stored {r['stored']:,} of "
+                  f"{r['accepted']:,} = {r['stored_fraction']:.4%} ({r['stored_per_s']:,.0f} spans/s); shed "
+                  f"{r['shed']:,}, dropped in all {r['dropped']:,}; drained {r['drain_s']:.1f} s after the last "
+                  f"request; CPU per 1,000 spans: server {r['server_cpu_ms_per_1k']:.1f} ms, writer process "
+                  f"{r['writer_cpu_ms_per_1k']:.1f} ms", flush=True)
+    if len(rates) == 1 and "thread" in results and "process" in results:
         p, t = results["process"], results["thread"]
         print(f"  process/thread: {p['spans_per_s'] / t['spans_per_s']:.2f}x accepted, stored fraction "
               f"{p['stored_fraction']:.4f} against {t['stored_fraction']:.4f}")
@@ -337,6 +342,21 @@ def closed_loop_table(args, methods: list[str], pg, postmaster: int | None) -> d
               f"{med['insert_us']:.1f} |", flush=True)
     print(f"(load average at the end: {os.getloadavg()[0]:.1f})")
     return out
+
+
+def closed_loop_sqlite(args) -> dict:
+    """The writer alone on SQLite (a fresh file per round): its CPU per span, robust to other load."""
+    import statistics
+
+    print(f"== the writer alone on SQLite, closed loop: {args.closed_loop} batches of 5,000 decoded OTLP spans, "
+          f"{args.rounds} rounds (medians) ==", flush=True)
+    got = [closed_loop(f"sqlite:///{tempfile.mkdtemp(prefix='flowscope-bench-store-')}/runs.db", DEFAULT_METHOD,
+                       args.closed_loop, 5000, None, seed=rnd * 10**6) for rnd in range(args.rounds)]
+    med = {k: statistics.median(r[k] for r in got) for k in ("spans_per_s", "writer_us")}
+    print(f"  {med['spans_per_s']:,.0f} spans/s, writer CPU {med['writer_us']:.1f} µs per span "
+          f"(rounds: {', '.join(format(r['writer_us'], '.1f') for r in got)})")
+    print(f"(load average at the end: {os.getloadavg()[0]:.1f})")
+    return med
 
 
 if __name__ == "__main__":
