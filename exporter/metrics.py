@@ -240,6 +240,11 @@ class Histogram(_Family[HistogramSeries]):
             if timestamp is None:
                 if old is None or old[3] is None:
                     ex[i] = (trace_id, span_id, value, None)
+            elif old is not None and old[3] is not None and timestamp < old[3] + 0.0004:
+                # Rounds to old's millisecond or earlier, so it would not replace it: skipping the rounding
+                # saves the step hot path a third of this call. (0.4 ms is far past a float's error here,
+                # about 0.25 us at today's epoch seconds, and short of the 0.5 ms where rounding goes up.)
+                pass
             else:
                 timestamp = round(timestamp * 1e3) / 1e3  # whole ms: what is rendered, and compared
                 if old is None or (old[3] is not None and timestamp > old[3]):

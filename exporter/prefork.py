@@ -374,7 +374,7 @@ class PipelineProxy:
         self._client = client
 
     def ingest(self, spans: list[Any], fmt: str, rejected: Any = (), truncated: int = 0) -> None:
-        data, _kept, bad = encode(spans, None)
+        data, _kept, bad = encode(spans)
         counts = list(rejected)
         if bad:  # spans that cannot cross (the writer process would refuse them the same way): counted, not lost
             counts.append(("unencodable", len(bad)))

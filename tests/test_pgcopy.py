@@ -8,6 +8,7 @@ only its own item, and a dropped connection is an outage, not poison.
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import psycopg
@@ -241,3 +242,36 @@ def test_hostile_values_are_stored_or_refused_alike_by_every_method(writers, spe
     assert got["copy"] == got["executemany"]
     assert got["unnest"] == got["executemany"]
 
+
+
+def test_replicas_writing_spans_of_the_same_processes_at_once_store_every_span(postgres):
+    """Two writers on one database (two replicas) write batches naming the same three resources, in opposite
+    orders, at once: the resources' rows must not deadlock them (a deadlock would be taken for poison and drop
+    spans), and each resource is stored once."""
+    url = postgres.fresh_database()
+    writers = [RunWriter(make_engine(url)) for _ in range(2)]
+    resources = [{"service.name": f"svc-{k}", "host.name": "node-1"} for k in range(3)]
+    results: list = []
+
+    def write(w: int) -> None:
+        order = resources if w == 0 else resources[::-1]
+        for b in range(20):
+            end = T0 + b * 7200 * 10**9  # each batch two hours on: every batch raises each resource's last_seen_ns
+            batch = [_span(f"rep{w}-{b}-{k}", f"{k + 1:016x}", None, resource=res, start_ns=end - 1000, end_ns=end)
+                     for k, res in enumerate(order)]
+            left, error, _counts, poisoned = write_isolating(writers[w], batch)
+            results.append((left, error, len(poisoned)))
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert results == [([], None, 0)] * 40
+        with writers[0].engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM spans WHERE correlation_id LIKE 'rep%'")).scalar_one() == 120
+            assert conn.execute(text("SELECT count(*) FROM resources")).scalar_one() == 3
+    finally:
+        for w in writers:
+            w.engine.dispose()

@@ -131,7 +131,8 @@ def test_retention_sweep_deletes_old_runs_only(make_exporter, database_url):
     now_ns = time.time_ns()
     old, new = now_ns - 2 * 86400 * 10**9, now_ns - 3600 * 10**9
     ex.pipeline.ingest([_span("old", "1" * 16, None, old, resource={"service.name": "old-shop"}),
-                        _span("old", "2" * 16, "1" * 16, old), _span("new", "3" * 16, None, new),
+                        _span("old", "2" * 16, "1" * 16, old),
+                        _span("new", "3" * 16, None, new, resource={"service.name": "new-shop"}),
                         _span("old", "4" * 16, "1" * 16, old, status="error", error_type="Boom",
                               error_message="boom")], "native")
     rec = ex.pipeline.recorder
@@ -144,6 +145,7 @@ def test_retention_sweep_deletes_old_runs_only(make_exporter, database_url):
     assert ex.runs.get_run("old") is None
     assert "Boom" not in _all_text(ex)  # its error and its (unresolved) group went with it
     assert "old-shop" not in _all_text(ex)  # and the resource no kept span names
+    assert ex.runs.get_run("new").spans[0].resource == {"service.name": "new-shop"}
     assert ex.store.value(c.RUN_STORE_SWEPT_TOTAL) == 1
 
 

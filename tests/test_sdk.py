@@ -7,6 +7,8 @@ import time
 import orjson
 import pytest
 from flask import Flask, jsonify
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
@@ -417,3 +419,90 @@ def test_the_sdk_and_native_json_accept_the_same_status_words(ex, tracer, word, 
                                         "started_at": 1795000000, "duration_ms": 1}]})
     assert not decoded.rejected
     assert {s.status for s in seen} == {decoded.spans[0].status} == {status}
+
+
+# -- the in-process hot path (bench/sdk_overhead.py): what it saves must not change what a step records ----------
+
+
+def test_span_ids_are_distinct_sixteen_hex_digits_across_threads(ex, tracer):
+    ids: list[str] = []
+
+    def trace(n: int) -> None:
+        with tracer.workflow("checkout"):
+            for _ in range(n):
+                with tracer.step("database", "postgres", "SELECT orders") as step:
+                    ids.append(step.span_id)
+
+    threads = [threading.Thread(target=trace, args=(2_000,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(ids) == 8_000 == len(set(ids))
+    assert all(len(i) == 16 and int(i, 16) for i in ids) and all(i == i.lower() for i in ids)
+
+
+def test_a_run_leaves_the_process_as_the_ids_its_rows_need_and_nothing_more(tracer):
+    import pickle
+
+    from exporter.sdk.tracer import RunIds
+    from exporter.store.recorder import RunWriter
+
+    with tracer.workflow("checkout", metadata={"card": "4111 1111 1111 1111"}), \
+            tracer.step("database", "postgres", "SELECT orders") as step:
+        run = step._run
+    crossed = pickle.loads(pickle.dumps(run, protocol=pickle.HIGHEST_PROTOCOL))
+    assert crossed == RunIds(run.correlation_id, run.trace_id, "checkout", "shop")
+    assert "4111" not in repr(crossed)
+    fast = (run, "database", "postgres", "SELECT orders", 1, 2, step.span_id, run.span_id)
+    assert RunWriter.fast_row((crossed, *fast[1:])) == RunWriter.fast_row(fast)
+
+
+def test_steps_written_by_the_writer_process_are_stored_as_traced(make_exporter):
+    """The default writer is a process: plain steps cross its pipe with their run and come back as rows."""
+    ex = make_exporter(store_writer="process")
+    tracer = WorkflowTracer(InProcessSink(ex.pipeline), service="shop")
+    with tracer.workflow("checkout", metadata={"cart": 3}) as wf, tracer.step("api", "orders", "POST /orders") as outer:
+        with tracer.step("database", "postgres", "INSERT orders") as inner:
+            pass
+        run = outer._run
+    assert ex.pipeline.recorder.flush(30)
+    with ex.runs.engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT span_id, parent_span_id, trace_id, workflow, service, layer, component, operation, status, "
+            "start_ns < end_ns FROM spans WHERE correlation_id = :cid AND is_step ORDER BY start_ns"),
+            {"cid": wf.correlation_id}).all()
+    assert [tuple(r) for r in rows] == [
+        (outer.span_id, run.span_id, run.trace_id, "checkout", "shop", "api", "orders", "POST /orders", "ok", 1),
+        (inner.span_id, outer.span_id, run.trace_id, "checkout", "shop", "database", "postgres", "INSERT orders",
+         "ok", 1)]
+    assert ex.store.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": "poison"}) in (None, 0)
+
+
+def _newest_exemplars(observations, bounds):
+    """The exemplar rule of exporter.metrics.Histogram, spelled out: per bucket, the newest span by its
+    millisecond; a later one of the same millisecond, or an older one, leaves it in place."""
+    import bisect
+    kept: dict[int, tuple] = {}
+    for value, ts, sid in observations:
+        i = bisect.bisect_left(bounds, value)
+        ms = round(ts * 1e3) / 1e3
+        if i not in kept or ms > kept[i][3]:
+            kept[i] = ("t" * 32, sid, value, ms)
+    return kept
+
+
+@given(st.floats(1.5e9, 2.5e9), st.lists(st.tuples(st.sampled_from([0.004, 0.2, 30.0]),
+                                                   st.integers(-3_000, 3_000)), max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_each_step_bucket_keeps_the_newest_exemplar_by_its_millisecond(base, steps):
+    """The hot path skips rounding a timestamp that cannot beat its bucket's (bad cases: same millisecond, half a
+    millisecond either side, out of order): the exemplars kept are those of the rule."""
+    from exporter.metrics import MetricStore
+    h = MetricStore().histogram(c.STEP_DURATION_SECONDS, "steps", ("workflow",))
+    observations = [(value, base + us / 1e6, f"{n:016x}") for n, (value, us) in enumerate(steps)]
+    for value, ts, sid in observations:
+        h.observe(("checkout",), value, "t" * 32, sid, ts)
+    series = h.series.get(("checkout",))
+    got = {} if series is None else {i: e for i, e in enumerate(series.exemplars) if e is not None}
+    assert got == _newest_exemplars(observations, h.bounds)

@@ -21,7 +21,6 @@ from exporter.sdk import WorkflowTracer
 from exporter.sdk.sinks import InProcessSink
 from exporter.store import RunRecorder, RunStore
 from exporter.store.process import WriterProcess, decode, encode
-from exporter.store.recorder import RunWriter
 from tests.otlp_data import request, span
 
 PB = {"Content-Type": "application/x-protobuf"}
@@ -208,7 +207,7 @@ def test_any_span_crosses_the_pipe_unchanged(attrs, state, message, parent):
     s = Span(trace_id="f" * 32, span_id="e" * 16, parent_span_id=parent, workflow="w", layer="api", component="x",
              operation="op", start_ns=1, end_ns=2, error_message=message, attributes=attrs, state=state,
              resource={"service.name": "s"}, events=[{"name": "e", "time_ns": 1, "attributes": attrs}])
-    data, kept, bad = encode([s], RunWriter.fast_row)
+    data, kept, bad = encode([s])
     assert kept == [s] and not bad
     (back,) = decode(data)
     for name in ("trace_id", "span_id", "parent_span_id", "correlation_id", "workflow", "error_message",
@@ -219,7 +218,7 @@ def test_any_span_crosses_the_pipe_unchanged(attrs, state, message, parent):
 def test_an_otlp_span_crosses_as_its_bytes_and_decodes_the_same():
     (s,) = otlp.decode_protobuf(_otlp_body("1f" * 16)).spans[1:]
     assert otlp.pb_span_bytes(s) is not None  # unread: it travels as bytes
-    data, _, _ = encode([s], RunWriter.fast_row)
+    data, _, _ = encode([s])
     (back,) = decode(data)
     assert (back.attributes, back.events, back.links) == (s.attributes, s.events, s.links)
     assert otlp.pb_span_bytes(s) is None  # read now: it would travel decoded

@@ -53,6 +53,10 @@ log = logging.getLogger("flowscope.runstore")
 
 N_SPAN_COLUMNS = len(SPAN_COLUMNS)
 _END_NS, _RESOURCE_ID = SPAN_COLUMNS.index("end_ns"), SPAN_COLUMNS.index("resource_id")
+#: A stored resource's ``last_seen_ns`` is raised only once it is this far behind a batch's spans (one update per
+#: process an hour, not one per batch); the retention sweep keeps resources this much longer, so a kept span's
+#: resource is never deleted.
+RESOURCE_SEEN_SLACK_NS = 3600 * 10**9
 
 #: The writer's retry while the database is unavailable: backoff from 0.5 s doubling to 30 s, no deadline (a
 #: store that is down keeps its batch until it is back, or until the recorder closes; meanwhile the queue
@@ -282,7 +286,7 @@ class RunWriter:
         fast_row, span_row, details_of = self.fast_row, self.span_row, self.detail_rows
         for it in items:
             try:
-                if type(it) is tuple:  # an SDK fast-path step; its row already, from the writer process's pipe
+                if type(it) is tuple:  # an SDK fast-path step (its run a RunIds, from the writer process's pipe)
                     span_rows.append(it if len(it) == N_SPAN_COLUMNS else fast_row(it))
                 elif isinstance(it, Span):
                     row, cut = span_row(it, resources)
@@ -330,15 +334,33 @@ class RunWriter:
                     raise
                 poisoned.append((it, e))
         res_rows = self._resource_rows(resources, span_rows)
+        with self._lock:
+            if res_rows:
+                self._write_resources(res_rows)
+            self._write_rows(span_rows, detail_rows, link_rows, run_rows, err_rows, prof_rows, log_rows)
+        return {"spans": len(span_rows), "runs": len(run_rows), "errors": len(err_rows),
+                "profiles": len(prof_rows), "logs": len(log_rows), "truncated_states": truncated}
+
+    def _write_resources(self, rows: list[dict]) -> None:
+        """The batch's resources, in a short transaction of their own before the spans that name them, in id
+        order, and ``last_seen_ns`` raised only when it is :data:`RESOURCE_SEEN_SLACK_NS` behind: replicas writing
+        spans of one process at once neither wait on its row for a whole batch nor lock two rows in two orders.
+        (A batch that then fails leaves its resources stored: the sweep takes them in time.)"""
+        rows.sort(key=lambda r: r["id"])
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_resource, rows)
+            seen = bindparam("seen")
+            conn.execute(update(resources_table)
+                         .where(resources_table.c.id == bindparam("rid"),
+                                resources_table.c.last_seen_ns < seen - RESOURCE_SEEN_SLACK_NS)
+                         .values(last_seen_ns=seen),
+                         [{"rid": r["id"], "seen": r["last_seen_ns"]} for r in rows])
+
+    def _write_rows(self, span_rows: list, detail_rows: list, link_rows: list, run_rows: list, err_rows: list,
+                    prof_rows: list, log_rows: list) -> None:
+        """Every row of one batch but its resources, in one transaction."""
         bulk = self._bulk
-        with self._lock, self.engine.begin() as conn:
-            if res_rows:  # before the spans that name them (few: one per process that sent spans)
-                conn.execute(self._insert_resource, res_rows)
-                seen = bindparam("seen")
-                conn.execute(update(resources_table).where(resources_table.c.id == bindparam("rid"),
-                                                           resources_table.c.last_seen_ns < seen)
-                             .values(last_seen_ns=seen),
-                             [{"rid": r["id"], "seen": r["last_seen_ns"]} for r in res_rows])
+        with self.engine.begin() as conn:
             if bulk:  # PostgreSQL: one statement per table (pgcopy), still ON CONFLICT DO NOTHING
                 bulk["spans"].insert(conn, span_rows)
                 bulk["span_details"].insert(conn, detail_rows)
@@ -363,14 +385,12 @@ class RunWriter:
                 conn.execute(profiles.insert(), prof_rows)
             if log_rows:
                 insert_logs(conn, log_rows)
-        return {"spans": len(span_rows), "runs": len(run_rows), "errors": len(err_rows),
-                "profiles": len(prof_rows), "logs": len(log_rows), "truncated_states": truncated}
 
     @staticmethod
     def _resource_rows(resources: dict[int, tuple], span_rows: list[tuple]) -> list[dict]:
         """One ``resources`` row per resource of the batch, seen as late as the latest end of its spans (the write
-        raises a stored ``last_seen_ns``, never lowers it: the sweep, which keeps spans by their end, never deletes
-        a resource a kept span names)."""
+        raises a stored ``last_seen_ns``, never lowers it: with :data:`RESOURCE_SEEN_SLACK_NS`, the sweep, which
+        keeps spans by their end, never deletes a resource a kept span names)."""
         if not resources:
             return []
         latest: dict[str, int] = {}
@@ -507,7 +527,8 @@ class RunWriter:
             n = conn.execute(delete(runs).where(runs.c.end_ns < older_than_ns)).rowcount
             conn.execute(delete(spans).where(spans.c.end_ns < older_than_ns))
             conn.execute(delete(span_details).where(span_details.c.end_ns < older_than_ns))
-            conn.execute(delete(resources_table).where(resources_table.c.last_seen_ns < older_than_ns))
+            conn.execute(delete(resources_table).where(
+                resources_table.c.last_seen_ns < older_than_ns - RESOURCE_SEEN_SLACK_NS))
             conn.execute(delete(span_links).where(span_links.c.end_ns < older_than_ns))
             conn.execute(delete(errors).where(errors.c.time_ns < older_than_ns))
             conn.execute(delete(profiles).where(profiles.c.time_ns < older_than_ns))
@@ -762,7 +783,7 @@ class RunRecorder:
         item was stored or dropped as poison; ``(the items not yet written, the error)`` when the database is
         unavailable, to be retried as they are."""
         if self.writer is not None:
-            result, sent, unsent = self.writer.write(batch, RunWriter.fast_row)
+            result, sent, unsent = self.writer.write(batch)
             for item, e in unsent:
                 self._poison(item, e)
             for what, kind, msg in result.poisoned:
