@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import sqlite3
 import sys
@@ -180,6 +181,7 @@ def run(writer: str, seconds: float, connections: int, database_url: str | None,
         server.terminate()
         server.wait(60)
     out["stored"] = count_spans(url) - before
+    shutil.rmtree(tmp, ignore_errors=True)  # a minute at the store's pace is a gigabyte of SQLite
     out["stored_fraction"] = out["stored"] / accepted if accepted else float("nan")
     out["stored_per_s"] = out["stored"] / wall
     return out
@@ -236,7 +238,7 @@ def closed_loop(url: str, method: str, batches: int, per_batch: int, postmaster:
     from exporter.store import pgcopy
     from exporter.store.recorder import RunWriter, write_isolating
 
-    engine = make_engine(url)
+    engine = make_engine(url, bulk_writer=True)  # as the writer process makes it
     writer = RunWriter(engine, pg_method=method)
     body_for = unique_batches()
     work = [[sp for j in range(per_batch // 1000) for sp in decode_protobuf(body_for(seed + i * 1000 + j)).spans]
@@ -350,8 +352,12 @@ def closed_loop_sqlite(args) -> dict:
 
     print(f"== the writer alone on SQLite, closed loop: {args.closed_loop} batches of 5,000 decoded OTLP spans, "
           f"{args.rounds} rounds (medians) ==", flush=True)
-    got = [closed_loop(f"sqlite:///{tempfile.mkdtemp(prefix='flowscope-bench-store-')}/runs.db", DEFAULT_METHOD,
-                       args.closed_loop, 5000, None, seed=rnd * 10**6) for rnd in range(args.rounds)]
+    got = []
+    for rnd in range(args.rounds):
+        tmp = tempfile.mkdtemp(prefix="flowscope-bench-store-")
+        got.append(closed_loop(f"sqlite:///{tmp}/runs.db", DEFAULT_METHOD, args.closed_loop, 5000, None,
+                               seed=rnd * 10**6))
+        shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(r[k] for r in got) for k in ("spans_per_s", "writer_us")}
     print(f"  {med['spans_per_s']:,.0f} spans/s, writer CPU {med['writer_us']:.1f} µs per span "
           f"(rounds: {', '.join(format(r['writer_us'], '.1f') for r in got)})")

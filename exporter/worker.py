@@ -2,7 +2,9 @@
 
 Modelled on opentelemetry-python's ``BatchProcessor`` (``opentelemetry/sdk/_shared_internal``): the
 caller's ``submit`` never blocks, a full queue drops and counts, the thread exports a batch when
-``max_batch`` items are queued or ``linger_s`` after the first, and ``force_flush`` / ``shutdown``
+``max_batch`` items are queued or ``linger_s`` after it took the last one (so an export that took longer
+than ``linger_s`` is followed at once by what queued meanwhile: a sender behind never idles waiting for
+a full batch), and ``force_flush`` / ``shutdown``
 take a deadline and say whether they got there. Unlike it, an export's failures are retried here
 through a :class:`~exporter.retry.RetryPolicy` whose backoff ``shutdown`` interrupts, and every item
 ends up exported or counted by reason through the owner's ``on_drop(reason, n)``.
@@ -361,9 +363,10 @@ class BatchWorker(Generic[T]):
 
     def _run(self) -> None:
         cv, q = self._cv, self._queue
+        taken_at = time.monotonic()  # when the last batch was taken (or the queue last found empty)
         while True:
             with cv:
-                deadline = time.monotonic() + self.linger_s
+                deadline = taken_at + self.linger_s
                 while True:
                     if self._inbox:
                         self._absorb()
@@ -376,6 +379,7 @@ class BatchWorker(Generic[T]):
                     cv.wait(left)
                 if self._abort.is_set():
                     break
+                taken_at = time.monotonic()
                 if not q:
                     if self._closing:
                         self._exited = True

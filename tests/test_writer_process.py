@@ -19,7 +19,7 @@ from exporter.model import ErrorRecord, Span
 from exporter.profiles import Profile
 from exporter.sdk import WorkflowTracer
 from exporter.sdk.sinks import InProcessSink
-from exporter.store import RunRecorder, RunStore
+from exporter.store import RunRecorder, RunStore, process
 from exporter.store.process import WriterProcess, decode, encode
 from tests.otlp_data import request, span
 
@@ -144,6 +144,47 @@ def test_a_killed_writer_is_replaced_and_its_batch_is_written_by_the_next(reques
     assert _count(store, "spans") == 2_000
     assert rec.writer.pid != first and rec.writer.restarts == 1
     assert not metrics.value(c.RUN_STORE_DROPPED_TOTAL)
+
+
+class _ExitsTheWriter:
+    """An item that ends the process that unpickles it: the writer process dies while reading its chunk."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["memfd", "pipe"])
+def test_a_writer_dying_mid_batch_keeps_the_rest_and_writes_no_chunk_twice(tmp_path, monkeypatch, shared_memory):
+    """A batch goes over in chunks, each its own transaction: when the child dies on one, the chunks it answered
+    are stored and not sent again (error rows have no key that would make a second copy harmless), and the chunk
+    it died on and the rest are left for the retry, which a new child writes. Chunks go through shared memory
+    (two in flight) where there is ``memfd_create``, else through the pipe (one)."""
+    monkeypatch.setattr(process, "CHUNK_ITEMS", 10)
+    if not shared_memory:
+        monkeypatch.setattr(process, "_new_slots", list)
+    url = f"sqlite:///{tmp_path}/w.db"
+    store = RunStore(make_engine(url))
+    writer = WriterProcess(url, store.redactor.fragments).start()
+    try:
+        now = time.time_ns()
+        items: list = []
+        for i in range(40):
+            root = _span(f"run-{i}", f"{i:016x}", now)
+            items += [root, ErrorRecord("KeyError", f"user {i} not found", "api", "users", "checkout",
+                                        correlation_id=root.correlation_id, time_ns=now)]
+        killer = _ExitsTheWriter()
+        items.insert(45, killer)  # in the fifth chunk
+        result, left, refused = writer.write(items)
+        assert "died" in (result.error or "") and not refused and writer.restarts == 1
+        assert left == items[40:] and result.left == len(left)
+        assert (result.counts["runs"], _count(store, "spans"), _count(store, "errors")) == (20, 20, 20)
+        left.remove(killer)
+        result, left, refused = writer.write(left)  # the retry: a new child
+        assert (left, refused, result.error) == ([], [], None)
+        assert (_count(store, "spans"), _count(store, "errors"), _count(store, "runs")) == (40, 40, 40)
+    finally:
+        writer.close()
+        store.close()
 
 
 def test_health_shows_the_writer_process_and_a_dead_one(make_exporter):

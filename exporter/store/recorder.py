@@ -783,14 +783,14 @@ class RunRecorder:
         item was stored or dropped as poison; ``(the items not yet written, the error)`` when the database is
         unavailable, to be retried as they are."""
         if self.writer is not None:
-            result, sent, unsent = self.writer.write(batch)
+            result, left, unsent = self.writer.write(batch)
             for item, e in unsent:
                 self._poison(item, e)
             for what, kind, msg in result.poisoned:
                 self._poisoned(what, kind, msg)
             self._count(result.counts)
-            if result.left:
-                return sent[len(sent) - result.left:], WriterOutage(result.error or "unavailable", result.left)
+            if left:
+                return left, WriterOutage(result.error or "unavailable", len(left))
             return [], None
         left, error, counts, poisoned = write_isolating(self.store, batch)
         self._count(counts)
