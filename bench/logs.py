@@ -36,6 +36,7 @@ import argparse
 import os
 import random
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -366,6 +367,8 @@ def main() -> None:
                       f"{r['extra_db_pct_of_a_core']:+.2f} % of a core; stored {r['stored']:,} of {r['sent_lines']:,}")
                 print(f"    write path closed loop: {r['closed_loop_lines_per_s']:,.0f} lines/s (100k lines, batches "
                       "of 5,000)", flush=True)
+            if db == "sqlite":
+                shutil.rmtree(tmp, ignore_errors=True)  # a million lines are a gigabyte
     finally:
         if pg is not None:
             pg.stop()

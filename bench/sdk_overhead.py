@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import shutil
 import statistics
 import tempfile
 import time
@@ -83,7 +84,8 @@ def main() -> dict:
                         pass
         return run
 
-    db = f"sqlite:///{tempfile.mkdtemp(prefix='flowscope-bench-sdk-')}/runs.db"
+    tmp = tempfile.mkdtemp(prefix="flowscope-bench-sdk-")
+    db = f"sqlite:///{tmp}/runs.db"
     ex = build(load_config({"series_limit": 100_000, "run_store": False}, environ={}))
     ours = steps_into(ex)
     # Every step also goes to the run store (a tuple on the hot path, a row in the writer thread).
@@ -147,6 +149,7 @@ def main() -> dict:
     ex.close()
     ex_store.close()
     ex_proc.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     ex_loki.pipeline.loki.close(timeout_s=0.1)
     print("== SDK overhead per traced step (enter + exit + aggregation) ==")
     print(f"  OpenTelemetry span, BatchSpanProcessor, no-op exporter  {res['otel']:6.2f} us   (baseline)")
