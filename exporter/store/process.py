@@ -111,6 +111,13 @@ class WriteResult:
     error: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     poisoned: list[tuple[str, str, str]] = field(default_factory=list)
+    #: the child could not unpickle the chunk (an item of a class it cannot import): why; every item of the chunk
+    #: is then poison, and nothing of it was written
+    undecodable: str | None = None
+
+
+class Undecodable(Exception):
+    """An item of a chunk the writer process could not unpickle (see :attr:`WriteResult.undecodable`)."""
 
 
 def encode(items: list[Any]) -> tuple[bytes, list[Any], list[tuple[Any, BaseException]]]:
@@ -213,7 +220,12 @@ def _child(fd: int) -> None:
         if data[:len(_SLOT_TAG)] == _SLOT_TAG:
             slot, n = _SLOT.unpack_from(data, len(_SLOT_TAG))
             data = _read_slot(slots[slot], n)
-        left, error, counts, poisoned = write_isolating(store, decode(data))
+        try:
+            items = decode(data)
+        except Exception as e:  # noqa: BLE001 - a chunk this process cannot read must not end it (and the next)
+            conn.send(WriteResult(undecodable=f"{type(e).__name__}: {str(e)[:300]}"))
+            continue
+        left, error, counts, poisoned = write_isolating(store, items)
         if checkpoint is not None:
             checkpoint.set()
         conn.send(WriteResult(len(left), None if error is None else f"{type(error).__name__}: {error}",
@@ -278,10 +290,15 @@ def _new_slots() -> list[int]:
     make = getattr(os, "memfd_create", None)
     if make is None:
         return []
+    made: list[int] = []
     try:
-        return [make(f"flowscope-writer-{k}") for k in range(2)]
+        for k in range(2):
+            made.append(make(f"flowscope-writer-{k}"))
     except OSError:
+        for fd in made:
+            os.close(fd)
         return []
+    return made
 
 
 class WriterProcess:
@@ -300,6 +317,8 @@ class WriterProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._slots: list[int] = []  # the shared memory files of this child (module docstring)
+        self._writing = False  # a write() is running: slots the child's stop frees are closed by it, not under it
+        self._stale: list[int] = []
         self._lock = threading.Lock()
         self.restarts = 0
 
@@ -328,6 +347,7 @@ class WriterProcess:
                 conn.send((self.url, self.fragments, self.state_max_bytes,
                            logging.getLogger().getEffectiveLevel(), slots))
                 if not conn.poll(self.start_timeout_s):
+                    self._stop_child()  # else the next write would read its late "ready" as an answer
                     raise WriterDied(f"the run store's writer process did not start in {self.start_timeout_s:g} s")
                 kind, detail = conn.recv()
             except (EOFError, OSError):
@@ -348,10 +368,24 @@ class WriterProcess:
         if not self.alive():
             self.restarts += self._proc is not None
             self.start()
+        self._writing = True
+        try:
+            return self._write(items)
+        finally:
+            self._writing = False
+            stale, self._stale = self._stale, []
+            for fd in stale:
+                os.close(fd)
+
+    def _write(self, items: list[Any]) -> tuple[WriteResult, list[Any], list[tuple[Any, BaseException]]]:
+        conn, proc, slots = self._conn, self._proc, self._slots  # once: close() may clear them meanwhile
+        if conn is None or proc is None:
+            return WriteResult(left=len(items), error="the run store's writer process is closed"), list(items), []
         total = WriteResult()
         left: list[Any] = []
         refused: list[tuple[Any, BaseException]] = []
-        most = 2 if self._slots else 1  # chunks handed to the child and not yet answered, at most
+        unreadable: list[list[Any]] = []  # chunks the child could not unpickle: split until the culprit stands alone
+        most = 2 if slots else 1  # chunks handed to the child and not yet answered, at most
         in_flight: deque[list[Any]] = deque()  # their items, oldest first
         encoded: list[Any] = []  # the items of the chunk encoded and not yet sent
         rest = 0  # where the items not yet encoded start
@@ -362,43 +396,57 @@ class WriterProcess:
                 rest += CHUNK_ITEMS
                 refused += bad
                 if len(in_flight) == most:  # the oldest must be answered first: its slot is the one to use
-                    if self._answer(in_flight[0], total, left):
+                    if self._answer(conn, proc, in_flight[0], total, left, refused, unreadable):
                         in_flight.popleft()
                         break  # the database is unavailable: what is encoded and the rest are kept for the retry
                     in_flight.popleft()
-                self._send(data, sent % 2)
+                self._send(conn, slots, data, sent % 2)
                 sent += 1
                 in_flight.append(encoded)
                 encoded = []
             while in_flight:  # every chunk sent is answered, even after an outage: the next batch must not read it
-                self._answer(in_flight[0], total, left)
+                self._answer(conn, proc, in_flight[0], total, left, refused, unreadable)
                 in_flight.popleft()
+            while unreadable:  # rare: halves, one at a time, through slot 0 (nothing else is in flight now)
+                part = unreadable.pop()
+                data, in_flight_part, bad = encode(part)
+                refused += bad
+                if not in_flight_part:
+                    continue
+                in_flight.append(in_flight_part)
+                self._send(conn, slots, data, 0)
+                outage = self._answer(conn, proc, in_flight_part, total, left, refused, unreadable)
+                in_flight.popleft()
+                if outage:
+                    break
         except WriterDied as e:
             total.error = str(e)
-        for chunk in in_flight:
+        except BaseException:
+            if in_flight:  # its answers would be read as the next batch's: this child goes, its chunks are retried
+                self._stop_child(1.0)
+            raise
+        for chunk in (*in_flight, *unreadable):
             left += chunk
         left += encoded
         left += items[rest:]
         total.left = len(left)
         return total, left, refused
 
-    def _send(self, data: bytes, slot: int) -> None:
-        conn = self._conn
-        assert conn is not None
+    def _send(self, conn: Connection, slots: list[int], data: bytes, slot: int) -> None:
         try:
-            if self._slots:
-                _write_slot(self._slots[slot], data)
+            if slots:
+                _write_slot(slots[slot], data)
                 conn.send_bytes(_SLOT_TAG + _SLOT.pack(slot, len(data)))
             else:
                 conn.send_bytes(data)
-        except OSError as e:
+        except OSError as e:  # a closed pipe or slot (close() ran) is a dead child too
             self._died(e)
 
-    def _answer(self, sent: list[Any], total: WriteResult, left: list[Any]) -> bool:
-        """Wait for the child's answer to the chunk of ``sent`` and fold it into ``total`` and ``left``; True when
-        the database did not take all of it."""
-        conn, proc = self._conn, self._proc
-        assert conn is not None and proc is not None
+    def _answer(self, conn: Connection, proc: subprocess.Popen[bytes], sent: list[Any], total: WriteResult,
+                left: list[Any], refused: list[tuple[Any, BaseException]], unreadable: list[list[Any]]) -> bool:
+        """Wait for the child's answer to the chunk of ``sent`` and fold it into ``total``, ``left`` and ``refused``
+        (a chunk the child could not unpickle: its halves into ``unreadable``, or, alone, the item into
+        ``refused``); True when the database did not take all of it."""
         try:
             while not conn.poll(1.0):
                 if proc.poll() is not None:
@@ -406,6 +454,13 @@ class WriterProcess:
             result: WriteResult = conn.recv()
         except (EOFError, OSError, pickle.UnpicklingError) as e:
             self._died(e)
+        if result.undecodable is not None:
+            if len(sent) == 1:
+                refused.append((sent[0], Undecodable(result.undecodable)))
+            else:
+                mid = len(sent) // 2
+                unreadable += (sent[mid:], sent[:mid])
+            return False
         for k, n in result.counts.items():
             total.counts[k] = total.counts.get(k, 0) + n
         total.poisoned += result.poisoned
@@ -416,9 +471,10 @@ class WriterProcess:
         return False
 
     def _died(self, error: BaseException) -> NoReturn:
-        code = self._proc.poll() if self._proc is not None else None
+        proc = self._proc
         self._stop_child()
         self.restarts += 1
+        code = proc.returncode if proc is not None else None
         raise WriterDied(f"the run store's writer process died (exit status {code}): {type(error).__name__}") \
             from error
 
@@ -431,9 +487,12 @@ class WriterProcess:
     def _stop_child(self, timeout_s: float = EXIT_TIMEOUT_S) -> None:
         conn, proc = self._conn, self._proc
         self._conn = self._proc = None
-        for fd in self._slots:
-            os.close(fd)
-        self._slots = []
+        slots, self._slots = self._slots, []
+        if self._writing:  # the write in progress may still touch them: it closes them when it returns
+            self._stale += slots
+        else:
+            for fd in slots:
+                os.close(fd)
         if conn is not None:
             conn.close()
         if proc is not None:

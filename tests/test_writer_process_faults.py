@@ -1,0 +1,204 @@
+"""The writer process under faults: closed mid-batch, an exception between chunks, a slow start, an item it
+cannot unpickle, memfds it cannot make."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+from sqlalchemy import text
+
+from exporter import conventions as c
+from exporter import worker as worker_module
+from exporter.db import make_engine
+from exporter.metrics import MetricStore
+from exporter.model import Span
+from exporter.store import RunRecorder, RunStore, process
+from exporter.store.process import WriterDied, WriterProcess
+
+
+def _count(store, table: str) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def _span(cid: str, sid: str, now: int, **kw) -> Span:
+    return Span(trace_id=cid.ljust(32, "0")[:32], span_id=sid, workflow="checkout", layer="api", component="shop",
+                operation="POST /checkout", start_ns=now - 1000, end_ns=now, correlation_id=cid, **kw)
+
+
+def _dropped(metrics) -> dict[str, float]:
+    reasons = ("shed_runs", "queue_full", "poison", "write_failed", "shutdown", "internal_error")
+    return {r: metrics.value(c.RUN_STORE_DROPPED_TOTAL, {"reason": r}) or 0 for r in reasons}
+
+
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["memfd", "pipe"])
+def test_closing_the_recorder_mid_batch_counts_only_what_it_did_not_write(tmp_path, monkeypatch,
+                                                                                    shared_memory):
+    """RunRecorder.close() closes the writer process even when the worker's shutdown timed out with a batch still
+    in WriterProcess.write(). The write in progress must see a dead child (WriterDied: what it had not had answered
+    is counted write_failed), not an error of its own that would count the whole batch, stored chunks included,
+    as internal_error."""
+    monkeypatch.setattr(process, "CHUNK_ITEMS", 10)
+    monkeypatch.setattr(worker_module, "ABORT_GRACE_S", 0.2)
+    if not shared_memory:
+        monkeypatch.setattr(process, "_new_slots", list)
+    real_encode = process.encode
+    calls: list[int] = []
+    third = threading.Event()
+
+    def slow_encode(items):
+        calls.append(len(items))
+        if len(calls) == 3:  # the writer thread is encoding chunk 3 (a big batch) when the owner closes
+            third.set()
+            time.sleep(2.0)
+        return real_encode(items)
+
+    monkeypatch.setattr(process, "encode", slow_encode)
+    url = f"sqlite:///{tmp_path}/w.db"
+    metrics = MetricStore()
+    store = RunStore(make_engine(url))
+    writer = WriterProcess(url, store.redactor.fragments)
+    rec = RunRecorder(store, metrics, flush_interval_s=3600, writer=writer).start()
+    try:
+        now = time.time_ns()
+        rec.spans([_span(f"run-{i}", f"{i:016x}", now) for i in range(40)])
+        rec.flush(0.05)  # wakes the writer thread: the batch of 40 starts
+        assert third.wait(30)
+        rec.close(timeout_s=0.1)
+        thread = rec.worker._thread
+        if thread is not None:
+            thread.join(30)
+        stored = _count(store, "spans")
+        dropped = _dropped(metrics)
+        assert dropped["internal_error"] == 0, (stored, dropped)
+        # a chunk the child wrote but could not answer (its pipe was closed) is counted write_failed: at least once
+        assert stored <= 40 and stored + sum(dropped.values()) >= 40, (stored, dropped)
+    finally:
+        writer.close()
+        store.close()
+
+
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["memfd", "pipe"])
+def test_an_exception_mid_batch_leaves_no_stale_answer_for_the_next_batch(tmp_path, monkeypatch,
+                                                                                  shared_memory):
+    """Any exception between sending a chunk and reading its answer (here a MemoryError while encoding the next
+    chunk) must not leave answers unread for the next write(), which would take them as its own (and, with memfd
+    slots, could overwrite a slot the child has not read): the child with chunks in flight is stopped."""
+    monkeypatch.setattr(process, "CHUNK_ITEMS", 10)
+    if not shared_memory:
+        monkeypatch.setattr(process, "_new_slots", list)
+    real_encode = process.encode
+    calls: list[int] = []
+
+    def failing_encode(items):
+        calls.append(len(items))
+        if len(calls) == 3:
+            raise MemoryError
+        return real_encode(items)
+
+    url = f"sqlite:///{tmp_path}/w.db"
+    store = RunStore(make_engine(url))
+    writer = WriterProcess(url, store.redactor.fragments).start()
+    try:
+        now = time.time_ns()
+        children = [_span("parent-run", f"{i:016x}", now, parent_span_id="f" * 16) for i in range(40)]  # no runs
+        monkeypatch.setattr(process, "encode", failing_encode)
+        with pytest.raises(MemoryError):
+            writer.write(children)
+        monkeypatch.setattr(process, "encode", real_encode)
+        roots = [_span(f"run-{i}", f"{i:016x}", now) for i in range(5)]
+        result, left, refused = writer.write(roots)
+        stale = writer._conn is not None and writer._conn.poll(1.0)  # an answer no chunk of this batch waits for
+        # (timing decides which symptom shows: the old batch's answer read as this one's, or, with memfd slots,
+        # this chunk pwritten over slot 0 before the child read the old chunk 0 there)
+        assert (left, refused, result.error) == ([], [], None)
+        assert not stale and result.counts.get("runs") == 5  # this batch's answer, and nothing left unread
+        assert _count(store, "runs") == 5
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_new_slots_closes_the_first_memfd_when_the_second_cannot_be_made(monkeypatch):
+    """_new_slots() falls back to the pipe when memfd_create fails; a failure on the second slot (EMFILE,
+    ENOMEM) must not leak the first descriptor."""
+    made: list[int] = []
+    real = os.memfd_create
+
+    def second_fails(name, flags=os.MFD_CLOEXEC):
+        if made:
+            raise OSError(24, "Too many open files")
+        fd = real(name, flags)
+        made.append(fd)
+        return fd
+
+    monkeypatch.setattr(os, "memfd_create", second_fails)
+    assert process._new_slots() == []
+    leaked = []
+    for fd in made:
+        try:
+            os.fstat(fd)
+            leaked.append(fd)
+            os.close(fd)
+        except OSError:
+            pass
+    assert not leaked
+
+
+def test_a_child_slower_to_start_than_start_timeout_is_not_then_used(tmp_path):
+    """start() raises WriterDied when the child has not said "ready" within start_timeout_s; that child must not
+    be used afterwards (its late ("ready", pid) would be read as a chunk's answer, and every later answer would
+    be one chunk late)."""
+    url = f"sqlite:///{tmp_path}/w.db"
+    store = RunStore(make_engine(url))
+    writer = WriterProcess(url, store.redactor.fragments, start_timeout_s=0.01)
+    try:
+        with pytest.raises(WriterDied):
+            writer.start()
+        writer.start_timeout_s = 60  # the next write starts a child that has the time it needs
+        roots = [_span(f"run-{i}", f"{i:016x}", time.time_ns()) for i in range(5)]
+        result, left, refused = writer.write(roots)
+        assert (left, refused) == ([], [])
+        assert result.counts.get("runs") == 5 and _count(store, "runs") == 5
+    finally:
+        writer.close()
+        store.close()
+
+
+class _MainLayer(str):
+    """A str subclass defined in the app's ``__main__`` (a ``class Layer(str, Enum)`` in a script, say): the serving
+    process pickles it by reference, the writer process cannot find it."""
+
+
+_MainLayer.__module__ = "__main__"
+_MainLayer.__qualname__ = "_AppLayer"
+
+
+def test_an_item_the_child_cannot_unpickle_costs_only_itself(tmp_path, monkeypatch):
+    """A fast-path step crosses as it was queued, its layer/component/operation as the app passed them. One the
+    child cannot unpickle (a str enum from the app's __main__, as ``class Layer(str, Enum)`` in a script gives)
+    used to end the child, and every new one the retry started: the store wedged behind it. Its chunk is now
+    split until the item stands alone, which is refused as poison; the rest is stored."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["__main__"], "_AppLayer", _MainLayer, raising=False)
+    url = f"sqlite:///{tmp_path}/w.db"
+    store = RunStore(make_engine(url))
+    writer = WriterProcess(url, store.redactor.fragments).start()
+    try:
+        now = time.time_ns()
+        root = _span("run-1", "1" * 16, now)
+        from exporter.sdk.tracer import RunIds
+
+        run = RunIds(root.correlation_id, root.trace_id, "checkout", "svc")
+        step = (run, _MainLayer("api"), "orders", "create", now - 10, now, "2" * 16, root.span_id)
+        result, left, refused = writer.write([root, step])  # before: the child died on it, and on every retry
+        assert left == [] and _count(store, "spans") == 1, (result.error, writer.restarts)
+        assert [(it, type(e).__name__) for it, e in refused] == [(step, "Undecodable")]
+        assert writer.restarts == 0
+    finally:
+        writer.close()
+        store.close()
