@@ -202,3 +202,25 @@ def test_an_item_the_child_cannot_unpickle_costs_only_itself(tmp_path, monkeypat
     finally:
         writer.close()
         store.close()
+
+
+def test_a_sigterm_to_the_process_group_leaves_the_writer_to_its_pipe(tmp_path):
+    """A supervisor's SIGTERM (systemd's default KillMode, coreutils' timeout) reaches the writer process too: it
+    keeps writing the serving process's last batches, under the same pid, and exits when its pipe closes."""
+    import signal
+
+    url = f"sqlite:///{tmp_path}/w.db"
+    store = RunStore(make_engine(url))
+    writer = WriterProcess(url, store.redactor.fragments).start()
+    pid = writer.pid
+    assert pid is not None
+    try:
+        os.kill(pid, signal.SIGTERM)
+        result, left, refused = writer.write([_span("run-1", "1" * 16, time.time_ns())])
+        assert (left, refused, result.error) == ([], [], None)
+        assert (writer.pid, writer.restarts, _count(store, "spans")) == (pid, 0, 1)
+    finally:
+        writer.close()
+        store.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -26,8 +26,9 @@ step; the child pays the row building, the redaction and the database.
 
 The child is a fresh interpreter (:data:`_CHILD_MAIN`, never a fork: the serving process has
 threads by then, and a fork would copy their locks) on one end of a socket pair. It reads its settings from the
-pipe (the database URL may hold a password, so never from its command line), ignores SIGINT (a terminal's
-Ctrl-C reaches the whole process group; the parent decides when the writer stops) and exits when its pipe
+pipe (the database URL may hold a password, so never from its command line), ignores SIGINT and SIGTERM (a
+terminal's Ctrl-C and a supervisor's SIGTERM reach the whole process group; the parent decides when the writer
+stops) and exits when its pipe
 closes, so it never outlives the parent. If it dies, :meth:`WriterProcess.write` raises :class:`WriterDied`, a
 retryable error to the recorder's retry policy, and the next attempt starts a new one.
 """
@@ -196,7 +197,11 @@ def decode(data: bytes) -> list[Any]:
 def _child(fd: int) -> None:
     """The writer process (:data:`_CHILD_MAIN` with the socket's descriptor): read its settings, then write each
     batch it is sent and answer with a :class:`WriteResult`, until the pipe closes."""
+    # a terminal's Ctrl-C and a supervisor's SIGTERM reach the whole process group (systemd's default KillMode,
+    # coreutils' timeout): the serving process decides when its writer stops, by closing the pipe after its last
+    # batch; a writer that went first would be started again just to write that batch
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = Connection(fd)
     url, fragments, state_max_bytes, level, slots = conn.recv()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[writer]: %(message)s")
