@@ -147,19 +147,7 @@ def worker_scaling(args, pb: bytes) -> dict:
     """``--workers N`` for each N of ``args.workers`` on the whole machine, metrics only and store on."""
     import workers
 
-    counts = [int(w) for w in args.workers.split(",")]
-    out: dict = {}
-    print(f"== worker scaling, whole machine, {args.connections} connections, {args.store_seconds or 10:g} s each ==")
-    for store in (False, True):
-        rows = {w: workers.ingest(w, store, args.store_seconds or 10, args.connections, pb) for w in counts}
-        label = "metrics + run store (SQLite)" if store else "metrics only"
-        for w, r in rows.items():
-            kept = "" if not store else f"; store kept {1 - r['dropped'] / max(1, r['received']):.1%}"
-            print(f"  {label:30s} --workers {w}: {r['spans_per_s']:9,.0f} spans/s{kept}"
-                  + (f"  ({r['spans_per_s'] / rows[counts[0]]['spans_per_s']:.2f}x --workers {counts[0]})"
-                     if w != counts[0] else ""))
-        out["store" if store else "metrics"] = rows
-    return out
+    return workers.scaling([int(w) for w in args.workers.split(",")], args.store_seconds or 10, args.connections, pb)
 
 
 def _metric(text: str, name: str) -> float:

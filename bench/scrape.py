@@ -151,12 +151,7 @@ def main() -> dict:
     if args.workers_series:
         import workers
 
-        results["workers"] = w = workers.scrape(args.workers_series, repeat=3)
-        print(f"== scrape of {args.workers_series:,} series with `serve --workers N`: one process against the "
-              "aggregator channel (rendered by the aggregator, streamed to the worker that was scraped) ==")
-        for fmt, r in w.items():
-            print(f"  {fmt:12s} {r['bytes'] / 1e6:6.1f} MB   one process {r['direct_ms']:7.0f} ms   through the "
-                  f"aggregator {r['channel_ms']:7.0f} ms   = {r['channel_ms'] / r['direct_ms']:.2f}x")
+        results["workers"] = workers.print_scrape(args.workers_series, repeat=3)
     return results
 
 

@@ -90,6 +90,34 @@ def ingest(workers: int, store: bool, seconds: float, connections: int, body: by
     return out
 
 
+def print_scrape(series: int, repeat: int) -> dict:
+    """Measure and print :func:`scrape`: one process against the aggregator channel."""
+    s = scrape(series, repeat)
+    print(f"== scrape of {series:,} step-histogram series: one process against the aggregator channel (rendered by "
+          "the aggregator, streamed to the worker that was scraped) ==")
+    for fmt, r in s.items():
+        print(f"  {fmt:12s} {r['bytes'] / 1e6:6.1f} MB   one process {r['direct_ms']:7.0f} ms   through the "
+              f"aggregator {r['channel_ms']:7.0f} ms   = {r['channel_ms'] / r['direct_ms']:.2f}x")
+    return s
+
+
+def scaling(counts: list[int], seconds: float, connections: int, body: bytes) -> dict:
+    """Measure and print :func:`ingest` for each worker count, metrics only and with the run store; each row
+    against the first count's."""
+    out: dict = {}
+    print(f"== OTLP protobuf ingest over HTTP, whole machine, {connections} connections, {seconds:g} s each ==")
+    for store in (False, True):
+        rows = {w: ingest(w, store, seconds, connections, body) for w in counts}
+        label = "metrics + run store (SQLite, writer process)" if store else "metrics only"
+        for w, r in rows.items():
+            kept = "" if not store else f"; store kept {1 - r['dropped'] / max(1, r['received']):.1%}"
+            ratio = (f"  ({r['spans_per_s'] / rows[counts[0]]['spans_per_s']:.2f}x --workers {counts[0]})"
+                     if w != counts[0] else "")
+            print(f"  {label:45s} --workers {w}: {r['spans_per_s']:9,.0f} spans/s{kept}{ratio}")
+        out["store" if store else "metrics"] = rows
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--series", type=int, default=100_000)
@@ -97,20 +125,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--connections", type=int, default=4)
     args = ap.parse_args()
-    s = scrape(args.series, args.repeat)
-    print(f"== scrape of {args.series:,} step-histogram series: today's single process vs through the aggregator ==")
-    for fmt, r in s.items():
-        print(f"  {fmt:12s} {r['bytes'] / 1e6:6.1f} MB   direct {r['direct_ms']:7.0f} ms   through the channel "
-              f"{r['channel_ms']:7.0f} ms   = {r['channel_ms'] / r['direct_ms']:.2f}x")
-    body = otlp_batch(1000).SerializeToString()
-    print(f"== OTLP protobuf ingest over HTTP, whole machine, {args.connections} connections, {args.seconds:g} s ==")
-    for store in (False, True):
-        rows = {w: ingest(w, store, args.seconds, args.connections, body) for w in (1, 2)}
-        label = "metrics + run store (SQLite, writer process)" if store else "metrics only"
-        for w, r in rows.items():
-            kept = "" if not store else f"; store kept {1 - r['dropped'] / max(1, r['received']):.1%}"
-            print(f"  {label:45s} --workers {w}: {r['spans_per_s']:9,.0f} spans/s{kept}")
-        print(f"  {'':45s} ratio 2/1: {rows[2]['spans_per_s'] / rows[1]['spans_per_s']:.2f}x")
+    print_scrape(args.series, args.repeat)
+    scaling([1, 2], args.seconds, args.connections, otlp_batch(1000).SerializeToString())
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ app and registers :data:`bp`; every view reaches it through :func:`current_expor
 from __future__ import annotations
 
 import time
+from typing import NoReturn
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, request
@@ -160,19 +161,29 @@ def otlp_traces():
         if result.rejected:
             body = {"partialSuccess": {"rejectedSpans": len(result.rejected), "errorMessage": result.summary()}}
         return Response(orjson.dumps(body), status=200, mimetype="application/json")
+    _unsupported_otlp_media_type(ex, mt)
+
+
+def _unsupported_otlp_media_type(ex: Exporter, mt: str) -> NoReturn:
+    """An OTLP route's 415 (traces and logs alike), counted as a refused request."""
     ex.pipeline.reject_request("otlp", "unsupported_media_type")
     raise HttpError(415, "unsupported_media_type",
                     f"Content-Type {mt or '(none)'!r} is not supported; use application/x-protobuf "
                     "or application/json", field="Content-Type")
 
 
-@bp.post(c.NATIVE_SPANS_PATH)
-def native_spans():
-    ex = current_exporter()
+def _require_native_json(ex: Exporter) -> None:
+    """A native route's 415 unless the body is JSON, counted as a refused request."""
     if _media_type() != "application/json":
         ex.pipeline.reject_request(c.FORMAT_NATIVE, "unsupported_media_type")
         raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json",
                         field="Content-Type")
+
+
+@bp.post(c.NATIVE_SPANS_PATH)
+def native_spans():
+    ex = current_exporter()
+    _require_native_json(ex)
     result = _accept(ex, c.FORMAT_NATIVE, lambda: native.decode(_json(read_body(ex.config.max_body_bytes))))
     body = {"accepted": len(result.spans) + len(result.errors), "rejected": len(result.rejected),
             "errors": [{"index": r.index, "reason": r.reason, "message": r.detail} for r in result.rejected[:20]]}
@@ -331,20 +342,14 @@ def otlp_logs():
         if result.rejected:
             body = {"partialSuccess": {"rejectedLogRecords": len(result.rejected), "errorMessage": result.summary()}}
         return Response(orjson.dumps(body), status=200, mimetype="application/json")
-    ex.pipeline.reject_request("otlp", "unsupported_media_type")
-    raise HttpError(415, "unsupported_media_type",
-                    f"Content-Type {mt or '(none)'!r} is not supported; use application/x-protobuf "
-                    "or application/json", field="Content-Type")
+    _unsupported_otlp_media_type(ex, mt)
 
 
 @bp.post(c.LOGS_PATH)
 def native_logs():
     """Native JSON log lines (``{"lines": [...]}``, :mod:`exporter.decode.otlp_logs`): the SDK's remote mode."""
     ex = current_exporter()
-    if _media_type() != "application/json":
-        ex.pipeline.reject_request(c.FORMAT_NATIVE, "unsupported_media_type")
-        raise HttpError(415, "unsupported_media_type", "Content-Type must be application/json",
-                        field="Content-Type")
+    _require_native_json(ex)
     result = _accept_logs(ex, c.FORMAT_NATIVE,
                           lambda: log_decode.decode_native(_json_body(read_body(ex.config.max_body_bytes))))
     return Response(orjson.dumps(_log_result(result)), mimetype="application/json")

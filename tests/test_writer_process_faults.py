@@ -8,25 +8,14 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import text
 
 from exporter import conventions as c
 from exporter import worker as worker_module
 from exporter.db import make_engine
 from exporter.metrics import MetricStore
-from exporter.model import Span
 from exporter.store import RunRecorder, RunStore, process
 from exporter.store.process import WriterDied, WriterProcess
-
-
-def _count(store, table: str) -> int:
-    with store.engine.connect() as conn:
-        return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
-
-
-def _span(cid: str, sid: str, now: int, **kw) -> Span:
-    return Span(trace_id=cid.ljust(32, "0")[:32], span_id=sid, workflow="checkout", layer="api", component="shop",
-                operation="POST /checkout", start_ns=now - 1000, end_ns=now, correlation_id=cid, **kw)
+from tests.test_writer_process import _count, _span
 
 
 def _dropped(metrics) -> dict[str, float]:
