@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -349,6 +350,7 @@ def main() -> None:
               f"query p95 {1000 * p95(times):.0f} ms, median {1000 * statistics.median(times):.0f} ms over "
               f"{len(times)} HTTP queries (target < 1000 ms); {time.perf_counter() - t0:.0f} s ==")
         print("   per scenario: " + ", ".join(f"{s} {sum(v)}/{len(v)}" for s, v in per.items()), flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     from fingerprints import generate, score  # bench/fingerprints.py, beside this file
 
     from exporter.fingerprint import fingerprint

@@ -20,6 +20,7 @@ destination got.
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import statistics
 import tempfile
@@ -164,6 +165,7 @@ def main() -> dict:
             p.terminate()
         for p in servers.values():  # a dead destination holds its server until the stop deadline (20 s)
             p.wait(60)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

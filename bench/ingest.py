@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -202,6 +203,7 @@ def measure(args, pb: bytes, js: bytes, env: dict) -> dict:
     finally:
         server.terminate()
         server.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -79,6 +80,7 @@ def main() -> None:
             print(f"  {path:32s} {med:8.1f} ms  ({'under' if med < TARGET_MS else 'OVER'} the {TARGET_MS} ms target)")
     finally:
         ex.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ through the API.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -72,6 +73,7 @@ def main() -> None:
     print(f"run page ({a.steps} waterfall rows): {(time.perf_counter() - t0) * 1000:.0f} ms, "
           f"{len(page.data) / 1024:.0f} KiB")
     ex.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _median_ms(fn, repeat: int) -> float:

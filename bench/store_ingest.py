@@ -3,9 +3,10 @@ and what fraction of it the store keeps, per writer.
 
 The server is not pinned: it and its writer process may use every core of the machine, as in production; the
 client posts 1,000-span OTLP protobuf batches over ``--connections`` keep-alive connections as fast as the
-server answers (closed loop). Every batch has trace ids of its own (a 4-byte prefix shared by all its spans'
-trace ids is rewritten per request), so each span is a new row. After the run the writer is given time to
-drain (bounded), then the spans table is counted in the database itself.
+server answers (closed loop). Every batch has trace ids of its own, so each span is a new row: 16 random bytes a
+trace as OpenTelemetry's SDKs make them (``--trace-ids counting``: the request's number in their first 4 bytes, so
+each request's rows follow the last one's in the store's index, as the figures before 2026-11-28 were measured).
+After the run the writer is given time to drain (bounded), then the spans table is counted in the database itself.
 
 Figures per writer: spans/s accepted (wall), spans stored / spans accepted, spans shed (whole runs) and dropped,
 drain time, CPU seconds of the server and of its writer process per 1,000 spans. The named baseline is the
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import socket
 import sqlite3
@@ -47,8 +49,13 @@ from exporter.store.pgcopy import DEFAULT_METHOD, METHOD_ENV, METHODS
 PREFIX = b"\xfa\xce\xb0\x0c"
 
 
-def unique_batches(n_spans: int = 1000):
-    """``body(i)``: the same 1,000-span request with trace ids of its own for each ``i``."""
+def unique_batches(n_spans: int = 1000, trace_ids: str = "random"):
+    """``body(i)``: the same 1,000-span request with trace ids of its own for each ``i``.
+
+    ``random`` (the default): each trace gets 16 random bytes, as OpenTelemetry's SDKs make them, so the rows of a
+    request land all over the store's (correlation_id, span_id) index. ``counting``: the first 4 bytes of every
+    trace id are the request's number, so each request's rows go right after the last one's (the figures before
+    2026-11-28 were measured this way, and flattered a B-tree store)."""
     req = otlp_batch(n_spans)
     for rs in req.resource_spans:
         for ss in rs.scope_spans:
@@ -56,10 +63,28 @@ def unique_batches(n_spans: int = 1000):
                 sp.trace_id = PREFIX + sp.trace_id[4:]
     body = req.SerializeToString()
     assert body.count(PREFIX) == n_spans, "the prefix must appear once per span"
+    if trace_ids == "counting":
+        def body_for(i: int) -> bytes:
+            return body.replace(PREFIX, (0x10000000 + i).to_bytes(4, "big"))
+        return body_for
+    if trace_ids != "random":
+        raise ValueError(f"trace ids: random or counting, not {trace_ids!r}")
+    where: dict[bytes, list[int]] = {}  # each trace's id -> where it starts in the body, once per span
+    at = body.find(PREFIX)
+    while at >= 0:
+        where.setdefault(body[at:at + 16], []).append(at)
+        at = body.find(PREFIX, at + 1)
+    traces = list(where.values())
 
-    def body_for(i: int) -> bytes:
-        return body.replace(PREFIX, (0x10000000 + i).to_bytes(4, "big"))
-    return body_for
+    def random_body_for(i: int) -> bytes:
+        out = bytearray(body)
+        rand = random.Random(i).randbytes
+        for starts in traces:
+            tid = rand(16)
+            for at in starts:
+                out[at:at + 16] = tid
+        return bytes(out)
+    return random_body_for
 
 
 def _metric(text: str, name: str, label: str = "") -> float:
@@ -107,7 +132,7 @@ def count_spans(url: str) -> int:
 
 
 def run(writer: str, seconds: float, connections: int, database_url: str | None, rate: float = 0.0,
-        pg_method: str | None = None, postmaster: int | None = None) -> dict:
+        pg_method: str | None = None, postmaster: int | None = None, trace_ids: str = "random") -> dict:
     tmp = tempfile.mkdtemp(prefix="flowscope-bench-store-")
     url = database_url or f"sqlite:///{tmp}/runs.db"
     before = count_spans(url)  # a --database-url used again: count only this run's spans
@@ -120,7 +145,7 @@ def run(writer: str, seconds: float, connections: int, database_url: str | None,
         env[METHOD_ENV] = pg_method
     server = start_server(port, cpu=cpus, env=env)
     base = f"http://127.0.0.1:{port}"
-    body_for = unique_batches()
+    body_for = unique_batches(trace_ids=trace_ids)
     counter = iter(range(10**9))
     lock = threading.Lock()
     sent = [0] * connections
@@ -205,6 +230,8 @@ def main() -> dict:
                     help="instead of HTTP, the writer alone writing BATCHES batches of 5,000 spans per round "
                          "(on PostgreSQL, per method and round)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of --closed-loop")
+    ap.add_argument("--trace-ids", choices=("random", "counting"), default="random",
+                    help="random (default): as OpenTelemetry makes them; counting: each request's after the last's")
     args = ap.parse_args([] if __name__ != "__main__" else None)
     if args.postgres or (args.database_url or "").startswith("postgres"):
         return main_postgres(args)
@@ -217,7 +244,8 @@ def main() -> dict:
         print(f"== store ingest: {args.seconds:g} s of 1,000-span OTLP protobuf batches, {args.connections} "
               f"connections, {offered}, {os.cpu_count()} cores, server unpinned ==", flush=True)
         for writer in args.writers.split(","):
-            r = results[writer] = run(writer, args.seconds, args.connections, args.database_url, rate)
+            r = results[writer] = run(writer, args.seconds, args.connections, args.database_url, rate,
+                                          trace_ids=args.trace_ids)
             print(f"  writer={writer:8s} {r['spans_per_s']:9,.0f} spans/s accepted; stored {r['stored']:,} of "
                   f"{r['accepted']:,} = {r['stored_fraction']:.4%} ({r['stored_per_s']:,.0f} spans/s); shed "
                   f"{r['shed']:,}, dropped in all {r['dropped']:,}; drained {r['drain_s']:.1f} s after the last "
@@ -230,7 +258,8 @@ def main() -> dict:
     return results
 
 
-def closed_loop(url: str, method: str, batches: int, per_batch: int, postmaster: int | None, seed: int) -> dict:
+def closed_loop(url: str, method: str, batches: int, per_batch: int, postmaster: int | None, seed: int,
+                trace_ids: str = "random") -> dict:
     """The writer alone, as fast as it goes: ``batches`` batches of ``per_batch`` decoded OTLP spans (new trace
     ids each) through ``write_isolating`` in this process, by ``method``. CPU times (this process, the PostgreSQL
     server) say what a span costs whatever else the machine runs; the wall time is the throughput."""
@@ -240,7 +269,7 @@ def closed_loop(url: str, method: str, batches: int, per_batch: int, postmaster:
 
     engine = make_engine(url, bulk_writer=True)  # as the writer process makes it
     writer = RunWriter(engine, pg_method=method)
-    body_for = unique_batches()
+    body_for = unique_batches(trace_ids=trace_ids)
     work = [[sp for j in range(per_batch // 1000) for sp in decode_protobuf(body_for(seed + i * 1000 + j)).spans]
             for i in range(batches)]
     inserting = [0.0]
@@ -297,7 +326,7 @@ def main_postgres(args) -> dict:
                 for m in methods:
                     url = pg.fresh_database() if pg is not None else args.database_url
                     r = results[(rate, writer, m)] = run(writer, args.seconds, args.connections, url, rate, m,
-                                                         postmaster)
+                                                         postmaster, args.trace_ids)
                     offered = f"{rate:,.0f}/s" if rate else "max"
                     print(f"  offered {offered:>8s} writer={writer:7s} method={m:11s} {r['spans_per_s']:8,.0f} spans/s "
                           f"accepted; stored {r['stored']:,} of {r['accepted']:,} = {r['stored_fraction']:.4%} "
@@ -334,7 +363,8 @@ def closed_loop_table(args, methods: list[str], pg, postmaster: int | None) -> d
     for rnd in range(args.rounds):
         for m in methods:  # interleaved, so a busy moment of the machine falls on every method alike
             url = pg.fresh_database() if pg is not None else args.database_url
-            got[m].append(closed_loop(url, m, args.closed_loop, 5000, postmaster, seed=rnd * 10**6))
+            got[m].append(closed_loop(url, m, args.closed_loop, 5000, postmaster, seed=rnd * 10**6,
+                                      trace_ids=args.trace_ids))
     out = {}
     print("| method | spans/s | writer CPU µs/span | PostgreSQL CPU µs/span | big tables' insert µs/span (wall) |")
     print("|---|---|---|---|---|")
@@ -356,7 +386,7 @@ def closed_loop_sqlite(args) -> dict:
     for rnd in range(args.rounds):
         tmp = tempfile.mkdtemp(prefix="flowscope-bench-store-")
         got.append(closed_loop(f"sqlite:///{tmp}/runs.db", DEFAULT_METHOD, args.closed_loop, 5000, None,
-                               seed=rnd * 10**6))
+                               seed=rnd * 10**6, trace_ids=args.trace_ids))
         shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(r[k] for r in got) for k in ("spans_per_s", "writer_us")}
     print(f"  {med['spans_per_s']:,.0f} spans/s, writer CPU {med['writer_us']:.1f} µs per span "

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import statistics
 import tempfile
@@ -56,6 +57,7 @@ def scrape(series: int, repeat: int) -> dict:
     finally:
         agg.close()
         ex.close(0)
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -87,6 +89,7 @@ def ingest(workers: int, store: bool, seconds: float, connections: int, body: by
     finally:
         server.terminate()
         server.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

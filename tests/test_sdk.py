@@ -1,6 +1,7 @@
 import asyncio
 import io
 import logging
+import os
 import threading
 import time
 
@@ -440,6 +441,42 @@ def test_span_ids_are_distinct_sixteen_hex_digits_across_threads(ex, tracer):
         t.join(30)
     assert len(ids) == 8_000 == len(set(ids))
     assert all(len(i) == 16 and int(i, 16) for i in ids) and all(i == i.lower() for i in ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX")
+def test_a_child_forked_mid_run_gives_its_steps_span_ids_its_parent_does_not(tracer):
+    """A run open across ``os.fork`` (a worker pool forked mid-run): the child used to go on with its parent's span
+    id counter, so the steps both recorded in the run got the same ids, and the store kept one of each pair."""
+    import select
+
+    def step_ids(n: int, *, child: bool = False) -> list[str]:
+        out = []
+        for _ in range(n):
+            step = tracer.step("database", "postgres", "SELECT orders")
+            if child:  # a step has its id from its start; the child leaves before recording (no sink threads)
+                out.append(step.__enter__().span_id)
+            else:
+                with step as s:
+                    out.append(s.span_id)
+        return out
+
+    with tracer.workflow("checkout"):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its ids to the pipe, then out at once (the parent's threads are not here)
+            try:
+                os.write(w, ",".join(step_ids(50, child=True)).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        mine = step_ids(50)
+        try:
+            assert select.select([r], [], [], 30)[0], "the forked child sent nothing in 30 s"
+            theirs = os.read(r, 1 << 16).decode().split(",")
+        finally:
+            os.close(r)
+            os.waitpid(pid, 0)
+    assert len(theirs) == 50 and not set(theirs) & set(mine)
 
 
 def test_a_run_leaves_the_process_as_the_ids_its_rows_need_and_nothing_more(tracer):

@@ -1,8 +1,9 @@
 """The writer process under faults: closed mid-batch, an exception between chunks, a slow start, an item it
-cannot unpickle, memfds it cannot make."""
+cannot unpickle, names from the app's own str enums, memfds it cannot make."""
 
 from __future__ import annotations
 
+import enum
 import os
 import threading
 import time
@@ -157,33 +158,67 @@ def test_a_child_slower_to_start_than_start_timeout_is_not_then_used(tmp_path):
         store.close()
 
 
-class _MainLayer(str):
-    """A str subclass defined in the app's ``__main__`` (a ``class Layer(str, Enum)`` in a script, say): the serving
-    process pickles it by reference, the writer process cannot find it."""
+class _AppLayer(enum.StrEnum):
+    """``class Layer(StrEnum)`` in an app's script: the serving process would pickle its members by reference to
+    ``__main__``, which the writer process cannot import."""
+
+    API = "api"
 
 
-_MainLayer.__module__ = "__main__"
-_MainLayer.__qualname__ = "_AppLayer"
+class _AppThing:
+    """Any other object of a class from the app's ``__main__``."""
+
+
+for _cls in (_AppLayer, _AppThing):
+    _cls.__module__ = "__main__"
+
+
+def _store_with_writer(tmp_path):
+    url = f"sqlite:///{tmp_path}/w.db"
+    store = RunStore(make_engine(url))
+    return store, WriterProcess(url, store.redactor.fragments).start()
+
+
+def _step(root, layer):
+    from exporter.sdk.tracer import RunIds
+
+    run = RunIds(root.correlation_id, root.trace_id, "checkout", "svc")
+    return (run, layer, "orders", "create", root.start_ns, root.end_ns, "2" * 16, root.span_id)
+
+
+def test_a_step_named_by_the_apps_own_str_enum_is_stored_with_its_text(tmp_path, monkeypatch):
+    """Fast-path steps cross as the app queued them, names and all. A member of a ``str`` enum from the app's
+    ``__main__`` used to make its chunk undecodable in the writer process (then the step was refused as poison);
+    it now crosses, and is stored, as its text."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["__main__"], "_AppLayer", _AppLayer, raising=False)
+    store, writer = _store_with_writer(tmp_path)
+    try:
+        now = time.time_ns()
+        root = _span("run-1", "1" * 16, now)
+        result, left, refused = writer.write([root, _step(root, _AppLayer.API)])
+        assert (left, refused, result.poisoned) == ([], [], [])
+        with store.engine.connect() as conn:
+            layers = conn.exec_driver_sql("SELECT span_id, layer FROM spans ORDER BY span_id").all()
+        assert [tuple(r) for r in layers] == [("1" * 16, root.layer), ("2" * 16, "api")]
+    finally:
+        writer.close()
+        store.close()
 
 
 def test_an_item_the_child_cannot_unpickle_costs_only_itself(tmp_path, monkeypatch):
-    """A fast-path step crosses as it was queued, its layer/component/operation as the app passed them. One the
-    child cannot unpickle (a str enum from the app's __main__, as ``class Layer(str, Enum)`` in a script gives)
+    """An item the child cannot unpickle (an object of a class from the app's ``__main__`` where a name should be)
     used to end the child, and every new one the retry started: the store wedged behind it. Its chunk is now
     split until the item stands alone, which is refused as poison; the rest is stored."""
     import sys
 
-    monkeypatch.setattr(sys.modules["__main__"], "_AppLayer", _MainLayer, raising=False)
-    url = f"sqlite:///{tmp_path}/w.db"
-    store = RunStore(make_engine(url))
-    writer = WriterProcess(url, store.redactor.fragments).start()
+    monkeypatch.setattr(sys.modules["__main__"], "_AppThing", _AppThing, raising=False)
+    store, writer = _store_with_writer(tmp_path)
     try:
         now = time.time_ns()
         root = _span("run-1", "1" * 16, now)
-        from exporter.sdk.tracer import RunIds
-
-        run = RunIds(root.correlation_id, root.trace_id, "checkout", "svc")
-        step = (run, _MainLayer("api"), "orders", "create", now - 10, now, "2" * 16, root.span_id)
+        step = _step(root, _AppThing())
         result, left, refused = writer.write([root, step])  # before: the child died on it, and on every retry
         assert left == [] and _count(store, "spans") == 1, (result.error, writer.restarts)
         assert [(it, type(e).__name__) for it, e in refused] == [(step, "Undecodable")]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import os
 import threading
 import traceback
 import types
@@ -62,7 +63,19 @@ _Current = tuple["_Run", str]
 # 16 hex digits and never zero (2**64 is 3 * 2**62 steps away). Formatting in a
 # map() makes the whole call C code (about 90 ns, against 185 for an f-string in a
 # function); one C call is atomic under the GIL, like next() on the count alone.
-_span_id: Callable[[], str] = map("%016x".__mod__, itertools.count(getrandbits(62) | (1 << 62))).__next__
+_span_id: Callable[[], str]
+
+
+def _new_span_ids() -> None:
+    """Start the counter afresh. Also in a forked child (``random`` reseeds itself there first): it would go on
+    with its parent's count, and steps the two record in one run would store under one id, one of them lost."""
+    global _span_id
+    _span_id = map("%016x".__mod__, itertools.count(getrandbits(62) | (1 << 62))).__next__
+
+
+_new_span_ids()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_span_ids)
 
 
 def _status_of(exc_type: type[BaseException] | None) -> str:

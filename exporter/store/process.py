@@ -35,6 +35,7 @@ retryable error to the recorder's retry policy, and the next attempt starts a ne
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -121,6 +122,23 @@ class Undecodable(Exception):
     """An item of a chunk the writer process could not unpickle (see :attr:`WriteResult.undecodable`)."""
 
 
+class _Pickler(pickle.Pickler):
+    """Pickles a batch with every ``str`` subclass as plain text. The app's names may be members of its own
+    ``str`` enums (``class Layer(str, Enum)`` in a script: its ``__main__``, which the writer process cannot
+    import), and a row keeps only their text. Exact ``str``, tuples and the other builtins never get here."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, str):
+            return str, (str.__str__(obj),)
+        return NotImplemented
+
+
+def _dumps(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
 def encode(items: list[Any]) -> tuple[bytes, list[Any], list[tuple[Any, BaseException]]]:
     """One batch as the bytes that cross the pipe (see the module docstring), the items they hold, and
     ``(item, error)`` for each item that cannot cross (its row cannot be built, or it cannot be pickled): those
@@ -152,19 +170,19 @@ def encode(items: list[Any]) -> tuple[bytes, list[Any], list[tuple[Any, BaseExce
             if bad:
                 kept.append(it)
     try:
-        return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL), kept, bad
+        return _dumps(out), kept, bad
     except Exception:  # noqa: BLE001 - rare: find the items that cannot be pickled, one by one
         pass
     data, good = [], []
     for it, wire in zip(kept, out):
         try:
-            pickle.dumps(wire, protocol=pickle.HIGHEST_PROTOCOL)
+            _dumps(wire)
         except Exception as e:  # noqa: BLE001 - RecursionError, PicklingError, TypeError: the item is poison
             bad.append((it, e))
         else:
             data.append(wire)
             good.append(it)
-    return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), good, bad
+    return _dumps(data), good, bad
 
 
 _new_span = object.__new__
