@@ -228,6 +228,26 @@ def test_an_item_the_child_cannot_unpickle_costs_only_itself(tmp_path, monkeypat
         store.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="the shared memory slots are Linux's memfd")
+def test_a_burst_of_big_chunks_does_not_keep_its_shared_memory(tmp_path, monkeypatch):
+    """Each chunk crosses through one of two memfds, which grow to the biggest chunk sent. After a burst of spans
+    with big states, small chunks cut them back down: the memory is not held for good."""
+    monkeypatch.setattr(process, "SLOT_KEEP_BYTES", 1 << 20)
+    store, writer = _store_with_writer(tmp_path)
+    try:
+        now = time.time_ns()
+        big = [_span(f"big-{i}", f"{i + 1:016x}", now, state={"blob": f"{i:x}" * 4_000}) for i in range(400)]
+        assert writer.write(big)[1:] == ([], [])
+        assert max(os.fstat(fd).st_size for fd in writer._slots) > 2 << 20  # the burst's chunk, a few MB
+        for k in range(4):  # both slots written again
+            assert writer.write([_span(f"small-{k}", "1" * 16, now)])[1:] == ([], [])
+        assert max(os.fstat(fd).st_size for fd in writer._slots) < 1 << 20
+        assert _count(store, "spans") == 404
+    finally:
+        writer.close()
+        store.close()
+
+
 def test_a_sigterm_to_the_process_group_leaves_the_writer_to_its_pipe(tmp_path):
     """A supervisor's SIGTERM (systemd's default KillMode, coreutils' timeout) reaches the writer process too: it
     keeps writing the serving process's last batches, under the same pid, and exits when its pipe closes."""

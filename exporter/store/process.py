@@ -302,10 +302,17 @@ def _read_slot(fd: int, n: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+#: A slot larger than this and than twice the chunk it now holds is cut down to that chunk: a burst of big chunks
+#: (16 KB states) does not keep its tens of megabytes for good.
+SLOT_KEEP_BYTES = 8 << 20
+
+
 def _write_slot(fd: int, data: bytes) -> None:
     view, done = memoryview(data), 0
     while done < len(data):
         done += os.pwrite(fd, view[done:], done)
+    if os.fstat(fd).st_size > max(2 * done, SLOT_KEEP_BYTES):
+        os.ftruncate(fd, done)
 
 
 def _new_slots() -> list[int]:
