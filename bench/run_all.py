@@ -13,7 +13,7 @@ HERE = Path(__file__).resolve().parent
 
 for script in ("ingest.py", "sdk_overhead.py", "scrape.py", "regression.py", "tcpd.py", "attribution.py",
                "fingerprints.py", "replay.py", "profiler_overhead.py", "sdk_install.py", "sdk_remote.py",
-               "store_ingest.py"):
+               "store_ingest.py", "store_floor.py"):
     print(f"\n$ python bench/{script}", flush=True)
     r = subprocess.run([sys.executable, str(HERE / script)], cwd=HERE)
     if r.returncode:
