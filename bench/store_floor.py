@@ -40,12 +40,12 @@ from exporter.store.process import CHUNK_ITEMS, checkpoint_in_background
 from exporter.store.recorder import write_isolating
 
 
-def chunks(trace_ids: str, n_spans: int):
+def chunks(trace_ids: str, n_spans: int, chunk: int = CHUNK_ITEMS):
     """Pairs of the same chunk of decoded spans, decoded twice: one to build rows from, one to write."""
     body_for = unique_batches(trace_ids=trace_ids)
     per_request = 1000
-    for first in range(0, n_spans, CHUNK_ITEMS):
-        bodies = [body_for(first // per_request + j) for j in range(CHUNK_ITEMS // per_request)]
+    for first in range(0, n_spans, chunk):
+        bodies = [body_for(first // per_request + j) for j in range(chunk // per_request)]
         yield ([s for b in bodies for s in decode_protobuf(b).spans],
                [s for b in bodies for s in decode_protobuf(b).spans])
 
@@ -63,7 +63,7 @@ def thread_cpu(native_id: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(trace_ids: str, n_spans: int) -> list[dict]:
+def run(trace_ids: str, n_spans: int, chunk: int = CHUNK_ITEMS) -> list[dict]:
     tmp = tempfile.mkdtemp(prefix="flowscope-bench-floor-")
     url = f"sqlite:///{tmp}/runs.db"
     RunStore(make_engine(url)).close()  # the schema, as the server makes it
@@ -78,7 +78,7 @@ def run(trace_ids: str, n_spans: int) -> list[dict]:
     mark = n_spans // 4
     checkpointed = 0.0
     try:
-        for built, written in chunks(trace_ids, n_spans):
+        for built, written in chunks(trace_ids, n_spans, chunk):
             t0 = time.thread_time()
             rows_only(store, built)
             t1 = time.thread_time()
@@ -105,19 +105,20 @@ def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spans", type=int, default=2_000_000)
     ap.add_argument("--trace-ids", default="random,counting")
+    ap.add_argument("--chunk", type=int, default=CHUNK_ITEMS, help="spans a transaction (the writer process's chunk)")
     ap.add_argument("--server-us", type=float, default=8.1,
                     help="the serving process's CPU per span with the store off (bench/ingest.py: 122-124k spans "
                          "per server CPU-second on this machine)")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     results = {}
-    print(f"== the SQLite run store's cost per span, in chunks of {CHUNK_ITEMS:,} decoded OTLP spans, "
+    print(f"== the SQLite run store's cost per span, in chunks of {args.chunk:,} decoded OTLP spans, "
           f"to {args.spans:,} stored; µs of CPU per span over each quarter ==")
     print("| trace ids | stored | rows | SQLite | checkpoint | writer in all | ceiling: "
           f"{cores} cores / (server {args.server_us:g} + writer) |")
     print("|---|---|---|---|---|---|---|")
     for mode in args.trace_ids.split(","):
-        results[mode] = got = run(mode, args.spans)
+        results[mode] = got = run(mode, args.spans, args.chunk)
         for r in got:
             us = {k: r[k] / r["n"] * 1e6 for k in ("rows", "sql", "checkpoint")}
             total = sum(us.values())
