@@ -110,6 +110,8 @@ def main() -> dict:
                     help="the serving process's CPU per span with the store off (bench/ingest.py: 122-124k spans "
                          "per server CPU-second on this machine)")
     args = ap.parse_args()
+    if args.chunk < 1000 or args.chunk % 1000:
+        ap.error("--chunk: whole requests of 1,000 spans (1000, 2000, ...)")
     cores = os.cpu_count() or 1
     results = {}
     print(f"== the SQLite run store's cost per span, in chunks of {args.chunk:,} decoded OTLP spans, "

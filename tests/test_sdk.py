@@ -448,6 +448,7 @@ def test_a_child_forked_mid_run_gives_its_steps_span_ids_its_parent_does_not(tra
     """A run open across ``os.fork`` (a worker pool forked mid-run): the child used to go on with its parent's span
     id counter, so the steps both recorded in the run got the same ids, and the store kept one of each pair."""
     import select
+    import signal
 
     def step_ids(n: int, *, child: bool = False) -> list[str]:
         out = []
@@ -471,7 +472,10 @@ def test_a_child_forked_mid_run_gives_its_steps_span_ids_its_parent_does_not(tra
         os.close(w)
         mine = step_ids(50)
         try:
-            assert select.select([r], [], [], 30)[0], "the forked child sent nothing in 30 s"
+            sent = select.select([r], [], [], 30)[0]
+            if not sent:
+                os.kill(pid, signal.SIGKILL)
+            assert sent, "the forked child sent nothing in 30 s"
             theirs = os.read(r, 1 << 16).decode().split(",")
         finally:
             os.close(r)

@@ -239,13 +239,56 @@ def test_a_burst_of_big_chunks_does_not_keep_its_shared_memory(tmp_path, monkeyp
         big = [_span(f"big-{i}", f"{i + 1:016x}", now, state={"blob": f"{i:x}" * 4_000}) for i in range(400)]
         assert writer.write(big)[1:] == ([], [])
         assert max(os.fstat(fd).st_size for fd in writer._slots) > 2 << 20  # the burst's chunk, a few MB
-        for k in range(4):  # both slots written again
+        for k in range(4):  # small batches, one chunk each
             assert writer.write([_span(f"small-{k}", "1" * 16, now)])[1:] == ([], [])
         assert max(os.fstat(fd).st_size for fd in writer._slots) < 1 << 20
         assert _count(store, "spans") == 404
     finally:
         writer.close()
         store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="the shared memory slots are Linux's memfd")
+def test_after_a_burst_over_both_slots_small_batches_cut_both_back(tmp_path, monkeypatch):
+    """A batch of one chunk only writes slot 0: after a burst of batches of several chunks, quiet traffic used to
+    leave slot 1 at the burst's size for good."""
+    monkeypatch.setattr(process, "SLOT_KEEP_BYTES", 1 << 20)
+    monkeypatch.setattr(process, "CHUNK_ITEMS", 200)
+    store, writer = _store_with_writer(tmp_path)
+    try:
+        now = time.time_ns()
+        big = [_span(f"big-{i}", f"{i + 1:016x}", now, state={"blob": f"{i:x}" * 4_000}) for i in range(400)]
+        assert writer.write(big)[1:] == ([], [])  # two chunks: both slots a few MB
+        assert min(os.fstat(fd).st_size for fd in writer._slots) > 1 << 20
+        for k in range(3):
+            assert writer.write([_span(f"small-{k}", "1" * 16, now)])[1:] == ([], [])
+        assert _count(store, "spans") == 403
+        assert max(os.fstat(fd).st_size for fd in writer._slots) < 1 << 20
+    finally:
+        writer.close()
+        store.close()
+
+
+class _ProxyToStr:
+    """Like ``lazy_object_proxy.Proxy``, or a wrapt proxy with ``__reduce__``: it reports its target's class (so
+    ``isinstance(p, str)``) and pickles as its target."""
+
+    def __init__(self, text: str):
+        self._text = text
+
+    @property
+    def __class__(self):
+        return str
+
+    def __reduce__(self):
+        return str, (self._text,)
+
+
+def test_a_name_behind_a_proxy_that_claims_to_be_a_str_crosses_as_it_pickles():
+    step = ("run", _ProxyToStr("api"), "orders", "create", 1, 2, "2" * 16, "1" * 16)
+    data, kept, bad = process.encode([step])
+    assert bad == [] and kept == [step]
+    assert process.decode(data)[0][1] == "api"
 
 
 def test_a_sigterm_to_the_process_group_leaves_the_writer_to_its_pipe(tmp_path):

@@ -35,6 +35,7 @@ retryable error to the recorder's retry policy, and the next attempt starts a ne
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -128,7 +129,7 @@ class _Pickler(pickle.Pickler):
     import), and a row keeps only their text. Exact ``str``, tuples and the other builtins never get here."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, str):
+        if issubclass(type(obj), str):  # not isinstance: a proxy that claims to be a str pickles as it says
             return str, (str.__str__(obj),)
         return NotImplemented
 
@@ -311,8 +312,13 @@ def _write_slot(fd: int, data: bytes) -> None:
     view, done = memoryview(data), 0
     while done < len(data):
         done += os.pwrite(fd, view[done:], done)
-    if os.fstat(fd).st_size > max(2 * done, SLOT_KEEP_BYTES):
-        os.ftruncate(fd, done)
+    _trim_slot(fd, done)
+
+
+def _trim_slot(fd: int, holds: int) -> None:
+    """Cut a slot whose first ``holds`` bytes are still wanted back to them when it is much bigger."""
+    if os.fstat(fd).st_size > max(2 * holds, SLOT_KEEP_BYTES):
+        os.ftruncate(fd, holds)
 
 
 def _new_slots() -> list[int]:
@@ -455,6 +461,9 @@ class WriterProcess:
             if in_flight:  # its answers would be read as the next batch's: this child goes, its chunks are retried
                 self._stop_child(1.0)
             raise
+        if slots and sent < 2 and not in_flight:  # a batch of one chunk leaves slot 1 alone: its last chunk is read
+            with contextlib.suppress(OSError):
+                _trim_slot(slots[1], 0)
         for chunk in (*in_flight, *unreadable):
             left += chunk
         left += encoded
