@@ -332,5 +332,12 @@ ENDPOINTS_UNDOCUMENTED = "flowscope_endpoints_undocumented"
 ENDPOINT_SERIES_DROPPED = "flowscope_endpoint_series_dropped"
 ALERT_ENDPOINT_NO_TRAFFIC = "FlowscopeEndpointNoTraffic"
 RULE_GROUP_ENDPOINTS = "flowscope-endpoints"
+#: Flowscope watching itself: what it received and then lost, as a share, per scraped process (``job``, ``instance``).
+RULE_GROUP_SELF = "flowscope-self"
+ALERT_RUN_STORE_DROPPING = "FlowscopeRunStoreDropping"
+ALERT_LOKI_DROPPING = "FlowscopeLokiDropping"
+ALERT_FORWARD_DROPPING = "FlowscopeForwardDropping"
+#: The share of what came in that may be lost over the rules' rate window before those alerts fire.
+SELF_DROP_RATIO = 0.01
 #: The service and workflow ``flowscope endpoints check`` records its failures under.
 ENDPOINT_CHECK_WORKFLOW = "endpoint-check"

@@ -17,6 +17,7 @@ from backend.rules.generate import rule_groups, to_yaml
 from backend.rules.spec import parse_spec
 from exporter import conventions as c
 from tests.conftest import wait_until
+from tests.fake_loki import FakeLoki
 
 pytestmark = pytest.mark.servers
 
@@ -67,8 +68,9 @@ def _wait(pred, what: str, timeout: float = 60.0):
     return wait_until(pred, timeout=timeout, what=what, interval=0.25)
 
 
-def test_threshold_and_slo_alerts_reach_the_webhook_and_resolve(ex, serve, prometheus, alertmanager, tmp_path):
-    srv = serve(ex)
+def _chain(srv, prometheus, alertmanager, tmp_path):
+    """Prometheus scraping ``srv`` with the generated rules, and Alertmanager routing to its webhook; returns
+    ``(alerts, firing)``: the webhook's record, all or by status, and the firing alerts of one name and labels."""
     spec = _spec(srv.url + c.ALERTS_WEBHOOK_PATH)
     rules = tmp_path / "rules.yml"
     rules.write_text(to_yaml(rule_groups(spec), "test"))
@@ -84,7 +86,12 @@ def test_threshold_and_slo_alerts_reach_the_webhook_and_resolve(ex, serve, prome
     def firing(name, **labels):
         return [a for a in alerts(status="firing") if a["alertname"] == name
                 and all(a["labels"].get(k) == v for k, v in labels.items())]
+    return alerts, firing
 
+
+def test_threshold_and_slo_alerts_reach_the_webhook_and_resolve(ex, serve, prometheus, alertmanager, tmp_path):
+    srv = serve(ex)
+    alerts, firing = _chain(srv, prometheus, alertmanager, tmp_path)
     traffic = Traffic(srv.url)
     breach = time.monotonic()
     traffic.thread.start()
@@ -109,3 +116,27 @@ def test_threshold_and_slo_alerts_reach_the_webhook_and_resolve(ex, serve, prome
     (resolved,) = [a for a in alerts(severity="critical") if a["alertname"] == c.ALERT_STEP_LATENCY_HIGH]
     assert [h["status"] for h in resolved["history"]] == ["firing", "resolved"]
     print(f"\nbreach -> webhook: {breach_to_webhook:.1f}s; recovery -> resolved: {recovery_to_resolved:.1f}s")
+
+
+def test_flowscope_losing_log_lines_reaches_the_webhook(make_exporter, serve, prometheus, alertmanager, tmp_path):
+    """Loki refusing every line, as its distributor refuses entries past its limits: each push's lines are dropped
+    and counted, and the self-monitoring alert goes from the real Prometheus through the real Alertmanager to the
+    webhook, naming the process and the reason."""
+    loki = FakeLoki(refuse=lambda line: "line too long")
+    ex = make_exporter(loki_url=loki.url, loki_batch_wait_s=0.2)
+    srv = serve(ex)
+    _, firing = _chain(srv, prometheus, alertmanager, tmp_path)
+    traffic = Traffic(srv.url)
+    traffic.slow = False  # healthy checkouts: only the log lines are lost
+    traffic.thread.start()
+    try:
+        (lost,) = _wait(lambda: firing(c.ALERT_LOKI_DROPPING), "the Loki alert")
+    finally:
+        traffic.stop.set()
+        traffic.thread.join(5)
+        ex.close()  # before Loki goes: its last lines are refused, not retried against a closed port
+        loki.stop()
+    assert lost["labels"]["instance"] == srv.url.removeprefix("http://")
+    # the lines Loki refused while up (its 400 names each): poison, as the exporter's counter says
+    assert lost["labels"]["reason"] == "poison" and lost["severity"] == "warning"
+    assert loki.accepted == [] and loki.attempts

@@ -115,9 +115,29 @@ def test_promql_parser_rejects_a_broken_expression():
 
 
 @pytest.mark.servers
-def test_every_panel_query_returns_data_from_prometheus_scraping_a_demo_fed_exporter(ex, serve, prometheus, tmp_path):
-    srv = serve(ex)
+def test_every_panel_query_returns_data_from_prometheus_scraping_a_demo_fed_exporter(make_exporter, serve, prometheus,
+                                                                                      tmp_path):
+    import requests
+
+    from exporter.model import Span
     from exporter.store.endpoints import EndpointEntry
+    from tests.fake_loki import FakeLoki
+    from tests.otlp_data import request, span
+    from tests.test_forward import OtlpReceiver
+
+    # Flowscope losing data, so the "Flowscope itself" row has series: Loki refuses every line, the forward
+    # destination refuses the first requests, and the run store gets a span its database refuses
+    loki, rx = FakeLoki(refuse=lambda line: "line too long"), OtlpReceiver()
+    rx.script += [(400, {})] * 2
+    ex = make_exporter(loki_url=loki.url, loki_batch_wait_s=0.2, forward_destinations={"sink": {"url": rx.url}})
+    srv = serve(ex)
+    for i in range(4):
+        requests.post(srv.url + c.OTLP_TRACES_PATH, data=request([span(f"GET /item/{i}")]).SerializeToString(),
+                      headers={"Content-Type": "application/x-protobuf"}, timeout=10).raise_for_status()
+    assert ex.pipeline.recorder is not None
+    ex.pipeline.recorder.spans([Span(trace_id="e" * 32, span_id="e" * 16, workflow="checkout", layer="api",
+                                     component="shop", operation="POST /checkout", start_ns=1, end_ns=2,
+                                     correlation_id="poison", attributes={"retries": 2**65})])
 
     # an endpoint inventory, so the endpoint gauges (the overview's Endpoints row) have series
     ex.runs.register_endpoints("shop", [EndpointEntry("GET", "/api/search", None, None, "manual")], time.time_ns())
@@ -152,5 +172,8 @@ def test_every_panel_query_returns_data_from_prometheus_scraping_a_demo_fed_expo
         still_empty = [q for q in later if not prom.query(concrete(q[2]))]
     finally:
         demo.stop()
+        ex.close()  # before Loki and the receiver go
+        loki.stop()
+        rx.stop()
     assert not todo, "panels with no data:\n" + "\n".join(f"{u} / {t}: {e}" for u, t, e in todo)
     assert later == [] and still_empty == []

@@ -62,7 +62,9 @@ def test_every_alert_has_labels_annotations_and_a_firing_and_a_quiet_test():
     assert {a["alert"] for a in alerts} == {c.ALERT_STEP_LATENCY_HIGH, c.ALERT_STEP_ERROR_RATE_HIGH,
                                             c.ALERT_CACHE_HIT_RATE_LOW, c.ALERT_MEMORY_USAGE_HIGH,
                                             c.ALERT_CPU_USAGE_HIGH, c.ALERT_SLO_BURN_RATE, c.ALERT_WORKFLOW_DATA_ABSENT,
-                                            c.ALERT_REGRESSION_DETECTED, c.ALERT_ENDPOINT_NO_TRAFFIC}
+                                            c.ALERT_REGRESSION_DETECTED, c.ALERT_ENDPOINT_NO_TRAFFIC,
+                                            c.ALERT_RUN_STORE_DROPPING, c.ALERT_LOKI_DROPPING,
+                                            c.ALERT_FORWARD_DROPPING}
     for a in alerts:
         assert a["labels"][c.L_SEVERITY] in (c.SEVERITY_WARNING, c.SEVERITY_CRITICAL)
         assert {"summary", "description", "dashboard_url"} <= set(a["annotations"])

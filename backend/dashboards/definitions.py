@@ -6,12 +6,13 @@ spec (thresholds, SLO recording rules), so renames and spec changes flow here.
 
 from __future__ import annotations
 
+from grafana_foundation_sdk.builders import common as common_builder
 from grafana_foundation_sdk.builders import dashboard, heatmap, logs, stat, table, timeseries
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.dashboard import Threshold, ThresholdsMode
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from backend.rules.generate import L_SLO_TYPE, prom_seconds, quote
+from backend.rules.generate import L_SLO_TYPE, SELF_ALERTS, loss_ratio, prom_seconds, quote
 from backend.rules.spec import Spec
 from exporter import conventions as c
 
@@ -72,7 +73,29 @@ def overview(spec: Spec) -> dashboard.Dashboard:
             "Routes in server spans that the service's endpoint inventory does not list.").datasource(PROM)
             .span(4).height(9).with_target(prom(f"max by ({c.L_SERVICE}) ({c.ENDPOINTS_UNDOCUMENTED})",
                                                 f"{{{{{c.L_SERVICE}}}}}")))
+        .with_row(dashboard.Row("Flowscope itself"))
+        .with_panel(_self_loss().span(12).height(8))
+        .with_panel(ts("Queued to store and to push", "Spans and records waiting for the run store's writer, and log "
+                       "lines waiting for Loki, per Flowscope process. A queue that keeps growing is a writer or a "
+                       "Loki behind; past its bound, what comes in is shed and counted.", "short").span(12).height(8)
+                    .with_target(prom(f"sum by (instance) ({c.RUN_STORE_QUEUE_SPANS})", "run store {{instance}}"))
+                    .with_target(prom(f"sum by (instance) ({c.LOKI_QUEUE_LINES})", "Loki {{instance}}")))
     )
+
+
+def _self_loss() -> timeseries.Panel:
+    """What each Flowscope process received and lost, as a share, per reason: the self-monitoring alerts' ratios,
+    with their threshold."""
+    p = ts("Data lost, as a share of what came in", "Spans and records the run store did not keep, log lines not "
+           "pushed to Loki, OTLP requests not forwarded, per process and reason. The Flowscope*Dropping alerts fire "
+           f"above {c.SELF_DROP_RATIO:.0%} held for the alert spec's `for`.", "percentunit")
+    for entry in SELF_ALERTS:
+        extra = "".join(f" {{{{{x}}}}}" for x in entry[3])
+        what = entry[0].removeprefix("Flowscope").removesuffix("Dropping")  # RunStore, Loki, Forward
+        p = p.with_target(prom(loss_ratio(entry, RATE), f"{what} {{{{instance}}}}{extra} {{{{{c.L_REASON}}}}}"))
+    return p.thresholds(dashboard.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([
+        Threshold(value=None, color="green"), Threshold(value=c.SELF_DROP_RATIO, color="red")])).thresholds_style(
+        common_builder.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.DASHED))
 
 
 _EP = f"{c.L_SERVICE}, {c.L_METHOD}, {c.L_ROUTE}"

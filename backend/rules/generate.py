@@ -286,6 +286,56 @@ def endpoint_no_traffic_alert(spec: Spec) -> dict[str, Any]:
     }
 
 
+#: (alert, counter of what was lost, counters of what came in (summed), labels beyond job and instance, what is
+#: lost, what happened)
+SELF_ALERTS = (
+    (c.ALERT_RUN_STORE_DROPPING, c.RUN_STORE_DROPPED_TOTAL, (c.SPANS_RECEIVED_TOTAL,), (), "The run store",
+     "the run store did not keep spans and records it received (shed_runs: whole runs left out because the writer "
+     "is behind; the store's pace is in the README's Scale section)"),
+    (c.ALERT_LOKI_DROPPING, c.LOKI_LINES_DROPPED_TOTAL, (c.LOKI_LINES_SENT_TOTAL, c.LOKI_LINES_DROPPED_TOTAL), (),
+     "Pushing to Loki", "log lines were given up on instead of pushed to Loki"),
+    (c.ALERT_FORWARD_DROPPING, c.FORWARD_DROPPED_TOTAL, (c.FORWARD_SENT_TOTAL, c.FORWARD_DROPPED_TOTAL),
+     (c.L_DESTINATION,), "Forwarding to {{ $labels.destination }}",
+     "received OTLP requests were given up on instead of forwarded"),
+)
+
+
+def loss_ratio(entry: tuple, window: str) -> str:
+    """PromQL: the share of what came in that one :data:`SELF_ALERTS` entry lost over ``window``, per scraped
+    process and reason (and destination)."""
+    _, dropped, came_in, extra, _, _ = entry
+    on = ", ".join(("job", "instance", *extra))
+    # one selector for every counter of what came in: a sum of two would be empty where one has no series yet
+    # (nothing sent since start, say), and then so would the alert
+    came = came_in[0] if len(came_in) == 1 else "{__name__=~" + quote("|".join(came_in)) + "}"
+    return (f"sum by ({on}, {c.L_REASON}) (rate({dropped}[{window}])) / on ({on}) group_left "
+            f"sum by ({on}) (rate({came}[{window}]))")
+
+
+def self_alerts(spec: Spec) -> list[dict[str, Any]]:
+    """Flowscope losing what it received: more than :data:`~exporter.conventions.SELF_DROP_RATIO` of it over the
+    rate window, per scraped process and reason (and destination), for ``defaults.for``. Every loss is counted
+    (``*_dropped_total{reason}``); these make a lasting one reach someone."""
+    out = []
+    w = spec.rate_window
+    for entry in SELF_ALERTS:
+        alert, dropped, _, extra, who, what = entry
+        where = "{{ $labels.instance }}" + "".join(f" {{{{ $labels.{x} }}}}" for x in extra)
+        out.append({
+            "alert": alert,
+            "expr": f"{loss_ratio(entry, w)} > {_num(c.SELF_DROP_RATIO)}",
+            "for": spec.for_,
+            "labels": {c.L_SEVERITY: c.SEVERITY_WARNING},
+            "annotations": {
+                "summary": f"{who} is losing data on {{{{ $labels.instance }}}} ({{{{ $labels.reason }}}})",
+                "description": (f"Over {w}, more than {c.SELF_DROP_RATIO:.0%} of what came in was lost on {where}: "
+                                f"{what}; reason {{{{ $labels.reason }}}}. See {dropped}."),
+                "dashboard_url": f"{spec.grafana_url}/d/{c.DASHBOARD_OVERVIEW}",
+            },
+        })
+    return out
+
+
 def rule_groups(spec: Spec) -> dict[str, Any]:
     """The whole Prometheus rule file as a dict, in a fixed order."""
     groups = []
@@ -303,6 +353,7 @@ def rule_groups(spec: Spec) -> dict[str, Any]:
     groups.append({"name": c.RULE_GROUP_REGRESSIONS, "rules": [regression_alert(spec)]})
     if spec.endpoint_no_traffic_for is not None:
         groups.append({"name": c.RULE_GROUP_ENDPOINTS, "rules": [endpoint_no_traffic_alert(spec)]})
+    groups.append({"name": c.RULE_GROUP_SELF, "rules": self_alerts(spec)})
     return {"groups": groups}
 
 

@@ -16,12 +16,14 @@ from exporter.metrics import float_to_go_string
 
 from ..errors import SpecError
 from .generate import (
+    SELF_ALERTS,
     absent_alert,
     endpoint_no_traffic_alert,
     prom_seconds,
     quote,
     regression_alert,
     seen_absent_alert,
+    self_alerts,
     slo_alerts,
     threshold_alert,
 )
@@ -266,6 +268,30 @@ def _endpoint_cases(spec: Spec) -> list[dict[str, Any]]:
          "exp_alerts": []}]}]
 
 
+def _self_cases(spec: Spec) -> list[dict[str, Any]]:
+    """Per self alert: a process losing 10 % of what came in (fires), one losing 0.5 % (quiet), and, where what
+    came in is counted as kept plus lost, a process that has lost everything and kept nothing (fires)."""
+    end = int(_minutes(spec.rate_window) + _minutes(spec.for_)) + 5
+    cases = []
+    for rule, (alert, dropped, came_in, extra, _, _) in zip(self_alerts(spec), SELF_ALERTS, strict=True):
+        losing, healthy, silent = ({"job": "flowscope", "instance": i, **dict.fromkeys(extra, "tempo")}
+                                   for i in ("a:9464", "b:9464", "c:9464"))
+        kept_and_lost = len(came_in) > 1  # else came_in[0] counts everything that came in
+        inputs, firing = [], [{**losing, c.L_REASON: "queue_full"}]
+        for labels, lost in ((losing, 10.0), (healthy, 0.5)):
+            inputs += [{"series": _series(dropped, {**labels, c.L_REASON: "queue_full"}),
+                        "values": _counter(lost, end)},
+                       {"series": _series(came_in[0], labels), "values": _counter(100 - lost * kept_and_lost, end)}]
+        if kept_and_lost:
+            firing.append({**silent, c.L_REASON: "retries_exhausted"})
+            inputs.append({"series": _series(dropped, firing[-1]), "values": _counter(5, end)})
+        cases.append({"interval": "1m", "input_series": inputs, "alert_rule_test": [
+            {"eval_time": f"{end}m", "alertname": alert, "exp_alerts": [_expected(rule, f) for f in firing]},
+            # before ``for`` has held: pending, not firing
+            {"eval_time": f"{int(_minutes(spec.for_)) // 2 + 1}m", "alertname": alert, "exp_alerts": []}]})
+    return cases
+
+
 def promtool_tests(spec: Spec, rule_file: str) -> dict[str, Any]:
     """Threshold, absent-data and regression cases, evaluated every minute (``for:`` needs it)."""
     tests = [case for t in spec.thresholds for case in _threshold_cases(spec, t)] + _regression_cases(spec)
@@ -273,6 +299,7 @@ def promtool_tests(spec: Spec, rule_file: str) -> dict[str, Any]:
     tests += [case for w in workflows for case in _absent_cases(spec, w, workflows)]
     if spec.has_defaults:
         tests += _seen_absent_cases(spec)
+    tests += _self_cases(spec)
     return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": tests}
 
 
