@@ -90,8 +90,8 @@ def _self_loss() -> timeseries.Panel:
            "pushed to Loki, OTLP requests not forwarded, per process and reason. The Flowscope*Dropping alerts fire "
            f"above {c.SELF_DROP_RATIO:.0%} held for the alert spec's `for`.", "percentunit")
     for entry in SELF_ALERTS:
-        extra = "".join(f" {{{{{x}}}}}" for x in entry[3])
-        what = entry[0].removeprefix("Flowscope").removesuffix("Dropping")  # RunStore, Loki, Forward
+        extra = "".join(f" {{{{{x}}}}}" for x in entry.extra)
+        what = entry.alert.removeprefix("Flowscope").removesuffix("Dropping")  # RunStore, Loki, Forward
         p = p.with_target(prom(loss_ratio(entry, RATE), f"{what} {{{{instance}}}}{extra} {{{{{c.L_REASON}}}}}"))
     return p.thresholds(dashboard.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([
         Threshold(value=None, color="green"), Threshold(value=c.SELF_DROP_RATIO, color="red")])).thresholds_style(

@@ -17,7 +17,7 @@ workflows seen in the last :data:`SEEN_WINDOW`; a named SLO's covers its workflo
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -286,29 +286,41 @@ def endpoint_no_traffic_alert(spec: Spec) -> dict[str, Any]:
     }
 
 
-#: (alert, counter of what was lost, counters of what came in (summed), labels beyond job and instance, what is
-#: lost, what happened)
+class SelfAlert(NamedTuple):
+    """One of Flowscope's alerts on itself (:data:`SELF_ALERTS`)."""
+
+    alert: str
+    #: the counter of what was lost, by ``reason``
+    dropped: str
+    #: the counters of what came in, summed (the lost included)
+    came_in: tuple[str, ...]
+    #: labels beyond ``job`` and ``instance`` the ratio is kept by
+    extra: tuple[str, ...]
+    #: what loses, for the summary; and what happened, for the description
+    who: str
+    what: str
+
+
 SELF_ALERTS = (
-    (c.ALERT_RUN_STORE_DROPPING, c.RUN_STORE_DROPPED_TOTAL, (c.SPANS_RECEIVED_TOTAL,), (), "The run store",
-     "the run store did not keep spans and records it received (shed_runs: whole runs left out because the writer "
-     "is behind; the store's pace is in the README's Scale section)"),
-    (c.ALERT_LOKI_DROPPING, c.LOKI_LINES_DROPPED_TOTAL, (c.LOKI_LINES_SENT_TOTAL, c.LOKI_LINES_DROPPED_TOTAL), (),
-     "Pushing to Loki", "log lines were given up on instead of pushed to Loki"),
-    (c.ALERT_FORWARD_DROPPING, c.FORWARD_DROPPED_TOTAL, (c.FORWARD_SENT_TOTAL, c.FORWARD_DROPPED_TOTAL),
-     (c.L_DESTINATION,), "Forwarding to {{ $labels.destination }}",
-     "received OTLP requests were given up on instead of forwarded"),
+    SelfAlert(c.ALERT_RUN_STORE_DROPPING, c.RUN_STORE_DROPPED_TOTAL, (c.SPANS_RECEIVED_TOTAL,), (), "The run store",
+              "the run store did not keep spans and records it received (shed_runs: whole runs left out because "
+              "the writer is behind; the store's pace is in the README's Scale section)"),
+    SelfAlert(c.ALERT_LOKI_DROPPING, c.LOKI_LINES_DROPPED_TOTAL, (c.LOKI_LINES_SENT_TOTAL, c.LOKI_LINES_DROPPED_TOTAL),
+              (), "Pushing to Loki", "log lines were given up on instead of pushed to Loki"),
+    SelfAlert(c.ALERT_FORWARD_DROPPING, c.FORWARD_DROPPED_TOTAL, (c.FORWARD_SENT_TOTAL, c.FORWARD_DROPPED_TOTAL),
+              (c.L_DESTINATION,), "Forwarding to {{ $labels.destination }}",
+              "received OTLP requests were given up on instead of forwarded"),
 )
 
 
-def loss_ratio(entry: tuple, window: str) -> str:
-    """PromQL: the share of what came in that one :data:`SELF_ALERTS` entry lost over ``window``, per scraped
-    process and reason (and destination)."""
-    _, dropped, came_in, extra, _, _ = entry
-    on = ", ".join(("job", "instance", *extra))
+def loss_ratio(entry: SelfAlert, window: str) -> str:
+    """PromQL: the share of what came in that ``entry`` lost over ``window``, per scraped process and reason (and
+    destination)."""
+    on = ", ".join(("job", "instance", *entry.extra))
     # one selector for every counter of what came in: a sum of two would be empty where one has no series yet
     # (nothing sent since start, say), and then so would the alert
-    came = came_in[0] if len(came_in) == 1 else "{__name__=~" + quote("|".join(came_in)) + "}"
-    return (f"sum by ({on}, {c.L_REASON}) (rate({dropped}[{window}])) / on ({on}) group_left "
+    came = entry.came_in[0] if len(entry.came_in) == 1 else "{__name__=~" + quote("|".join(entry.came_in)) + "}"
+    return (f"sum by ({on}, {c.L_REASON}) (rate({entry.dropped}[{window}])) / on ({on}) group_left "
             f"sum by ({on}) (rate({came}[{window}]))")
 
 
@@ -319,17 +331,16 @@ def self_alerts(spec: Spec) -> list[dict[str, Any]]:
     out = []
     w = spec.rate_window
     for entry in SELF_ALERTS:
-        alert, dropped, _, extra, who, what = entry
-        where = "{{ $labels.instance }}" + "".join(f" {{{{ $labels.{x} }}}}" for x in extra)
+        where = "{{ $labels.instance }}" + "".join(f" {{{{ $labels.{x} }}}}" for x in entry.extra)
         out.append({
-            "alert": alert,
+            "alert": entry.alert,
             "expr": f"{loss_ratio(entry, w)} > {_num(c.SELF_DROP_RATIO)}",
             "for": spec.for_,
             "labels": {c.L_SEVERITY: c.SEVERITY_WARNING},
             "annotations": {
-                "summary": f"{who} is losing data on {{{{ $labels.instance }}}} ({{{{ $labels.reason }}}})",
+                "summary": f"{entry.who} is losing data on {{{{ $labels.instance }}}} ({{{{ $labels.reason }}}})",
                 "description": (f"Over {w}, more than {c.SELF_DROP_RATIO:.0%} of what came in was lost on {where}: "
-                                f"{what}; reason {{{{ $labels.reason }}}}. See {dropped}."),
+                                f"{entry.what}; reason {{{{ $labels.reason }}}}. See {entry.dropped}."),
                 "dashboard_url": f"{spec.grafana_url}/d/{c.DASHBOARD_OVERVIEW}",
             },
         })

@@ -273,22 +273,23 @@ def _self_cases(spec: Spec) -> list[dict[str, Any]]:
     came in is counted as kept plus lost, a process that has lost everything and kept nothing (fires)."""
     end = int(_minutes(spec.rate_window) + _minutes(spec.for_)) + 5
     cases = []
-    for rule, (alert, dropped, came_in, extra, _, _) in zip(self_alerts(spec), SELF_ALERTS, strict=True):
-        losing, healthy, silent = ({"job": "flowscope", "instance": i, **dict.fromkeys(extra, "tempo")}
+    for rule, entry in zip(self_alerts(spec), SELF_ALERTS, strict=True):
+        losing, healthy, silent = ({"job": "flowscope", "instance": i, **dict.fromkeys(entry.extra, "tempo")}
                                    for i in ("a:9464", "b:9464", "c:9464"))
-        kept_and_lost = len(came_in) > 1  # else came_in[0] counts everything that came in
+        kept_and_lost = len(entry.came_in) > 1  # else came_in[0] counts everything that came in
         inputs, firing = [], [{**losing, c.L_REASON: "queue_full"}]
         for labels, lost in ((losing, 10.0), (healthy, 0.5)):
-            inputs += [{"series": _series(dropped, {**labels, c.L_REASON: "queue_full"}),
+            inputs += [{"series": _series(entry.dropped, {**labels, c.L_REASON: "queue_full"}),
                         "values": _counter(lost, end)},
-                       {"series": _series(came_in[0], labels), "values": _counter(100 - lost * kept_and_lost, end)}]
+                       {"series": _series(entry.came_in[0], labels),
+                        "values": _counter(100 - lost * kept_and_lost, end)}]
         if kept_and_lost:
             firing.append({**silent, c.L_REASON: "retries_exhausted"})
-            inputs.append({"series": _series(dropped, firing[-1]), "values": _counter(5, end)})
+            inputs.append({"series": _series(entry.dropped, firing[-1]), "values": _counter(5, end)})
         cases.append({"interval": "1m", "input_series": inputs, "alert_rule_test": [
-            {"eval_time": f"{end}m", "alertname": alert, "exp_alerts": [_expected(rule, f) for f in firing]},
+            {"eval_time": f"{end}m", "alertname": entry.alert, "exp_alerts": [_expected(rule, f) for f in firing]},
             # before ``for`` has held: pending, not firing
-            {"eval_time": f"{int(_minutes(spec.for_)) // 2 + 1}m", "alertname": alert, "exp_alerts": []}]})
+            {"eval_time": f"{int(_minutes(spec.for_)) // 2 + 1}m", "alertname": entry.alert, "exp_alerts": []}]})
     return cases
 
 
