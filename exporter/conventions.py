@@ -280,6 +280,11 @@ FLAMEGRAPH_PATH = "/api/v1/flamegraph"
 RUNS_STORED_TOTAL = "flowscope_runs_stored_total"
 RUN_STORE_QUEUE_SPANS = "flowscope_run_store_queue_spans"
 RUN_STORE_DROPPED_TOTAL = "flowscope_run_store_dropped_total"
+RUN_STORE_WRITTEN_TOTAL = "flowscope_run_store_written_total"
+#: The reasons RUN_STORE_DROPPED_TOTAL and LOKI_LINES_DROPPED_TOTAL count under, each present from the start at 0
+#: (``rate()`` needs a sample before the first drop to see it).
+RUN_STORE_DROP_REASONS = ("shed_runs", "queue_full", "poison", "write_failed", "shutdown", "internal_error")
+LOKI_DROP_REASONS = ("queue_full", "poison", "rejected", "retries_exhausted", "shutdown", "internal_error")
 RUN_STORE_WRITE_FAILURES_TOTAL = "flowscope_run_store_write_failures_total"
 RUN_STORE_SWEPT_TOTAL = "flowscope_run_store_swept_runs_total"
 STATE_TRUNCATED_TOTAL = "flowscope_state_snapshots_truncated_total"

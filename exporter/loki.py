@@ -247,6 +247,10 @@ class LokiPusher:
                                      "poison (an entry that cannot be encoded or that Loki refused; the rest of its "
                                      "batch was sent), rejected, retries_exhausted, shutdown, internal_error.",
                                      (c.L_REASON,))
+        with store.lock:  # every reason present from the start, at 0, for rate() and the FlowscopeLokiDropping alert
+            self.sent.inc((), 0)
+            for reason in c.LOKI_DROP_REASONS:
+                self.dropped.inc((reason,), 0)
         self._store = store
         self._redact_value = _value_redactor(config.redact)
         self.worker: BatchWorker[Entry | Span | LogLine] = BatchWorker(

@@ -230,3 +230,20 @@ def test_the_demo_keeps_runs_an_hour_unless_told_otherwise(tmp_path):
     conf.write_text("run_retention_s: 7200\n")
     assert load_config(environ={}, file=str(conf), base=demo_defaults()).run_retention_s == 7200
     assert load_config(environ={}).run_retention_s == 30 * 86400  # without --demo, the default stands
+
+
+def test_the_generated_cases_pass_for_a_spec_whose_for_is_0s(tmp_path):
+    """``defaults.for: 0s`` is a valid spec: every generated case holds for it too (the self alerts' "pending before
+    ``for`` has held" case has nothing to be pending in)."""
+    from backend.rules.generate import rule_groups
+    from backend.rules.promtool_tests import promtool_tests
+
+    require_binary("promtool")
+    spec = parse_spec({"apiVersion": "flowscope/v1", "kind": "AlertSpec", "defaults": {"for": "0s"},
+                       "thresholds": [{"layer": "api", "metric": "response_time", "warning": "500ms",
+                                       "critical": "2000ms"}]})
+    (tmp_path / "rules.yml").write_text(to_yaml(rule_groups(spec), "test"))
+    (tmp_path / "test.yml").write_text(to_yaml(promtool_tests(spec, "rules.yml"), "test"))
+    r = subprocess.run(["promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from backend.dashboards.build import dashboards as grafana_dashboards
+from backend.rules.generate import SELF_ALERTS
 from backend.rules.spec import Spec, load_spec
 from exporter import conventions as c
 
@@ -69,6 +70,13 @@ def _endpoint_alert(spec: Spec) -> list[Unmapped]:
                      "gauge has no generated monitor or condition: it fires in Prometheus only")]
 
 
+#: Flowscope's alerts on itself (the rule group ``flowscope-self``): Prometheus-only.
+SELF = Unmapped("Datadog and New Relic", ", ".join(e.alert for e in SELF_ALERTS),
+                "Flowscope's counters of what it dropped and wrote, pushed and forwarded are not among the scraped "
+                "metrics the tools get, and the alerts on their ratios have no generated monitor or condition: they "
+                "fire in Prometheus only")
+
+
 def render_all(spec_path: str, spec: Spec | None = None, target: str = DEFAULT_TARGET) -> dict[str, str]:
     spec = spec or load_spec(spec_path)
     source = os.path.relpath(spec_path) if os.path.isabs(spec_path) else spec_path
@@ -84,7 +92,7 @@ def render_all(spec_path: str, spec: Spec | None = None, target: str = DEFAULT_T
         NEWRELIC_POLICY: to_json({"policy": newrelic.policy()}),
         NEWRELIC_CONDITIONS: to_json([{"condition": x} for x in newrelic.conditions(spec)]),
         UNMAPPED: unmapped_markdown(skipped + datadog.unmapped(spec) + newrelic.unmapped(spec) + _endpoint_alert(spec)
-                                     + [ROUTING], source),
+                                     + [SELF, ROUTING], source),
     }
     for uid, d in dash.items():
         files[DATADOG_DASHBOARDS.format(uid=uid)] = to_json(as_dict(d))

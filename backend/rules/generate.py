@@ -302,8 +302,9 @@ class SelfAlert(NamedTuple):
 
 
 SELF_ALERTS = (
-    SelfAlert(c.ALERT_RUN_STORE_DROPPING, c.RUN_STORE_DROPPED_TOTAL, (c.SPANS_RECEIVED_TOTAL,), (), "The run store",
-              "the run store did not keep spans and records it received (shed_runs: whole runs left out because "
+    SelfAlert(c.ALERT_RUN_STORE_DROPPING, c.RUN_STORE_DROPPED_TOTAL, (c.RUN_STORE_WRITTEN_TOTAL,
+                                                                     c.RUN_STORE_DROPPED_TOTAL), (), "The run store",
+              "the run store did not keep spans and records it was handed (shed_runs: whole runs left out because "
               "the writer is behind; the store's pace is in the README's Scale section)"),
     SelfAlert(c.ALERT_LOKI_DROPPING, c.LOKI_LINES_DROPPED_TOTAL, (c.LOKI_LINES_SENT_TOTAL, c.LOKI_LINES_DROPPED_TOTAL),
               (), "Pushing to Loki", "log lines were given up on instead of pushed to Loki"),

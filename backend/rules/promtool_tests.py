@@ -270,7 +270,8 @@ def _endpoint_cases(spec: Spec) -> list[dict[str, Any]]:
 
 def _self_cases(spec: Spec) -> list[dict[str, Any]]:
     """Per self alert: a process losing 10 % of what came in (fires), one losing 0.5 % (quiet), and, where what
-    came in is counted as kept plus lost, a process that has lost everything and kept nothing (fires)."""
+    came in is counted as kept plus lost, a process that has lost everything and kept nothing (fires); and the
+    first one before ``for`` has held (quiet)."""
     end = int(_minutes(spec.rate_window) + _minutes(spec.for_)) + 5
     cases = []
     for rule, entry in zip(self_alerts(spec), SELF_ALERTS, strict=True):
@@ -286,10 +287,13 @@ def _self_cases(spec: Spec) -> list[dict[str, Any]]:
         if kept_and_lost:
             firing.append({**silent, c.L_REASON: "retries_exhausted"})
             inputs.append({"series": _series(entry.dropped, firing[-1]), "values": _counter(5, end)})
-        cases.append({"interval": "1m", "input_series": inputs, "alert_rule_test": [
-            {"eval_time": f"{end}m", "alertname": entry.alert, "exp_alerts": [_expected(rule, f) for f in firing]},
-            # before ``for`` has held: pending, not firing
-            {"eval_time": f"{int(_minutes(spec.for_)) // 2 + 1}m", "alertname": entry.alert, "exp_alerts": []}]})
+        evals = [{"eval_time": f"{end}m", "alertname": entry.alert, "exp_alerts": [_expected(rule, f) for f in firing]}]
+        if _minutes(spec.for_) >= 2:  # before ``for`` has held: pending, not firing
+            evals.append({"eval_time": f"{int(_minutes(spec.for_)) // 2 + 1}m", "alertname": entry.alert,
+                          "exp_alerts": []})
+        else:  # no time to be pending: quiet before any loss (the first sample)
+            evals.append({"eval_time": "0m", "alertname": entry.alert, "exp_alerts": []})
+        cases.append({"interval": "1m", "input_series": inputs, "alert_rule_test": evals})
     return cases
 
 

@@ -622,6 +622,12 @@ class RunRecorder:
                                    "write_failed (the database was still unavailable when the recorder closed), "
                                    "shutdown (still queued at the close deadline), internal_error.",
                                    (c.L_REASON,))
+        self.m_written = m.counter(c.RUN_STORE_WRITTEN_TOTAL, "Spans and records the run store wrote (with the "
+                                   "dropped, everything it was handed).")
+        with m.lock:  # every series present from the start, at 0, for rate() and the FlowscopeRunStoreDropping alert
+            self.m_written.inc((), 0)
+            for reason in c.RUN_STORE_DROP_REASONS:
+                self.m_dropped.inc((reason,), 0)
         self.m_failures = m.counter(c.RUN_STORE_WRITE_FAILURES_TOTAL,
                                     "Run-store writes that failed because the database was unavailable (retried).")
         self.m_swept = m.counter(c.RUN_STORE_SWEPT_TOTAL, "Runs deleted by the retention sweep.")
@@ -788,23 +794,24 @@ class RunRecorder:
                 self._poison(item, e)
             for what, kind, msg in result.poisoned:
                 self._poisoned(what, kind, msg)
-            self._count(result.counts)
+            self._count(result.counts, len(batch) - len(left) - len(unsent) - len(result.poisoned))
             if left:
                 return left, WriterOutage(result.error or "unavailable", len(left))
             return [], None
         left, error, counts, poisoned = write_isolating(self.store, batch)
-        self._count(counts)
+        self._count(counts, len(batch) - len(left) - len(poisoned))
         for item, e in poisoned:
             self._poison(item, e)
         return left, error
 
-    def _count(self, counts: dict[str, int]) -> None:
-        if counts.get("runs") or counts.get("truncated_states"):
-            with self._metrics.lock:
-                if counts.get("runs"):
-                    self.m_runs.inc((), counts["runs"])
-                if counts.get("truncated_states"):
-                    self.m_truncated.inc((), counts["truncated_states"])
+    def _count(self, counts: dict[str, int], written: int) -> None:
+        with self._metrics.lock:
+            if written > 0:
+                self.m_written.inc((), written)
+            if counts.get("runs"):
+                self.m_runs.inc((), counts["runs"])
+            if counts.get("truncated_states"):
+                self.m_truncated.inc((), counts["truncated_states"])
 
     def _poison(self, item, error: BaseException) -> None:
         """Drop one item the store refused, count it, and log its kind of error once (then at 10, 100, ...)."""
