@@ -13,6 +13,7 @@ any, spans only become metrics::
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,10 @@ from .redact import Redactor
 from .resolver import PENDING_LIMIT, SHUTDOWN, TIMEOUT, WorkflowResolver
 from .sinks import FastSink, FastStep, LogSink, Sink, SpanCallback
 from .validate import clean_text, clean_value
+
+#: SDK fast-path steps queued before :meth:`Pipeline.fast_step` folds them into the metrics (one hold of the metric
+#: store's lock) and hands them to the run store (one batch).
+FAST_FOLD = 256
 
 if TYPE_CHECKING:
     from .loki import LokiPusher
@@ -45,10 +50,9 @@ class Pipeline:
         self.clock = clock
         #: Every sink, in the order added: each gets every span, error and profile (see :mod:`exporter.sinks`).
         self.sinks: list[Sink] = []
-        #: The ``fast`` of every sink that takes the SDK's fast-path tuples (:class:`~exporter.sinks.FastSink`),
-        #: and one callable that hands a step to all of them (None without any): the hot path makes one call.
-        self._fast: list[Callable[[FastStep], None]] = []
-        self._on_fast: Callable[[FastStep], None] | None = None
+        #: The ``fast_many`` of every sink that takes the SDK's fast-path tuples (:class:`~exporter.sinks.FastSink`);
+        #: ``_fast_many`` (set below) hands a folded batch to all of them (None without any).
+        self._fast: list[Callable[[list[FastStep]], None]] = []
         #: True while every sink takes fast-path tuples: the SDK may then skip building Span objects.
         self.metrics_only = True
         #: The Loki pusher among the sinks, if any, for its owner (flush, close, counters).
@@ -83,6 +87,12 @@ class Pipeline:
         # SDK spans are counted in a plain int on the hot path and folded into the
         # counter when the store is rendered.
         self._sdk_received = 0
+        # SDK fast-path steps are queued as tuples and folded into the metrics in batches (fast_step)
+        self._fast_queue: deque[FastStep] = deque()
+        self._fast_held: list[FastStep] = []  # folded, not yet handed to the fast sinks
+        self._fast_renamed: list[FastStep] = []  # folded in a collect hook, a name to redact: for record_step
+        self._fast_many: Callable[[list[FastStep]], None] | None = None
+        s.collect_hooks.append(self._fold_fast_hook)  # before the SDK count is folded: it counts them
         s.collect_hooks.append(self._fold_sdk_count)
         self.profile_cpu = s.counter(c.PROFILE_CPU_SECONDS_TOTAL,
                                      "CPU self time by function from posted profiles; past the top N "
@@ -121,6 +131,7 @@ class Pipeline:
 
         ``truncated`` counts the values the decoder cut to the input limits (:mod:`exporter.validate`).
         """
+        self.fold_fast()
         store = self.store
         with store.lock:
             if truncated:
@@ -228,6 +239,7 @@ class Pipeline:
         state are cut to what the sinks hold (:func:`~exporter.validate.clean_value`), messages are
         cleaned; names are capped by the redactor's :meth:`~exporter.redact.Redactor.name`.
         """
+        self.fold_fast()  # the fast-path steps recorded before: a run's steps reach the sinks before its root
         if s.state is not None:
             s.state = clean_value(s.state)[0]
         attrs = s.loaded_attribute_dict()
@@ -255,13 +267,20 @@ class Pipeline:
             sink = SpanCallback(sink)
         self.sinks.append(sink)
         if isinstance(sink, FastSink):
-            self._fast.append(sink.fast)
+            many = getattr(sink, "fast_many", None)
+            if many is None:
+                one = sink.fast
+
+                def many(steps: list[FastStep]) -> None:
+                    for step in steps:
+                        one(step)
+            self._fast.append(many)
             fast = tuple(self._fast)
 
-            def each(step: FastStep) -> None:
+            def each(steps: list[FastStep]) -> None:
                 for f in fast:
-                    f(step)
-            self._on_fast = fast[0] if len(fast) == 1 else each
+                    f(steps)
+            self._fast_many = fast[0] if len(fast) == 1 else each
         else:
             self.metrics_only = False
         return sink
@@ -275,30 +294,70 @@ class Pipeline:
                   span_id: str, parent_span_id: str) -> None:
         """A successful SDK step with no state or metadata. Same effect as ``record_step`` of the equivalent Span.
 
-        ``run`` is the SDK's run (workflow, trace_id, correlation_id, service). The run store gets
-        a tuple, not a Span: this is the hot path of every traced step.
+        ``run`` is the SDK's run (workflow, trace_id, correlation_id, service). This is the hot path of every traced
+        step, so the step is only queued (a ``deque.append``, atomic under the GIL); every :data:`FAST_FOLD` steps
+        the queue is folded into the metrics under one hold of the metric store's lock and handed to the run store
+        as one batch of tuples (:meth:`fold_fast`). Every read of the metrics (a scrape, ``MetricStore.value``)
+        folds it first, so what Prometheus sees is exact; so do ``record_step`` (a run's root after its steps),
+        ``ingest``, ``tick``, ``close`` and the SDK sink's ``flush``.
 
         Names are redacted for free: a series exists only under redacted names, so a known key is
         clean; a new key is checked once (memoised) and, if a redaction changes it, the step takes
         ``record_step``, which redacts.
         """
-        h = self.step_duration
-        trace_id = run.trace_id
-        key = (run.workflow, layer, component, operation, "ok")
-        with self.store.lock:
-            clean = key in h.series or not self._renamed(key)
-            if clean:
-                self._sdk_received += 1
-                h.observe(key, (end_ns - start_ns) / 1e9, trace_id, span_id, end_ns / 1e9)
-        if not clean:  # a secret in a name
-            self.record_step(Span(trace_id=trace_id, span_id=span_id, workflow=run.workflow, layer=layer,
-                                  component=component, operation=operation, start_ns=start_ns, end_ns=end_ns,
-                                  status="ok", parent_span_id=parent_span_id, correlation_id=run.correlation_id,
-                                  service=run.service))
+        queue = self._fast_queue
+        queue.append((run, layer, component, operation, start_ns, end_ns, span_id, parent_span_id))
+        if len(queue) >= FAST_FOLD:
+            self.fold_fast()
+
+    def fold_fast(self) -> None:
+        """Fold the queued fast-path steps into the metrics, then hand them to the fast sinks (the run store) in
+        one batch, and take a step whose name a redaction changes through ``record_step``."""
+        if not (self._fast_queue or self._fast_held or self._fast_renamed):
             return
-        on_fast = self._on_fast
-        if on_fast is not None:
-            on_fast((run, layer, component, operation, start_ns, end_ns, span_id, parent_span_id))
+        with self.store.lock:
+            renamed = self._fold_fast_locked()
+            held, self._fast_held = self._fast_held, []
+            renamed = self._fast_renamed + renamed
+            self._fast_renamed = []
+        if held and self._fast_many is not None:
+            self._fast_many(held)
+        for run, layer, component, operation, start_ns, end_ns, span_id, parent in renamed:  # a secret in a name
+            self.record_step(Span(trace_id=run.trace_id, span_id=span_id, workflow=run.workflow, layer=layer,
+                                  component=component, operation=operation, start_ns=start_ns, end_ns=end_ns,
+                                  status="ok", parent_span_id=parent, correlation_id=run.correlation_id,
+                                  service=run.service))
+
+    def _fold_fast_locked(self) -> list[FastStep]:
+        """Under the metric store's lock (also a collect hook): the queued steps into the step histogram, held for
+        the fast sinks; returns those a redaction would rename, which must go through ``record_step`` once the
+        lock is let go (a collect hook keeps them for the next :meth:`fold_fast`)."""
+        queue = self._fast_queue
+        n = len(queue)  # steps appended meanwhile wait for the next fold
+        if not n:
+            return []
+        h = self.step_duration
+        series, observe, renamed_key = h.series, h.observe, self._renamed
+        held = self._fast_held if self._fast_many is not None else None
+        renamed: list[FastStep] = []
+        pop = queue.popleft
+        clean = 0
+        for _ in range(n):
+            step = pop()
+            run, layer, component, operation, start_ns, end_ns, span_id, _ = step
+            key = (run.workflow, layer, component, operation, "ok")
+            if key in series or not renamed_key(key):
+                observe(key, (end_ns - start_ns) / 1e9, run.trace_id, span_id, end_ns / 1e9)
+                clean += 1
+                if held is not None:
+                    held.append(step)
+            else:
+                renamed.append(step)
+        self._sdk_received += clean
+        return renamed
+
+    def _fold_fast_hook(self) -> None:
+        self._fast_renamed += self._fold_fast_locked()
 
     def _renamed(self, key: tuple) -> bool:
         """Whether redaction changes a step key's workflow, component or operation."""
@@ -357,7 +416,9 @@ class Pipeline:
     # -- housekeeping ---------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Release OTLP spans whose trace root never came (call every second or so)."""
+        """Release OTLP spans whose trace root never came, and hand over the SDK's fast-path steps (call every
+        second or so)."""
+        self.fold_fast()
         with self.store.lock:
             spans = self.resolver.expire(self.clock())
             self._apply(spans)
@@ -369,6 +430,7 @@ class Pipeline:
         True if every sink delivered everything in time (what one could not is counted by that sink).
         """
         end = time.monotonic() + timeout_s
+        self.fold_fast()
         with self.store.lock:
             spans = self.resolver.expire(float("inf"))
             self._apply(spans)

@@ -69,7 +69,9 @@ class FastSink(Sink, Protocol):
     """A sink that also takes the SDK's fast-path steps as tuples."""
 
     def fast(self, step: FastStep) -> None:
-        """Queue one fast-path step; the hot path of every traced step, so a few tens of nanoseconds."""
+        """Queue one fast-path step. The pipeline hands them over in batches, after folding them into its metrics
+        (:meth:`~exporter.pipeline.Pipeline.fast_step`): a sink that also has ``fast_many(steps)`` gets each batch
+        in one call."""
 
 
 @runtime_checkable

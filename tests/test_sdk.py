@@ -443,6 +443,77 @@ def test_span_ids_are_distinct_sixteen_hex_digits_across_threads(ex, tracer):
     assert all(len(i) == 16 and int(i, 16) for i in ids) and all(i == i.lower() for i in ids)
 
 
+def test_a_scrape_mid_run_counts_every_step_recorded_before_it(ex, tracer):
+    """Plain steps are queued and folded into the metrics in batches (Pipeline.fast_step): a scrape folds first, so
+    it shows every step so far, however few, while the run is still open; the run store gets them by the run's end."""
+    from exporter.exposition import render
+    from exporter.pipeline import FAST_FOLD
+
+    n = FAST_FOLD // 3  # never a full batch on its own
+    with tracer.workflow("checkout") as run:
+        for k in range(n):
+            with tracer.step("database", "postgres", "SELECT orders"):
+                pass
+            if k in (0, n // 2):
+                body = render(ex.store).decode()
+                assert f'{c.STEP_DURATION_SECONDS}_count{{workflow="checkout",layer="database",component="postgres",' \
+                       f'operation="SELECT orders",status="ok"}} {k + 1}' in body
+    assert ex.recorder.flush(10)  # the store's own flush: the run's end handed its steps over
+    assert [s.operation for s in ex.runs.get_run(run.correlation_id).spans].count("SELECT orders") == n
+
+
+def test_a_secret_in_a_plain_steps_name_seen_first_by_a_scrape_is_still_redacted_and_counted(ex, tracer):
+    """A step whose name a redaction changes cannot be recorded inside the scrape's fold (it holds the metric store's
+    lock): it is recorded, redacted, at the next fold. Its raw name never becomes a label or a row."""
+    from exporter.exposition import render
+
+    with tracer.workflow("login") as run:
+        with tracer.step("api", "auth", "GET /login?token=s3cr3t-abc"):
+            pass
+        assert "s3cr3t" not in render(ex.store).decode()  # folded by the scrape, the step held back
+    assert tracer._sink.flush(10)
+    body = render(ex.store).decode()
+    assert "s3cr3t" not in body
+    assert count(ex, "login", "api", "auth", "GET /login?token=[REDACTED]") == 1
+    ops = [s.operation for s in ex.runs.get_run(run.correlation_id).spans]
+    assert "GET /login?token=[REDACTED]" in ops and not any("s3cr3t" in o for o in ops)
+
+
+def test_steps_from_many_threads_while_scrapes_fold_are_each_counted_and_stored_once(ex, tracer):
+    from exporter.exposition import render
+
+    runs: list[str] = []
+    stop = threading.Event()
+
+    def work() -> None:
+        for _ in range(5):
+            with tracer.workflow("checkout") as run:
+                for _ in range(200):
+                    with tracer.step("cache", "redis", "GET cart"):
+                        pass
+            runs.append(run.correlation_id)
+
+    def scrape() -> None:
+        for _ in range(2_000):  # bounded: until the workers end, or 2,000 scrapes
+            if stop.is_set():
+                return
+            render(ex.store)
+
+    scraper = threading.Thread(target=scrape)
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    scraper.start()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(60)
+    stop.set()
+    scraper.join(60)
+    assert tracer._sink.flush(30)
+    assert count(ex, "checkout", "cache", "redis", "GET cart") == 4 * 5 * 200
+    assert ex.store.value(c.SPANS_RECEIVED_TOTAL, {"format": c.FORMAT_SDK}) == 4 * 5 * 201
+    assert sorted(len(ex.runs.get_run(cid).spans) for cid in runs) == [201] * 20
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX")
 def test_a_child_forked_mid_run_gives_its_steps_span_ids_its_parent_does_not(tracer):
     """A run open across ``os.fork`` (a worker pool forked mid-run): the child used to go on with its parent's span

@@ -94,7 +94,9 @@ class InProcessSink:
         self.pipeline.ingest_logs([clean_line(line) for line in lines], c.FORMAT_SDK)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Steps are aggregated as they are recorded; waits for the run store's writer, if there is one."""
+        """Folds the fast-path steps still queued (:meth:`Pipeline.fold_fast`); waits for the run store's writer,
+        if there is one."""
+        self.pipeline.fold_fast()
         recorder = self.pipeline.recorder
         return True if recorder is None else bool(recorder.flush(timeout_s))
 

@@ -697,6 +697,10 @@ class RunRecorder:
         if self._offer(item) > self._high and not self._level:
             self._relevel(self._queued())
 
+    def fast_many(self, steps: list) -> None:
+        """SDK fast-path steps in one batch (the pipeline folds them): shed by run like spans."""
+        self.spans(steps)
+
     def error(self, rec: ErrorRecord) -> None:
         self.spans((rec,))
 
