@@ -12,6 +12,7 @@ any, spans only become metrics::
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -50,9 +51,18 @@ class Pipeline:
         self.clock = clock
         #: Every sink, in the order added: each gets every span, error and profile (see :mod:`exporter.sinks`).
         self.sinks: list[Sink] = []
-        #: The ``fast_many`` of every sink that takes the SDK's fast-path tuples (:class:`~exporter.sinks.FastSink`);
-        #: ``_fast_many`` (set below) hands a folded batch to all of them (None without any).
+        #: The ``fast_many`` of every sink that takes the SDK's fast-path tuples (:class:`~exporter.sinks.FastSink`),
+        #: and one callable that hands a folded batch to all of them (None without any).
         self._fast: list[Callable[[list[FastStep]], None]] = []
+        self._fast_many: Callable[[list[FastStep]], None] | None = None
+        # SDK fast-path steps are queued as tuples and folded into the metrics in batches (fast_step)
+        self._fast_queue: deque[FastStep] = deque()
+        self._fast_held: list[FastStep] = []  # folded, not yet handed to the fast sinks
+        self._fast_renamed: list[FastStep] = []  # folded in a collect hook, a name to redact: for record_step
+        #: Held from taking folded steps until they are handed over (and their renamed ones recorded): a fold that
+        #: finds nothing left waits for one in progress, so a run's root never overtakes its steps and a flush
+        #: never returns before them. Reentrant: a renamed step's record_step folds again.
+        self._handover = threading.RLock()
         #: True while every sink takes fast-path tuples: the SDK may then skip building Span objects.
         self.metrics_only = True
         #: The Loki pusher among the sinks, if any, for its owner (flush, close, counters).
@@ -87,11 +97,6 @@ class Pipeline:
         # SDK spans are counted in a plain int on the hot path and folded into the
         # counter when the store is rendered.
         self._sdk_received = 0
-        # SDK fast-path steps are queued as tuples and folded into the metrics in batches (fast_step)
-        self._fast_queue: deque[FastStep] = deque()
-        self._fast_held: list[FastStep] = []  # folded, not yet handed to the fast sinks
-        self._fast_renamed: list[FastStep] = []  # folded in a collect hook, a name to redact: for record_step
-        self._fast_many: Callable[[list[FastStep]], None] | None = None
         s.collect_hooks.append(self._fold_fast_hook)  # before the SDK count is folded: it counts them
         s.collect_hooks.append(self._fold_sdk_count)
         self.profile_cpu = s.counter(c.PROFILE_CPU_SECONDS_TOTAL,
@@ -312,21 +317,21 @@ class Pipeline:
 
     def fold_fast(self) -> None:
         """Fold the queued fast-path steps into the metrics, then hand them to the fast sinks (the run store) in
-        one batch, and take a step whose name a redaction changes through ``record_step``."""
-        if not (self._fast_queue or self._fast_held or self._fast_renamed):
-            return
-        with self.store.lock:
-            renamed = self._fold_fast_locked()
-            held, self._fast_held = self._fast_held, []
-            renamed = self._fast_renamed + renamed
-            self._fast_renamed = []
-        if held and self._fast_many is not None:
-            self._fast_many(held)
-        for run, layer, component, operation, start_ns, end_ns, span_id, parent in renamed:  # a secret in a name
-            self.record_step(Span(trace_id=run.trace_id, span_id=span_id, workflow=run.workflow, layer=layer,
-                                  component=component, operation=operation, start_ns=start_ns, end_ns=end_ns,
-                                  status="ok", parent_span_id=parent, correlation_id=run.correlation_id,
-                                  service=run.service))
+        one batch, and take a step whose name a redaction changes through ``record_step``. Returns once every
+        step queued before the call has been handed over, by this call or by one in progress in another thread."""
+        with self._handover:
+            if not (self._fast_queue or self._fast_held or self._fast_renamed):
+                return
+            with self.store.lock:
+                renamed = self._fast_renamed + self._fold_fast_locked()
+                held, self._fast_held, self._fast_renamed = self._fast_held, [], []
+            if held and self._fast_many is not None:
+                self._fast_many(held)
+            for run, layer, component, operation, start_ns, end_ns, span_id, parent in renamed:  # a secret in a name
+                self.record_step(Span(trace_id=run.trace_id, span_id=span_id, workflow=run.workflow, layer=layer,
+                                      component=component, operation=operation, start_ns=start_ns, end_ns=end_ns,
+                                      status="ok", parent_span_id=parent, correlation_id=run.correlation_id,
+                                      service=run.service))
 
     def _fold_fast_locked(self) -> list[FastStep]:
         """Under the metric store's lock (also a collect hook): the queued steps into the step histogram, held for

@@ -309,6 +309,7 @@ class Exporter:
         """What ``GET /api/v1/health`` answers: :meth:`health` with the Loki queue, the series per metric
         and the OTLP spans waiting for their root."""
         loki = self.loki
+        self.pipeline.fold_fast()  # the SDK's queued steps: their series count too
         return self.health() | {
             "loki": {"enabled": loki is not None, "queued_lines": loki.queued() if loki else 0},
             "series": {f.name: len(f) for f in self.store.families if len(f)},
