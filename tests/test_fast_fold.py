@@ -82,13 +82,9 @@ def _fold_elsewhere(tracer: WorkflowTracer) -> threading.Thread:
     return t
 
 
-def test_a_runs_steps_reach_the_sinks_before_its_root_when_another_thread_is_folding_them():
-    """A run's steps reach the sinks before its root, even while another thread is handing them over."""
-    gate = _Gate()
-    sink = _OrderSink(gate)
-    p = Pipeline(MetricStore())
-    p.add_sink(sink)
-    tracer = WorkflowTracer(InProcessSink(p), service="shop", profiler=False)
+def _end_a_run_while_another_thread_hands_over(tracer: WorkflowTracer, gate: _Gate):
+    """A run of three plain steps that ends while another thread, whose step filled the queue, is handing those
+    steps over (held at ``gate`` until 0.2 s after it got there). Returns the run and that thread."""
     t = None
     try:
         with tracer.workflow("checkout") as run:
@@ -98,11 +94,23 @@ def test_a_runs_steps_reach_the_sinks_before_its_root_when_another_thread_is_fol
             t = _fold_elsewhere(tracer)
             assert gate.entered.wait(10), "no other thread folded"
             threading.Timer(0.2, gate.release.set).start()  # the other hand-over ends while this run ends
-        # the run ended here: its root was handed over
-    finally:
+    except BaseException:
         gate.release.set()
         if t is not None:
             t.join(10)
+        raise
+    return run, t
+
+
+def test_a_runs_steps_reach_the_sinks_before_its_root_when_another_thread_is_folding_them():
+    """A run's steps reach the sinks before its root, even while another thread is handing them over."""
+    gate = _Gate()
+    sink = _OrderSink(gate)
+    p = Pipeline(MetricStore())
+    p.add_sink(sink)
+    tracer = WorkflowTracer(InProcessSink(p), service="shop", profiler=False)
+    run, t = _end_a_run_while_another_thread_hands_over(tracer, gate)  # its root was handed over at its end
+    t.join(10)
     cid = run.correlation_id
     mine = [i for i, (kind, rc, _) in enumerate(sink.got) if rc == cid]
     kinds = [sink.got[i][0] for i in mine]
@@ -124,15 +132,8 @@ def test_flush_after_a_run_ends_stores_its_steps_while_another_thread_is_folding
         real(steps)
 
     monkeypatch.setattr(p, "_fast_many", gated)
-    t = None
+    run, t = _end_a_run_while_another_thread_hands_over(tracer, gate)
     try:
-        with tracer.workflow("checkout") as run:
-            for _ in range(3):
-                with tracer.step("database", "postgres", "SELECT orders"):
-                    pass
-            t = _fold_elsewhere(tracer)
-            assert gate.entered.wait(10), "no other thread folded"
-            threading.Timer(0.2, gate.release.set).start()  # the other hand-over ends while this run ends
         assert tracer._sink.flush(10)
         spans = ex.runs.get_run(run.correlation_id).spans
         assert [s.operation for s in spans].count("SELECT orders") == 3, \
