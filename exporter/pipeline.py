@@ -136,7 +136,6 @@ class Pipeline:
 
         ``truncated`` counts the values the decoder cut to the input limits (:mod:`exporter.validate`).
         """
-        self.fold_fast()
         store = self.store
         with store.lock:
             if truncated:
@@ -304,7 +303,7 @@ class Pipeline:
         the queue is folded into the metrics under one hold of the metric store's lock and handed to the run store
         as one batch of tuples (:meth:`fold_fast`). Every read of the metrics (a scrape, ``MetricStore.value``)
         folds it first, so what Prometheus sees is exact; so do ``record_step`` (a run's root after its steps),
-        ``ingest``, ``tick``, ``close`` and the SDK sink's ``flush``.
+        ``tick``, ``close`` and the SDK sink's ``flush``.
 
         Names are redacted for free: a series exists only under redacted names, so a known key is
         clean; a new key is checked once (memoised) and, if a redaction changes it, the step takes

@@ -638,7 +638,7 @@ class RunRecorder:
         self.worker: BatchWorker[Any] = BatchWorker(
             "flowscope-runstore", self._export, on_drop=self._on_drop, max_queue=queue_max, max_batch=batch_max,
             linger_s=flush_interval_s, policy=retry or STORE_RETRY)
-        self._queued, self._offer = self.worker.queued, self.worker.offer
+        self._queued = self.worker.queued
         m.gauge(c.RUN_STORE_QUEUE_SPANS, "Items waiting for the run store's writer.").set_function((), self._queued)
 
     # -- the owner's side ----------------------------------------------------------------------------
@@ -690,12 +690,8 @@ class RunRecorder:
         self.worker.submit_many(batch)  # what a full queue cannot take is counted as queue_full
 
     def fast(self, item: tuple) -> None:
-        """One SDK fast-path step: the hot path, so a lock-free append (:meth:`BatchWorker.offer`); the queue's
-        level it returns starts the shedding, which the next steps then pass through."""
-        if self._level and not self._admit((item,)):
-            return
-        if self._offer(item) > self._high and not self._level:
-            self._relevel(self._queued())
+        """One SDK fast-path step (the pipeline hands them over in batches, :meth:`fast_many`)."""
+        self.spans((item,))
 
     def fast_many(self, steps: list) -> None:
         """SDK fast-path steps in one batch (the pipeline folds them): shed by run like spans."""
