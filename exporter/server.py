@@ -19,7 +19,8 @@ answering ``/metrics`` and health under abuse, the way nginx does it:
   would leave a scrape in the kernel's backlog until they time out. Here a new connection closes
   the connection that has been quiet longest and has no request in the application (idle
   keep-alive and never-spoke connections before half-sent requests), like nginx's
-  ``ngx_drain_connections``.
+  ``ngx_drain_connections``. A connection whose socket holds bytes the event loop has not read yet
+  (accepted in the same pass, its request already sent) is not quiet, and stays.
 - **A header timeout** (nginx's ``client_header_timeout``): a request's header must be complete
   within ``header_timeout_s`` of its first byte, or of the accept for a connection's first request.
 - **An idle timeout** (nginx's ``keepalive_timeout``, ``client_body_timeout`` and ``send_timeout``): a
@@ -30,7 +31,6 @@ answering ``/metrics`` and health under abuse, the way nginx does it:
 
 from __future__ import annotations
 
-import heapq
 import logging
 import resource
 import socket
@@ -187,6 +187,15 @@ class BoundedChannel(HTTPChannel):
         self.handle_close()
 
 
+def _unread(ch: BoundedChannel) -> bool:
+    """Whether bytes wait in the channel's socket (MSG_PEEK, without blocking): a connection the event loop has
+    not read yet may hold a whole request its client sent, so it is not quiet, whatever its last activity."""
+    try:
+        return bool(ch.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing yet (EAGAIN), or the peer reset it: nothing to lose
+        return False
+
+
 class BoundedServer(TcpWSGIServer):
     """waitress's TCP server with a connection limit that evicts, and header and idle timeouts.
 
@@ -261,10 +270,16 @@ class BoundedServer(TcpWSGIServer):
         if not candidates:
             return False
         n = max(1, min(EVICT_BATCH, len(candidates) // 8))
-        for ch in heapq.nsmallest(n, candidates, key=BoundedChannel.eviction_key):
+        evicted = 0
+        for ch in sorted(candidates, key=BoundedChannel.eviction_key):
+            if evicted == n:
+                break
+            if _unread(ch):  # accepted in this loop, its request already sent and not yet read: not quiet
+                continue
             self.closed["evicted"] += 1  # counted before the close that a client can observe
             ch.close_now()
-        return True
+            evicted += 1
+        return evicted > 0
 
     def maintenance(self, now: float) -> None:  # waitress calls it with time.time(); we pass monotonic
         cutoff = time.time() - self.limits.idle_timeout_s
